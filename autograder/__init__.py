@@ -1,0 +1,1 @@
+"""The course's build and grading tools, on top of nbgrader: see `python -m autograder --help`."""

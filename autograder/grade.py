@@ -1,0 +1,188 @@
+"""Grade one submitted notebook with nbgrader, and say per exercise what happened.
+
+The submission is matched to its chapter by the grade ids in its cells (a file
+renamed by its student, or downloaded from Colab, still grades), then autograded
+in a throwaway nbgrader course built from the chapter's source notebook, so the
+hidden tests and every locked cell come from the source, never from the
+submission. Whatever the file holds, the result is a `GradeResult`: a file that
+is not a notebook, a kernel that dies or a cell that never ends costs points,
+not the grading run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from autograder.chapters import Chapter
+from autograder.course import ThrowawayCourse
+from autograder.preprocessors import error_summary
+from autograder.source import SourceNotebook, read_source
+
+log = logging.getLogger("autograder")
+STUDENT = "submission"  # nbgrader's student id for a single file
+MAX_MESSAGE = 2000
+
+
+@dataclass
+class ExerciseResult:
+    id: str
+    score: float
+    max_score: float
+    message: str
+
+
+@dataclass
+class GradeResult:
+    chapter: str | None
+    score: float
+    max_score: float
+    exercises: list[ExerciseResult]
+    status: str = "ok"
+    feedback: str | None = None  # path of the feedback HTML
+    # cells outside the tests that raised (1-based): costs nothing, but tells an
+    # instructor where a learner's notebook broke, and proves a solution runs clean
+    cell_errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    def table(self) -> str:
+        width = max([len(e.id) for e in self.exercises] + [8])
+        lines = [f"chapter {self.chapter or '?'}: {self.score:g} / {self.max_score:g} points ({self.status})"]
+        for e in self.exercises:
+            first = e.message.splitlines()[0] if e.message else ""
+            lines.append(f"  {e.id:<{width}}  {e.score:>4g} / {e.max_score:<4g} {first}")
+        if self.feedback:
+            lines.append(f"feedback: {self.feedback}")
+        return "\n".join(lines)
+
+
+def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
+    return {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.get("cells", [])} - {None}
+
+
+def identify_chapter(nb: nbformat.NotebookNode | None, filename: str, chapters: list[Chapter]) -> Chapter | None:
+    """The chapter whose graded cells the submission shares most; else its file name's NN_."""
+    if nb is not None:
+        overlap = []
+        for chapter in chapters:
+            ids = _grade_ids(nbformat.read(chapter.solution_notebook, as_version=4))
+            overlap.append((len(ids & _grade_ids(nb)), chapter))
+        best, chapter = max(overlap, key=lambda pair: pair[0])
+        if best > 0:
+            return chapter
+    number = re.search(r"(?<!\d)(\d\d)_", filename)
+    matches = [c for c in chapters if number and c.name.startswith(number[1] + "_")]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _error(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
+    return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
+
+
+def _timed_out(error: nbformat.NotebookNode | None) -> bool:
+    return error is not None and error.get("ename") == "CellTimeoutError"
+
+
+def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.NotebookNode], timeout: int) -> str:
+    """What a learner should read about a test cell's outcome."""
+    if cell is None:
+        return "test cell missing from the graded notebook"
+    error = _error(cell)
+    if _timed_out(error):
+        return (f"timed out: the test ran longer than the chapter's limit of {timeout} s per cell "
+                "(an endless loop in your function, or work far slower than the reference)")
+    if error is not None:
+        for solution in solution_cells:  # say where it really broke
+            if _timed_out(_error(solution)):
+                return (f"your solution cell timed out after {timeout} s (an endless loop?), "
+                        f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
+        return error_summary(error)[:MAX_MESSAGE]
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream" and output.name == "stderr":
+            return ("failed: the cell wrote to stderr, which nbgrader counts as an error: "
+                    + output.text.strip()[:MAX_MESSAGE])
+    return "passed"
+
+
+def _zero_result(chapter: Chapter | None, source: SourceNotebook | None, status: str, why: str) -> GradeResult:
+    exercises = [ExerciseResult(ex.id, 0.0, float(ex.points), why) for ex in source.exercises] if source else []
+    max_score = float(sum(e.max_score for e in exercises))
+    return GradeResult(chapter.name if chapter else None, 0.0, max_score, exercises, status)
+
+
+def _write_plain_feedback(result: GradeResult, dest: Path) -> None:
+    rows = "".join(f"<tr><td>{html.escape(e.id)}</td><td>{e.score:g} / {e.max_score:g}</td>"
+                   f"<td><pre>{html.escape(e.message)}</pre></td></tr>" for e in result.exercises)
+    dest.write_text(f"<!doctype html><meta charset='utf-8'><title>Feedback</title>"
+                    f"<h1>Feedback: {html.escape(result.chapter or 'unknown chapter')}</h1>"
+                    f"<p>Score: {result.score:g} / {result.max_score:g}</p>"
+                    f"<p>{html.escape(result.status)}</p><table>{rows}</table>")
+
+
+def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None) -> GradeResult:
+    """Grade `submission` against the matching chapter; always returns a result."""
+    feedback_path = (feedback_dir or submission.parent) / f"{submission.stem}.feedback.html"
+    try:
+        nb = nbformat.read(submission, as_version=4)
+    except Exception as e:  # not JSON, not a notebook, unreadable: all the same to a grade
+        nb, problem = None, f"not a notebook: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    else:
+        problem = None
+    chapter = identify_chapter(nb, submission.name, chapters)
+    source = read_source(chapter) if chapter else None
+    if problem or chapter is None:
+        status = problem or "not a chapter of this course: no graded cell or file name matches one"
+        result = _zero_result(chapter, source, status, status)
+    else:
+        result = _autograde(nb, chapter, source, feedback_path)
+    if result.feedback is None:
+        feedback_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_plain_feedback(result, feedback_path)
+        result.feedback = str(feedback_path)
+    return result
+
+
+def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
+               feedback_path: Path) -> GradeResult:
+    timeout = source.meta.timeout
+    with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
+        tmp = Path(tmp)
+        course = ThrowawayCourse(chapter, tmp / "course", timeout=timeout)
+        solution_path = tmp / f"{chapter.name}.ipynb"
+        nbformat.write(source.notebook, solution_path)
+        course.generate_assignment(solution_path)
+        submitted = tmp / "submitted.ipynb"
+        nbformat.write(nb, submitted)
+        course.submit(submitted, STUDENT)
+        log.info("autograding %s as chapter %s (per-cell timeout %d s)", feedback_path.stem, chapter.name, timeout)
+        outcome = course.autograde(STUDENT)
+        if not outcome["success"]:
+            last = (outcome.get("error") or "").strip().splitlines()[-1:] or ["unknown error"]
+            log.warning("nbgrader autograde failed:\n%s", outcome.get("log", ""))
+            why = f"not graded: nbgrader could not execute the notebook ({last[0][:300]})"
+            return _zero_result(chapter, source, f"failed: {last[0][:300]}", why)
+        graded = nbformat.read(course.autograded_notebook(STUDENT), as_version=4)
+        cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in graded.cells}
+        scores = course.scores(STUDENT)
+        exercises = []
+        for ex in source.exercises:
+            score, max_score = scores.get(ex.test_id, (0.0, float(ex.points)))
+            solutions = [cells[i] for i in ex.solution_cells if i in cells]
+            exercises.append(ExerciseResult(ex.id, score, max_score,
+                                            _message(cells.get(ex.test_id), solutions, timeout)))
+        cell_errors = [f"cell {i + 1}: {error_summary(_error(c))[:200]}" for i, c in enumerate(graded.cells)
+                       if _error(c) is not None and not c.metadata.get("nbgrader", {}).get("grade")]
+        feedback_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(course.generate_feedback(STUDENT), feedback_path)
+    return GradeResult(chapter.name, sum(e.score for e in exercises), sum(e.max_score for e in exercises),
+                       exercises, "ok", str(feedback_path), cell_errors)

@@ -1,0 +1,177 @@
+"""Checks that compare a learner's code with the course's reference, and say what differs.
+
+Both the visible checks under each exercise and the hidden tests that decide the
+grade are built from these few functions, so every failure reads the same way:
+which case, which output, what shape or dtype, the first entry that differs,
+expected against got, and a hint when the mistake is a known one.
+
+A grade must not be gamed from inside the learner's kernel, so this module
+takes its own references to the functions it compares with when it is first
+imported (the chapter's setup cell imports it before any learner code runs):
+rebinding `torch.allclose`, `torch.Tensor.__eq__` or `numpy.isclose` afterwards
+changes nothing here. Values are checked by exact type first, so an object
+that claims to equal everything (`__eq__`, `__torch_function__`) never reaches
+a comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+# Taken once, at import, before any learner cell can rebind them.
+_Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
+_detach = torch.Tensor.detach
+_to = torch.Tensor.to
+_numpy = torch.Tensor.numpy
+_np_abs = np.abs
+_np_isnan = np.isnan
+_np_isinf = np.isinf
+_np_argwhere = np.argwhere
+_np_max = np.max
+_np_asarray = np.asarray
+_isinstance = isinstance
+_type = type
+
+
+class CheckFailed(AssertionError):
+    """A check found a difference; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One set of inputs for a function under test, with a description for messages."""
+
+    description: str
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(message: str, hint: str | None) -> None:
+    if hint:
+        message = f"{message}\nHint: {hint}"
+    raise CheckFailed(message)
+
+
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    return _numpy(_to(_detach(t), "cpu", torch.float64 if t.is_floating_point() else t.dtype))
+
+
+def assert_tensor_close(
+    got: Any,
+    expected: torch.Tensor,
+    *,
+    name: str = "output",
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    hint: str | None = None,
+) -> None:
+    """Raise CheckFailed unless `got` is a plain tensor equal to `expected` within
+    |got - expected| <= atol + rtol * |expected| in every entry.
+
+    The message names the first difference found: type, dtype, shape, NaN, or the
+    first entry out of tolerance with both values and the largest error.
+    """
+    if _type(got) not in (_Tensor, _Parameter):
+        _fail(f"{name}: expected a torch.Tensor, got {_type(got).__name__}", hint)
+    if got.dtype != expected.dtype:
+        _fail(f"{name}: dtype {got.dtype}, expected {expected.dtype}", hint)
+    if tuple(got.shape) != tuple(expected.shape):
+        _fail(f"{name}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}", hint)
+    g, e = _as_array(got), _as_array(expected)
+    if g.size == 0:
+        return
+    if g.dtype.kind == "f":
+        bad_nan = _np_isnan(g) & ~_np_isnan(e)
+        if bad_nan.any():
+            idx = tuple(int(i) for i in _np_argwhere(bad_nan)[0])
+            _fail(f"{name}: NaN at index {idx}, where the reference has {e[idx]:.6g} "
+                  f"({int(bad_nan.sum())} NaN entries in all)", hint)
+    diff = _np_abs(g - e)
+    tol = atol + rtol * _np_abs(e)
+    bad = ~(diff <= tol)
+    same_special = (_np_isnan(g) & _np_isnan(e)) | (_np_isinf(e) & (g == e))
+    bad &= ~same_special
+    if bad.any():
+        idx = tuple(int(i) for i in _np_argwhere(bad)[0])
+        finite = diff[~_np_isnan(diff)]
+        worst = float(_np_max(finite)) if finite.size else math.nan
+        _fail(
+            f"{name}: {int(bad.sum())} of {g.size} entries differ (atol={atol:g}, rtol={rtol:g}); "
+            f"first at index {idx}: expected {e[idx]:.6g}, got {g[idx]:.6g}; "
+            f"largest absolute error {worst:.3g}",
+            hint,
+        )
+
+
+def assert_value_close(got: Any, expected: Any, *, name: str = "output",
+                       atol: float = 1e-5, rtol: float = 1e-4, hint: str | None = None) -> None:
+    """Compare a tensor, a Python number, or a tuple/list of them with the reference's."""
+    if _isinstance(expected, _Tensor):
+        assert_tensor_close(got, expected, name=name, atol=atol, rtol=rtol, hint=hint)
+    elif _isinstance(expected, (tuple, list)):
+        if _type(got) not in (tuple, list) or len(got) != len(expected):
+            _fail(f"{name}: expected a {_type(expected).__name__} of {len(expected)} values, "
+                  f"got {_type(got).__name__}"
+                  + (f" of {len(got)}" if _type(got) in (tuple, list) else ""), hint)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_value_close(g, e, name=f"{name}[{i}]", atol=atol, rtol=rtol, hint=hint)
+    elif _isinstance(expected, bool) or _isinstance(expected, int):
+        if _type(got) not in (int, bool) or got != expected:
+            _fail(f"{name}: expected {expected!r}, got {got!r}", hint)
+    elif _isinstance(expected, float):
+        if _type(got) not in (float, int) or not abs(got - expected) <= atol + rtol * abs(expected):
+            _fail(f"{name}: expected {expected:.6g}, got {got!r}", hint)
+    else:
+        raise TypeError(f"assert_value_close cannot compare a {_type(expected).__name__}")
+
+
+def is_reference(fn: Callable) -> bool:
+    """True when `fn` is one of the course's own reference implementations."""
+    module = getattr(fn, "__module__", None) or ""
+    return _isinstance(module, str) and module.startswith("mechlab.")
+
+
+def refuse_reference(fn: Callable, name: str) -> None:
+    """Hidden tests grade the learner's work, not the course's: a learner who went on
+    with the reference version (allowed, and encouraged when stuck) gets no points."""
+    if is_reference(fn):
+        raise CheckFailed(f"{name} is the course's reference implementation "
+                          f"(from {fn.__module__}); write your own to earn these points.")
+
+
+def compare_function(
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[Case],
+    *,
+    name: str,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    hint: str | None = None,
+) -> None:
+    """Call `fn` and `reference` on each case (on separate copies of the inputs, so an
+    in-place edit by either cannot leak into the other) and compare the results."""
+    if not callable(fn):
+        _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", hint)
+    for case in cases:
+        expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        try:
+            got = fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        except NotImplementedError:
+            raise CheckFailed(f"{name} is not implemented yet (it raised NotImplementedError)") from None
+        assert_value_close(got, expected, name=f"{name}({case.description})",
+                           atol=atol, rtol=rtol, hint=hint)
+    passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
+
+
+def passed(message: str) -> None:
+    """Report a passed check on stdout (never stderr: nbgrader would fail the cell)."""
+    print(f"✓ {message}")

@@ -1,0 +1,187 @@
+# GENERATED from solutions/01_superposition.py by python -m autograder build: do not edit.
+
+
+from collections.abc import Callable
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechlab.runtime import progress
+
+
+def toy_forward(
+    W: Float[Tensor, "instance hidden feature"],
+    b: Float[Tensor, "instance feature"],
+    x: Float[Tensor, "batch instance feature"],
+) -> Float[Tensor, "batch instance feature"]:
+    """The ReLU output model: x' = ReLU(Wᵀ W x + b), for each instance separately."""
+    h = einops.einsum(W, x, "instance hidden feature, batch instance feature -> batch instance hidden")
+    out = einops.einsum(W, h, "instance hidden feature, batch instance hidden -> batch instance feature")
+    return torch.relu(out + b)
+
+
+def generate_batch(
+    batch_size: int,
+    feature_probability: Float[Tensor, "instance"],
+    n_features: int,
+    generator: torch.Generator,
+) -> Float[Tensor, "batch instance feature"]:
+    """Sparse features: each entry is U[0, 1) with probability p of its instance, else 0."""
+    shape = (batch_size, feature_probability.shape[0], n_features)
+    device = feature_probability.device
+    values = torch.rand(shape, generator=generator, device=device)
+    active = torch.rand(shape, generator=generator, device=device) < feature_probability[:, None]
+    return torch.where(active, values, torch.zeros_like(values))
+
+
+def importance_weighted_loss(
+    x: Float[Tensor, "batch instance feature"],
+    x_hat: Float[Tensor, "batch instance feature"],
+    importance: Float[Tensor, "instance feature"],
+) -> Float[Tensor, "instance"]:
+    """Per-instance loss: importance-weighted squared error, summed over features, mean over batch."""
+    return (importance * (x - x_hat) ** 2).sum(-1).mean(0)
+
+
+def train_toy_models(
+    W: Float[Tensor, "instance hidden feature"],
+    b: Float[Tensor, "instance feature"],
+    feature_probability: Float[Tensor, "instance"],
+    importance: Float[Tensor, "instance feature"],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    forward: Callable = toy_forward,
+    generate: Callable = generate_batch,
+    loss_fn: Callable = importance_weighted_loss,
+) -> Float[Tensor, "step instance"]:
+    """Train W and b in place with Adam on fresh batches; return the per-instance loss history."""
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    optimizer = torch.optim.Adam([W, b], lr=lr)
+    n_features = W.shape[-1]
+    history = []
+    for _ in progress(range(steps), desc="training toy models"):
+        x = generate(batch_size, feature_probability, n_features, generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history).cpu()
+
+
+def feature_norms_and_interference(
+    W: Float[Tensor, "instance hidden feature"],
+) -> tuple[Float[Tensor, "instance feature"], Float[Tensor, "instance feature"]]:
+    """‖W_i‖ and Σ_{j≠i} (Ŵ_i · W_j)² for every feature of every instance."""
+    norms = W.norm(dim=1)
+    W_hat = W / norms.clamp_min(1e-8)[:, None, :]
+    dots = einops.einsum(W_hat, W, "instance hidden f1, instance hidden f2 -> instance f1 f2")
+    off_diagonal = 1 - torch.eye(W.shape[-1], device=W.device, dtype=W.dtype)
+    interference = (dots**2 * off_diagonal).sum(-1)
+    return norms, interference
+
+
+def feature_dimensionality(
+    W: Float[Tensor, "instance hidden feature"],
+) -> Float[Tensor, "instance feature"]:
+    """D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²: the fraction of a dimension feature i gets (0 if W_i = 0)."""
+    norms = W.norm(dim=1)
+    W_hat = W / norms.clamp_min(1e-8)[:, None, :]
+    dots = einops.einsum(W_hat, W, "instance hidden f1, instance hidden f2 -> instance f1 f2")
+    ratio = norms**2 / (dots**2).sum(-1).clamp_min(1e-16)
+    return torch.where(norms > 1e-8, ratio, torch.zeros_like(ratio))
+
+
+def feature_phase(
+    W: Float[Tensor, "instance hidden feature"],
+    feature: int,
+    *,
+    norm_threshold: float = 0.5,
+    interference_threshold: float = 0.25,
+) -> Int[Tensor, "instance"]:
+    """0 = not represented, 1 = dedicated dimension, 2 = in superposition, for one feature per instance."""
+    w = W[:, :, feature]
+    norm = w.norm(dim=-1)
+    w_hat = w / norm.clamp_min(1e-8)[:, None]
+    dots = einops.einsum(w_hat, W, "instance hidden, instance hidden feature -> instance feature")
+    others = torch.ones(W.shape[-1], dtype=torch.bool, device=W.device)
+    others[feature] = False
+    interference = (dots[:, others] ** 2).sum(-1)
+    phase = torch.where(interference < interference_threshold, 1, 2)
+    return torch.where(norm < norm_threshold, 0, phase).long()
+
+
+def sae_forward(
+    h: Float[Tensor, "batch hidden"],
+    W_enc: Float[Tensor, "hidden latent"],
+    b_enc: Float[Tensor, "latent"],
+    W_dec: Float[Tensor, "hidden latent"],
+    b_dec: Float[Tensor, "hidden"],
+) -> tuple[Float[Tensor, "batch latent"], Float[Tensor, "batch hidden"]]:
+    """Encode h into non-negative latents (after subtracting b_dec) and decode them back."""
+    pre = einops.einsum(h - b_dec, W_enc, "batch hidden, hidden latent -> batch latent") + b_enc
+    latents = torch.relu(pre)
+    reconstruction = einops.einsum(latents, W_dec, "batch latent, hidden latent -> batch hidden") + b_dec
+    return latents, reconstruction
+
+
+def sae_loss(
+    h: Float[Tensor, "batch hidden"],
+    latents: Float[Tensor, "batch latent"],
+    reconstruction: Float[Tensor, "batch hidden"],
+    l1_coeff: float,
+) -> Float[Tensor, ""]:
+    """Mean over the batch of the squared reconstruction error (summed over hidden) + l1_coeff · ‖z‖₁."""
+    reconstruction_error = ((reconstruction - h) ** 2).sum(-1)
+    sparsity = latents.abs().sum(-1)
+    return (reconstruction_error + l1_coeff * sparsity).mean()
+
+
+def train_sae(
+    sample_hidden: Callable[[int], Tensor],
+    W_enc: Float[Tensor, "hidden latent"],
+    b_enc: Float[Tensor, "latent"],
+    W_dec: Float[Tensor, "hidden latent"],
+    b_dec: Float[Tensor, "hidden"],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    l1_coeff: float,
+    forward: Callable = sae_forward,
+    loss_fn: Callable = sae_loss,
+) -> Float[Tensor, "step"]:
+    """Train the SAE's parameters in place with Adam, keeping decoder columns at unit norm."""
+    params = [W_enc, b_enc, W_dec, b_dec]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    history = []
+    for _ in progress(range(steps), desc="training SAE"):
+        h = sample_hidden(batch_size)
+        latents, reconstruction = forward(h, W_enc, b_enc, W_dec, b_dec)
+        loss = loss_fn(h, latents, reconstruction, l1_coeff)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
+        history.append(loss.detach())
+    return torch.stack(history).cpu()
+
+
+def feature_recovery_score(
+    W_dec: Float[Tensor, "hidden latent"],
+    W_true: Float[Tensor, "hidden feature"],
+) -> float:
+    """Mean over true features of the best (signed) cosine similarity with any decoder direction."""
+    dec_hat = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    true_hat = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    cos = einops.einsum(true_hat, dec_hat, "hidden feature, hidden latent -> feature latent")
+    return cos.max(dim=-1).values.mean().item()
