@@ -89,8 +89,10 @@ def _error(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
     return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
 
 
-def _timed_out(error: nbformat.NotebookNode | None) -> bool:
-    return error is not None and error.get("ename") == "CellTimeoutError"
+def _timed_out(cell: nbformat.NotebookNode) -> bool:
+    """nbclient interrupts a cell at the timeout: the kernel reports a KeyboardInterrupt
+    and nbgrader's Execute appends a CellTimeoutError after it."""
+    return any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", []) if o.output_type == "error")
 
 
 def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.NotebookNode], timeout: int) -> str:
@@ -98,12 +100,12 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
     if cell is None:
         return "test cell missing from the graded notebook"
     error = _error(cell)
-    if _timed_out(error):
+    if _timed_out(cell):
         return (f"timed out: the test ran longer than the chapter's limit of {timeout} s per cell "
                 "(an endless loop in your function, or work far slower than the reference)")
     if error is not None:
         for solution in solution_cells:  # say where it really broke
-            if _timed_out(_error(solution)):
+            if _timed_out(solution):
                 return (f"your solution cell timed out after {timeout} s (an endless loop?), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
         return error_summary(error)[:MAX_MESSAGE]

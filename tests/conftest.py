@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny fixture course built in a temporary directory, and helpers
+that run the course's command line the way an instructor does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder.chapters import REPO_ROOT, Chapter
+
+FIXTURE_SOURCE = Path(__file__).parent / "fixtures" / "00_fixture.py"
+
+
+def run_cli(*args: str, root: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m autograder ...` in a subprocess, as an instructor would run it."""
+    cmd = [sys.executable, "-m", "autograder"] + (["--root", str(root)] if root else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def grade(path: Path, root: Path | None = None, *extra: str) -> dict:
+    """Grade one file with `--json`; stdout must be exactly one JSON object."""
+    proc = run_cli("grade", str(path), "--json", *extra, root=root)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout should be one JSON line, got:\n{proc.stdout}"
+    return json.loads(lines[0])
+
+
+def scores(result: dict) -> dict[str, float]:
+    return {e["id"]: e["score"] for e in result["exercises"]}
+
+
+def messages(result: dict) -> dict[str, str]:
+    return {e["id"]: e["message"] for e in result["exercises"]}
+
+
+def solution_cell(nb: nbformat.NotebookNode, exercise: str) -> nbformat.NotebookNode:
+    """The (first) solution cell of `exercise` in a source or release notebook."""
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == f"{exercise}_solution")
+
+
+@pytest.fixture(scope="session")
+def fixture_course(tmp_path_factory) -> Chapter:
+    """The fixture chapter, built (source notebook, release, reference) in its own root."""
+    root = tmp_path_factory.mktemp("fixture_course")
+    (root / "solutions").mkdir()
+    shutil.copy(FIXTURE_SOURCE, root / "solutions" / FIXTURE_SOURCE.name)
+    proc = run_cli("build", root=root)
+    assert proc.returncode == 0, proc.stderr
+    return Chapter("00_fixture", root)

@@ -1,0 +1,175 @@
+"""The grader on the fixture chapter: right scores, and bad submissions cost points,
+never the grading run. Each submission is built here from the fixture's solution
+or release notebook, graded through the real command line and nbgrader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+
+from autograder.course import ThrowawayCourse
+from autograder.source import read_source
+from conftest import grade, messages, run_cli, scores, solution_cell
+
+FULL = {"add": 1.0, "scale": 2.0, "count_positive": 3.0}
+
+
+def submit(chapter, tmp_path: Path, name: str, edit=None, *, release: bool = False) -> Path:
+    """Write a submission made from the solution (or release) notebook, edited by `edit(nb)`."""
+    nb = nbformat.read(chapter.release_notebook if release else chapter.solution_notebook, as_version=4)
+    if edit:
+        edit(nb)
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+def set_solution(exercise: str, code: str):
+    def edit(nb):
+        solution_cell(nb, exercise).source = code
+    return edit
+
+
+def test_solution_gets_full_marks(fixture_course, tmp_path):
+    result = grade(submit(fixture_course, tmp_path, "solution.ipynb"), fixture_course.root)
+    assert scores(result) == FULL
+    assert (result["chapter"], result["score"], result["max_score"]) == ("00_fixture", 6.0, 6.0)
+    assert set(messages(result).values()) == {"passed"}
+    assert result["cell_errors"] == []
+
+
+def test_untouched_release_gets_zero_and_says_why(fixture_course, tmp_path):
+    result = grade(submit(fixture_course, tmp_path, "release.ipynb", release=True), fixture_course.root)
+    assert result["score"] == 0.0 and result["max_score"] == 6.0
+    assert "not implemented yet" in messages(result)["add"]
+
+
+def test_one_wrong_exercise_loses_exactly_its_points(fixture_course, tmp_path):
+    wrong = "def scale(x, k):\n    return k * x + 1\n"
+    result = grade(submit(fixture_course, tmp_path, "wrong.ipynb", set_solution("scale", wrong)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
+    # the message says what differs, as the visible checks print it
+    assert "entries differ" in messages(result)["scale"] and "expected" in messages(result)["scale"]
+
+
+def test_syntax_error_costs_only_its_exercise(fixture_course, tmp_path):
+    broken = "def add(a, b)\n    return a + b\n"
+    result = grade(submit(fixture_course, tmp_path, "syntax.ipynb", set_solution("add", broken)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "add": 0.0}
+    assert "NameError" in messages(result)["add"]
+    assert any("SyntaxError" in e for e in result["cell_errors"])
+
+
+def test_raising_code_costs_only_its_exercise(fixture_course, tmp_path):
+    raising = "def count_positive(x):\n    raise ValueError('oops')\n"
+    result = grade(submit(fixture_course, tmp_path, "raises.ipynb", set_solution("count_positive", raising)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "count_positive": 0.0}
+    assert "ValueError: oops" in messages(result)["count_positive"]
+
+
+def test_endless_loops_cost_their_exercise_after_the_timeout(fixture_course, tmp_path):
+    def edit(nb):
+        solution_cell(nb, "add").source = "while True:\n    pass\n"  # never defines add
+        solution_cell(nb, "scale").source = "def scale(x, k):\n    while True:\n        pass\n"
+    result = grade(submit(fixture_course, tmp_path, "loops.ipynb", edit), fixture_course.root)
+    assert scores(result) == {**FULL, "add": 0.0, "scale": 0.0}
+    assert "solution cell timed out" in messages(result)["add"]
+    assert "timed out" in messages(result)["scale"]
+
+
+def test_deleted_test_cell_is_restored_not_skipped(fixture_course, tmp_path):
+    def edit(nb):
+        nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "add_test"]
+    result = grade(submit(fixture_course, tmp_path, "deleted.ipynb", edit), fixture_course.root)
+    assert scores(result) == FULL
+
+
+def test_edited_test_cell_is_overwritten_from_the_source(fixture_course, tmp_path):
+    def edit(nb):
+        test = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "scale_test")
+        test.source = "pass  # the learner emptied the test"
+        solution_cell(nb, "scale").source = "def scale(x, k):\n    return x\n"
+    result = grade(submit(fixture_course, tmp_path, "tampered.ipynb", edit), fixture_course.root)
+    assert scores(result)["scale"] == 0.0
+
+
+def test_rebinding_torch_allclose_and_eq_gains_nothing(fixture_course, tmp_path):
+    cheat = ("import torch\n"
+             "torch.allclose = lambda *a, **k: True\n"
+             "torch.Tensor.__eq__ = lambda self, other: True\n"
+             "class Liar:\n"
+             "    def __eq__(self, other): return True\n"
+             "def scale(x, k):\n    return Liar()\n")
+    result = grade(submit(fixture_course, tmp_path, "cheat.ipynb", set_solution("scale", cheat)),
+                   fixture_course.root)
+    assert scores(result)["scale"] == 0.0
+    assert "expected a torch.Tensor, got Liar" in messages(result)["scale"]
+
+
+def test_reference_implementation_earns_no_points(fixture_course, tmp_path):
+    # what `from mechlab.reference.fixture import add` gives (the fixture's reference module
+    # lives in its tmp root, not in the installed package, so it is imitated here)
+    stuck = "def add(a, b):\n    return a + b\nadd.__module__ = 'mechlab.reference.fixture'\n"
+    result = grade(submit(fixture_course, tmp_path, "stuck.ipynb", set_solution("add", stuck)),
+                   fixture_course.root)
+    assert scores(result)["add"] == 0.0
+    assert "reference implementation" in messages(result)["add"]
+
+
+def test_file_that_is_not_a_notebook_gets_a_clear_zero(fixture_course, tmp_path):
+    junk = tmp_path / "00_fixture_final.ipynb"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n not json at all")
+    result = grade(junk, fixture_course.root)
+    assert result["score"] == 0.0 and result["max_score"] == 6.0  # chapter known from the file name
+    assert result["status"].startswith("not a notebook")
+    unknown = tmp_path / "essay.ipynb"
+    unknown.write_text("{}")
+    result = grade(unknown, fixture_course.root)
+    assert result["chapter"] is None and result["score"] == 0.0
+    assert Path(result["feedback"]).is_file()
+
+
+def test_renamed_submission_is_matched_by_its_grade_ids(fixture_course, tmp_path):
+    result = grade(submit(fixture_course, tmp_path, "Copy of my homework (2).ipynb"), fixture_course.root)
+    assert result["chapter"] == "00_fixture" and result["score"] == 6.0
+
+
+def test_feedback_shows_messages_but_never_hidden_tests(fixture_course, tmp_path):
+    wrong = "def scale(x, k):\n    return k * x + 1\n"
+    path = submit(fixture_course, tmp_path, "fb.ipynb", set_solution("scale", wrong))
+    result = grade(path, fixture_course.root, "--feedback", str(tmp_path / "feedback"))
+    html = Path(result["feedback"]).read_text()
+    assert Path(result["feedback"]).parent == tmp_path / "feedback"
+    assert "entries differ" in html  # the failing check's message
+    assert "hidden tests: they decide the grade" in html
+    for hidden in ("refuse_reference", "BEGIN HIDDEN TESTS", "k=-1.5"):
+        assert hidden not in html
+
+
+def test_table_output_for_people(fixture_course, tmp_path):
+    proc = run_cli("grade", str(submit(fixture_course, tmp_path, "s.ipynb")), root=fixture_course.root)
+    assert proc.returncode == 0
+    assert "6 / 6 points" in proc.stdout and "count_positive" in proc.stdout
+
+
+def test_untouched_release_raises_no_nbgrader_warnings(fixture_course, tmp_path):
+    """nbgrader #1961: every untouched release used to report 'checksum changed'."""
+    source = read_source(fixture_course)
+    course = ThrowawayCourse(fixture_course, tmp_path / "course", timeout=source.meta.timeout)
+    course.api.log.setLevel("INFO")
+    course.generate_assignment(fixture_course.solution_notebook)
+    course.submit(fixture_course.release_notebook, "student")
+    outcome = course.autograde("student")
+    assert outcome["success"], outcome.get("error")
+    assert "[WARNING]" not in outcome["log"], outcome["log"]
+    assert "[INFO]" in outcome["log"]  # the log was really captured
+
+
+def test_json_is_the_only_thing_on_stdout(fixture_course, tmp_path):
+    proc = run_cli("grade", str(submit(fixture_course, tmp_path, "j.ipynb")), "--json", root=fixture_course.root)
+    json.loads(proc.stdout)  # raises if anything else was printed
