@@ -6,7 +6,8 @@ gradebook (with the grade cells' source, which autograding restores into every
 submission), `submitted/<student>/` holds what is graded, `autograde` executes
 it into `autograded/` and the gradebook, `generate_feedback` writes `feedback/`.
 The course's additions are configuration: the chapter's per-cell timeout,
-restoring deleted test cells, output caps, and feedback without hidden tests.
+restoring deleted test cells, output caps, surviving a dead kernel, and
+feedback without hidden tests.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import (
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, Execute, GetGrades,
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades,
     IgnorePattern, LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades,
 )
 from sqlalchemy.exc import SAWarning
 from traitlets.config import Config
 
 from autograder.chapters import Chapter
+from autograder.execute import ResilientExecute
 from autograder.preprocessors import CapOutputSize, HideHiddenTests, RestoreHiddenTests
 
 COURSE_ID = "mechlab"
@@ -69,7 +71,7 @@ def course_config(root: Path, timeout: int) -> Config:
         CheckCellMetadata,
     ]
     c.Autograde.autograde_preprocessors = [
-        Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, CapOutputSize,
+        ResilientExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, CapOutputSize,
         SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
     ]
     c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -24,6 +24,7 @@ import nbformat
 
 from autograder.chapters import Chapter
 from autograder.course import ThrowawayCourse
+from autograder.execute import KERNEL_DIED
 from autograder.preprocessors import error_summary
 from autograder.source import SourceNotebook, read_source
 
@@ -108,12 +109,42 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
             if _timed_out(solution):
                 return (f"your solution cell timed out after {timeout} s (an endless loop?), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
+            died = _error(solution)
+            if died is not None and died.get("ename") == KERNEL_DIED:
+                return (f"your solution cell killed the kernel ({died.evalue}), "
+                        f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
         return error_summary(error)[:MAX_MESSAGE]
     for output in cell.get("outputs", []):
         if output.output_type == "stream" and output.name == "stderr":
             return ("failed: the cell wrote to stderr, which nbgrader counts as an error: "
                     + output.text.strip()[:MAX_MESSAGE])
     return "passed"
+
+
+def _incidents(source: SourceNotebook, cells: dict[str, nbformat.NotebookNode]) -> list[str]:
+    """'timeout in exercise 3', 'kernel died in exercise 2': what an instructor should see."""
+    found = []
+    for ex in source.exercises:
+        own = [cells[i] for i in [*ex.solution_cells, ex.test_id] if i in cells]
+        if any(_timed_out(c) for c in own):
+            found.append(f"timeout in exercise {ex.number} ({ex.id})")
+        if any(o.get("ename") == KERNEL_DIED for c in own for o in c.get("outputs", [])):
+            found.append(f"kernel died in exercise {ex.number} ({ex.id})")
+    return found
+
+
+def _failure(outcome: dict) -> tuple[str, str]:
+    """(status, message) for an autograde that nbgrader gave up on."""
+    text = f"{outcome.get('error', '')}\n{outcome.get('log', '')}"
+    if "DeadKernelError" in text or "Kernel died" in text:
+        status = "kernel died"
+        why = ("not graded: the kernel died while running the notebook (os._exit, a crash, or "
+               "running out of memory), and nbgrader stops grading a notebook whose kernel dies")
+    else:
+        last = (outcome.get("error") or "").strip().splitlines()[-1:] or ["unknown error"]
+        status = f"failed: {last[0][:300]}"
+        why = f"not graded: nbgrader could not execute the notebook ({last[0][:300]})"
+    return status, why
 
 
 def _zero_result(chapter: Chapter | None, source: SourceNotebook | None, status: str, why: str) -> GradeResult:
@@ -169,10 +200,8 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
         log.info("autograding %s as chapter %s (per-cell timeout %d s)", feedback_path.stem, chapter.name, timeout)
         outcome = course.autograde(STUDENT)
         if not outcome["success"]:
-            last = (outcome.get("error") or "").strip().splitlines()[-1:] or ["unknown error"]
             log.warning("nbgrader autograde failed:\n%s", outcome.get("log", ""))
-            why = f"not graded: nbgrader could not execute the notebook ({last[0][:300]})"
-            return _zero_result(chapter, source, f"failed: {last[0][:300]}", why)
+            return _zero_result(chapter, source, *_failure(outcome))
         graded = nbformat.read(course.autograded_notebook(STUDENT), as_version=4)
         cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in graded.cells}
         scores = course.scores(STUDENT)
@@ -182,9 +211,10 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
             solutions = [cells[i] for i in ex.solution_cells if i in cells]
             exercises.append(ExerciseResult(ex.id, score, max_score,
                                             _message(cells.get(ex.test_id), solutions, timeout)))
+        status = "; ".join(_incidents(source, cells)) or "ok"
         cell_errors = [f"cell {i + 1}: {error_summary(_error(c))[:200]}" for i, c in enumerate(graded.cells)
                        if _error(c) is not None and not c.metadata.get("nbgrader", {}).get("grade")]
         feedback_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(course.generate_feedback(STUDENT), feedback_path)
     return GradeResult(chapter.name, sum(e.score for e in exercises), sum(e.max_score for e in exercises),
-                       exercises, "ok", str(feedback_path), cell_errors)
+                       exercises, status, str(feedback_path), cell_errors)

@@ -79,7 +79,17 @@ def test_endless_loops_cost_their_exercise_after_the_timeout(fixture_course, tmp
     result = grade(submit(fixture_course, tmp_path, "loops.ipynb", edit), fixture_course.root)
     assert scores(result) == {**FULL, "add": 0.0, "scale": 0.0}
     assert "solution cell timed out" in messages(result)["add"]
+    assert result["status"] == "timeout in exercise 1 (add); timeout in exercise 2 (scale)"
     assert "timed out" in messages(result)["scale"]
+
+
+def test_dead_kernel_costs_only_the_exercise_that_killed_it(fixture_course, tmp_path):
+    dies = "import os\nos._exit(1)\n"
+    result = grade(submit(fixture_course, tmp_path, "dies.ipynb", set_solution("scale", dies)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}  # add (before) and count_positive (after) graded
+    assert result["status"] == "kernel died in exercise 2 (scale)"
+    assert "killed the kernel" in messages(result)["scale"]
 
 
 def test_deleted_test_cell_is_restored_not_skipped(fixture_course, tmp_path):
