@@ -1,0 +1,95 @@
+"""mechlab.checks: every failure names what differs, and nothing a learner's cell
+rebinds changes a verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechlab import checks
+from mechlab.checks import Case, CheckFailed, assert_tensor_close, assert_value_close, compare_function
+
+
+def fails_with(fn, *fragments: str) -> None:
+    with pytest.raises(CheckFailed) as err:
+        fn()
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_messages_name_type_dtype_shape_and_first_difference():
+    expected = torch.zeros(2, 3)
+    fails_with(lambda: assert_tensor_close([0.0] * 6, expected), "expected a torch.Tensor, got list")
+    fails_with(lambda: assert_tensor_close(torch.zeros(2, 3, dtype=torch.float64), expected),
+               "dtype torch.float64, expected torch.float32")
+    fails_with(lambda: assert_tensor_close(torch.zeros(3, 2), expected), "shape (3, 2), expected (2, 3)")
+    got = expected.clone()
+    got[1, 2] = 0.5
+    fails_with(lambda: assert_tensor_close(got, expected, name="W", hint="transposed?"),
+               "W: 1 of 6 entries differ", "first at index (1, 2): expected 0, got 0.5",
+               "largest absolute error 0.5", "Hint: transposed?")
+    got[0, 1] = float("nan")
+    fails_with(lambda: assert_tensor_close(got, expected), "NaN at index (0, 1)")
+
+
+def test_tolerances_are_the_stated_ones():
+    expected = torch.tensor([1.0, 100.0])
+    assert_tensor_close(expected + torch.tensor([0.9e-5, 0.0]), expected, atol=1e-5, rtol=0)
+    fails_with(lambda: assert_tensor_close(expected + torch.tensor([2e-5, 0.0]), expected, atol=1e-5, rtol=0),
+               "1 of 2 entries differ")
+    assert_tensor_close(expected * 1.009, expected, atol=0, rtol=1e-2)
+    assert_tensor_close(torch.tensor([float("inf"), float("nan")]), torch.tensor([float("inf"), float("nan")]))
+
+
+def test_values_tuples_and_numbers():
+    assert_value_close((torch.ones(2), 3, 0.5), (torch.ones(2), 3, 0.5))
+    fails_with(lambda: assert_value_close((torch.ones(2),), (torch.ones(2), 1)),
+               "expected a tuple of 2 values, got tuple of 1")
+    fails_with(lambda: assert_value_close(2, 3, name="count"), "count: expected 3, got 2")
+    fails_with(lambda: assert_value_close("3", 3), "expected 3, got '3'")
+    fails_with(lambda: assert_value_close(0.6, 0.5, name="loss"), "loss: expected 0.5, got 0.6")
+
+
+def test_compare_function_uses_separate_copies_and_names_the_case():
+    def in_place(x):
+        x.add_(1)
+        return x
+
+    def reference(x):
+        return x + 1
+
+    compare_function(in_place, reference, [Case("ones", (torch.ones(3),))], name="f")
+    fails_with(lambda: compare_function(lambda x: x + 2, reference, [Case("ones", (torch.ones(3),))], name="f"),
+               "f(ones): 3 of 3 entries differ")
+
+    def stub(x):
+        raise NotImplementedError()
+    fails_with(lambda: compare_function(stub, reference, [Case("ones", (torch.ones(3),))], name="f"),
+               "f is not implemented yet")
+    fails_with(lambda: compare_function(42, reference, [], name="f"), "f should be a function")
+
+
+def test_rebinding_comparison_functions_changes_nothing(monkeypatch):
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(torch, "isclose", lambda a, b, **k: torch.ones_like(a, dtype=torch.bool))
+    monkeypatch.setattr(np, "isclose", lambda *a, **k: True)
+    monkeypatch.setattr(np, "abs", lambda x: x * 0)
+    monkeypatch.setattr(torch.Tensor, "__eq__", lambda self, other: True)
+    fails_with(lambda: assert_tensor_close(torch.ones(3), torch.zeros(3)), "3 of 3 entries differ")
+
+
+def test_objects_that_equal_everything_are_rejected_by_type():
+    class Liar(torch.Tensor):  # a subclass with __torch_function__ tricks is not a plain tensor
+        def __eq__(self, other):
+            return True
+
+    liar = torch.zeros(3).as_subclass(Liar)
+    fails_with(lambda: assert_tensor_close(liar, torch.ones(3)), "expected a torch.Tensor, got Liar")
+
+
+def test_reference_functions_are_refused():
+    from mechlab.runtime import seed_everything
+    assert checks.is_reference(seed_everything)
+    fails_with(lambda: checks.refuse_reference(seed_everything, "f"), "course's reference implementation")
+    checks.refuse_reference(lambda x: x, "f")  # a learner's own function passes
