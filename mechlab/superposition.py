@@ -126,12 +126,13 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _grid(n: int, panel: float = 2.2, max_cols: int = 8, rows_per_panel: int = 1) -> tuple[Figure, np.ndarray]:
+def _grid(n: int, panel: float = 2.2, max_cols: int = 8) -> tuple[Figure, np.ndarray]:
+    """A figure with n panels, at most `max_cols` per row, laid out by matplotlib."""
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows * rows_per_panel, cols, figsize=(panel * cols, panel * rows * rows_per_panel),
-                             squeeze=False)
-    for ax in axes.flat[n * rows_per_panel:]:
+    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, panel * rows + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, axes
 
@@ -169,7 +170,6 @@ def plot_features_in_2d(W: Float[Tensor, "instance hidden feature"], titles: Seq
         if titles:
             ax.set_title(titles[k], fontsize=9)
     fig.suptitle("feature directions $W_i$ in the hidden space")
-    fig.tight_layout()
     return fig
 
 
@@ -183,7 +183,6 @@ def plot_gram_matrices(W: Float[Tensor, "instance hidden feature"], titles: Sequ
         if titles:
             ax.set_title(titles[k], fontsize=9)
     fig.suptitle(r"$W^\top W$ (entry $i, j$: how much feature $j$ leaks into feature $i$)")
-    fig.tight_layout()
     return fig
 
 
@@ -205,7 +204,7 @@ def plot_feature_bars(norms: Float[Tensor, "instance feature"], interference: Fl
         if titles:
             ax.set_title(titles[k], fontsize=9)
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
-    fig.colorbar(sm, ax=axes.ravel().tolist(), label="interference", shrink=0.8)
+    fig.colorbar(sm, ax=axes.ravel().tolist(), label="interference", shrink=0.9)
     fig.suptitle("feature norms ‖W_i‖ (bar length) and interference (colour)")
     return fig
 
@@ -262,9 +261,9 @@ def plot_dimensionality(W: Float[Tensor, "instance hidden feature"], feature_pro
         ax.scatter(x[k] * np.exp(rng.normal(0, 0.03, D.shape[1])), D[k], s=6, alpha=0.35, color="tab:blue")
     ax.plot(x, per_feature, color="black", marker="o", ms=3, label=r"dimensions per feature $m/\|W\|_F^2$")
     ax.scatter([], [], s=6, color="tab:blue", label=r"feature dimensionality $D_i$")
-    ax.set(xscale="log", xlabel="1 / (1 - S) = 1 / p", ylabel="dimensions per feature", ylim=(-0.05, 1.1),
+    ax.set(xscale="log", xlabel="1 / (1 - S) = 1 / p", ylabel="dimensions per feature", ylim=(-0.05, 1.3),
            title="feature dimensionality across sparsity")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 

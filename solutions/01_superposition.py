@@ -4,7 +4,7 @@
 #     chapter: 1
 #     title: Toy models of superposition
 #     seed: 0
-#     timeout: 120
+#     timeout: 60
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -71,9 +71,8 @@ from torch import Tensor
 from mechlab.runtime import progress
 
 # %%
-import matplotlib.pyplot as plt
-
 from mechlab import superposition as sp
+from mechlab.exercises import superposition as checks
 
 # Sizes of the experiments. The defaults finish in about a minute on a 2-core CPU;
 # on a GPU you can raise SCALE (e.g. to 4) for longer training and cleaner pictures.
@@ -562,22 +561,33 @@ checks.grade_feature_dimensionality(feature_dimensionality)
 # cluster at a few fractions, $1, 3/4, 2/3, 1/2, 2/5, 3/8$: the features arrange
 # themselves into small regular shapes (digons, triangles, tetrahedra, pentagons,
 # square antiprisms) in orthogonal subspaces. We use a smaller model than the paper's
-# (60 features in 12 dimensions, 20 instances) so that it trains in seconds.
+# (40 features in 10 dimensions, 16 sparsity levels from $p = 1$ to $p = 0.05$) so that
+# it trains in seconds.
 
 # %%
-cfg_dim = sp.ToyConfig(n_features=60, n_hidden=12, n_instances=20)
+cfg_dim = sp.ToyConfig(n_features=40, n_hidden=10, n_instances=16)
 gen = torch.Generator(device=device).manual_seed(1)
 W_dim, b_dim = sp.init_toy_weights(cfg_dim, gen, device=device)
-p_dim = sp.feature_probability_sweep(cfg_dim.n_instances, lowest=0.02, highest=0.5, device=device)
-history_dim = train_toy_models(W_dim, b_dim, p_dim, torch.ones(cfg_dim.n_instances, cfg_dim.n_features, device=device),
-                               steps=2500 * SCALE, batch_size=512, lr=1e-2, generator=gen)
+p_dim = sp.feature_probability_sweep(cfg_dim.n_instances, lowest=0.05, device=device)
+uniform_importance = torch.ones(cfg_dim.n_instances, cfg_dim.n_features, device=device)
+train_toy_models(W_dim, b_dim, p_dim, uniform_importance, steps=2000 * SCALE, batch_size=512, lr=1e-2,
+                 generator=gen)
 sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detach()));
 
 # %% [markdown]
-# Look for the plateau of the line at 1/2, and for the dots gathering on the dashed
-# fractions rather than spreading evenly between them. (With a small model and a short
-# training run the picture is noisier than the paper's; raise `SCALE` on a GPU to
-# sharpen it.) The dots at 0 are features the model gave up on.
+# What to look for:
+#
+# - the line starts at 1 (dense: 10 features, one dimension each), drops quickly, and
+#   then **stays on 1/2** over a range of sparsity before falling further: for a while,
+#   antipodal pairs are the best the model can do;
+# - the dots gather on the dashed fractions, notably 1/2 and 2/5, rather than spreading
+#   evenly between them;
+# - the dots at 0 are features the model gave up on.
+#
+# At the dense end, where all features have equal importance, many solutions are
+# equally good (any 10 features, or mixtures of them), so the dots there scatter; read
+# the line. A small model and a short run give a noisier picture than the paper's;
+# raise `SCALE` on a GPU to sharpen it.
 
 # %% [markdown]
 # ## 7. Superposition as a phase change
@@ -661,18 +671,18 @@ checks.grade_feature_phase(feature_phase)
 # One training run gives the whole diagram: each instance is one point of a grid of
 # feature probability $p$ (log scale, from dense to sparse) × relative importance $r$ of
 # the extra feature (log scale, from 0.1 to 10). Each instance is a tiny 2-in-1 model,
-# so 200 of them train in a few seconds.
+# so the 100 of them train in a few seconds.
 #
 # Before running: where do you expect the extra feature to be dropped, to take the
 # dimension for itself, and to share it?
 
 # %%
-phase_p, phase_r = sp.phase_grid(n_probabilities=10, n_importances=20, device=device)
+phase_p, phase_r = sp.phase_grid(n_probabilities=10, n_importances=10, device=device)
 cfg_phase = sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(phase_p))
 gen = torch.Generator(device=device).manual_seed(2)
 W_phase, b_phase = sp.init_toy_weights(cfg_phase, gen, device=device)
 importance_phase = torch.stack([torch.ones_like(phase_r), phase_r], dim=-1)
-train_toy_models(W_phase, b_phase, phase_p, importance_phase, steps=2000 * SCALE, batch_size=512,
+train_toy_models(W_phase, b_phase, phase_p, importance_phase, steps=2000 * SCALE, batch_size=1024,
                  lr=1e-2, generator=gen)
 phases = feature_phase(W_phase.detach(), feature=1)
 sp.plot_phase_diagram(phases, phase_p, phase_r);
@@ -911,15 +921,15 @@ checks.grade_train_sae(train_sae)
 # ### An SAE on a toy model in superposition
 #
 # We need a toy model with many features in superposition, all of them represented.
-# So: 16 features in 6 dimensions, equal importance, feature probability 0.05, trained
-# with your loop. The SAE then sees only the hidden activations $h = W x$ and has 32
+# So: 24 features in 10 dimensions, equal importance, feature probability 0.04, trained
+# with your loop. The SAE then sees only the hidden activations $h = W x$ and has 48
 # latents (twice as many as there are features) to find them with.
 
 # %%
-cfg_sae = sp.ToyConfig(n_features=16, n_hidden=6, n_instances=1)
+cfg_sae = sp.ToyConfig(n_features=24, n_hidden=10, n_instances=1)
 gen = torch.Generator(device=device).manual_seed(3)
 W_toy, b_toy = sp.init_toy_weights(cfg_sae, gen, device=device)
-p_toy = torch.tensor([0.05], device=device)
+p_toy = torch.tensor([0.04], device=device)
 train_toy_models(W_toy, b_toy, p_toy, torch.ones(1, cfg_sae.n_features, device=device),
                  steps=3000 * SCALE, batch_size=1024, lr=1e-2, generator=gen)
 W_true = W_toy.detach()[0]                                    # [hidden, feature]
@@ -927,9 +937,9 @@ norms_toy, _ = feature_norms_and_interference(W_toy.detach())
 print(f"features represented (norm > 0.5): {int((norms_toy > 0.5).sum())} of {cfg_sae.n_features}")
 
 sample_hidden = sp.hidden_sampler(W_toy.detach(), p_toy, generate_batch, gen)
-W_enc, b_enc, W_dec, b_dec = sp.init_sae_weights(cfg_sae.n_hidden, n_latents=32, generator=gen, device=device)
-sae_history = train_sae(sample_hidden, W_enc, b_enc, W_dec, b_dec, steps=3000 * SCALE,
-                        batch_size=1024, lr=3e-3, l1_coeff=0.05)
+W_enc, b_enc, W_dec, b_dec = sp.init_sae_weights(cfg_sae.n_hidden, n_latents=48, generator=gen, device=device)
+sae_history = train_sae(sample_hidden, W_enc, b_enc, W_dec, b_dec, steps=2000 * SCALE,
+                        batch_size=1024, lr=3e-3, l1_coeff=0.1)
 sp.plot_loss_history(sae_history[:, None], labels=["SAE"]);
 
 # %% [markdown]
@@ -990,13 +1000,13 @@ checks.grade_feature_recovery_score(feature_recovery_score)
 
 # %% [markdown]
 # Now the verdict. We compare the trained SAE's decoder with a *random* dictionary of
-# the same size (32 random unit directions in 6 dimensions): with that many directions
+# the same size (48 random unit directions in 10 dimensions): with that many directions
 # in so few dimensions, some random direction always lands moderately close to each
-# feature, so the baseline is not 0. The SAE should do much better, close to 1.
+# feature, so the baseline is well above 0. The SAE should do much better, close to 1.
 
 # %%
 represented = norms_toy[0] > 0.5
-W_random = sp.random_dictionary(cfg_sae.n_hidden, 32, generator=gen, device=device)
+W_random = sp.random_dictionary(cfg_sae.n_hidden, 48, generator=gen, device=device)
 score_sae = feature_recovery_score(W_dec.detach(), W_true[:, represented])
 score_random = feature_recovery_score(W_random, W_true[:, represented])
 print(f"recovery score: SAE {score_sae:.3f}, random dictionary {score_random:.3f}")

@@ -4,6 +4,7 @@ that run the course's command line the way an instructor does."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,11 @@ import nbformat
 import pytest
 
 from autograder.chapters import REPO_ROOT, Chapter
+
+# Tests run two at a time (pytest -n 2) on a 2-core machine, and each grading starts a
+# kernel: torch's default of one thread per core in every process oversubscribes the
+# CPU and OpenMP's spin-waits slow everything down eightfold. One thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURE_SOURCE = Path(__file__).parent / "fixtures" / "00_fixture.py"
 

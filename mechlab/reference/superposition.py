@@ -1,4 +1,7 @@
-# GENERATED from solutions/01_superposition.py by python -m autograder build: do not edit.
+"""Reference solutions of chapter 1: Toy models of superposition.
+
+GENERATED from solutions/01_superposition.py by `python -m autograder build`: do not edit.
+"""
 
 
 from collections.abc import Callable
@@ -185,3 +188,6 @@ def feature_recovery_score(
     true_hat = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
     cos = einops.einsum(true_hat, dec_hat, "hidden feature, hidden latent -> feature latent")
     return cos.max(dim=-1).values.mean().item()
+
+
+__all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score']

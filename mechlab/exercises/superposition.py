@@ -1,0 +1,722 @@
+"""Checks for chapter 1 (toy models of superposition): `check_x` visible, `grade_x` hidden.
+
+Every exercise is tested on inputs this module builds itself (seeded CPU
+generators), against `mechlab.reference.superposition`. Deterministic functions
+are compared entry by entry (float32, atol 1e-5, rtol 1e-4 unless stated); a
+wrong answer is also compared with the outputs of the known mistakes, so the
+message can say which one it looks like. Random and trained outputs are graded
+by properties with stated tolerances: binomial bounds on sparsity, the final
+loss of the learner's loop against the reference loop's from the same start.
+
+Statistics of a learner's tensors are computed in NumPy on a copy taken with
+functions bound at import, so rebinding torch methods in the kernel changes
+nothing here (see `mechlab.checks`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mechlab.checks import Case, CheckFailed, assert_tensor_close, assert_value_close, passed, refuse_reference
+from mechlab.reference import superposition as ref
+
+_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+_detach, _to, _numpy, _clone = torch.Tensor.detach, torch.Tensor.to, torch.Tensor.numpy, torch.Tensor.clone
+_type = type
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=_gen(seed))
+
+
+def _call(fn: Callable, name: str, description: str, args: tuple, kwargs: dict | None = None):
+    """Call the learner's function, turning its exceptions into a message that names the case."""
+    if not callable(fn):
+        raise CheckFailed(f"{name} should be a function, but it is a {_type(fn).__name__}")
+    try:
+        return fn(*args, **(kwargs or {}))
+    except NotImplementedError:
+        raise CheckFailed(f"{name} is not implemented yet (it raised NotImplementedError)") from None
+    except CheckFailed:
+        raise
+    except Exception as e:  # the learner's bug, reported with the case it happened on
+        raise CheckFailed(f"{name}({description}) raised {_type(e).__name__}: {e}") from e
+
+
+def _compare(fn: Callable, reference: Callable, cases: Sequence[Case], *, name: str,
+             mistakes: Sequence[tuple[str, Callable]] = (), hint: str | None = None,
+             atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Compare `fn` with `reference` on each case; when they differ, name the known mistake
+    (a `(hint, wrong_function)` pair) whose output the learner's matches, if any."""
+    for case in cases:
+        expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        got = _call(fn, name, case.description, copy.deepcopy(case.args), copy.deepcopy(case.kwargs))
+        label = f"{name}({case.description})"
+        try:
+            assert_value_close(got, expected, name=label, atol=atol, rtol=rtol)
+        except CheckFailed as failure:
+            for mistake_hint, wrong in mistakes:
+                try:
+                    wrong_out = wrong(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                    assert_value_close(got, wrong_out, name=label, atol=atol, rtol=rtol)
+                except (CheckFailed, Exception):
+                    continue
+                raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
+            if hint:
+                raise CheckFailed(f"{failure}\nHint: {hint}") from None
+            raise
+    passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
+
+
+def _array(got, name: str, shape: tuple, dtype: torch.dtype = torch.float32,
+           requires_grad_ok: bool = True) -> np.ndarray:
+    """Check type, dtype, shape (and that it is detached, when asked), return a float64 copy."""
+    if _type(got) not in (_Tensor, _Parameter):
+        raise CheckFailed(f"{name}: expected a torch.Tensor, got {_type(got).__name__}")
+    if got.dtype != dtype:
+        raise CheckFailed(f"{name}: dtype {got.dtype}, expected {dtype}")
+    if tuple(got.shape) != tuple(shape):
+        raise CheckFailed(f"{name}: shape {tuple(got.shape)}, expected {tuple(shape)}")
+    if not requires_grad_ok and got.requires_grad:
+        raise CheckFailed(f"{name} still requires grad: return detached values (`loss.detach()`), "
+                          "or the history keeps every step's computation graph alive")
+    return _numpy(_to(_detach(got), "cpu", torch.float64))
+
+
+class _Counted:
+    """Wraps one of the pieces a training loop takes, to check the loop really uses it."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _expect_calls(piece: _Counted, argument: str, at_least: int, name: str) -> None:
+    if piece.calls < at_least:
+        raise CheckFailed(f"{name} called the `{argument}` it was given {piece.calls} times in {at_least} steps; "
+                          f"use the `{argument}` argument (the grader passes the course's version), "
+                          "not a function from the notebook")
+
+
+# ---------------------------------------------------------------- 1. toy_forward
+
+
+def _toy_cases(specs: Sequence[tuple[int, int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, inst, hidden, feat in specs:
+        W = _randn(seed, inst, hidden, feat) / math.sqrt(hidden)
+        b = 0.3 * _randn(seed + 100, inst, feat)
+        x = torch.rand(batch, inst, feat, generator=_gen(seed + 200))
+        cases.append(Case(f"seed={seed}, batch={batch}, instance={inst}, hidden={hidden}, feature={feat}", (W, b, x)))
+    return cases
+
+
+_TOY_HAND = Case("hand case: W=[[1,-1]], b=[0,0.2], x=[1,0.5] -> [0.5, 0]",
+                 (torch.tensor([[[1.0, -1.0]]]), torch.tensor([[0.0, 0.2]]), torch.tensor([[[1.0, 0.5]]])))
+
+_TOY_MISTAKES = [
+    ("the output needs the ReLU: torch.relu(Wᵀ W x + b).",
+     lambda W, b, x: torch.einsum("khf,bkh->bkf", W, torch.einsum("khf,bkf->bkh", W, x)) + b),
+    ("the bias b is added inside the ReLU, after mapping back up with Wᵀ.",
+     lambda W, b, x: torch.relu(torch.einsum("khf,bkh->bkf", W, torch.einsum("khf,bkf->bkh", W, x)))),
+    ("add b before the ReLU, not after.",
+     lambda W, b, x: torch.relu(torch.einsum("khf,bkh->bkf", W, torch.einsum("khf,bkf->bkh", W, x))) + b),
+    ("W is [instance, hidden, feature]: h = W x sums over `feature`; it looks like you used Wᵀ first.",
+     lambda W, b, x: torch.relu(torch.einsum("kfh,bkh->bkf", W, torch.einsum("kfh,bkf->bkh", W, x)) + b)),
+]
+
+
+def check_toy_forward(fn: Callable) -> None:
+    _compare(fn, ref.toy_forward, [_TOY_HAND, *_toy_cases([(0, 4, 2, 2, 5)])],
+             name="toy_forward", mistakes=_TOY_MISTAKES)
+
+
+def grade_toy_forward(fn: Callable) -> None:
+    refuse_reference(fn, "toy_forward")
+    cases = [_TOY_HAND, *_toy_cases([(1, 16, 3, 2, 5), (2, 8, 4, 3, 3), (3, 1, 1, 1, 1), (4, 32, 2, 6, 4)])]
+    W, b, _ = cases[1].args
+    cases.append(Case("all-zero input (output should be ReLU(b))", (W, b, torch.zeros(5, 3, 5))))
+    _compare(fn, ref.toy_forward, cases, name="toy_forward", mistakes=_TOY_MISTAKES)
+
+
+# ---------------------------------------------------------------- 2. generate_batch
+
+
+def _generate_properties(fn: Callable, batch: int, p: list[float], n_features: int, seed: int) -> None:
+    name = "generate_batch"
+    desc = f"batch_size={batch}, feature_probability={p}, n_features={n_features}"
+    prob = torch.tensor(p)
+    out = _call(fn, name, desc, (batch, prob.clone(), n_features, _gen(seed)))
+    x = _array(out, f"{name}({desc})", (batch, len(p), n_features))
+    if out.device != prob.device:
+        raise CheckFailed(f"{name}({desc}): output on {out.device}, expected feature_probability's device {prob.device}")
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() >= 1:
+        raise CheckFailed(f"{name}({desc}): values must lie in [0, 1); got min {x.min():.3g}, max {x.max():.3g}")
+    active = x > 0
+    for k, pk in enumerate(p):
+        n = active[:, k].size
+        frac = active[:, k].mean()
+        tol = 5 * math.sqrt(pk * (1 - pk) / n) + 2e-3  # 5 binomial standard deviations
+        if abs(frac - pk) > tol:
+            hint = ("a feature should be active when its uniform draw is *below* p."
+                    if abs(frac - (1 - pk)) <= tol else "each entry is active with probability p of its instance.")
+            raise CheckFailed(f"{name}({desc}): instance {k} has {frac:.4f} of its entries non-zero, "
+                              f"expected {pk} ± {tol:.4f}\nHint: {hint}")
+        if pk > 0 and active[:, k].sum() >= 200:
+            nonzero = x[:, k][active[:, k]]
+            mean_tol = 5 * math.sqrt(1 / 12 / nonzero.size)
+            if abs(nonzero.mean() - 0.5) > mean_tol:
+                raise CheckFailed(f"{name}({desc}): instance {k}: the non-zero values have mean {nonzero.mean():.4f}, "
+                                  f"expected 0.5 ± {mean_tol:.4f} (uniform on [0, 1))\nHint: draw the values and "
+                                  "the active/inactive decision from two separate uniform tensors.")
+        if 0.2 <= pk <= 0.8 and n_features > 1 and batch >= 500:
+            # independence: across batch elements and across features
+            per_column = active[:, k].mean(axis=0)  # [feature]
+            col_tol = 6 * math.sqrt(pk * (1 - pk) / batch)
+            if np.abs(per_column - pk).max() > col_tol:
+                raise CheckFailed(f"{name}({desc}): instance {k}: feature {int(np.abs(per_column - pk).argmax())} is "
+                                  f"active in {per_column[np.abs(per_column - pk).argmax()]:.3f} of the batch, expected "
+                                  f"{pk} ± {col_tol:.3f}\nHint: draw a separate decision for every batch element.")
+            both = (active[:, k, 0] & active[:, k, 1]).mean()
+            if abs(both - pk * pk) > 6 * math.sqrt(pk * pk / batch):
+                raise CheckFailed(f"{name}({desc}): instance {k}: features 0 and 1 are both active in {both:.3f} of "
+                                  f"the batch, expected about {pk * pk:.3f}\nHint: features are active independently.")
+    again = _call(fn, name, desc, (batch, prob.clone(), n_features, _gen(seed)))
+    if _type(again) not in (_Tensor, _Parameter) or not np.array_equal(_array(again, name, x.shape), x):
+        raise CheckFailed(f"{name}({desc}): two calls with generators seeded alike gave different batches\n"
+                          "Hint: draw all randomness from `generator` (torch.rand(..., generator=generator)).")
+
+
+def check_generate_batch(fn: Callable) -> None:
+    _generate_properties(fn, 2000, [1.0, 0.5, 0.0], 8, seed=0)
+    passed("generate_batch has the right shape, range, sparsity and mean (statistical check)")
+
+
+def grade_generate_batch(fn: Callable) -> None:
+    refuse_reference(fn, "generate_batch")
+    _generate_properties(fn, 4000, [0.05, 0.3, 1.0, 0.0, 0.7], 10, seed=1)
+    _generate_properties(fn, 3000, [0.5], 1, seed=2)  # one instance, one feature
+    _generate_properties(fn, 1, [0.0, 1.0], 3, seed=3)  # batch of one
+    _generate_properties(fn, 20000, [0.02], 4, seed=4)  # very sparse
+    desc = "two different seeds"
+    a = _call(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, _gen(5)))
+    b = _call(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, _gen(6)))
+    if np.array_equal(_array(a, "generate_batch", (64, 2, 4)), _array(b, "generate_batch", (64, 2, 4))):
+        raise CheckFailed("generate_batch gave the same batch for generators with different seeds\n"
+                          "Hint: draw all randomness from `generator`.")
+    passed("generate_batch passes the statistical tests on 4 configurations")
+
+
+# ---------------------------------------------------------------- 3. importance_weighted_loss
+
+
+def _loss_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, inst, feat in specs:
+        x = torch.rand(batch, inst, feat, generator=_gen(seed))
+        x_hat = torch.rand(batch, inst, feat, generator=_gen(seed + 1))
+        importance = 0.9 ** torch.arange(feat, dtype=torch.float32) * torch.rand(inst, 1, generator=_gen(seed + 2))
+        cases.append(Case(f"seed={seed}, batch={batch}, instance={inst}, feature={feat}", (x, x_hat, importance)))
+    return cases
+
+
+_LOSS_HAND = Case("hand case: x=[1,0], x_hat=[0.5,1], importance=[1,0.5] -> 0.75",
+                  (torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.5, 1.0]]]), torch.tensor([[1.0, 0.5]])))
+
+_LOSS_MISTAKES = [
+    ("weight each feature's squared error by its importance.", lambda x, xh, I: ((x - xh) ** 2).sum(-1).mean(0)),
+    ("sum over features (the loss is Σ_i I_i (x_i - x'_i)²), then take the mean over the batch.",
+     lambda x, xh, I: (I * (x - xh) ** 2).mean(-1).mean(0)),
+    ("take the mean over the batch, not the sum.", lambda x, xh, I: (I * (x - xh) ** 2).sum(-1).sum(0)),
+    ("the error is squared: (x - x_hat)**2.", lambda x, xh, I: (I * (x - xh).abs()).sum(-1).mean(0)),
+]
+
+
+def check_importance_weighted_loss(fn: Callable) -> None:
+    _compare(fn, ref.importance_weighted_loss, [_LOSS_HAND, *_loss_cases([(0, 4, 2, 3)])],
+             name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
+
+
+def grade_importance_weighted_loss(fn: Callable) -> None:
+    refuse_reference(fn, "importance_weighted_loss")
+    cases = [_LOSS_HAND, *_loss_cases([(1, 32, 3, 5), (2, 1, 1, 1), (3, 7, 5, 2), (4, 64, 1, 20)])]
+    x = torch.rand(8, 2, 4, generator=_gen(9))
+    cases.append(Case("perfect reconstruction (loss 0)", (x, x.clone(), torch.ones(2, 4))))
+    _compare(fn, ref.importance_weighted_loss, cases, name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
+
+
+# ---------------------------------------------------------------- 4. train_toy_models
+
+# (seed, instances, features, hidden, steps, batch_size, lr)
+_TRAIN_CHECK = (0, 3, 5, 2, 150, 128, 1e-2)
+_TRAIN_GRADE = [(1, 4, 5, 2, 250, 256, 1e-2), (2, 2, 6, 3, 200, 128, 3e-3)]
+_reference_runs: dict[tuple, tuple] = {}
+
+
+def _toy_setup(config: tuple):
+    seed, inst, feat, hidden, *_ = config
+    W = _randn(seed, inst, hidden, feat) * math.sqrt(2 / (hidden + feat))
+    b = torch.zeros(inst, feat)
+    p = torch.logspace(0, -1, inst)  # dense to p = 0.1
+    importance = (0.9 ** torch.arange(feat, dtype=torch.float32)).expand(inst, feat).clone()
+    return W, b, p, importance
+
+
+def _toy_eval(W, b, p, importance, seed: int = 12345) -> np.ndarray:
+    with torch.no_grad():
+        x = ref.generate_batch(8192, p, W.shape[-1], _gen(seed))
+        return _numpy(ref.importance_weighted_loss(x, ref.toy_forward(W, b, x), importance)).astype(np.float64)
+
+
+def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
+    if config not in _reference_runs:
+        seed, _, _, _, steps, batch, lr = config
+        W, b, p, importance = _toy_setup(config)
+        ref.train_toy_models(W, b, p, importance, steps=steps, batch_size=batch, lr=lr, generator=_gen(seed + 1))
+        _reference_runs[config] = (_toy_eval(W.detach(), b.detach(), p, importance),
+                                   _toy_eval(*_toy_setup(config)))
+    return _reference_runs[config]
+
+
+def _check_train_toy(fn: Callable, config: tuple) -> None:
+    name = "train_toy_models"
+    seed, inst, feat, hidden, steps, batch, lr = config
+    desc = f"instance={inst}, feature={feat}, hidden={hidden}, steps={steps}, batch_size={batch}, lr={lr}"
+    W, b, p, importance = _toy_setup(config)
+    W0, b0 = _clone(W), _clone(b)
+    forward, generate, loss_fn = _Counted(ref.toy_forward), _Counted(ref.generate_batch), _Counted(ref.importance_weighted_loss)
+    history = _call(fn, name, desc, (W, b, p, importance),
+                    dict(steps=steps, batch_size=batch, lr=lr, generator=_gen(seed + 1),
+                         forward=forward, generate=generate, loss_fn=loss_fn))
+    label = f"{name}({desc}) history"
+    h = _array(history, label, (steps, inst), requires_grad_ok=False)
+    if history.device.type != "cpu":
+        raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
+    if not np.isfinite(h).all():
+        raise CheckFailed(f"{label} contains NaN or inf")
+    for piece, arg in ((generate, "generate"), (forward, "forward"), (loss_fn, "loss_fn")):
+        _expect_calls(piece, arg, steps, name)
+    if np.array_equal(_numpy(_detach(W)), _numpy(W0)) or np.array_equal(_numpy(_detach(b)), _numpy(b0)):
+        which = "W" if np.array_equal(_numpy(_detach(W)), _numpy(W0)) else "b"
+        raise CheckFailed(f"{name}({desc}): {which} did not change: train the tensors you are given, in place\n"
+                          "Hint: torch.optim.Adam([W, b], lr=lr) and optimizer.step() every step.")
+    trained, initial = _toy_eval(_detach(W), _detach(b), p, importance), _toy_eval(W0, b0, p, importance)
+    ref_trained, _ = _reference_toy_run(config)
+    start = h[0].mean()  # one batch of >= 128: within 30% of the loss on 8192 inputs
+    if not 0.7 * initial.mean() <= start <= 1.3 * initial.mean():
+        raise CheckFailed(f"{label}: the first step's loss (mean over instances) is {start:.4g}, but the model's "
+                          f"loss at the start is "
+                          f"about {initial.mean():.4g}\nHint: record loss_fn(x, forward(W, b, x), importance) "
+                          "(one value per instance) at every step.")
+    # Tolerance: 10% (+0.002) on the mean over instances, 30% (+0.005) per instance, of the
+    # reference loop's loss from the same start, both measured on the same 8192 fresh inputs.
+    if trained.mean() > 1.10 * ref_trained.mean() + 2e-3 or (trained > 1.3 * ref_trained + 5e-3).any():
+        raise CheckFailed(f"{name}({desc}): after training, the loss per instance is {np.round(trained, 4).tolist()}; "
+                          f"the reference loop reaches {np.round(ref_trained, 4).tolist()} from the same start "
+                          f"(allowed: 10% more on average, 30% per instance)\nHint: one optimiser step per batch "
+                          "on loss.sum(), optimizer.zero_grad() before backward(), and the lr you are given.")
+
+
+def check_train_toy_models(fn: Callable) -> None:
+    _check_train_toy(fn, _TRAIN_CHECK)
+    passed("train_toy_models trains: its loss comes within tolerance of the reference loop's")
+
+
+def grade_train_toy_models(fn: Callable) -> None:
+    refuse_reference(fn, "train_toy_models")
+    for config in _TRAIN_GRADE:
+        _check_train_toy(fn, config)
+    passed(f"train_toy_models reaches the reference loop's loss on {len(_TRAIN_GRADE)} configurations")
+
+
+# ---------------------------------------------------------------- 5. feature_norms_and_interference
+
+_GEOMETRY_HAND = Case("hand case: columns (1,0), (0,2), (1,0) -> norms [1,2,1], interference [1,0,1]",
+                      (torch.tensor([[[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]]),))
+_ZERO_COLUMN = Case("a zero column: W=[[1,0],[0,0]]", (torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]),))
+
+
+def _geometry_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, inst, hidden, feat in specs:
+        W = _randn(seed, inst, hidden, feat) * (0.5 + torch.rand(inst, 1, feat, generator=_gen(seed + 1)))
+        cases.append(Case(f"seed={seed}, instance={inst}, hidden={hidden}, feature={feat}", (W,)))
+    W = _randn(7, 3, 4, 6)
+    W[1, :, 2] = 0.0
+    W[2, :, :] = 0.0
+    cases.append(Case("random W with zero columns (a dead feature, a dead instance)", (W,)))
+    return cases
+
+
+def _gram(W: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    norms = W.norm(dim=1)
+    W_hat = W / norms.clamp_min(1e-8)[:, None, :] if normalise else W
+    return torch.einsum("khi,khj->kij", W_hat, W)
+
+
+_NORM_MISTAKES = [
+    ("leave out the j = i term: Σ over j ≠ i (the diagonal of the dot products is ‖W_i‖²).",
+     lambda W: (W.norm(dim=1), (_gram(W) ** 2).sum(-1))),
+    ("normalise feature i's column first: Ŵ_i = W_i / ‖W_i‖ (only the first factor of the dot product).",
+     lambda W: (W.norm(dim=1), (_gram(W, normalise=False) ** 2).sum(-1)
+                - torch.diagonal(_gram(W, normalise=False), dim1=-2, dim2=-1) ** 2)),
+    ("square the dot products before summing.",
+     lambda W: (W.norm(dim=1), _gram(W).sum(-1) - torch.diagonal(_gram(W), dim1=-2, dim2=-1))),
+]
+
+
+def check_feature_norms_and_interference(fn: Callable) -> None:
+    _compare(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _ZERO_COLUMN],
+             name="feature_norms_and_interference", mistakes=_NORM_MISTAKES,
+             hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+
+
+def grade_feature_norms_and_interference(fn: Callable) -> None:
+    refuse_reference(fn, "feature_norms_and_interference")
+    cases = [_GEOMETRY_HAND, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
+    _compare(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
+             mistakes=_NORM_MISTAKES, hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+
+
+# ---------------------------------------------------------------- 6. feature_dimensionality
+
+_DIM_HAND = Case("hand case: antipodal pair + a dedicated feature -> [0.5, 0.5, 1]",
+                 (torch.tensor([[[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]]),))
+_angles = torch.arange(5) * 2 * math.pi / 5
+_PENTAGON = Case("a pentagon: 5 unit features in 2 dimensions -> 2/5 each",
+                 (torch.stack([_angles.cos(), _angles.sin()])[None],))
+
+_DIM_MISTAKES = [
+    ("the sum in the denominator includes j = i.", lambda W: W.norm(dim=1) ** 2 / (
+        (_gram(W) ** 2).sum(-1) - W.norm(dim=1) ** 2)),
+    ("normalise the first factor: Ŵ_i · W_j with Ŵ_i = W_i / ‖W_i‖.",
+     lambda W: W.norm(dim=1) ** 2 / (_gram(W, normalise=False) ** 2).sum(-1)),
+    ("square the dot products in the denominator.", lambda W: W.norm(dim=1) ** 2 / _gram(W).sum(-1)),
+]
+
+
+def check_feature_dimensionality(fn: Callable) -> None:
+    _compare(fn, ref.feature_dimensionality, [_DIM_HAND, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
+             mistakes=_DIM_MISTAKES, hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+
+
+def grade_feature_dimensionality(fn: Callable) -> None:
+    refuse_reference(fn, "feature_dimensionality")
+    cases = [_DIM_HAND, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
+                                                                     (14, 3, 10, 40)])]
+    _compare(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
+             hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+
+
+# ---------------------------------------------------------------- 7. feature_phase
+
+# instance 0: feature 1 dropped; 1: feature 1 dedicated (feature 0 dropped); 2: antipodal pair
+_PHASE_HAND = Case("hand case: 2 features in 1 dimension, one instance per phase -> [0, 1, 2]",
+                   (torch.tensor([[[1.0, 0.01]], [[0.02, 1.0]], [[1.0, -0.9]]]), 1))
+
+
+def _phase_cases(specs: Sequence[tuple[int, int, int, int, int, dict]]) -> list[Case]:
+    """Random W whose norms and interferences stay at least 0.01 away from the thresholds."""
+    cases = []
+    for seed, inst, hidden, feat, feature, kwargs in specs:
+        W = _randn(seed, 4 * inst, hidden, feat) * torch.rand(4 * inst, 1, feat, generator=_gen(seed + 1)) * 1.5
+        w = W[:, :, feature]
+        norm = w.norm(dim=-1)
+        dots = torch.einsum("kh,khf->kf", w / norm.clamp_min(1e-8)[:, None], W)
+        dots[:, feature] = 0
+        interference = (dots**2).sum(-1)
+        nt, it = kwargs.get("norm_threshold", 0.5), kwargs.get("interference_threshold", 0.25)
+        keep = ((norm - nt).abs() > 0.01) & ((interference - it).abs() > 0.01)
+        cases.append(Case(f"seed={seed}, instance={inst}, hidden={hidden}, feature={feat}, index {feature}, {kwargs}",
+                          (W[keep][:inst], feature), kwargs))
+    return cases
+
+
+def _norm_and_interference(W: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    norms, interference = ref.feature_norms_and_interference(W)
+    return norms[:, i], interference[:, i]
+
+
+def _phase_order_swapped(W, i, norm_threshold=0.5, interference_threshold=0.25):
+    norm, interference = _norm_and_interference(W, i)
+    return torch.where(interference < interference_threshold, 1, torch.where(norm < norm_threshold, 0, 2)).long()
+
+
+def _phase_self_included(W, i, norm_threshold=0.5, interference_threshold=0.25):
+    norm, interference = _norm_and_interference(W, i)
+    interference = interference + norm**2
+    return torch.where(norm < norm_threshold, 0, torch.where(interference < interference_threshold, 1, 2)).long()
+
+
+_PHASE_MISTAKES = [
+    ("check the norm first: a feature below norm_threshold is 0 (not represented), whatever its interference.",
+     _phase_order_swapped),
+    ("use the thresholds you are given (norm_threshold, interference_threshold), not fixed numbers.",
+     lambda W, i, **k: ref.feature_phase(W, i)),
+    ("leave the feature itself out of its interference (j ≠ i).", _phase_self_included),
+]
+
+
+def check_feature_phase(fn: Callable) -> None:
+    _compare(fn, ref.feature_phase, [_PHASE_HAND, *_phase_cases([(0, 6, 2, 3, 0, {})])], name="feature_phase",
+             mistakes=_PHASE_MISTAKES, hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
+
+
+def grade_feature_phase(fn: Callable) -> None:
+    refuse_reference(fn, "feature_phase")
+    cases = [_PHASE_HAND, *_phase_cases([
+        (1, 40, 1, 2, 1, {}), (2, 40, 2, 5, 3, {}), (3, 30, 3, 4, 0, {"norm_threshold": 0.8}),
+        (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
+    ])]
+    cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
+    _compare(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
+             hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
+
+
+# ---------------------------------------------------------------- 8. sae_forward
+
+
+def _sae_params(seed: int, hidden: int, latent: int, bias_scale: float = 0.2):
+    W_enc = _randn(seed, hidden, latent) / math.sqrt(hidden)
+    b_enc = bias_scale * _randn(seed + 1, latent)
+    W_dec = _randn(seed + 2, hidden, latent)
+    W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
+    b_dec = bias_scale * _randn(seed + 3, hidden)
+    return W_enc, b_enc, W_dec, b_dec
+
+
+def _sae_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    return [Case(f"seed={seed}, batch={batch}, hidden={hidden}, latent={latent}",
+                 (_randn(seed + 9, batch, hidden), *_sae_params(seed, hidden, latent)))
+            for seed, batch, hidden, latent in specs]
+
+
+_SAE_HAND = Case("hand case: h=[1,2], W_enc=[[1,-1,0],[0,0,1]], b_enc=[0,0,-1], W_dec=[[1,0,0],[0,0,1]], "
+                 "b_dec=[0.5,0] -> latents [0.5,0,1], reconstruction [1,1]",
+                 (torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]]),
+                  torch.tensor([0.0, 0.0, -1.0]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+                  torch.tensor([0.5, 0.0])))
+
+
+def _sae_variant(relu: bool = True, subtract: bool = True, enc_bias: bool = True):
+    def forward(h, W_enc, b_enc, W_dec, b_dec):
+        pre = (h - b_dec if subtract else h) @ W_enc + (b_enc if enc_bias else 0)
+        z = torch.relu(pre) if relu else pre
+        return z, z @ W_dec.T + b_dec
+    return forward
+
+
+_SAE_MISTAKES = [
+    ("the latents need a ReLU.", _sae_variant(relu=False)),
+    ("subtract the decoder bias b_dec from h before encoding.", _sae_variant(subtract=False)),
+    ("add the encoder bias b_enc before the ReLU.", _sae_variant(enc_bias=False)),
+]
+
+
+def check_sae_forward(fn: Callable) -> None:
+    _compare(fn, ref.sae_forward, [_SAE_HAND, *_sae_cases([(0, 4, 3, 6)])], name="sae_forward",
+             mistakes=_SAE_MISTAKES, hint="return the tuple (latents, reconstruction).")
+
+
+def grade_sae_forward(fn: Callable) -> None:
+    refuse_reference(fn, "sae_forward")
+    cases = [_SAE_HAND, *_sae_cases([(1, 16, 4, 8), (2, 1, 1, 1), (3, 32, 6, 3), (4, 8, 10, 40)])]
+    args = _sae_cases([(5, 5, 4, 8)])[0].args
+    cases.append(Case("all-zero h", (torch.zeros(5, 4), *args[1:])))
+    _compare(fn, ref.sae_forward, cases, name="sae_forward", mistakes=_SAE_MISTAKES,
+             hint="return the tuple (latents, reconstruction).")
+
+
+# ---------------------------------------------------------------- 9. sae_loss
+
+_SAE_LOSS_HAND = Case("hand case: h=[1,0], reconstruction=[0.5,0.5], latents=[1,0,2], l1_coeff=0.1 -> 0.8",
+                      (torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.5, 0.5]]), 0.1))
+
+
+def _sae_loss_cases(specs: Sequence[tuple[int, int, int, int, float]]) -> list[Case]:
+    return [Case(f"seed={seed}, batch={batch}, hidden={hidden}, latent={latent}, l1_coeff={l1}",
+                 (_randn(seed, batch, hidden), torch.relu(_randn(seed + 1, batch, latent)),
+                  _randn(seed + 2, batch, hidden), l1))
+            for seed, batch, hidden, latent, l1 in specs]
+
+
+_SAE_LOSS_MISTAKES = [
+    ("sum the squared error over the hidden dimensions (not the mean), then average over the batch.",
+     lambda h, z, r, c: (((r - h) ** 2).mean(-1) + c * z.abs().sum(-1)).mean()),
+    ("add the sparsity penalty l1_coeff · Σ|latents|.", lambda h, z, r, c: ((r - h) ** 2).sum(-1).mean()),
+    ("the L1 penalty sums |latents| over latents (not the mean).",
+     lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().mean(-1)).mean()),
+    ("average over the batch, don't sum.", lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().sum(-1)).sum()),
+]
+
+
+def check_sae_loss(fn: Callable) -> None:
+    _compare(fn, ref.sae_loss, [_SAE_LOSS_HAND, *_sae_loss_cases([(0, 4, 3, 6, 0.5)])], name="sae_loss",
+             mistakes=_SAE_LOSS_MISTAKES, hint="return a 0-dimensional tensor (a scalar), not a Python float.")
+
+
+def grade_sae_loss(fn: Callable) -> None:
+    refuse_reference(fn, "sae_loss")
+    cases = [_SAE_LOSS_HAND, *_sae_loss_cases([(1, 16, 4, 8, 0.1), (2, 1, 1, 1, 1.0), (3, 32, 6, 20, 0.0),
+                                               (4, 8, 10, 5, 3.0)])]
+    h = _randn(5, 6, 3)
+    cases.append(Case("perfect reconstruction, all latents zero (loss 0)", (h, torch.zeros(6, 4), h.clone(), 0.5)))
+    _compare(fn, ref.sae_loss, cases, name="sae_loss", mistakes=_SAE_LOSS_MISTAKES,
+             hint="return a 0-dimensional tensor (a scalar), not a Python float.")
+
+
+# ---------------------------------------------------------------- 10. train_sae
+
+# (seed, features, hidden, latents, steps, batch_size, lr, l1_coeff)
+_SAE_CHECK = (0, 8, 4, 16, 150, 256, 1e-2, 0.05)
+_SAE_GRADE = [(1, 8, 4, 16, 250, 256, 1e-2, 0.05), (2, 12, 5, 24, 200, 128, 5e-3, 0.1)]
+_reference_sae_runs: dict[tuple, float] = {}
+
+
+def _sae_setup(config: tuple):
+    seed, feat, hidden, latent, *_ = config
+    W_toy = _randn(seed, 1, hidden, feat)
+    W_toy = W_toy / W_toy.norm(dim=1, keepdim=True)
+    p = torch.tensor([0.1])
+
+    generator = _gen(seed + 1)
+
+    def sample_hidden(batch_size: int) -> torch.Tensor:
+        return ref.generate_batch(batch_size, p, feat, generator)[:, 0] @ W_toy[0].T
+
+    W_dec = _randn(seed + 2, hidden, latent)
+    W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
+    return sample_hidden, [_clone(W_dec), torch.zeros(latent), W_dec, torch.zeros(hidden)], W_toy, p
+
+
+def _sae_eval(config: tuple, params: Sequence[torch.Tensor]) -> float:
+    seed, feat, hidden, latent, *_, l1 = config
+    _, _, W_toy, p = _sae_setup(config)
+    with torch.no_grad():
+        h = ref.generate_batch(8192, p, feat, _gen(999))[:, 0] @ W_toy[0].T
+        z, r = ref.sae_forward(h, *params)
+        return float(ref.sae_loss(h, z, r, l1))
+
+
+def _reference_sae_run(config: tuple) -> float:
+    if config not in _reference_sae_runs:
+        sample_hidden, params, *_ = _sae_setup(config)
+        _, _, _, _, steps, batch, lr, l1 = config
+        ref.train_sae(sample_hidden, *params, steps=steps, batch_size=batch, lr=lr, l1_coeff=l1)
+        _reference_sae_runs[config] = _sae_eval(config, [_detach(t) for t in params])
+    return _reference_sae_runs[config]
+
+
+def _check_train_sae(fn: Callable, config: tuple) -> None:
+    name = "train_sae"
+    seed, feat, hidden, latent, steps, batch, lr, l1 = config
+    desc = f"hidden={hidden}, latent={latent}, steps={steps}, batch_size={batch}, lr={lr}, l1_coeff={l1}"
+    sample_hidden, params, *_ = _sae_setup(config)
+    initial = [_clone(t) for t in params]
+    sampler, forward, loss_fn = _Counted(sample_hidden), _Counted(ref.sae_forward), _Counted(ref.sae_loss)
+    history = _call(fn, name, desc, (sampler, *params),
+                    dict(steps=steps, batch_size=batch, lr=lr, l1_coeff=l1, forward=forward, loss_fn=loss_fn))
+    label = f"{name}({desc}) history"
+    h = _array(history, label, (steps,), requires_grad_ok=False)
+    if history.device.type != "cpu":
+        raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
+    if not np.isfinite(h).all():
+        raise CheckFailed(f"{label} contains NaN or inf")
+    for piece, arg in ((sampler, "sample_hidden"), (forward, "forward"), (loss_fn, "loss_fn")):
+        _expect_calls(piece, arg, steps, name)
+    for param_name, before, after in zip(("W_enc", "b_enc", "W_dec", "b_dec"), initial, params):
+        if np.array_equal(_numpy(before), _numpy(_detach(after))):
+            raise CheckFailed(f"{name}({desc}): {param_name} did not change: train the four tensors you are "
+                              "given, in place, with one optimizer over all of them")
+    column_norms = np.linalg.norm(_numpy(_to(_detach(params[2]), "cpu", torch.float64)), axis=0)
+    if np.abs(column_norms - 1).max() > 1e-3:
+        raise CheckFailed(f"{name}({desc}): after training, the decoder's column norms range from "
+                          f"{column_norms.min():.4f} to {column_norms.max():.4f}; every column should have norm 1\n"
+                          "Hint: after each optimizer.step(), under torch.no_grad(): "
+                          "W_dec /= W_dec.norm(dim=0, keepdim=True) (columns, dim=0, in place).")
+    start = _sae_eval(config, initial)
+    if not 0.6 * start <= h[0] <= 1.4 * start:  # one batch of >= 128 against 8192 inputs
+        raise CheckFailed(f"{label}: the first step's loss is {h[0]:.4g}, but the "
+                          f"SAE's loss at the start is about {start:.4g}\nHint: record each step's loss (a scalar).")
+    # Tolerance: 15% (+0.002) above the reference loop's loss from the same start, on 8192 fresh inputs.
+    trained, reference = _sae_eval(config, [_detach(t) for t in params]), _reference_sae_run(config)
+    if trained > 1.15 * reference + 2e-3:
+        raise CheckFailed(f"{name}({desc}): after training the SAE's loss is {trained:.4f}; the reference loop "
+                          f"reaches {reference:.4f} from the same start (allowed: 15% more)\nHint: "
+                          "optimizer.zero_grad(), loss.backward(), optimizer.step(), then renormalise W_dec.")
+
+
+def check_train_sae(fn: Callable) -> None:
+    _check_train_sae(fn, _SAE_CHECK)
+    passed("train_sae trains, keeps decoder columns at unit norm, and reaches the reference loop's loss")
+
+
+def grade_train_sae(fn: Callable) -> None:
+    refuse_reference(fn, "train_sae")
+    for config in _SAE_GRADE:
+        _check_train_sae(fn, config)
+    passed(f"train_sae reaches the reference loop's loss with unit-norm decoder columns on {len(_SAE_GRADE)} configurations")
+
+
+# ---------------------------------------------------------------- 11. feature_recovery_score
+
+_RECOVERY_HAND = Case("hand case: W_true=I (2 features), W_dec columns (1,0), (0,0), (0.6,0.8) -> (1 + 0.8)/2 = 0.9",
+                      (torch.tensor([[1.0, 0.0, 0.6], [0.0, 0.0, 0.8]]), torch.eye(2)))
+_RECOVERY_OPPOSITE = Case("decoder pointing exactly away from the features: W_dec = -W_true -> 0",
+                          (-torch.eye(2), torch.eye(2)))
+
+
+def _recovery_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, hidden, feat, latent in specs:
+        W_true = _randn(seed, hidden, feat) * (0.5 + torch.rand(1, feat, generator=_gen(seed + 1)))
+        noise = 0.3 * _randn(seed + 2, hidden, feat)
+        W_dec = torch.cat([W_true + noise, _randn(seed + 3, hidden, max(0, latent - feat))], dim=1)[:, :latent] * 2
+        cases.append(Case(f"seed={seed}, hidden={hidden}, feature={feat}, latent={latent}", (W_dec, W_true)))
+    return cases
+
+
+def _cos(W_dec, W_true):
+    d = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    t = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    return t.T @ d  # [feature, latent]
+
+
+_RECOVERY_MISTAKES = [
+    ("the cosine is signed: a direction pointing away from a feature does not recover it (no abs).",
+     lambda W_dec, W_true: _cos(W_dec, W_true).abs().max(dim=-1).values.mean().item()),
+    ("for each *true feature*, take the best latent (max over latents), then average over features.",
+     lambda W_dec, W_true: _cos(W_dec, W_true).max(dim=0).values.mean().item()),
+    ("normalise both sets of columns to unit length before the dot products.",
+     lambda W_dec, W_true: (W_true.T @ W_dec).max(dim=-1).values.mean().item()),
+]
+
+
+def check_feature_recovery_score(fn: Callable) -> None:
+    _compare(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_OPPOSITE], name="feature_recovery_score",
+             mistakes=_RECOVERY_MISTAKES, hint="return a Python float (`.item()`).")
+
+
+def grade_feature_recovery_score(fn: Callable) -> None:
+    refuse_reference(fn, "feature_recovery_score")
+    cases = [_RECOVERY_HAND, _RECOVERY_OPPOSITE,
+             *_recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])]
+    cases.append(Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
+                      (cases[2].args[1][:, [3, 1, 0, 5, 2, 4]] * 3.0, cases[2].args[1])))
+    _compare(fn, ref.feature_recovery_score, cases, name="feature_recovery_score", mistakes=_RECOVERY_MISTAKES,
+             hint="return a Python float (`.item()`).")

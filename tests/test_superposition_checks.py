@@ -1,0 +1,314 @@
+"""Chapter 1's checks: the reference passes every check and hidden test, the reference
+object itself earns no points, and each hidden test fails a plausible wrong answer."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from mechlab.checks import CheckFailed
+from mechlab.exercises import superposition as checks
+from mechlab.reference import superposition as ref
+
+EXERCISES = [
+    "toy_forward", "generate_batch", "importance_weighted_loss", "train_toy_models",
+    "feature_norms_and_interference", "feature_dimensionality", "feature_phase",
+    "sae_forward", "sae_loss", "train_sae", "feature_recovery_score",
+]
+
+
+def as_learner(fn):
+    """A copy of a reference function that looks like one defined in a notebook."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__module__ = "__main__"
+    return copy
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_reference_passes_check_and_grade(name, capsys):
+    learner = as_learner(getattr(ref, name))
+    assert getattr(checks, f"check_{name}")(learner) is None
+    assert getattr(checks, f"grade_{name}")(learner) is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and all(line.startswith("✓") for line in out)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_grade_refuses_the_reference_itself(name):
+    with pytest.raises(CheckFailed, match="reference implementation"):
+        getattr(checks, f"grade_{name}")(getattr(ref, name))
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_unimplemented_fails_with_a_clear_message(name):
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+    with pytest.raises(CheckFailed, match="not implemented"):
+        getattr(checks, f"check_{name}")(stub)
+
+
+# ---------------------------------------------------------------- mutants: plausible wrong answers
+
+
+def toy_no_relu(W, b, x):
+    h = torch.einsum("khf,bkf->bkh", W, x)
+    return torch.einsum("khf,bkh->bkf", W, h) + b
+
+
+def toy_transposed(W, b, x):
+    h = torch.einsum("kfh,bkf->bkh", W, x)  # reads W as [instance, feature, hidden]
+    return torch.relu(torch.einsum("kfh,bkh->bkf", W, h) + b)
+
+
+def toy_bias_after_relu(W, b, x):
+    return toy_no_relu(W, torch.zeros_like(b), x).relu() + b
+
+
+def generate_shared_uniform(batch_size, p, n_features, generator):
+    u = torch.rand(batch_size, p.shape[0], n_features, generator=generator)
+    return torch.where(u < p[:, None], u, 0.0)  # values correlated with being active
+
+
+def generate_inverted(batch_size, p, n_features, generator):
+    shape = (batch_size, p.shape[0], n_features)
+    values = torch.rand(shape, generator=generator)
+    return torch.where(torch.rand(shape, generator=generator) > p[:, None], values, 0.0)
+
+
+def generate_no_generator(batch_size, p, n_features, generator):
+    shape = (batch_size, p.shape[0], n_features)
+    return torch.where(torch.rand(shape) < p[:, None], torch.rand(shape), 0.0)
+
+
+def generate_shared_mask(batch_size, p, n_features, generator):
+    shape = (batch_size, p.shape[0], n_features)
+    active = torch.rand(1, p.shape[0], n_features, generator=generator) < p[:, None]
+    return torch.where(active, torch.rand(shape, generator=generator), 0.0)
+
+
+def loss_no_importance(x, x_hat, importance):
+    return ((x - x_hat) ** 2).sum(-1).mean(0)
+
+
+def loss_mean_features(x, x_hat, importance):
+    return (importance * (x - x_hat) ** 2).mean(-1).mean(0)
+
+
+def loss_sum_batch(x, x_hat, importance):
+    return (importance * (x - x_hat) ** 2).sum(-1).sum(0)
+
+
+def train_no_step(W, b, feature_probability, importance, *, steps, batch_size, lr, generator,
+                  forward, generate, loss_fn):
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    history = []
+    for _ in range(steps):
+        x = generate(batch_size, feature_probability, W.shape[-1], generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        loss.sum().backward()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def train_fixed_lr(W, b, feature_probability, importance, *, steps, batch_size, lr, generator,
+                   forward, generate, loss_fn):
+    return ref.train_toy_models(W, b, feature_probability, importance, steps=steps, batch_size=batch_size,
+                                lr=1e-4, generator=generator, forward=forward, generate=generate, loss_fn=loss_fn)
+
+
+def train_ignores_pieces(W, b, feature_probability, importance, *, steps, batch_size, lr, generator,
+                         forward, generate, loss_fn):
+    return ref.train_toy_models(W, b, feature_probability, importance, steps=steps, batch_size=batch_size,
+                                lr=lr, generator=generator)
+
+
+def train_history_attached(W, b, feature_probability, importance, *, steps, batch_size, lr, generator,
+                           forward, generate, loss_fn):
+    ref.train_toy_models(W, b, feature_probability, importance, steps=steps, batch_size=batch_size, lr=lr,
+                         generator=generator, forward=forward, generate=generate, loss_fn=loss_fn)
+    return torch.zeros(steps, W.shape[0], requires_grad=True)
+
+
+def norms_including_self(W):
+    norms = W.norm(dim=1)
+    dots = torch.einsum("khi,khj->kij", W / norms.clamp_min(1e-8)[:, None, :], W)
+    return norms, (dots**2).sum(-1)
+
+
+def norms_unnormalised(W):
+    dots = torch.einsum("khi,khj->kij", W, W)
+    return W.norm(dim=1), (dots**2).sum(-1) - torch.diagonal(dots, dim1=-2, dim2=-1) ** 2
+
+
+def norms_nan_on_zero(W):
+    norms = W.norm(dim=1)
+    dots = torch.einsum("khi,khj->kij", W / norms[:, None, :], W)
+    return norms, (dots**2).sum(-1) - torch.diagonal(dots, dim1=-2, dim2=-1) ** 2
+
+
+def dimensionality_nan_on_zero(W):
+    norms = W.norm(dim=1)
+    dots = torch.einsum("khi,khj->kij", W / norms[:, None, :], W)
+    return norms**2 / (dots**2).sum(-1)
+
+
+def dimensionality_excluding_self(W):
+    norms = W.norm(dim=1)
+    dots = torch.einsum("khi,khj->kij", W / norms.clamp_min(1e-8)[:, None, :], W)
+    ratio = norms**2 / ((dots**2).sum(-1) - norms**2).clamp_min(1e-16)
+    return torch.where(norms > 1e-8, ratio, 0.0)
+
+
+def phase_fixed_thresholds(W, feature, *, norm_threshold=0.5, interference_threshold=0.25):
+    return ref.feature_phase(W, feature)
+
+
+def phase_interference_first(W, feature, *, norm_threshold=0.5, interference_threshold=0.25):
+    norms, interference = ref.feature_norms_and_interference(W)
+    norm, interf = norms[:, feature], interference[:, feature]
+    return torch.where(interf < interference_threshold, 1, torch.where(norm < norm_threshold, 0, 2)).long()
+
+
+def phase_float(W, feature, **kwargs):
+    return ref.feature_phase(W, feature, **kwargs).float()
+
+
+def sae_no_relu(h, W_enc, b_enc, W_dec, b_dec):
+    z = (h - b_dec) @ W_enc + b_enc
+    return z, z @ W_dec.T + b_dec
+
+
+def sae_no_centering(h, W_enc, b_enc, W_dec, b_dec):
+    z = torch.relu(h @ W_enc + b_enc)
+    return z, z @ W_dec.T + b_dec
+
+
+def sae_loss_mse_mean(h, latents, reconstruction, l1_coeff):
+    return (((reconstruction - h) ** 2).mean(-1) + l1_coeff * latents.abs().sum(-1)).mean()
+
+
+def sae_loss_no_l1(h, latents, reconstruction, l1_coeff):
+    return ((reconstruction - h) ** 2).sum(-1).mean()
+
+
+def sae_loss_float(h, latents, reconstruction, l1_coeff):
+    return ref.sae_loss(h, latents, reconstruction, l1_coeff).item()
+
+
+def train_sae_no_renorm(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
+                        forward, loss_fn):
+    params = [W_enc, b_enc, W_dec, b_dec]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    history = []
+    for _ in range(steps):
+        h = sample_hidden(batch_size)
+        loss = loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def train_sae_renorm_rows(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
+                          forward, loss_fn):
+    params = [W_enc, b_enc, W_dec, b_dec]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    history = []
+    for _ in range(steps):
+        h = sample_hidden(batch_size)
+        loss = loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def train_sae_no_step(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
+                      forward, loss_fn):
+    history = []
+    for _ in range(steps):
+        h = sample_hidden(batch_size)
+        history.append(loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff).detach())
+    return torch.stack(history)
+
+
+def _cos(W_dec, W_true):
+    d = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    t = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    return t.T @ d
+
+
+def recovery_abs(W_dec, W_true):
+    return _cos(W_dec, W_true).abs().max(dim=-1).values.mean().item()
+
+
+def recovery_wrong_axis(W_dec, W_true):
+    return _cos(W_dec, W_true).max(dim=0).values.mean().item()
+
+
+def recovery_unnormalised(W_dec, W_true):
+    return (W_true.T @ W_dec).max(dim=-1).values.mean().item()
+
+
+def recovery_tensor(W_dec, W_true):
+    return _cos(W_dec, W_true).max(dim=-1).values.mean()
+
+
+MUTANTS = [
+    ("toy_forward", toy_no_relu, "ReLU"),
+    ("toy_forward", toy_transposed, "W is \\[instance, hidden, feature\\]"),
+    ("toy_forward", toy_bias_after_relu, "before the ReLU"),
+    ("generate_batch", generate_shared_uniform, "two separate uniform"),
+    ("generate_batch", generate_inverted, "below"),
+    ("generate_batch", generate_no_generator, "generator"),
+    ("generate_batch", generate_shared_mask, "non-zero|every batch element"),
+    ("importance_weighted_loss", loss_no_importance, "importance"),
+    ("importance_weighted_loss", loss_mean_features, "sum over features"),
+    ("importance_weighted_loss", loss_sum_batch, "mean over the batch"),
+    ("train_toy_models", train_no_step, "did not change"),
+    ("train_toy_models", train_fixed_lr, "reference loop reaches"),
+    ("train_toy_models", train_ignores_pieces, "argument"),
+    ("train_toy_models", train_history_attached, "requires grad"),
+    ("feature_norms_and_interference", norms_including_self, "j = i"),
+    ("feature_norms_and_interference", norms_unnormalised, "normalise"),
+    ("feature_norms_and_interference", norms_nan_on_zero, "NaN"),
+    ("feature_dimensionality", dimensionality_nan_on_zero, "NaN"),
+    ("feature_dimensionality", dimensionality_excluding_self, "includes j = i"),
+    ("feature_phase", phase_fixed_thresholds, "thresholds you are given"),
+    ("feature_phase", phase_interference_first, "norm first"),
+    ("feature_phase", phase_float, "dtype"),
+    ("sae_forward", sae_no_relu, "ReLU"),
+    ("sae_forward", sae_no_centering, "b_dec"),
+    ("sae_loss", sae_loss_mse_mean, "sum the squared error"),
+    ("sae_loss", sae_loss_no_l1, "sparsity penalty"),
+    ("sae_loss", sae_loss_float, "0-dimensional"),
+    ("train_sae", train_sae_no_renorm, "unit|norm 1"),
+    ("train_sae", train_sae_renorm_rows, "norm 1"),
+    ("train_sae", train_sae_no_step, "did not change"),
+    ("feature_recovery_score", recovery_abs, "signed"),
+    ("feature_recovery_score", recovery_wrong_axis, "max over latents"),
+    ("feature_recovery_score", recovery_unnormalised, "normalise"),
+    ("feature_recovery_score", recovery_tensor, "float"),
+]
+
+
+@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
+def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
+    with pytest.raises(CheckFailed, match=message):
+        getattr(checks, f"grade_{name}")(mutant)
+
+
+def test_every_exercise_has_a_mutant():
+    assert {m[0] for m in MUTANTS} == set(EXERCISES)
