@@ -150,29 +150,100 @@ def refuse_reference(fn: Callable, name: str) -> None:
                           f"(from {fn.__module__}); write your own to earn these points.")
 
 
+def call_learner(fn: Callable, name: str, description: str, args: tuple, kwargs: dict | None = None) -> Any:
+    """Call the learner's function; its exceptions become a CheckFailed naming the case."""
+    if not callable(fn):
+        _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", None)
+    try:
+        return fn(*args, **(kwargs or {}))
+    except NotImplementedError:
+        raise CheckFailed(f"{name} is not implemented yet (it raised NotImplementedError)") from None
+    except CheckFailed:
+        raise
+    except Exception as e:  # the learner's bug, reported with the case it happened on
+        raise CheckFailed(f"{name}({description}) raised {_type(e).__name__}: {e}") from e
+
+
 def compare_function(
     fn: Callable,
     reference: Callable,
     cases: Sequence[Case],
     *,
     name: str,
+    mistakes: Sequence[tuple[str, Callable]] = (),
+    hint: str | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
-    hint: str | None = None,
 ) -> None:
     """Call `fn` and `reference` on each case (on separate copies of the inputs, so an
-    in-place edit by either cannot leak into the other) and compare the results."""
+    in-place edit by either cannot leak into the other) and compare the results.
+
+    When they differ, the known mistakes (`(hint, wrong_function)` pairs) are tried on
+    the same case: if the learner's output matches one, its hint is added to the message.
+    """
     if not callable(fn):
-        _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", hint)
+        _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", None)
     for case in cases:
         expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+        got = call_learner(fn, name, case.description, copy.deepcopy(case.args), copy.deepcopy(case.kwargs))
+        label = f"{name}({case.description})"
         try:
-            got = fn(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        except NotImplementedError:
-            raise CheckFailed(f"{name} is not implemented yet (it raised NotImplementedError)") from None
-        assert_value_close(got, expected, name=f"{name}({case.description})",
-                           atol=atol, rtol=rtol, hint=hint)
+            assert_value_close(got, expected, name=label, atol=atol, rtol=rtol)
+        except CheckFailed as failure:
+            for mistake_hint, wrong in mistakes:
+                try:
+                    wrong_out = wrong(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                    assert_value_close(got, wrong_out, name=label, atol=atol, rtol=rtol)
+                except Exception:  # CheckFailed included: not this mistake
+                    continue
+                raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
+            if hint:
+                raise CheckFailed(f"{failure}\nHint: {hint}") from None
+            raise
     passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
+
+
+def checked_array(got: Any, name: str, shape: tuple, dtype: torch.dtype = torch.float32,
+                  *, detached: bool = False) -> np.ndarray:
+    """Check a learner's tensor by exact type, dtype, shape (and that it is detached, when
+    asked); return a float64 NumPy copy for statistics no learner cell can rebind."""
+    if _type(got) not in (_Tensor, _Parameter):
+        _fail(f"{name}: expected a torch.Tensor, got {_type(got).__name__}", None)
+    if got.dtype != dtype:
+        _fail(f"{name}: dtype {got.dtype}, expected {dtype}", None)
+    if tuple(got.shape) != tuple(shape):
+        _fail(f"{name}: shape {tuple(got.shape)}, expected {tuple(shape)}", None)
+    if detached and got.requires_grad:
+        _fail(f"{name} still requires grad: return detached values (`loss.detach()`), "
+              "or the history keeps every step's computation graph alive", None)
+    return _numpy(_to(_detach(got), "cpu", torch.float64))
+
+
+class CountedCalls:
+    """Wraps a piece handed to a learner's function (a forward pass, a loss), so a check
+    can tell whether the learner really used it rather than a notebook global."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+    def expect(self, argument: str, at_least: int, name: str) -> None:
+        if self.calls < at_least:
+            _fail(f"{name} called the `{argument}` it was given {self.calls} times in {at_least} steps; "
+                  f"use the `{argument}` argument (the grader passes the course's version), "
+                  "not a function from the notebook", None)
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator: test inputs are the same on every machine and device."""
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=seeded(seed))
 
 
 def passed(message: str) -> None:

@@ -15,102 +15,21 @@ nothing here (see `mechlab.checks`).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from mechlab.checks import Case, CheckFailed, assert_tensor_close, assert_value_close, passed, refuse_reference
+from mechlab.checks import (
+    Case, CheckFailed, CountedCalls, call_learner, checked_array,
+    compare_function, passed, randn, refuse_reference, seeded,
+)
 from mechlab.reference import superposition as ref
 
 _Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
 _detach, _to, _numpy, _clone = torch.Tensor.detach, torch.Tensor.to, torch.Tensor.numpy, torch.Tensor.clone
 _type = type
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randn(seed: int, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=_gen(seed))
-
-
-def _call(fn: Callable, name: str, description: str, args: tuple, kwargs: dict | None = None):
-    """Call the learner's function, turning its exceptions into a message that names the case."""
-    if not callable(fn):
-        raise CheckFailed(f"{name} should be a function, but it is a {_type(fn).__name__}")
-    try:
-        return fn(*args, **(kwargs or {}))
-    except NotImplementedError:
-        raise CheckFailed(f"{name} is not implemented yet (it raised NotImplementedError)") from None
-    except CheckFailed:
-        raise
-    except Exception as e:  # the learner's bug, reported with the case it happened on
-        raise CheckFailed(f"{name}({description}) raised {_type(e).__name__}: {e}") from e
-
-
-def _compare(fn: Callable, reference: Callable, cases: Sequence[Case], *, name: str,
-             mistakes: Sequence[tuple[str, Callable]] = (), hint: str | None = None,
-             atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """Compare `fn` with `reference` on each case; when they differ, name the known mistake
-    (a `(hint, wrong_function)` pair) whose output the learner's matches, if any."""
-    for case in cases:
-        expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        got = _call(fn, name, case.description, copy.deepcopy(case.args), copy.deepcopy(case.kwargs))
-        label = f"{name}({case.description})"
-        try:
-            assert_value_close(got, expected, name=label, atol=atol, rtol=rtol)
-        except CheckFailed as failure:
-            for mistake_hint, wrong in mistakes:
-                try:
-                    wrong_out = wrong(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-                    assert_value_close(got, wrong_out, name=label, atol=atol, rtol=rtol)
-                except (CheckFailed, Exception):
-                    continue
-                raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
-            if hint:
-                raise CheckFailed(f"{failure}\nHint: {hint}") from None
-            raise
-    passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
-
-
-def _array(got, name: str, shape: tuple, dtype: torch.dtype = torch.float32,
-           requires_grad_ok: bool = True) -> np.ndarray:
-    """Check type, dtype, shape (and that it is detached, when asked), return a float64 copy."""
-    if _type(got) not in (_Tensor, _Parameter):
-        raise CheckFailed(f"{name}: expected a torch.Tensor, got {_type(got).__name__}")
-    if got.dtype != dtype:
-        raise CheckFailed(f"{name}: dtype {got.dtype}, expected {dtype}")
-    if tuple(got.shape) != tuple(shape):
-        raise CheckFailed(f"{name}: shape {tuple(got.shape)}, expected {tuple(shape)}")
-    if not requires_grad_ok and got.requires_grad:
-        raise CheckFailed(f"{name} still requires grad: return detached values (`loss.detach()`), "
-                          "or the history keeps every step's computation graph alive")
-    return _numpy(_to(_detach(got), "cpu", torch.float64))
-
-
-class _Counted:
-    """Wraps one of the pieces a training loop takes, to check the loop really uses it."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
-def _expect_calls(piece: _Counted, argument: str, at_least: int, name: str) -> None:
-    if piece.calls < at_least:
-        raise CheckFailed(f"{name} called the `{argument}` it was given {piece.calls} times in {at_least} steps; "
-                          f"use the `{argument}` argument (the grader passes the course's version), "
-                          "not a function from the notebook")
 
 
 # ---------------------------------------------------------------- 1. toy_forward
@@ -119,9 +38,9 @@ def _expect_calls(piece: _Counted, argument: str, at_least: int, name: str) -> N
 def _toy_cases(specs: Sequence[tuple[int, int, int, int, int]]) -> list[Case]:
     cases = []
     for seed, batch, inst, hidden, feat in specs:
-        W = _randn(seed, inst, hidden, feat) / math.sqrt(hidden)
-        b = 0.3 * _randn(seed + 100, inst, feat)
-        x = torch.rand(batch, inst, feat, generator=_gen(seed + 200))
+        W = randn(seed, inst, hidden, feat) / math.sqrt(hidden)
+        b = 0.3 * randn(seed + 100, inst, feat)
+        x = torch.rand(batch, inst, feat, generator=seeded(seed + 200))
         cases.append(Case(f"seed={seed}, batch={batch}, instance={inst}, hidden={hidden}, feature={feat}", (W, b, x)))
     return cases
 
@@ -142,7 +61,7 @@ _TOY_MISTAKES = [
 
 
 def check_toy_forward(fn: Callable) -> None:
-    _compare(fn, ref.toy_forward, [_TOY_HAND, *_toy_cases([(0, 4, 2, 2, 5)])],
+    compare_function(fn, ref.toy_forward, [_TOY_HAND, *_toy_cases([(0, 4, 2, 2, 5)])],
              name="toy_forward", mistakes=_TOY_MISTAKES)
 
 
@@ -151,7 +70,7 @@ def grade_toy_forward(fn: Callable) -> None:
     cases = [_TOY_HAND, *_toy_cases([(1, 16, 3, 2, 5), (2, 8, 4, 3, 3), (3, 1, 1, 1, 1), (4, 32, 2, 6, 4)])]
     W, b, _ = cases[1].args
     cases.append(Case("all-zero input (output should be ReLU(b))", (W, b, torch.zeros(5, 3, 5))))
-    _compare(fn, ref.toy_forward, cases, name="toy_forward", mistakes=_TOY_MISTAKES)
+    compare_function(fn, ref.toy_forward, cases, name="toy_forward", mistakes=_TOY_MISTAKES)
 
 
 # ---------------------------------------------------------------- 2. generate_batch
@@ -161,8 +80,8 @@ def _generate_properties(fn: Callable, batch: int, p: list[float], n_features: i
     name = "generate_batch"
     desc = f"batch_size={batch}, feature_probability={p}, n_features={n_features}"
     prob = torch.tensor(p)
-    out = _call(fn, name, desc, (batch, prob.clone(), n_features, _gen(seed)))
-    x = _array(out, f"{name}({desc})", (batch, len(p), n_features))
+    out = call_learner(fn, name, desc, (batch, prob.clone(), n_features, seeded(seed)))
+    x = checked_array(out, f"{name}({desc})", (batch, len(p), n_features))
     if out.device != prob.device:
         raise CheckFailed(f"{name}({desc}): output on {out.device}, expected feature_probability's device {prob.device}")
     if not np.isfinite(x).all() or x.min() < 0 or x.max() >= 1:
@@ -196,8 +115,8 @@ def _generate_properties(fn: Callable, batch: int, p: list[float], n_features: i
             if abs(both - pk * pk) > 6 * math.sqrt(pk * pk / batch):
                 raise CheckFailed(f"{name}({desc}): instance {k}: features 0 and 1 are both active in {both:.3f} of "
                                   f"the batch, expected about {pk * pk:.3f}\nHint: features are active independently.")
-    again = _call(fn, name, desc, (batch, prob.clone(), n_features, _gen(seed)))
-    if _type(again) not in (_Tensor, _Parameter) or not np.array_equal(_array(again, name, x.shape), x):
+    again = call_learner(fn, name, desc, (batch, prob.clone(), n_features, seeded(seed)))
+    if _type(again) not in (_Tensor, _Parameter) or not np.array_equal(checked_array(again, name, x.shape), x):
         raise CheckFailed(f"{name}({desc}): two calls with generators seeded alike gave different batches\n"
                           "Hint: draw all randomness from `generator` (torch.rand(..., generator=generator)).")
 
@@ -214,9 +133,9 @@ def grade_generate_batch(fn: Callable) -> None:
     _generate_properties(fn, 1, [0.0, 1.0], 3, seed=3)  # batch of one
     _generate_properties(fn, 20000, [0.02], 4, seed=4)  # very sparse
     desc = "two different seeds"
-    a = _call(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, _gen(5)))
-    b = _call(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, _gen(6)))
-    if np.array_equal(_array(a, "generate_batch", (64, 2, 4)), _array(b, "generate_batch", (64, 2, 4))):
+    a = call_learner(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, seeded(5)))
+    b = call_learner(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, seeded(6)))
+    if np.array_equal(checked_array(a, "generate_batch", (64, 2, 4)), checked_array(b, "generate_batch", (64, 2, 4))):
         raise CheckFailed("generate_batch gave the same batch for generators with different seeds\n"
                           "Hint: draw all randomness from `generator`.")
     passed("generate_batch passes the statistical tests on 4 configurations")
@@ -228,9 +147,9 @@ def grade_generate_batch(fn: Callable) -> None:
 def _loss_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
     cases = []
     for seed, batch, inst, feat in specs:
-        x = torch.rand(batch, inst, feat, generator=_gen(seed))
-        x_hat = torch.rand(batch, inst, feat, generator=_gen(seed + 1))
-        importance = 0.9 ** torch.arange(feat, dtype=torch.float32) * torch.rand(inst, 1, generator=_gen(seed + 2))
+        x = torch.rand(batch, inst, feat, generator=seeded(seed))
+        x_hat = torch.rand(batch, inst, feat, generator=seeded(seed + 1))
+        importance = 0.9 ** torch.arange(feat, dtype=torch.float32) * torch.rand(inst, 1, generator=seeded(seed + 2))
         cases.append(Case(f"seed={seed}, batch={batch}, instance={inst}, feature={feat}", (x, x_hat, importance)))
     return cases
 
@@ -248,16 +167,16 @@ _LOSS_MISTAKES = [
 
 
 def check_importance_weighted_loss(fn: Callable) -> None:
-    _compare(fn, ref.importance_weighted_loss, [_LOSS_HAND, *_loss_cases([(0, 4, 2, 3)])],
+    compare_function(fn, ref.importance_weighted_loss, [_LOSS_HAND, *_loss_cases([(0, 4, 2, 3)])],
              name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
 
 
 def grade_importance_weighted_loss(fn: Callable) -> None:
     refuse_reference(fn, "importance_weighted_loss")
     cases = [_LOSS_HAND, *_loss_cases([(1, 32, 3, 5), (2, 1, 1, 1), (3, 7, 5, 2), (4, 64, 1, 20)])]
-    x = torch.rand(8, 2, 4, generator=_gen(9))
+    x = torch.rand(8, 2, 4, generator=seeded(9))
     cases.append(Case("perfect reconstruction (loss 0)", (x, x.clone(), torch.ones(2, 4))))
-    _compare(fn, ref.importance_weighted_loss, cases, name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
+    compare_function(fn, ref.importance_weighted_loss, cases, name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
 
 
 # ---------------------------------------------------------------- 4. train_toy_models
@@ -270,7 +189,7 @@ _reference_runs: dict[tuple, tuple] = {}
 
 def _toy_setup(config: tuple):
     seed, inst, feat, hidden, *_ = config
-    W = _randn(seed, inst, hidden, feat) * math.sqrt(2 / (hidden + feat))
+    W = randn(seed, inst, hidden, feat) * math.sqrt(2 / (hidden + feat))
     b = torch.zeros(inst, feat)
     p = torch.logspace(0, -1, inst)  # dense to p = 0.1
     importance = (0.9 ** torch.arange(feat, dtype=torch.float32)).expand(inst, feat).clone()
@@ -279,7 +198,7 @@ def _toy_setup(config: tuple):
 
 def _toy_eval(W, b, p, importance, seed: int = 12345) -> np.ndarray:
     with torch.no_grad():
-        x = ref.generate_batch(8192, p, W.shape[-1], _gen(seed))
+        x = ref.generate_batch(8192, p, W.shape[-1], seeded(seed))
         return _numpy(ref.importance_weighted_loss(x, ref.toy_forward(W, b, x), importance)).astype(np.float64)
 
 
@@ -287,7 +206,7 @@ def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
     if config not in _reference_runs:
         seed, _, _, _, steps, batch, lr = config
         W, b, p, importance = _toy_setup(config)
-        ref.train_toy_models(W, b, p, importance, steps=steps, batch_size=batch, lr=lr, generator=_gen(seed + 1))
+        ref.train_toy_models(W, b, p, importance, steps=steps, batch_size=batch, lr=lr, generator=seeded(seed + 1))
         _reference_runs[config] = (_toy_eval(W.detach(), b.detach(), p, importance),
                                    _toy_eval(*_toy_setup(config)))
     return _reference_runs[config]
@@ -299,18 +218,18 @@ def _check_train_toy(fn: Callable, config: tuple) -> None:
     desc = f"instance={inst}, feature={feat}, hidden={hidden}, steps={steps}, batch_size={batch}, lr={lr}"
     W, b, p, importance = _toy_setup(config)
     W0, b0 = _clone(W), _clone(b)
-    forward, generate, loss_fn = _Counted(ref.toy_forward), _Counted(ref.generate_batch), _Counted(ref.importance_weighted_loss)
-    history = _call(fn, name, desc, (W, b, p, importance),
-                    dict(steps=steps, batch_size=batch, lr=lr, generator=_gen(seed + 1),
-                         forward=forward, generate=generate, loss_fn=loss_fn))
+    forward, generate, loss_fn = CountedCalls(ref.toy_forward), CountedCalls(ref.generate_batch), CountedCalls(ref.importance_weighted_loss)
+    history = call_learner(fn, name, desc, (W, b, p, importance),
+                           dict(steps=steps, batch_size=batch, lr=lr, generator=seeded(seed + 1),
+                                forward=forward, generate=generate, loss_fn=loss_fn))
     label = f"{name}({desc}) history"
-    h = _array(history, label, (steps, inst), requires_grad_ok=False)
+    h = checked_array(history, label, (steps, inst), detached=True)
     if history.device.type != "cpu":
         raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
     if not np.isfinite(h).all():
         raise CheckFailed(f"{label} contains NaN or inf")
     for piece, arg in ((generate, "generate"), (forward, "forward"), (loss_fn, "loss_fn")):
-        _expect_calls(piece, arg, steps, name)
+        piece.expect(arg, steps, name)
     if np.array_equal(_numpy(_detach(W)), _numpy(W0)) or np.array_equal(_numpy(_detach(b)), _numpy(b0)):
         which = "W" if np.array_equal(_numpy(_detach(W)), _numpy(W0)) else "b"
         raise CheckFailed(f"{name}({desc}): {which} did not change: train the tensors you are given, in place\n"
@@ -354,9 +273,9 @@ _ZERO_COLUMN = Case("a zero column: W=[[1,0],[0,0]]", (torch.tensor([[[1.0, 0.0]
 def _geometry_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
     cases = []
     for seed, inst, hidden, feat in specs:
-        W = _randn(seed, inst, hidden, feat) * (0.5 + torch.rand(inst, 1, feat, generator=_gen(seed + 1)))
+        W = randn(seed, inst, hidden, feat) * (0.5 + torch.rand(inst, 1, feat, generator=seeded(seed + 1)))
         cases.append(Case(f"seed={seed}, instance={inst}, hidden={hidden}, feature={feat}", (W,)))
-    W = _randn(7, 3, 4, 6)
+    W = randn(7, 3, 4, 6)
     W[1, :, 2] = 0.0
     W[2, :, :] = 0.0
     cases.append(Case("random W with zero columns (a dead feature, a dead instance)", (W,)))
@@ -381,7 +300,7 @@ _NORM_MISTAKES = [
 
 
 def check_feature_norms_and_interference(fn: Callable) -> None:
-    _compare(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _ZERO_COLUMN],
+    compare_function(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _ZERO_COLUMN],
              name="feature_norms_and_interference", mistakes=_NORM_MISTAKES,
              hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
 
@@ -389,7 +308,7 @@ def check_feature_norms_and_interference(fn: Callable) -> None:
 def grade_feature_norms_and_interference(fn: Callable) -> None:
     refuse_reference(fn, "feature_norms_and_interference")
     cases = [_GEOMETRY_HAND, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
-    _compare(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
+    compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
              mistakes=_NORM_MISTAKES, hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
 
 
@@ -411,7 +330,7 @@ _DIM_MISTAKES = [
 
 
 def check_feature_dimensionality(fn: Callable) -> None:
-    _compare(fn, ref.feature_dimensionality, [_DIM_HAND, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
+    compare_function(fn, ref.feature_dimensionality, [_DIM_HAND, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
              mistakes=_DIM_MISTAKES, hint="a zero column has dimensionality 0 (use torch.where on the norm).")
 
 
@@ -419,7 +338,7 @@ def grade_feature_dimensionality(fn: Callable) -> None:
     refuse_reference(fn, "feature_dimensionality")
     cases = [_DIM_HAND, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
                                                                      (14, 3, 10, 40)])]
-    _compare(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
+    compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
              hint="a zero column has dimensionality 0 (use torch.where on the norm).")
 
 
@@ -434,7 +353,7 @@ def _phase_cases(specs: Sequence[tuple[int, int, int, int, int, dict]]) -> list[
     """Random W whose norms and interferences stay at least 0.01 away from the thresholds."""
     cases = []
     for seed, inst, hidden, feat, feature, kwargs in specs:
-        W = _randn(seed, 4 * inst, hidden, feat) * torch.rand(4 * inst, 1, feat, generator=_gen(seed + 1)) * 1.5
+        W = randn(seed, 4 * inst, hidden, feat) * torch.rand(4 * inst, 1, feat, generator=seeded(seed + 1)) * 1.5
         w = W[:, :, feature]
         norm = w.norm(dim=-1)
         dots = torch.einsum("kh,khf->kf", w / norm.clamp_min(1e-8)[:, None], W)
@@ -473,7 +392,7 @@ _PHASE_MISTAKES = [
 
 
 def check_feature_phase(fn: Callable) -> None:
-    _compare(fn, ref.feature_phase, [_PHASE_HAND, *_phase_cases([(0, 6, 2, 3, 0, {})])], name="feature_phase",
+    compare_function(fn, ref.feature_phase, [_PHASE_HAND, *_phase_cases([(0, 6, 2, 3, 0, {})])], name="feature_phase",
              mistakes=_PHASE_MISTAKES, hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
 
 
@@ -484,7 +403,7 @@ def grade_feature_phase(fn: Callable) -> None:
         (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
     ])]
     cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
-    _compare(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
+    compare_function(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
              hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
 
 
@@ -492,17 +411,17 @@ def grade_feature_phase(fn: Callable) -> None:
 
 
 def _sae_params(seed: int, hidden: int, latent: int, bias_scale: float = 0.2):
-    W_enc = _randn(seed, hidden, latent) / math.sqrt(hidden)
-    b_enc = bias_scale * _randn(seed + 1, latent)
-    W_dec = _randn(seed + 2, hidden, latent)
+    W_enc = randn(seed, hidden, latent) / math.sqrt(hidden)
+    b_enc = bias_scale * randn(seed + 1, latent)
+    W_dec = randn(seed + 2, hidden, latent)
     W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
-    b_dec = bias_scale * _randn(seed + 3, hidden)
+    b_dec = bias_scale * randn(seed + 3, hidden)
     return W_enc, b_enc, W_dec, b_dec
 
 
 def _sae_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
     return [Case(f"seed={seed}, batch={batch}, hidden={hidden}, latent={latent}",
-                 (_randn(seed + 9, batch, hidden), *_sae_params(seed, hidden, latent)))
+                 (randn(seed + 9, batch, hidden), *_sae_params(seed, hidden, latent)))
             for seed, batch, hidden, latent in specs]
 
 
@@ -529,7 +448,7 @@ _SAE_MISTAKES = [
 
 
 def check_sae_forward(fn: Callable) -> None:
-    _compare(fn, ref.sae_forward, [_SAE_HAND, *_sae_cases([(0, 4, 3, 6)])], name="sae_forward",
+    compare_function(fn, ref.sae_forward, [_SAE_HAND, *_sae_cases([(0, 4, 3, 6)])], name="sae_forward",
              mistakes=_SAE_MISTAKES, hint="return the tuple (latents, reconstruction).")
 
 
@@ -538,7 +457,7 @@ def grade_sae_forward(fn: Callable) -> None:
     cases = [_SAE_HAND, *_sae_cases([(1, 16, 4, 8), (2, 1, 1, 1), (3, 32, 6, 3), (4, 8, 10, 40)])]
     args = _sae_cases([(5, 5, 4, 8)])[0].args
     cases.append(Case("all-zero h", (torch.zeros(5, 4), *args[1:])))
-    _compare(fn, ref.sae_forward, cases, name="sae_forward", mistakes=_SAE_MISTAKES,
+    compare_function(fn, ref.sae_forward, cases, name="sae_forward", mistakes=_SAE_MISTAKES,
              hint="return the tuple (latents, reconstruction).")
 
 
@@ -550,8 +469,8 @@ _SAE_LOSS_HAND = Case("hand case: h=[1,0], reconstruction=[0.5,0.5], latents=[1,
 
 def _sae_loss_cases(specs: Sequence[tuple[int, int, int, int, float]]) -> list[Case]:
     return [Case(f"seed={seed}, batch={batch}, hidden={hidden}, latent={latent}, l1_coeff={l1}",
-                 (_randn(seed, batch, hidden), torch.relu(_randn(seed + 1, batch, latent)),
-                  _randn(seed + 2, batch, hidden), l1))
+                 (randn(seed, batch, hidden), torch.relu(randn(seed + 1, batch, latent)),
+                  randn(seed + 2, batch, hidden), l1))
             for seed, batch, hidden, latent, l1 in specs]
 
 
@@ -566,7 +485,7 @@ _SAE_LOSS_MISTAKES = [
 
 
 def check_sae_loss(fn: Callable) -> None:
-    _compare(fn, ref.sae_loss, [_SAE_LOSS_HAND, *_sae_loss_cases([(0, 4, 3, 6, 0.5)])], name="sae_loss",
+    compare_function(fn, ref.sae_loss, [_SAE_LOSS_HAND, *_sae_loss_cases([(0, 4, 3, 6, 0.5)])], name="sae_loss",
              mistakes=_SAE_LOSS_MISTAKES, hint="return a 0-dimensional tensor (a scalar), not a Python float.")
 
 
@@ -574,9 +493,9 @@ def grade_sae_loss(fn: Callable) -> None:
     refuse_reference(fn, "sae_loss")
     cases = [_SAE_LOSS_HAND, *_sae_loss_cases([(1, 16, 4, 8, 0.1), (2, 1, 1, 1, 1.0), (3, 32, 6, 20, 0.0),
                                                (4, 8, 10, 5, 3.0)])]
-    h = _randn(5, 6, 3)
+    h = randn(5, 6, 3)
     cases.append(Case("perfect reconstruction, all latents zero (loss 0)", (h, torch.zeros(6, 4), h.clone(), 0.5)))
-    _compare(fn, ref.sae_loss, cases, name="sae_loss", mistakes=_SAE_LOSS_MISTAKES,
+    compare_function(fn, ref.sae_loss, cases, name="sae_loss", mistakes=_SAE_LOSS_MISTAKES,
              hint="return a 0-dimensional tensor (a scalar), not a Python float.")
 
 
@@ -590,16 +509,16 @@ _reference_sae_runs: dict[tuple, float] = {}
 
 def _sae_setup(config: tuple):
     seed, feat, hidden, latent, *_ = config
-    W_toy = _randn(seed, 1, hidden, feat)
+    W_toy = randn(seed, 1, hidden, feat)
     W_toy = W_toy / W_toy.norm(dim=1, keepdim=True)
     p = torch.tensor([0.1])
 
-    generator = _gen(seed + 1)
+    generator = seeded(seed + 1)
 
     def sample_hidden(batch_size: int) -> torch.Tensor:
         return ref.generate_batch(batch_size, p, feat, generator)[:, 0] @ W_toy[0].T
 
-    W_dec = _randn(seed + 2, hidden, latent)
+    W_dec = randn(seed + 2, hidden, latent)
     W_dec = W_dec / W_dec.norm(dim=0, keepdim=True)
     return sample_hidden, [_clone(W_dec), torch.zeros(latent), W_dec, torch.zeros(hidden)], W_toy, p
 
@@ -608,7 +527,7 @@ def _sae_eval(config: tuple, params: Sequence[torch.Tensor]) -> float:
     seed, feat, hidden, latent, *_, l1 = config
     _, _, W_toy, p = _sae_setup(config)
     with torch.no_grad():
-        h = ref.generate_batch(8192, p, feat, _gen(999))[:, 0] @ W_toy[0].T
+        h = ref.generate_batch(8192, p, feat, seeded(999))[:, 0] @ W_toy[0].T
         z, r = ref.sae_forward(h, *params)
         return float(ref.sae_loss(h, z, r, l1))
 
@@ -628,17 +547,17 @@ def _check_train_sae(fn: Callable, config: tuple) -> None:
     desc = f"hidden={hidden}, latent={latent}, steps={steps}, batch_size={batch}, lr={lr}, l1_coeff={l1}"
     sample_hidden, params, *_ = _sae_setup(config)
     initial = [_clone(t) for t in params]
-    sampler, forward, loss_fn = _Counted(sample_hidden), _Counted(ref.sae_forward), _Counted(ref.sae_loss)
-    history = _call(fn, name, desc, (sampler, *params),
+    sampler, forward, loss_fn = CountedCalls(sample_hidden), CountedCalls(ref.sae_forward), CountedCalls(ref.sae_loss)
+    history = call_learner(fn, name, desc, (sampler, *params),
                     dict(steps=steps, batch_size=batch, lr=lr, l1_coeff=l1, forward=forward, loss_fn=loss_fn))
     label = f"{name}({desc}) history"
-    h = _array(history, label, (steps,), requires_grad_ok=False)
+    h = checked_array(history, label, (steps,), detached=True)
     if history.device.type != "cpu":
         raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
     if not np.isfinite(h).all():
         raise CheckFailed(f"{label} contains NaN or inf")
     for piece, arg in ((sampler, "sample_hidden"), (forward, "forward"), (loss_fn, "loss_fn")):
-        _expect_calls(piece, arg, steps, name)
+        piece.expect(arg, steps, name)
     for param_name, before, after in zip(("W_enc", "b_enc", "W_dec", "b_dec"), initial, params):
         if np.array_equal(_numpy(before), _numpy(_detach(after))):
             raise CheckFailed(f"{name}({desc}): {param_name} did not change: train the four tensors you are "
@@ -684,9 +603,9 @@ _RECOVERY_OPPOSITE = Case("decoder pointing exactly away from the features: W_de
 def _recovery_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
     cases = []
     for seed, hidden, feat, latent in specs:
-        W_true = _randn(seed, hidden, feat) * (0.5 + torch.rand(1, feat, generator=_gen(seed + 1)))
-        noise = 0.3 * _randn(seed + 2, hidden, feat)
-        W_dec = torch.cat([W_true + noise, _randn(seed + 3, hidden, max(0, latent - feat))], dim=1)[:, :latent] * 2
+        W_true = randn(seed, hidden, feat) * (0.5 + torch.rand(1, feat, generator=seeded(seed + 1)))
+        noise = 0.3 * randn(seed + 2, hidden, feat)
+        W_dec = torch.cat([W_true + noise, randn(seed + 3, hidden, max(0, latent - feat))], dim=1)[:, :latent] * 2
         cases.append(Case(f"seed={seed}, hidden={hidden}, feature={feat}, latent={latent}", (W_dec, W_true)))
     return cases
 
@@ -708,7 +627,7 @@ _RECOVERY_MISTAKES = [
 
 
 def check_feature_recovery_score(fn: Callable) -> None:
-    _compare(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_OPPOSITE], name="feature_recovery_score",
+    compare_function(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_OPPOSITE], name="feature_recovery_score",
              mistakes=_RECOVERY_MISTAKES, hint="return a Python float (`.item()`).")
 
 
@@ -718,5 +637,5 @@ def grade_feature_recovery_score(fn: Callable) -> None:
              *_recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])]
     cases.append(Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
                       (cases[2].args[1][:, [3, 1, 0, 5, 2, 4]] * 3.0, cases[2].args[1])))
-    _compare(fn, ref.feature_recovery_score, cases, name="feature_recovery_score", mistakes=_RECOVERY_MISTAKES,
+    compare_function(fn, ref.feature_recovery_score, cases, name="feature_recovery_score", mistakes=_RECOVERY_MISTAKES,
              hint="return a Python float (`.item()`).")
