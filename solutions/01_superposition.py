@@ -674,7 +674,7 @@ checks.grade_feature_phase(feature_phase)
 # have almost the same loss, and one random start can land in the worse one, so every
 # grid point gets `RESTARTS` instances with different initial weights, and the diagram
 # shows the one that reached the lowest loss (the paper keeps the best of several runs
-# too). Each instance is a tiny 2-in-1 model: all 400 train in about 20 seconds on a laptop CPU.
+# too). Each instance is a tiny 2-in-1 model: all 400 train in about 10 seconds on a laptop CPU.
 #
 # Before running: where do you expect the extra feature to be dropped, to take the
 # dimension for itself, and to share it?
@@ -688,7 +688,7 @@ gen = torch.Generator(device=device).manual_seed(2)
 W_phase, b_phase = sp.init_toy_weights(cfg_phase, gen, device=device)
 importance_phase = torch.stack([torch.ones_like(phase_r), phase_r], dim=-1)
 history_phase = train_toy_models(W_phase, b_phase, phase_p, importance_phase, steps=2000 * SCALE,
-                                 batch_size=1024, lr=1e-2, generator=gen)
+                                 batch_size=256, lr=1e-2, generator=gen)
 # the best of the restarts at each grid point, by its loss over the last 200 steps
 final_loss = einops.rearrange(history_phase[-200:].mean(0), "(cell restart) -> cell restart", restart=RESTARTS)
 best = final_loss.argmin(dim=-1).to(device)
