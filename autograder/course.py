@@ -23,7 +23,7 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import (
-    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades,
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, GetGrades,
     IgnorePattern, LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades,
 )
 from sqlalchemy.exc import SAWarning
@@ -31,7 +31,7 @@ from traitlets.config import Config
 
 from autograder.chapters import Chapter
 from autograder.execute import ResilientExecute
-from autograder.preprocessors import CapOutputSize, HideHiddenTests, RestoreHiddenTests
+from autograder.preprocessors import CapOutputSize, DeduplicateGradeIds, HideHiddenTests, RestoreHiddenTests
 
 COURSE_ID = "mechlab"
 
@@ -67,7 +67,7 @@ def course_config(root: Path, timeout: int) -> Config:
     c.LimitOutput.max_lines = 500
     # nbgrader's own lists, with the course's preprocessors put in (see preprocessors.py).
     c.Autograde.sanitize_preprocessors = [
-        ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreHiddenTests, OverwriteCells,
+        ClearOutput, DeduplicateGradeIds, OverwriteKernelspec, RestoreHiddenTests, OverwriteCells,
         CheckCellMetadata,
     ]
     c.Autograde.autograde_preprocessors = [

@@ -9,6 +9,10 @@
   changed checksum on *every* untouched submission (nbgrader issue 1961), so
   real tampering drowns in false alarms. Cells that match the release exactly
   get their hidden tests back first; only real edits are then reported.
+- `DeduplicateGradeIds` (autograde, sanitizing): nbgrader's DeduplicateIds keeps
+  the last cell of a copied grade id but leaves the others with empty nbgrader
+  metadata, on which OverwriteCells (with add_missing_cells) crashes, zeroing
+  the whole submission. The copies become ordinary cells instead.
 - `CapOutputSize` (autograde): nbgrader's LimitOutput counts lines, so one
   50 MB line reaches the gradebook and the feedback; this caps every output's size.
 """
@@ -21,7 +25,7 @@ import re
 from nbformat import NotebookNode
 from nbgrader.api import Gradebook, MissingEntry
 from nbconvert.preprocessors import Preprocessor
-from nbgrader.preprocessors import ClearHiddenTests
+from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds
 from traitlets import Bool, Integer
 
 HIDDEN_REGION = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", re.DOTALL)
@@ -76,6 +80,16 @@ class RestoreHiddenTests(CoursePreprocessor):
                 if cell.source == released.source:
                     cell.source = source
         return nb, resources
+
+
+class DeduplicateGradeIds(DeduplicateIds):
+    """nbgrader's DeduplicateIds, leaving the copies with no nbgrader metadata at all."""
+
+    def preprocess_cell(self, cell, resources, index):
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if cell.metadata.get("nbgrader", None) == {}:
+            del cell.metadata["nbgrader"]
+        return cell, resources
 
 
 class CapOutputSize(CoursePreprocessor):

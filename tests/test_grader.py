@@ -99,6 +99,26 @@ def test_deleted_test_cell_is_restored_not_skipped(fixture_course, tmp_path):
     assert scores(result) == FULL
 
 
+def test_copied_test_cell_is_ignored_and_the_original_graded(fixture_course, tmp_path):
+    """nbgrader alone crashes on a duplicate grade id (KeyError 'grade_id'), zeroing everything."""
+    def edit(nb):
+        index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "add_test")
+        copy = nbformat.from_dict(json.loads(json.dumps(nb.cells[index])))
+        copy.id = "learner-copy"
+        nb.cells.insert(index + 1, copy)
+    result = grade(submit(fixture_course, tmp_path, "dup.ipynb", edit), fixture_course.root)
+    assert scores(result) == FULL and result["status"] == "ok"
+
+
+def test_huge_output_is_capped_before_the_feedback(fixture_course, tmp_path):
+    def edit(nb):
+        solution_cell(nb, "scale").source += "\nprint('x' * 5_000_000)  # one 5 MB line\n"
+    result = grade(submit(fixture_course, tmp_path, "huge.ipynb", edit), fixture_course.root)
+    assert scores(result) == FULL
+    feedback = Path(result["feedback"])
+    assert feedback.stat().st_size < 1_000_000 and "output cut: 5,000,001 characters" in feedback.read_text()
+
+
 def test_edited_test_cell_is_overwritten_from_the_source(fixture_course, tmp_path):
     def edit(nb):
         test = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "scale_test")
