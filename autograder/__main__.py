@@ -2,6 +2,7 @@
 
     python -m autograder build [--check]         regenerate chapters/ and the reference modules
     python -m autograder grade FILE [--json]     grade one submitted notebook
+    python -m autograder grade FOLDER|ZIP        grade a class into --out (grades.csv, gradebook, feedback)
 
 Logs go to standard error; standard output carries only the result (with
 --json, exactly one JSON object).
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
 from autograder.build import build
 from autograder.chapters import REPO_ROOT, discover
+from autograder.classroom import StudentRule, grade_class, read_roster
 from autograder.grade import grade_file
 
 
@@ -30,11 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--check", action="store_true",
                          help="write nothing; exit 1 and name every generated file that is stale")
 
-    p_grade = sub.add_parser("grade", help="autograde one submitted notebook")
-    p_grade.add_argument("submission", type=Path, help="a submitted .ipynb (any file name)")
-    p_grade.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p_grade = sub.add_parser("grade", help="autograde one notebook, or a class (a folder or a .zip)")
+    p_grade.add_argument("submission", type=Path, help="a submitted .ipynb (any file name), a folder or a .zip")
+    p_grade.add_argument("--json", action="store_true", help="one file: print one JSON object on stdout")
     p_grade.add_argument("--feedback", type=Path, default=None,
-                         help="folder for the feedback HTML (default: next to the submission)")
+                         help="one file: folder for the feedback HTML (default: next to the submission)")
+    p_grade.add_argument("--out", type=Path, default=None,
+                         help="a class: output folder (default: NAME-grades beside the input)")
+    p_grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                         help="a class: submissions graded at once (default: the number of cores)")
+    p_grade.add_argument("--student-pattern", type=re.compile, default=None,
+                         help="a class: regex on each file's path; its group 'student' (or first group) is the id")
+    p_grade.add_argument("--roster", type=Path, default=None,
+                         help="a class: roster.csv with student_id (and optional ';'-separated aliases)")
+    p_grade.add_argument("--memory-gb", type=float, default=6.0,
+                         help="a class: memory limit of each submission's grading, kernel included")
+    p_grade.add_argument("--force", action="store_true", help="a class: regrade submissions already graded")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -54,11 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build: {len(stale)} file(s) written, {len(chapters)} chapter(s)", file=sys.stderr)
         return 0
 
-    if not args.submission.is_file():
-        parser.error(f"no such file: {args.submission}")
-    result = grade_file(args.submission.resolve(), chapters, args.feedback)
-    print(result.to_json() if args.json else result.table())
+    path = args.submission.resolve()
+    if not path.exists():
+        parser.error(f"no such file or folder: {args.submission}")
+    if path.is_file() and path.suffix.lower() != ".zip":
+        result = grade_file(path, chapters, args.feedback)
+        print(result.to_json() if args.json else result.table())
+        return 0
+    out = (args.out or path.parent / f"{path.stem}-grades").resolve()
+    rule = StudentRule(tuple(c.name for c in chapters), args.student_pattern,
+                       read_roster(args.roster) if args.roster else None)
+    graded = grade_class(path, chapters, out, rule, jobs=max(1, args.jobs), memory_gb=args.memory_gb,
+                         force=args.force)
+    print(class_table(graded.rows))
+    print(f"{len(graded.rows)} row(s), {graded.graded} submission(s) graded in this run; "
+          f"grades: {out / 'grades.csv'}, gradebook: {out / 'gradebook.db'}, feedback: {out / 'feedback'}")
     return 0
+
+
+def class_table(rows: list[dict]) -> str:
+    width = max([len(r["student"]) for r in rows] + [7])
+    return "\n".join(f"{r['student']:<{width}}  {r['chapter'] or '?':<24} {r['score']:>5g} / {r['max_score']:<5g} "
+                     f"{r['status']}" for r in rows)
 
 
 if __name__ == "__main__":

@@ -54,11 +54,11 @@ class NbgraderFailed(RuntimeError):
     """An nbgrader step did not succeed; the message carries nbgrader's log."""
 
 
-def course_config(root: Path, timeout: int) -> Config:
+def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
     c = Config()
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = COURSE_ID
-    c.CourseDirectory.db_url = f"sqlite:///{root / 'gradebook.db'}"
+    c.CourseDirectory.db_url = f"sqlite:///{db or root / 'gradebook.db'}"
     c.Exchange.root = str(root / "exchange")  # unused, but nbgrader checks it exists
     c.Execute.timeout = timeout  # per cell; nbgrader's default of 30 s cannot train a model
     c.Execute.interrupt_on_timeout = True
@@ -81,11 +81,11 @@ def course_config(root: Path, timeout: int) -> Config:
 class ThrowawayCourse:
     """One chapter as an nbgrader assignment under `root` (a temporary directory)."""
 
-    def __init__(self, chapter: Chapter, root: Path, timeout: int) -> None:
+    def __init__(self, chapter: Chapter, root: Path, timeout: int, db: Path | None = None) -> None:
         self.chapter = chapter
         self.root = Path(root)
         (self.root / "exchange").mkdir(parents=True, exist_ok=True)
-        config = course_config(self.root, timeout)
+        config = course_config(self.root, timeout, db)
         self.api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
         self.db_url = config.CourseDirectory.db_url
 

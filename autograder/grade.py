@@ -27,6 +27,7 @@ from autograder.course import ThrowawayCourse
 from autograder.execute import KERNEL_DIED
 from autograder.preprocessors import error_summary
 from autograder.source import SourceNotebook, read_source
+from mechlab.grading import ExerciseScore, format_table
 
 log = logging.getLogger("autograder")
 STUDENT = "submission"  # nbgrader's student id for a single file
@@ -34,19 +35,11 @@ MAX_MESSAGE = 2000
 
 
 @dataclass
-class ExerciseResult:
-    id: str
-    score: float
-    max_score: float
-    message: str
-
-
-@dataclass
 class GradeResult:
     chapter: str | None
     score: float
     max_score: float
-    exercises: list[ExerciseResult]
+    exercises: list[ExerciseScore]
     status: str = "ok"
     feedback: str | None = None  # path of the feedback HTML
     # cells outside the tests that raised (1-based): costs nothing, but tells an
@@ -57,14 +50,8 @@ class GradeResult:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     def table(self) -> str:
-        width = max([len(e.id) for e in self.exercises] + [8])
-        lines = [f"chapter {self.chapter or '?'}: {self.score:g} / {self.max_score:g} points ({self.status})"]
-        for e in self.exercises:
-            first = e.message.splitlines()[0] if e.message else ""
-            lines.append(f"  {e.id:<{width}}  {e.score:>4g} / {e.max_score:<4g} {first}")
-        if self.feedback:
-            lines.append(f"feedback: {self.feedback}")
-        return "\n".join(lines)
+        table = format_table(self.chapter, self.exercises, self.status)
+        return f"{table}\nfeedback: {self.feedback}" if self.feedback else table
 
 
 def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
@@ -148,7 +135,7 @@ def _failure(outcome: dict) -> tuple[str, str]:
 
 
 def _zero_result(chapter: Chapter | None, source: SourceNotebook | None, status: str, why: str) -> GradeResult:
-    exercises = [ExerciseResult(ex.id, 0.0, float(ex.points), why) for ex in source.exercises] if source else []
+    exercises = [ExerciseScore(ex.id, 0.0, float(ex.points), why) for ex in source.exercises] if source else []
     max_score = float(sum(e.max_score for e in exercises))
     return GradeResult(chapter.name if chapter else None, 0.0, max_score, exercises, status)
 
@@ -209,7 +196,7 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
         for ex in source.exercises:
             score, max_score = scores.get(ex.test_id, (0.0, float(ex.points)))
             solutions = [cells[i] for i in ex.solution_cells if i in cells]
-            exercises.append(ExerciseResult(ex.id, score, max_score,
+            exercises.append(ExerciseScore(ex.id, score, max_score,
                                             _message(cells.get(ex.test_id), solutions, timeout)))
         status = "; ".join(_incidents(source, cells)) or "ok"
         cell_errors = [f"cell {i + 1}: {error_summary(_error(c))[:200]}" for i, c in enumerate(graded.cells)

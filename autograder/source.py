@@ -37,6 +37,15 @@ EXERCISE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 HEADING = re.compile(r"^### Exercise (?P<number>\d+): \S")
 
 
+GRADE_ME_TEXT = """## Check your work
+
+The cell below runs this chapter's hidden tests on your functions, here in your
+kernel, and prints the table your instructor's grader would print. Run it any time
+(or call `mechlab.grade_me()` anywhere). The instructor's grader re-executes the
+whole notebook from scratch in a fresh kernel, so before you hand the notebook in,
+run *Kernel > Restart Kernel and Run All Cells* and check that nothing breaks."""
+
+
 class SourceError(ValueError):
     """The chapter source breaks one of the rules above; the message names the cell."""
 
@@ -177,7 +186,7 @@ def read_source(chapter: Chapter) -> SourceNotebook:
         if "setup" in tags:
             setup_cells += 1
             template = SETUP_TEMPLATE.read_text()
-            cell.source = template.format(repository=repository_url(), seed=meta.seed).rstrip()
+            cell.source = template.format(repository=repository_url(), seed=meta.seed, chapter=chapter.name).rstrip()
         elif cell.cell_type == "markdown" and "exercise" in cell.metadata:
             ex = _exercise(cell.metadata["exercise"], len(exercises) + 1, cell.source, where)
             if any(e.id == ex.id for e in exercises):
@@ -221,6 +230,7 @@ def read_source(chapter: Chapter) -> SourceNotebook:
     for cell in nb.cells:
         if "exercise-map" in cell.metadata.get("tags", []):
             cell.source = _exercise_map(exercises)
+    nb.cells += [nbformat.v4.new_markdown_cell(GRADE_ME_TEXT), nbformat.v4.new_code_cell("mechlab.grade_me();")]
 
     used: set[str] = set()
     for cell in nb.cells:
@@ -236,7 +246,9 @@ def read_source(chapter: Chapter) -> SourceNotebook:
         [f'"""Reference solutions of chapter {meta.chapter}: {meta.title}.\n\n'
          f"GENERATED from {where_file} by `python -m autograder build`: do not edit.\n"
          f'"""'] + exports + solutions
-        + [f"__all__ = {[ex.id for ex in exercises]!r}"]) + "\n"
+        + [f"__all__ = {[ex.id for ex in exercises]!r}\n"
+           f"CHAPTER = {chapter.name!r}\n"
+           f"POINTS = {{{', '.join(f'{ex.id!r}: {ex.points}' for ex in exercises)}}}"]) + "\n"
     return SourceNotebook(nb, meta, exercises, reference)
 
 

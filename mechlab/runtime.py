@@ -41,9 +41,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def setup(seed: int = 0) -> torch.device:
+_chapter: str | None = None
+
+
+def current_chapter() -> str | None:
+    """The chapter whose setup cell ran last in this kernel (e.g. "01_superposition")."""
+    return _chapter
+
+
+def setup(seed: int = 0, chapter: str | None = None) -> torch.device:
     """The first call of every chapter: seed everything, pick the device, quiet noise
     under grading. Returns the device the chapter should use."""
+    global _chapter
+    _chapter = chapter or _chapter
     seed_everything(seed)
     device = pick_device()
     if under_grading():

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -49,6 +50,14 @@ def messages(result: dict) -> dict[str, str]:
 def solution_cell(nb: nbformat.NotebookNode, exercise: str) -> nbformat.NotebookNode:
     """The (first) solution cell of `exercise` in a source or release notebook."""
     return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == f"{exercise}_solution")
+
+
+def as_learner(fn):
+    """A copy of a reference function that looks like one defined in a notebook."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__module__ = "__main__"
+    return copy
 
 
 @pytest.fixture(scope="session")

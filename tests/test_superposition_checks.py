@@ -3,28 +3,15 @@ object itself earns no points, and each hidden test fails a plausible wrong answ
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
 from mechlab.checks import CheckFailed
 from mechlab.exercises import superposition as checks
 from mechlab.reference import superposition as ref
+from conftest import as_learner
 
-EXERCISES = [
-    "toy_forward", "generate_batch", "importance_weighted_loss", "train_toy_models",
-    "feature_norms_and_interference", "feature_dimensionality", "feature_phase",
-    "sae_forward", "sae_loss", "train_sae", "feature_recovery_score",
-]
-
-
-def as_learner(fn):
-    """A copy of a reference function that looks like one defined in a notebook."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__ = fn.__kwdefaults__
-    copy.__module__ = "__main__"
-    return copy
+EXERCISES = ref.__all__  # generated from the chapter's source
 
 
 @pytest.mark.parametrize("name", EXERCISES)

@@ -20,4 +20,4 @@ if importlib.util.find_spec("mechlab") is None:
 
 import mechlab
 
-device = mechlab.setup(seed={seed})
+device = mechlab.setup(seed={seed}, chapter="{chapter}")

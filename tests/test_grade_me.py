@@ -1,0 +1,44 @@
+"""Self-grading in the learner's kernel: the same hidden tests and table as the grader."""
+
+from __future__ import annotations
+
+import pytest
+
+import mechlab
+from mechlab.reference import superposition as ref
+from conftest import as_learner
+
+
+def test_grade_me_scores_what_the_notebook_defines(capsys):
+    namespace = {
+        "toy_forward": as_learner(ref.toy_forward),
+        "sae_loss": lambda *args: ref.sae_loss(*args) + 1.0,  # wrong
+        "feature_dimensionality": ref.feature_dimensionality,  # the reference itself: no points
+    }
+    results = mechlab.grade_me("01_superposition", namespace)
+    scores = {r.id: r.score for r in results}
+    assert scores["toy_forward"] == 2.0
+    assert scores["sae_loss"] == 0.0 and scores["feature_dimensionality"] == 0.0
+    assert sum(scores.values()) == 2.0 and sum(r.max_score for r in results) == 22.0
+    out = capsys.readouterr().out
+    assert out.startswith("chapter 01_superposition: 2 / 22 points (self-graded in this kernel)")
+    assert "no function named train_sae" in out and "reference implementation" in out
+    assert "re-executes the whole notebook from scratch" in out
+
+
+def test_grade_me_knows_the_chapter_from_setup(capsys):
+    mechlab.setup(seed=0, chapter="01_superposition")
+    results = mechlab.grade_me(namespace={})
+    assert len(results) == 11 and all(r.score == 0 for r in results)
+
+
+def test_grade_me_stays_out_of_the_graders_way(monkeypatch, capsys):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert mechlab.grade_me("01_superposition", {}) == []
+    assert "instructor's grader" in capsys.readouterr().out
+
+
+def test_grade_me_needs_a_chapter(monkeypatch):
+    monkeypatch.setattr(mechlab.runtime, "_chapter", None)
+    with pytest.raises(ValueError, match="setup cell"):
+        mechlab.grade_me(namespace={})
