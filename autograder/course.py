@@ -24,14 +24,17 @@ from nbgrader.apps import NbGraderAPI
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import (
     AssignLatePenalties, CheckCellMetadata, ClearOutput, GetGrades,
-    IgnorePattern, LimitOutput, OverwriteCells, OverwriteKernelspec, SaveAutoGrades,
+    IgnorePattern, LimitOutput, OverwriteKernelspec, SaveAutoGrades,
 )
 from sqlalchemy.exc import SAWarning
 from traitlets.config import Config
 
 from autograder.chapters import Chapter
 from autograder.execute import ResilientExecute
-from autograder.preprocessors import CapOutputSize, DeduplicateGradeIds, HideHiddenTests, RestoreHiddenTests
+from autograder.preprocessors import (
+    AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, FreshCheckModules, HideHiddenTests,
+    RecoverCellMetadata, RestoreHiddenTests,
+)
 
 COURSE_ID = "mechlab"
 
@@ -67,8 +70,8 @@ def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
     c.LimitOutput.max_lines = 500
     # nbgrader's own lists, with the course's preprocessors put in (see preprocessors.py).
     c.Autograde.sanitize_preprocessors = [
-        ClearOutput, DeduplicateGradeIds, OverwriteKernelspec, RestoreHiddenTests, OverwriteCells,
-        CheckCellMetadata,
+        ClearOutput, RecoverCellMetadata, DeduplicateGradeIds, OverwriteKernelspec, RestoreHiddenTests,
+        AppendMissingGradeCells, FreshCheckModules, CheckCellMetadata,
     ]
     c.Autograde.autograde_preprocessors = [
         ResilientExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, CapOutputSize,

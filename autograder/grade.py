@@ -58,16 +58,20 @@ def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
     return {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nb.get("cells", [])} - {None}
 
 
+def _sources(nb: nbformat.NotebookNode) -> set[str]:
+    return {c.get("source", "").strip() for c in nb.get("cells", [])} - {""}
+
+
 def identify_chapter(nb: nbformat.NotebookNode | None, filename: str, chapters: list[Chapter]) -> Chapter | None:
-    """The chapter whose graded cells the submission shares most; else its file name's NN_."""
+    """The chapter whose graded cells the submission shares most; failing that (an
+    editor that drops cell metadata), the one whose cells' text it shares most;
+    failing that, its file name's NN_."""
     if nb is not None:
-        overlap = []
-        for chapter in chapters:
-            ids = _grade_ids(nbformat.read(chapter.solution_notebook, as_version=4))
-            overlap.append((len(ids & _grade_ids(nb)), chapter))
-        best, chapter = max(overlap, key=lambda pair: pair[0])
-        if best > 0:
-            return chapter
+        releases = [(c, nbformat.read(c.release_notebook, as_version=4)) for c in chapters]
+        for similarity in (lambda r: len(_grade_ids(r) & _grade_ids(nb)), lambda r: len(_sources(r) & _sources(nb))):
+            best, chapter = max(((similarity(r), c) for c, r in releases), key=lambda pair: pair[0])
+            if best > 0:
+                return chapter
     number = re.search(r"(?<!\d)(\d\d)_", filename)
     matches = [c for c in chapters if number and c.name.startswith(number[1] + "_")]
     return matches[0] if len(matches) == 1 else None
@@ -198,7 +202,11 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
             solutions = [cells[i] for i in ex.solution_cells if i in cells]
             exercises.append(ExerciseScore(ex.id, score, max_score,
                                             _message(cells.get(ex.test_id), solutions, timeout)))
-        status = "; ".join(_incidents(source, cells)) or "ok"
+        restored = [ex.id for ex in source.exercises if ex.test_id not in _grade_ids(nb)]
+        incidents = _incidents(source, cells) + (
+            [f"test cells deleted or stripped of their metadata, restored from the source: {', '.join(restored)}"]
+            if restored else [])
+        status = "; ".join(incidents) or "ok"
         cell_errors = [f"cell {i + 1}: {error_summary(_error(c))[:200]}" for i, c in enumerate(graded.cells)
                        if _error(c) is not None and not c.metadata.get("nbgrader", {}).get("grade")]
         feedback_path.parent.mkdir(parents=True, exist_ok=True)

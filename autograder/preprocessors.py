@@ -13,6 +13,17 @@
   the last cell of a copied grade id but leaves the others with empty nbgrader
   metadata, on which OverwriteCells (with add_missing_cells) crashes, zeroing
   the whole submission. The copies become ordinary cells instead.
+- `RecoverCellMetadata` and `AppendMissingGradeCells` (autograde, sanitizing):
+  some editors drop cell metadata, and nbgrader then crashes restoring the test
+  cells (KeyError on the solution cell before them). Cells are matched back by
+  content first: a locked cell by its released text, a solution cell by the
+  `def`/`class` line it keeps; test cells still missing are restored from the
+  source at the end of the notebook, where every function is defined.
+- `FreshCheckModules` (autograde, sanitizing): a learner cell can rebind the
+  course's own check helpers (`checks.grade_toy_forward = lambda f: None`). Each
+  test cell first drops `mechlab.checks`, `mechlab.exercises` and
+  `mechlab.reference` from `sys.modules`, so its imports load them again from
+  disk (they compare with `mechlab.pristine`, which is never reloaded).
 - `CapOutputSize` (autograde): nbgrader's LimitOutput counts lines, so one
   50 MB line reaches the gradebook and the feedback; this caps every output's size.
 """
@@ -25,7 +36,8 @@ import re
 from nbformat import NotebookNode
 from nbgrader.api import Gradebook, MissingEntry
 from nbconvert.preprocessors import Preprocessor
-from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds
+from nbgrader import utils
+from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds, OverwriteCells
 from traitlets import Bool, Integer
 
 HIDDEN_REGION = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", re.DOTALL)
@@ -52,7 +64,7 @@ class HideHiddenTests(CoursePreprocessor):
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and is_graded(cell):
-            cell.source = HIDDEN_REGION.sub(HIDDEN_NOTE, cell.source)
+            cell.source = HIDDEN_REGION.sub(HIDDEN_NOTE, cell.source.removeprefix(FRESH_MODULES))
             for output in cell.get("outputs", []):
                 if output.output_type == "error":
                     output.traceback = [error_summary(output)]
@@ -82,6 +94,66 @@ class RestoreHiddenTests(CoursePreprocessor):
         return nb, resources
 
 
+def _signature(source: str) -> str | None:
+    return next((line for line in source.splitlines() if line.startswith(("def ", "class ", "async def "))), None)
+
+
+class RecoverCellMetadata(CoursePreprocessor):
+    """Give cells that lost their nbgrader metadata the metadata of the source cell they match."""
+
+    def preprocess(self, nb, resources):
+        info = resources["nbgrader"]
+        with Gradebook(info["db_url"]) as gb:
+            source = gb.find_notebook(info["notebook"], info["assignment"])
+            points = {c.name: c.max_score for c in source.grade_cells}
+            solutions = {c.name for c in source.solution_cells}
+            present = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
+            wanted = {}  # released text or solution signature -> nbgrader metadata
+            for cell in source.source_cells:
+                if cell.name in present:
+                    continue
+                meta = {"grade": cell.name in points, "grade_id": cell.name, "locked": cell.locked,
+                        "schema_version": 3, "solution": cell.name in solutions, "task": False}
+                if meta["grade"]:
+                    meta["points"] = points[cell.name]
+                if meta["solution"]:
+                    key = _signature(cell.source)
+                else:
+                    released = NotebookNode(cell_type=cell.cell_type, source=cell.source, metadata={})
+                    ClearHiddenTests()._remove_hidden_test_region(released)
+                    key = released.source.strip()
+                for text in (key, cell.source.strip()):  # as released, or as in the source itself
+                    if text:
+                        wanted.setdefault(text, meta)
+        for cell in nb.cells:
+            if "nbgrader" in cell.metadata:
+                continue
+            meta = wanted.pop(cell.source.strip(), None) or wanted.pop(_signature(cell.source) or "", None)
+            if meta:
+                self.log.warning("cell %s had lost its metadata: matched back by its content", meta["grade_id"])
+                cell.metadata["nbgrader"] = meta
+        return nb, resources
+
+
+class AppendMissingGradeCells(OverwriteCells):
+    """OverwriteCells, but missing test cells go to the end of the notebook, in source
+    order (nbgrader puts each after the previous graded cell, and crashes if that is
+    missing too)."""
+
+    def add_missing_grade_cells(self, nb, resources):
+        source = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
+        present = {c.metadata.nbgrader["grade_id"] for c in nb.cells if utils.is_grade(c) or utils.is_solution(c)}
+        points = {c.name: c.max_score for c in source.grade_cells}
+        solutions = {c.name for c in source.solution_cells}
+        for cell in source.source_cells:
+            if cell.name in points and cell.name not in present:
+                self.log.warning("Missing grade cell %s encountered, adding to the end of the notebook", cell.name)
+                restored = self.missing_cell_transform(cell, points[cell.name], is_solution=cell.name in solutions)
+                restored.id = f"restored-{cell.name}"
+                nb.cells.append(restored)
+        return nb, resources
+
+
 class DeduplicateGradeIds(DeduplicateIds):
     """nbgrader's DeduplicateIds, leaving the copies with no nbgrader metadata at all."""
 
@@ -89,6 +161,23 @@ class DeduplicateGradeIds(DeduplicateIds):
         cell, resources = super().preprocess_cell(cell, resources, index)
         if cell.metadata.get("nbgrader", None) == {}:
             del cell.metadata["nbgrader"]
+        return cell, resources
+
+
+_RELOADED = ("checks", "exercises", "reference")
+FRESH_MODULES = (
+    "import sys as _g; [_g.modules.pop(_m) for _m in [*_g.modules] if _m.split('.')[:2] in "
+    f"{[['mechlab', name] for name in _RELOADED]!r}]; "
+    f"[vars(_g.modules['mechlab']).pop(_n, None) for _n in {_RELOADED!r} if 'mechlab' in _g.modules]"
+    "  # added by the grader\n")
+
+
+class FreshCheckModules(CoursePreprocessor):
+    """Prefix every graded cell with FRESH_MODULES (after OverwriteCells has restored it)."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and is_graded(cell) and not cell.source.startswith(FRESH_MODULES):
+            cell.source = FRESH_MODULES + cell.source
         return cell, resources
 
 

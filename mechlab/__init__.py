@@ -7,6 +7,7 @@ seeds (`setup`), quiet progress bars (`progress`), the checks under each exercis
 and each chapter's plots and models.
 """
 
+import mechlab.pristine  # noqa: F401  first, before any learner code: see its docstring
 from mechlab.grading import grade_me
 from mechlab.runtime import pick_device, progress, seed_everything, setup, under_grading
 

@@ -6,7 +6,7 @@ which case, which output, what shape or dtype, the first entry that differs,
 expected against got, and a hint when the mistake is a known one.
 
 A grade must not be gamed from inside the learner's kernel, so this module
-takes its own references to the functions it compares with when it is first
+compares with the functions `mechlab.pristine` took when mechlab was first
 imported (the chapter's setup cell imports it before any learner code runs):
 rebinding `torch.allclose`, `torch.Tensor.__eq__` or `numpy.isclose` afterwards
 changes nothing here. Values are checked by exact type first, so an object
@@ -25,20 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-# Taken once, at import, before any learner cell can rebind them.
-_Tensor = torch.Tensor
-_Parameter = torch.nn.Parameter
-_detach = torch.Tensor.detach
-_to = torch.Tensor.to
-_numpy = torch.Tensor.numpy
-_np_abs = np.abs
-_np_isnan = np.isnan
-_np_isinf = np.isinf
-_np_argwhere = np.argwhere
-_np_max = np.max
-_np_asarray = np.asarray
-_isinstance = isinstance
-_type = type
+from mechlab.pristine import (
+    Parameter as _Parameter, Tensor as _Tensor, detach as _detach, isinstance_ as _isinstance,
+    np_abs as _np_abs, np_argwhere as _np_argwhere, np_isinf as _np_isinf, np_isnan as _np_isnan,
+    np_max as _np_max, numpy as _numpy, to as _to, type_ as _type,
+)
 
 
 class CheckFailed(AssertionError):

@@ -141,6 +141,17 @@ def test_rebinding_torch_allclose_and_eq_gains_nothing(fixture_course, tmp_path)
     assert "expected a torch.Tensor, got Liar" in messages(result)["scale"]
 
 
+def test_rebinding_the_course_check_helpers_gains_nothing(fixture_course, tmp_path):
+    cheat = ("import mechlab.checks\n"
+             "mechlab.checks.compare_function = lambda *args, **kwargs: None\n"
+             "mechlab.checks.assert_value_close = lambda *args, **kwargs: None\n"
+             "def scale(x, k):\n    return x\n")
+    result = grade(submit(fixture_course, tmp_path, "cheat2.ipynb", set_solution("scale", cheat)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
+    assert "entries differ" in messages(result)["scale"]
+
+
 def test_reference_implementation_earns_no_points(fixture_course, tmp_path):
     # what `from mechlab.reference.fixture import add` gives (the fixture's reference module
     # lives in its tmp root, not in the installed package, so it is imitated here)
@@ -162,6 +173,33 @@ def test_file_that_is_not_a_notebook_gets_a_clear_zero(fixture_course, tmp_path)
     result = grade(unknown, fixture_course.root)
     assert result["chapter"] is None and result["score"] == 0.0
     assert Path(result["feedback"]).is_file()
+
+
+def test_notebook_that_lost_its_metadata_is_still_graded(fixture_course, tmp_path):
+    """Some editors drop cell metadata: the chapter is recognised by the cells' text,
+    and the test cells are restored from the source."""
+    def edit(nb):
+        for cell in nb.cells:
+            cell.metadata = {}
+    result = grade(submit(fixture_course, tmp_path, "stripped.ipynb", edit), fixture_course.root)
+    assert result["chapter"] == "00_fixture" and scores(result) == FULL
+
+
+def test_colab_download_grades_like_the_same_work_from_jupyterlab(fixture_course, tmp_path):
+    """Colab adds its own metadata, outputs and execution counts, and sometimes drops cell ids."""
+    def edit(nb):
+        nb.metadata = {"colab": {"provenance": [], "toc_visible": True}, "accelerator": "GPU",
+                       "kernelspec": {"name": "python3", "display_name": "Python 3"},
+                       "language_info": {"name": "python"}}
+        for i, cell in enumerate(nb.cells):
+            cell.metadata["id"] = f"colab-{i}"
+            cell.metadata.setdefault("colab", {"base_uri": "https://localhost:8080/"})
+            if cell.cell_type == "code":
+                cell.execution_count = i
+                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="stale output\n")]
+    colab = grade(submit(fixture_course, tmp_path, "colab.ipynb", edit), fixture_course.root)
+    lab = grade(submit(fixture_course, tmp_path, "lab.ipynb"), fixture_course.root)
+    assert scores(colab) == scores(lab) == FULL and colab["status"] == lab["status"] == "ok"
 
 
 def test_renamed_submission_is_matched_by_its_grade_ids(fixture_course, tmp_path):

@@ -27,9 +27,8 @@ from mechlab.checks import (
 )
 from mechlab.reference import superposition as ref
 
-_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
-_detach, _to, _numpy, _clone = torch.Tensor.detach, torch.Tensor.to, torch.Tensor.numpy, torch.Tensor.clone
-_type = type
+from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, clone as _clone, detach as _detach
+from mechlab.pristine import numpy as _numpy, to as _to, type_ as _type
 
 
 # ---------------------------------------------------------------- 1. toy_forward
