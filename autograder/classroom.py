@@ -200,7 +200,7 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
             (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
             bar.set_postfix_str(f"{sub.student}: {result['score']:g}/{result['max_score']:g}")
     stored = [json.loads((results_dir / f"{s.key}.json").read_text()) for s in submissions]
-    rows = _one_row_per_student_and_chapter(stored)
+    rows = _one_row_per_student_and_chapter(_attribute_unknown(stored, chapters, out))
     write_csv(rows, chapters, out / "grades.csv")
     record_in_gradebook(rows, chapters, out)
     return ClassResult(rows, len(todo))
@@ -214,6 +214,28 @@ def _name_feedback(result: dict, out: Path, sub: Submission) -> None:
     target = folder / f"{result['chapter'] or _safe(PurePosixPath(sub.where).stem)}.html"
     Path(result["feedback"]).replace(target)
     result["feedback"] = str(target.relative_to(out))
+
+
+def _attribute_unknown(results: list[dict], chapters: list[Chapter], out: Path) -> list[dict]:
+    """A file no chapter could be read from (not a notebook, say) counts as a zero for the
+    chapter the rest of the class handed in, when that is a single one."""
+    known = {r["chapter"] for r in results} - {None}
+    if len(known) != 1:
+        return results
+    name = known.pop()
+    exercises = read_source(next(c for c in chapters if c.name == name)).exercises
+    attributed = []
+    for r in results:
+        if r["chapter"] is None:
+            r = {**r, "chapter": name, "max_score": float(sum(e.points for e in exercises)),
+                 "exercises": [{"id": e.id, "score": 0.0, "max_score": float(e.points), "message": r["status"]}
+                               for e in exercises]}
+            if r.get("feedback") and (out / r["feedback"]).exists():
+                target = out / "feedback" / _safe(r["student"]) / f"{name}.html"
+                (out / r["feedback"]).replace(target)
+                r["feedback"] = str(target.relative_to(out))
+        attributed.append(r)
+    return attributed
 
 
 def _one_row_per_student_and_chapter(results: list[dict]) -> list[dict]:

@@ -23,7 +23,10 @@
   course's own check helpers (`checks.grade_toy_forward = lambda f: None`). Each
   test cell first drops `mechlab.checks`, `mechlab.exercises` and
   `mechlab.reference` from `sys.modules`, so its imports load them again from
-  disk (they compare with `mechlab.pristine`, which is never reloaded).
+  disk (they compare with `mechlab.pristine`, which is never reloaded). It also
+  sends the cell's stderr to stdout: nbgrader fails a test cell on any stderr
+  text, and a learner's own progress bar or warning is noise, not a wrong answer
+  (a failed check raises, and that still fails the cell).
 - `CapOutputSize` (autograde): nbgrader's LimitOutput counts lines, so one
   50 MB line reaches the gradebook and the feedback; this caps every output's size.
 """
@@ -168,8 +171,8 @@ _RELOADED = ("checks", "exercises", "reference")
 FRESH_MODULES = (
     "import sys as _g; [_g.modules.pop(_m) for _m in [*_g.modules] if _m.split('.')[:2] in "
     f"{[['mechlab', name] for name in _RELOADED]!r}]; "
-    f"[vars(_g.modules['mechlab']).pop(_n, None) for _n in {_RELOADED!r} if 'mechlab' in _g.modules]"
-    "  # added by the grader\n")
+    f"[vars(_g.modules['mechlab']).pop(_n, None) for _n in {_RELOADED!r} if 'mechlab' in _g.modules]; "
+    "_g.stderr = _g.stdout  # added by the grader\n")
 
 
 class FreshCheckModules(CoursePreprocessor):

@@ -1,0 +1,136 @@
+"""Grading a whole class in one command: a zip as a learning platform exports it, with
+every kind of bad submission, graded in parallel into grades.csv, nbgrader's gradebook
+and one feedback file per submission; re-runs are idempotent and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+from autograder.classroom import StudentRule, read_roster
+from conftest import run_cli, solution_cell
+
+STUDENT_WORK = {  # student -> (file in the zip, edit of the solution notebook or None, expected)
+    "alice": ("alice/00_fixture.ipynb", {}, (6, "ok")),
+    "bob": ("bob/Copy of 00_fixture (2).ipynb", "release", (0, "ok")),
+    "carol": ("carol/homework.ipynb", {"scale": "def scale(x, k):\n    return k * x + 1\n"}, (4, "ok")),
+    "dave": ("dave/x.ipynb", {"add": "def add(a, b)\n    return a + b\n"}, (5, "ok")),
+    "erin": ("erin/loop.ipynb", {"scale": "def scale(x, k):\n    while True:\n        pass\n"},
+             (4, "timeout in exercise 2 (scale)")),
+    "frank": ("frank/dies.ipynb", {"scale": "import os\nos._exit(1)\n"}, (4, "kernel died in exercise 2 (scale)")),
+    "grace": ("grace/final.ipynb", b"%PDF-1.4 not a notebook", (0, "not a notebook")),
+    "heidi": ("heidi/big.ipynb", {"count_positive": "import torch\ndef count_positive(x):\n"
+                                  "    waste = torch.ones(2**31)  # 8 GB\n    return int((x > 0).sum())\n"}, (3, "ok")),
+    "ivan": ("ivan/noisy.ipynb", {"add": "import sys\ndef add(a, b):\n    print('50%|#####', file=sys.stderr)\n"
+                                  "    return a + b\n"}, (6, "ok")),
+    "judy": ("judy/cheat.ipynb", {"scale": "import mechlab.checks\nmechlab.checks.compare_function = "
+                                  "lambda *a, **k: None\ndef scale(x, k):\n    return x\n"}, (4, "ok")),
+    "ken": ("ken/Colab download.ipynb", "colab", (6, "ok")),
+}
+
+
+def make_class(fixture_course, folder: Path) -> Path:
+    zip_path = folder / "class_export.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for student, (name, edit, _) in STUDENT_WORK.items():
+            if isinstance(edit, bytes):
+                archive.writestr(name, edit)
+                continue
+            source = fixture_course.release_notebook if edit == "release" else fixture_course.solution_notebook
+            nb = nbformat.read(source, as_version=4)
+            if edit == "colab":
+                nb.metadata["colab"] = {"provenance": []}
+                for cell in nb.cells:
+                    cell.metadata["colab"] = {"base_uri": "https://localhost:8080/"}
+            elif isinstance(edit, dict):
+                for exercise, code in edit.items():
+                    solution_cell(nb, exercise).source = code
+            archive.writestr(name, nbformat.writes(nb))
+        # a second, worse hand-in of the same chapter by alice, and platform clutter
+        archive.writestr("alice/old/00_fixture.ipynb", fixture_course.release_notebook.read_text())
+        archive.writestr("__MACOSX/alice/._00_fixture.ipynb", b"\x00\x05")
+        archive.writestr("readme.txt", "not a submission")
+    return zip_path
+
+
+def read_grades(out: Path) -> dict[str, dict]:
+    with open(out / "grades.csv", newline="") as f:
+        return {row["student"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def graded_class(fixture_course, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("class")
+    zip_path = make_class(fixture_course, folder)
+    out = folder / "grades"
+    proc = run_cli("grade", str(zip_path), "--out", str(out), "--jobs", "2", "--memory-gb", "3",
+                   root=fixture_course.root)
+    assert proc.returncode == 0, proc.stderr
+    return zip_path, out, proc
+
+
+def test_every_student_gets_exactly_the_expected_points(graded_class):
+    _, out, proc = graded_class
+    grades = read_grades(out)
+    assert set(grades) == set(STUDENT_WORK)
+    for student, (_, _, (points, status)) in STUDENT_WORK.items():
+        row = grades[student]
+        assert float(row["score"]) == points, (student, row)
+        assert row["max_score"] == "6" and row["chapter"] == "00_fixture"
+        assert row["status"].startswith(status), (student, row["status"])
+    assert grades["carol"]["scale"] == "0" and grades["carol"]["count_positive"] == "3"
+    assert "also handed in alice/old/00_fixture.ipynb (0)" in grades["alice"]["status"]
+    assert grades["heidi"]["count_positive"] == "0"  # the 8 GB allocation hit the 3 GB limit
+    assert "11 row(s), 12 submission(s) graded in this run" in proc.stdout
+
+
+def test_gradebook_and_feedback_for_everyone(graded_class):
+    _, out, _ = graded_class
+    grades = read_grades(out)
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}", "mechlab") as gb:
+        for student, row in grades.items():
+            assert gb.find_submission("00_fixture", student).score == float(row["score"])
+    for student in STUDENT_WORK:
+        html = (out / "feedback" / student / "00_fixture.html").read_text()
+        assert "BEGIN HIDDEN TESTS" not in html and "refuse_reference" not in html
+
+
+def test_rerun_is_idempotent_and_resumes(graded_class, fixture_course):
+    zip_path, out, _ = graded_class
+    before = (out / "grades.csv").read_text()
+    results = sorted((out / "results").glob("*.json"))
+    results[0].unlink()  # as if the run had been interrupted before this one
+    proc = run_cli("grade", str(zip_path), "--out", str(out), "--jobs", "2", root=fixture_course.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 submission(s) graded in this run" in proc.stdout
+    assert (out / "grades.csv").read_text() == before
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}", "mechlab") as gb:
+        assert len(gb.students) == len(STUDENT_WORK)
+
+
+def test_student_ids_from_paths_patterns_and_rosters(tmp_path):
+    rule = StudentRule(("00_fixture",))
+    assert rule("alice/hw.ipynb") == "alice"
+    assert rule("smith_00_fixture.ipynb") == "smith"
+    assert rule("Copy of 00_fixture (2).ipynb") == "Copy of 00_fixture (2)"  # nothing better to go on
+    pattern = StudentRule(("00_fixture",), re.compile(r"_(?P<student>\d{6})_"))
+    assert pattern("Jane Doe_123456_assignsubmission_file_/00_fixture.ipynb") == "123456"
+    roster_file = tmp_path / "roster.csv"
+    roster_file.write_text("student_id,aliases\ns001,Jane Doe;jdoe@uni.edu\ns002,John Roe\n")
+    roster = StudentRule(("00_fixture",), roster=read_roster(roster_file))
+    assert roster("Jane Doe_123456_assignsubmission_file_/x.ipynb") == "s001"
+    assert roster("jdoe@uni.edu/00_fixture.ipynb") == "s001"
+    assert roster("john roe/00_fixture.ipynb") == "s002"
+
+
+def test_a_single_file_still_prints_one_json_object(fixture_course, tmp_path):
+    proc = run_cli("grade", str(fixture_course.solution_notebook), "--json", "--feedback", str(tmp_path),
+                   root=fixture_course.root)
+    assert json.loads(proc.stdout)["score"] == 6.0
