@@ -2,7 +2,7 @@
 #   make lab     set up, then open JupyterLab on chapters/
 #   make test    set up, then run the whole test suite (what CI runs)
 #   make build   regenerate chapters/ and mechlab/reference/ from solutions/*.py
-#   make grade FILE=path/to/submission.ipynb
+#   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
 #   make bench   time the chapters and the grader; results go to benchmarks/RESULTS.md
 
 PYTHON ?= python3
@@ -35,11 +35,12 @@ check: setup
 	$(PY) -m autograder build --check
 
 grade: setup
-	@test -n "$(FILE)" || (echo "usage: make grade FILE=submission.ipynb" >&2; exit 2)
+	@test -n "$(FILE)" || (echo "usage: make grade FILE=submission.ipynb|folder|class.zip" >&2; exit 2)
 	$(PY) -m autograder grade "$(FILE)"
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/grading_throughput.py
 
 constraints: setup
 	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.tmp

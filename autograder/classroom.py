@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from autograder.chapters import Chapter
 from autograder.course import COURSE_ID, ThrowawayCourse
+from autograder.grade import RELEASE_CACHE
 from autograder.source import read_source
 
 log = logging.getLogger("autograder")
@@ -146,13 +147,14 @@ def _limit_memory(gigabytes: float):
     return apply
 
 
-def grade_one(sub: Submission, root: Path, feedback_dir: Path, *, memory_gb: float,
+def grade_one(sub: Submission, root: Path, feedback_dir: Path, cache: Path, *, memory_gb: float,
               wall_seconds: float, threads: int) -> dict:
     """Grade one submission in its own process; a result dict whatever happens."""
     feedback_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path),
            "--json", "--feedback", str(feedback_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           RELEASE_CACHE: str(cache)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_limit_memory(memory_gb))
     try:
@@ -188,9 +190,11 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     todo = [s for s in submissions if force or not (results_dir / f"{s.key}.json").exists()]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     root = chapters[0].root
+    cache = out / "nbgrader" / "releases"
+    cache.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(grade_one, s, root, out / "feedback" / _safe(s.student), memory_gb=memory_gb,
-                               wall_seconds=wall_seconds, threads=threads): s for s in todo}
+        futures = {pool.submit(grade_one, s, root, out / "feedback" / _safe(s.student), cache,
+                               memory_gb=memory_gb, wall_seconds=wall_seconds, threads=threads): s for s in todo}
         bar = tqdm(as_completed(futures), total=len(futures), desc="grading", unit="notebook",
                    disable=not progress or not futures, file=sys.stderr)
         for future in bar:

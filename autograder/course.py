@@ -32,7 +32,7 @@ from traitlets.config import Config
 from autograder.chapters import Chapter
 from autograder.execute import ResilientExecute
 from autograder.preprocessors import (
-    AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, FreshCheckModules, HideHiddenTests,
+    AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, PrepareTestCells, HideHiddenTests,
     RecoverCellMetadata, RestoreHiddenTests,
 )
 
@@ -71,7 +71,7 @@ def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
     # nbgrader's own lists, with the course's preprocessors put in (see preprocessors.py).
     c.Autograde.sanitize_preprocessors = [
         ClearOutput, RecoverCellMetadata, DeduplicateGradeIds, OverwriteKernelspec, RestoreHiddenTests,
-        AppendMissingGradeCells, FreshCheckModules, CheckCellMetadata,
+        AppendMissingGradeCells, PrepareTestCells, CheckCellMetadata,
     ]
     c.Autograde.autograde_preprocessors = [
         ResilientExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, CapOutputSize,

@@ -11,9 +11,11 @@ not the grading run.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -25,8 +27,8 @@ import nbformat
 from autograder.chapters import Chapter
 from autograder.course import ThrowawayCourse
 from autograder.execute import KERNEL_DIED
-from autograder.preprocessors import error_summary
-from autograder.source import SourceNotebook, read_source
+from autograder.preprocessors import VISIBLE_PASSED, error_summary
+from autograder.source import SourceNotebook, notebook_text, read_source
 from mechlab.grading import ExerciseScore, format_table
 
 log = logging.getLogger("autograder")
@@ -104,7 +106,9 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
             if died is not None and died.get("ename") == KERNEL_DIED:
                 return (f"your solution cell killed the kernel ({died.evalue}), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
-        return error_summary(error)[:MAX_MESSAGE]
+        stdout = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
+        which = "hidden tests failed" if VISIBLE_PASSED in stdout else "visible checks failed"
+        return f"{which}: {error_summary(error)}"[:MAX_MESSAGE]
     for output in cell.get("outputs", []):
         if output.output_type == "stream" and output.name == "stderr":
             return ("failed: the cell wrote to stderr, which nbgrader counts as an error: "
@@ -144,13 +148,22 @@ def _zero_result(chapter: Chapter | None, source: SourceNotebook | None, status:
     return GradeResult(chapter.name if chapter else None, 0.0, max_score, exercises, status)
 
 
-def _write_plain_feedback(result: GradeResult, dest: Path) -> None:
+def _summary_html(chapter: str | None, exercises: list[ExerciseScore], status: str) -> str:
+    """The per-exercise table every feedback file starts with."""
     rows = "".join(f"<tr><td>{html.escape(e.id)}</td><td>{e.score:g} / {e.max_score:g}</td>"
-                   f"<td><pre>{html.escape(e.message)}</pre></td></tr>" for e in result.exercises)
-    dest.write_text(f"<!doctype html><meta charset='utf-8'><title>Feedback</title>"
-                    f"<h1>Feedback: {html.escape(result.chapter or 'unknown chapter')}</h1>"
-                    f"<p>Score: {result.score:g} / {result.max_score:g}</p>"
-                    f"<p>{html.escape(result.status)}</p><table>{rows}</table>")
+                   f"<td><pre style='white-space: pre-wrap'>{html.escape(e.message)}</pre></td></tr>"
+                   for e in exercises)
+    score, max_score = sum(e.score for e in exercises), sum(e.max_score for e in exercises)
+    return (f"<div class='container' style='margin: 1em auto; max-width: 1000px'>"
+            f"<h2>{html.escape(chapter or 'unknown chapter')}: {score:g} / {max_score:g} points</h2>"
+            f"<p>{html.escape(status)}. Your notebook was run from scratch in a fresh kernel; "
+            f"each exercise was graded on its own.</p>"
+            f"<table class='table'><tr><th>exercise</th><th>points</th><th>result</th></tr>{rows}</table></div>")
+
+
+def _write_plain_feedback(result: GradeResult, dest: Path) -> None:
+    dest.write_text("<!doctype html><meta charset='utf-8'><title>Feedback</title><body>"
+                    + _summary_html(result.chapter, result.exercises, result.status) + "</body>")
 
 
 def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None) -> GradeResult:
@@ -176,15 +189,45 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
     return result
 
 
+RELEASE_CACHE = "MECHLAB_GRADER_CACHE"  # a folder: class grading shares one release per chapter
+
+
+def released_course(chapter: Chapter, source: SourceNotebook, root: Path) -> ThrowawayCourse:
+    """A throwaway course at `root` with the chapter generated (gradebook, release).
+
+    When $MECHLAB_GRADER_CACHE names a folder, the generated course is built there once
+    per version of the chapter and copied for each submission (generate_assignment
+    costs a second or two; a copy, milliseconds)."""
+    text = notebook_text(source.notebook)
+    cache = os.environ.get(RELEASE_CACHE)
+    if cache:
+        template = Path(cache) / f"{chapter.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        if not template.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as building:
+                _generate(chapter, source, text, Path(building) / "course")
+                try:  # another worker may have finished first: theirs is as good
+                    os.rename(Path(building) / "course", template)
+                except OSError:
+                    pass
+        shutil.copytree(template, root)
+        return ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
+    return _generate(chapter, source, text, root)
+
+
+def _generate(chapter: Chapter, source: SourceNotebook, text: str, root: Path) -> ThrowawayCourse:
+    course = ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
+    solution_path = root.parent / f"{chapter.name}.source.ipynb"
+    solution_path.write_text(text)
+    course.generate_assignment(solution_path)
+    return course
+
+
 def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
                feedback_path: Path) -> GradeResult:
     timeout = source.meta.timeout
     with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
         tmp = Path(tmp)
-        course = ThrowawayCourse(chapter, tmp / "course", timeout=timeout)
-        solution_path = tmp / f"{chapter.name}.ipynb"
-        nbformat.write(source.notebook, solution_path)
-        course.generate_assignment(solution_path)
+        course = released_course(chapter, source, tmp / "course")
         submitted = tmp / "submitted.ipynb"
         nbformat.write(nb, submitted)
         course.submit(submitted, STUDENT)
@@ -210,6 +253,8 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
         cell_errors = [f"cell {i + 1}: {error_summary(_error(c))[:200]}" for i, c in enumerate(graded.cells)
                        if _error(c) is not None and not c.metadata.get("nbgrader", {}).get("grade")]
         feedback_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(course.generate_feedback(STUDENT), feedback_path)
+        html_text = course.generate_feedback(STUDENT).read_text()
+        feedback_path.write_text(html_text.replace("<body>", "<body>\n" + _summary_html(
+            chapter.name, exercises, status), 1))
     return GradeResult(chapter.name, sum(e.score for e in exercises), sum(e.max_score for e in exercises),
                        exercises, status, str(feedback_path), cell_errors)

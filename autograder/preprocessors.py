@@ -19,14 +19,16 @@
   content first: a locked cell by its released text, a solution cell by the
   `def`/`class` line it keeps; test cells still missing are restored from the
   source at the end of the notebook, where every function is defined.
-- `FreshCheckModules` (autograde, sanitizing): a learner cell can rebind the
-  course's own check helpers (`checks.grade_toy_forward = lambda f: None`). Each
-  test cell first drops `mechlab.checks`, `mechlab.exercises` and
-  `mechlab.reference` from `sys.modules`, so its imports load them again from
-  disk (they compare with `mechlab.pristine`, which is never reloaded). It also
-  sends the cell's stderr to stdout: nbgrader fails a test cell on any stderr
-  text, and a learner's own progress bar or warning is noise, not a wrong answer
-  (a failed check raises, and that still fails the cell).
+- `PrepareTestCells` (autograde, sanitizing), three things before a test cell runs:
+  it prints VISIBLE_PASSED between the visible checks and the hidden tests, so
+  the grade says which of the two failed; it drops `mechlab.checks`,
+  `mechlab.exercises` and `mechlab.reference` from `sys.modules`, so the cell's
+  imports load them again from disk and a learner cell that rebound a check
+  helper (`checks.grade_toy_forward = lambda f: None`) gains nothing (they compare
+  with `mechlab.pristine`, which is never reloaded); and it sends stderr to
+  stdout, because nbgrader fails a test cell on any stderr text, and a learner's
+  own progress bar or warning is noise, not a wrong answer (a failed check
+  raises, and that still fails the cell).
 - `CapOutputSize` (autograde): nbgrader's LimitOutput counts lines, so one
   50 MB line reaches the gradebook and the feedback; this caps every output's size.
 """
@@ -175,12 +177,17 @@ FRESH_MODULES = (
     "_g.stderr = _g.stdout  # added by the grader\n")
 
 
-class FreshCheckModules(CoursePreprocessor):
-    """Prefix every graded cell with FRESH_MODULES (after OverwriteCells has restored it)."""
+VISIBLE_PASSED = "visible checks passed; now the hidden tests"
+
+
+class PrepareTestCells(CoursePreprocessor):
+    """Prefix every graded cell with FRESH_MODULES and mark where its hidden tests begin
+    (after OverwriteCells has restored the cell from the source)."""
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and is_graded(cell) and not cell.source.startswith(FRESH_MODULES):
-            cell.source = FRESH_MODULES + cell.source
+            marked = cell.source.replace("### BEGIN HIDDEN TESTS", f"print({VISIBLE_PASSED!r})\n### BEGIN HIDDEN TESTS", 1)
+            cell.source = FRESH_MODULES + marked
         return cell, resources
 
 

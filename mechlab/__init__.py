@@ -5,11 +5,27 @@ seeds (`setup`), quiet progress bars (`progress`), the checks under each exercis
 (`mechlab.checks`, `mechlab.exercises`), the reference solutions
 (`mechlab.reference`, generated from `solutions/`), self-grading (`grade_me`),
 and each chapter's plots and models.
+
+The names below load on first use, so that the grader, which only needs
+`mechlab.grading`'s table, does not pay for importing torch in every process.
 """
 
-import mechlab.pristine  # noqa: F401  first, before any learner code: see its docstring
-from mechlab.grading import grade_me
-from mechlab.runtime import pick_device, progress, seed_everything, setup, under_grading
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["grade_me", "pick_device", "progress", "seed_everything", "setup", "under_grading", "__version__"]
+
+_EXPORTS = {
+    "setup": "mechlab.runtime",
+    "progress": "mechlab.runtime",
+    "pick_device": "mechlab.runtime",
+    "seed_everything": "mechlab.runtime",
+    "under_grading": "mechlab.runtime",
+    "grade_me": "mechlab.grading",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mechlab' has no attribute {name!r}")

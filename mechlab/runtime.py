@@ -53,6 +53,7 @@ def setup(seed: int = 0, chapter: str | None = None) -> torch.device:
     """The first call of every chapter: seed everything, pick the device, quiet noise
     under grading. Returns the device the chapter should use."""
     global _chapter
+    import mechlab.pristine  # noqa: F401  before any learner code runs: see its docstring
     _chapter = chapter or _chapter
     seed_everything(seed)
     device = pick_device()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import mechlab
+import mechlab.runtime
 from mechlab.reference import superposition as ref
 from conftest import as_learner
 

@@ -51,8 +51,16 @@ def test_one_wrong_exercise_loses_exactly_its_points(fixture_course, tmp_path):
     result = grade(submit(fixture_course, tmp_path, "wrong.ipynb", set_solution("scale", wrong)),
                    fixture_course.root)
     assert scores(result) == {**FULL, "scale": 0.0}
-    # the message says what differs, as the visible checks print it
-    assert "entries differ" in messages(result)["scale"] and "expected" in messages(result)["scale"]
+    # the message says which checks failed and what differs, as the visible checks print it
+    assert messages(result)["scale"].startswith("visible checks failed: CheckFailed: scale(k=2): 3 of 3 entries differ")
+
+
+def test_message_says_when_only_the_hidden_tests_failed(fixture_course, tmp_path):
+    sneaky = "def scale(x, k):\n    return k * x if k == 2.0 else x\n"  # right on the visible case only
+    result = grade(submit(fixture_course, tmp_path, "sneaky.ipynb", set_solution("scale", sneaky)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
+    assert messages(result)["scale"].startswith("hidden tests failed: CheckFailed: scale(k=0.0)")
 
 
 def test_syntax_error_costs_only_its_exercise(fixture_course, tmp_path):
@@ -126,6 +134,27 @@ def test_edited_test_cell_is_overwritten_from_the_source(fixture_course, tmp_pat
         solution_cell(nb, "scale").source = "def scale(x, k):\n    return x\n"
     result = grade(submit(fixture_course, tmp_path, "tampered.ipynb", edit), fixture_course.root)
     assert scores(result)["scale"] == 0.0
+
+
+def test_retyped_and_repointed_test_cells_are_restored(fixture_course, tmp_path):
+    def edit(nb):
+        cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+        cells["add_test"].cell_type = "markdown"  # retyped: code -> markdown
+        del cells["add_test"]["outputs"], cells["add_test"]["execution_count"]
+        # re-pointed: the learner's own cell claims to be scale's test, and the real one is gone
+        fake = cells["scale_test"]
+        fake.source = "print('all good')"
+        solution_cell(nb, "scale").source = "def scale(x, k):\n    return x\n"
+    result = grade(submit(fixture_course, tmp_path, "retyped.ipynb", edit), fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
+
+
+def test_silencing_tracebacks_gains_nothing(fixture_course, tmp_path):
+    cheat = ("get_ipython().showtraceback = lambda *args, **kwargs: None\n"
+             "def scale(x, k):\n    return x\n")
+    result = grade(submit(fixture_course, tmp_path, "silent.ipynb", set_solution("scale", cheat)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
 
 
 def test_rebinding_torch_allclose_and_eq_gains_nothing(fixture_course, tmp_path):
@@ -214,6 +243,7 @@ def test_feedback_shows_messages_but_never_hidden_tests(fixture_course, tmp_path
     html = Path(result["feedback"]).read_text()
     assert Path(result["feedback"]).parent == tmp_path / "feedback"
     assert "entries differ" in html  # the failing check's message
+    assert "4 / 6 points</h2>" in html  # the summary table on top
     assert "hidden tests: they decide the grade" in html
     for hidden in ("refuse_reference", "BEGIN HIDDEN TESTS", "k=-1.5"):
         assert hidden not in html
