@@ -186,40 +186,27 @@ def sae_loss_float(h, latents, reconstruction, l1_coeff):
     return ref.sae_loss(h, latents, reconstruction, l1_coeff).item()
 
 
-def train_sae_no_renorm(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
-                        forward, loss_fn):
-    params = [W_enc, b_enc, W_dec, b_dec]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    history = []
-    for _ in range(steps):
-        h = sample_hidden(batch_size)
-        loss = loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(loss.detach())
-    return torch.stack(history)
-
-
-def train_sae_renorm_rows(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
-                          forward, loss_fn):
-    params = [W_enc, b_enc, W_dec, b_dec]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    history = []
-    for _ in range(steps):
-        h = sample_hidden(batch_size)
-        loss = loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            W_dec /= W_dec.norm(dim=1, keepdim=True)
-        history.append(loss.detach())
-    return torch.stack(history)
+def train_sae_renormalising(dim: int | None):
+    """An SAE loop that renormalises W_dec along `dim` (None: never) instead of its columns."""
+    def train(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff, forward, loss_fn):
+        params = [W_enc, b_enc, W_dec, b_dec]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=lr)
+        history = []
+        for _ in range(steps):
+            h = sample_hidden(batch_size)
+            loss = loss_fn(h, *forward(h, W_enc, b_enc, W_dec, b_dec), l1_coeff)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if dim is not None:
+                with torch.no_grad():
+                    W_dec /= W_dec.norm(dim=dim, keepdim=True)
+            history.append(loss.detach())
+        return torch.stack(history)
+    train.__name__ = "train_sae_no_renorm" if dim is None else f"train_sae_renorm_dim{dim}"
+    return train
 
 
 def train_sae_no_step(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
@@ -281,8 +268,8 @@ MUTANTS = [
     ("sae_loss", sae_loss_mse_mean, "sum the squared error"),
     ("sae_loss", sae_loss_no_l1, "sparsity penalty"),
     ("sae_loss", sae_loss_float, "0-dimensional"),
-    ("train_sae", train_sae_no_renorm, "unit|norm 1"),
-    ("train_sae", train_sae_renorm_rows, "norm 1"),
+    ("train_sae", train_sae_renormalising(None), "unit|norm 1"),
+    ("train_sae", train_sae_renormalising(1), "norm 1"),
     ("train_sae", train_sae_no_step, "did not change"),
     ("feature_recovery_score", recovery_abs, "signed"),
     ("feature_recovery_score", recovery_wrong_axis, "max over latents"),
