@@ -20,7 +20,7 @@ from pathlib import Path
 from autograder.build import build
 from autograder.chapters import REPO_ROOT, discover
 from autograder.classroom import StudentRule, grade_class, read_roster
-from autograder.grade import grade_file
+from autograder.grade import grade_file, limit_memory_from_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.exists():
         parser.error(f"no such file or folder: {args.submission}")
     if path.is_file() and path.suffix.lower() != ".zip":
+        limit_memory_from_env()
         result = grade_file(path, chapters, args.feedback)
         print(result.to_json() if args.json else result.table())
         return 0

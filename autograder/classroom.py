@@ -6,7 +6,8 @@
     out/results/*.json              one result per submission, keyed by the file's hash
 
 Each submission is graded by its own `python -m autograder grade` process, under a
-memory limit that its kernel inherits and a wall-clock limit, so nothing one
+memory limit that its kernel inherits ($MECHLAB_GRADER_MEMORY_GB, applied by the
+process itself at start-up) and a wall-clock limit, so nothing one
 submission does (an endless loop, a memory blow-up, a crash) reaches the others
 or the run. Results are kept per file hash: re-running the same class regrades
 nothing that is already graded, an interrupted run resumes where it stopped,
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import re
-import resource
 import subprocess
 import sys
 import zipfile
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from autograder.chapters import Chapter
 from autograder.course import COURSE_ID, ThrowawayCourse
-from autograder.grade import RELEASE_CACHE
+from autograder.grade import MEMORY_LIMIT, RELEASE_CACHE
 from autograder.source import read_source
 
 log = logging.getLogger("autograder")
@@ -138,15 +138,6 @@ def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
 # ------------------------------------------------------------------ grading
 
 
-def _limit_memory(gigabytes: float):
-    limit = int(gigabytes * 2**30)
-
-    def apply() -> None:  # runs in the child before exec: the kernel it starts inherits it
-        os.setsid()  # its own process group, so a wall-clock kill takes the kernel too
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
 def grade_one(sub: Submission, root: Path, feedback_dir: Path, cache: Path, *, memory_gb: float,
               wall_seconds: float, threads: int) -> dict:
     """Grade one submission in its own process; a result dict whatever happens."""
@@ -154,9 +145,10 @@ def grade_one(sub: Submission, root: Path, feedback_dir: Path, cache: Path, *, m
     cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path),
            "--json", "--feedback", str(feedback_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           RELEASE_CACHE: str(cache)}
+           RELEASE_CACHE: str(cache), MEMORY_LIMIT: str(memory_gb)}
+    # its own session (process group), so that a wall-clock kill takes its kernel too
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_limit_memory(memory_gb))
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=wall_seconds)
     except subprocess.TimeoutExpired:

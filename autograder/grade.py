@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,16 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
 
 
 RELEASE_CACHE = "MECHLAB_GRADER_CACHE"  # a folder: class grading shares one release per chapter
+MEMORY_LIMIT = "MECHLAB_GRADER_MEMORY_GB"  # address-space limit of a grading process and its kernel
+
+
+def limit_memory_from_env() -> None:
+    """Apply $MECHLAB_GRADER_MEMORY_GB to this process; the kernel it starts inherits it,
+    so a submission that allocates too much gets a MemoryError in its own cell."""
+    gigabytes = os.environ.get(MEMORY_LIMIT)
+    if gigabytes:
+        limit = int(float(gigabytes) * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def released_course(chapter: Chapter, source: SourceNotebook, root: Path) -> ThrowawayCourse:
