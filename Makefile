@@ -22,8 +22,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mechlab)" >/dev/null
 	touch $@
 
-lab: setup
-	$(VENV)/bin/jupyter lab chapters/
+lab: setup  # (--allow-root only where make runs as root: containers, VMs)
+	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
 	$(PY) -m pytest -n 2 --durations=15
