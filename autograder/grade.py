@@ -1,7 +1,8 @@
 """Grade one submitted notebook with nbgrader, and say per exercise what happened.
 
-The submission is matched to its chapter by the grade ids in its cells (a file
-renamed by its student, or downloaded from Colab, still grades), then autograded
+The submission is matched to its chapter by its content (the grade ids in its
+cells, or their text: a file renamed by its student, downloaded from Colab, or
+stripped of its metadata by an editor still grades), then autograded
 in a throwaway nbgrader course built from the chapter's source notebook, so the
 hidden tests and every locked cell come from the source, never from the
 submission. Whatever the file holds, the result is a `GradeResult`: a file that
