@@ -129,7 +129,8 @@ def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
         files = sorted(root.rglob("*.ipynb")) if root.exists() else []
     elif path.is_dir():
         root = path
-        files = sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        files = sorted(p for p in path.rglob("*.ipynb")
+                       if ".ipynb_checkpoints" not in p.parts and not p.is_relative_to(workdir))  # --out inside
     else:
         root, files = path.parent, [path]
     return [Submission(f, f.relative_to(root).as_posix(), rule(f.relative_to(root).as_posix())) for f in files]

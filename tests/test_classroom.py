@@ -130,6 +130,17 @@ def test_student_ids_from_paths_patterns_and_rosters(tmp_path):
     assert roster("john roe/00_fixture.ipynb") == "s002"
 
 
+def test_an_output_folder_inside_the_input_is_not_graded_as_submissions(tmp_path):
+    from autograder.classroom import collect
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "00_fixture.ipynb").write_text("{}")
+    out = tmp_path / "grades"
+    (out / "nbgrader" / "release").mkdir(parents=True)
+    (out / "nbgrader" / "release" / "00_fixture.ipynb").write_text("{}")
+    found = collect(tmp_path, out, StudentRule(("00_fixture",)))
+    assert [s.where for s in found] == ["alice/00_fixture.ipynb"]
+
+
 def test_a_single_file_still_prints_one_json_object(fixture_course, tmp_path):
     proc = run_cli("grade", str(fixture_course.solution_notebook), "--json", "--feedback", str(tmp_path),
                    root=fixture_course.root)
