@@ -40,11 +40,8 @@ def derived_files(chapter: Chapter) -> dict[Path, str]:
     source = read_source(chapter)
     solution_text = notebook_text(source.notebook)
     with tempfile.TemporaryDirectory(prefix="mechlab-build-") as tmp:
-        tmp = Path(tmp)
-        solution_path = tmp / f"{chapter.name}.ipynb"
-        solution_path.write_text(solution_text)
-        course = ThrowawayCourse(chapter, tmp / "course", timeout=source.meta.timeout)
-        release_text = clean_release(course.generate_assignment(solution_path))
+        course = ThrowawayCourse(chapter, Path(tmp), timeout=source.meta.timeout)
+        release_text = clean_release(course.generate_assignment(solution_text))
     return {
         chapter.solution_notebook: solution_text,
         chapter.release_notebook: release_text,

@@ -193,7 +193,7 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
         for future in bar:
             sub = futures[future]
             result = {**future.result(), "student": sub.student, "file": sub.where}
-            _name_feedback(result, out, sub)
+            _move_feedback(result, out, result["chapter"] or _safe(PurePosixPath(sub.where).stem))
             (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
             bar.set_postfix_str(f"{sub.student}: {result['score']:g}/{result['max_score']:g}")
     stored = [json.loads((results_dir / f"{s.key}.json").read_text()) for s in submissions]
@@ -203,13 +203,14 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     return ClassResult(rows, len(todo))
 
 
-def _name_feedback(result: dict, out: Path, sub: Submission) -> None:
-    """Feedback as out/feedback/STUDENT/NN_topic.html (or the file's name, if no chapter)."""
-    if not result.get("feedback") or not Path(result["feedback"]).exists():
+def _move_feedback(result: dict, out: Path, name: str) -> None:
+    """Move the result's feedback file to out/feedback/STUDENT/NAME.html and point to it."""
+    current = out / result["feedback"] if result.get("feedback") else None  # absolute paths stay absolute
+    if current is None or not current.exists():
         return
-    folder = out / "feedback" / _safe(sub.student)
-    target = folder / f"{result['chapter'] or _safe(PurePosixPath(sub.where).stem)}.html"
-    Path(result["feedback"]).replace(target)
+    target = out / "feedback" / _safe(result["student"]) / f"{name}.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    current.replace(target)
     result["feedback"] = str(target.relative_to(out))
 
 
@@ -227,10 +228,7 @@ def _attribute_unknown(results: list[dict], chapters: list[Chapter], out: Path) 
             r = {**r, "chapter": name, "max_score": float(sum(e.points for e in exercises)),
                  "exercises": [{"id": e.id, "score": 0.0, "max_score": float(e.points), "message": r["status"]}
                                for e in exercises]}
-            if r.get("feedback") and (out / r["feedback"]).exists():
-                target = out / "feedback" / _safe(r["student"]) / f"{name}.html"
-                (out / r["feedback"]).replace(target)
-                r["feedback"] = str(target.relative_to(out))
+            _move_feedback(r, out, name)
         attributed.append(r)
     return attributed
 
@@ -267,7 +265,7 @@ def record_in_gradebook(rows: list[dict], chapters: list[Chapter], out: Path) ->
     db = out / "gradebook.db"
     for name in sorted({r["chapter"] for r in rows if r["chapter"]}):
         course = ThrowawayCourse(by_name[name], out / "nbgrader", timeout=60, db=db)
-        course.generate_assignment(by_name[name].solution_notebook)  # idempotent: updates the assignment
+        course.generate_assignment(by_name[name].solution_notebook.read_text())  # idempotent: updates it
     with Gradebook(f"sqlite:///{db}", COURSE_ID) as gb:
         for r in rows:
             if not r["chapter"]:

@@ -105,11 +105,12 @@ class ThrowawayCourse:
             raise NbgraderFailed(f"nbgrader {step} failed:\n{result.get('error', '')}\n{result.get('log', '')}")
         return result
 
-    def generate_assignment(self, source_notebook: Path) -> Path:
-        """Register the chapter (gradebook, checksums) and write its release notebook."""
+    def generate_assignment(self, source_text: str) -> Path:
+        """Register the chapter (gradebook, checksums) from its source notebook's text,
+        and write its release notebook; returns the release's path."""
         dest = self._path("source", self.name, f"{self.name}.ipynb")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source_notebook, dest)
+        dest.write_text(source_text)
         self._check(self.api.generate_assignment(self.name), "generate_assignment")
         return self._path("release", self.name, f"{self.name}.ipynb")
 

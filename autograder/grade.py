@@ -216,21 +216,15 @@ def released_course(chapter: Chapter, source: SourceNotebook, root: Path) -> Thr
         template = Path(cache) / f"{chapter.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
         if not template.exists():
             with tempfile.TemporaryDirectory(dir=cache) as building:
-                _generate(chapter, source, text, Path(building) / "course")
+                ThrowawayCourse(chapter, Path(building) / "course", source.meta.timeout).generate_assignment(text)
                 try:  # another worker may have finished first: theirs is as good
                     os.rename(Path(building) / "course", template)
                 except OSError:
                     pass
         shutil.copytree(template, root)
         return ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
-    return _generate(chapter, source, text, root)
-
-
-def _generate(chapter: Chapter, source: SourceNotebook, text: str, root: Path) -> ThrowawayCourse:
     course = ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
-    solution_path = root.parent / f"{chapter.name}.source.ipynb"
-    solution_path.write_text(text)
-    course.generate_assignment(solution_path)
+    course.generate_assignment(text)
     return course
 
 

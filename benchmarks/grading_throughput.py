@@ -54,7 +54,7 @@ def make_class(folder: Path, n: int) -> list[Path]:
 def plain_nbgrader(paths: list[Path], timeout: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         course = ThrowawayCourse(CHAPTER, Path(tmp), timeout)
-        course.generate_assignment(CHAPTER.solution_notebook)
+        course.generate_assignment(CHAPTER.solution_notebook.read_text())
         for path in paths:
             course.submit(path, path.parent.name)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
