@@ -36,6 +36,10 @@ class CheckFailed(AssertionError):
     """A check found a difference; the message says what and where."""
 
 
+class ValuesDiffer(CheckFailed):
+    """The output has the right kind, dtype and shape, but its values differ."""
+
+
 @dataclass(frozen=True)
 class Case:
     """One set of inputs for a function under test, with a description for messages."""
@@ -45,10 +49,10 @@ class Case:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _fail(message: str, hint: str | None) -> None:
+def _fail(message: str, hint: str | None, kind: type[CheckFailed] = CheckFailed) -> None:
     if hint:
         message = f"{message}\nHint: {hint}"
-    raise CheckFailed(message)
+    raise kind(message)
 
 
 def _as_array(t: torch.Tensor) -> np.ndarray:
@@ -102,6 +106,7 @@ def assert_tensor_close(
             f"first at index {idx}: expected {e[idx]:.6g}, got {g[idx]:.6g}; "
             f"largest absolute error {worst:.3g}",
             hint,
+            ValuesDiffer,
         )
 
 
@@ -118,11 +123,15 @@ def assert_value_close(got: Any, expected: Any, *, name: str = "output",
         for i, (g, e) in enumerate(zip(got, expected)):
             assert_value_close(g, e, name=f"{name}[{i}]", atol=atol, rtol=rtol, hint=hint)
     elif _isinstance(expected, bool) or _isinstance(expected, int):
-        if _type(got) not in (int, bool) or got != expected:
-            _fail(f"{name}: expected {expected!r}, got {got!r}", hint)
+        if _type(got) not in (int, bool):
+            _fail(f"{name}: expected {expected!r}, got {got!r} (a {_type(got).__name__}, not an int)", hint)
+        if got != expected:
+            _fail(f"{name}: expected {expected!r}, got {got!r}", hint, ValuesDiffer)
     elif _isinstance(expected, float):
-        if _type(got) not in (float, int) or not abs(got - expected) <= atol + rtol * abs(expected):
-            _fail(f"{name}: expected {expected:.6g}, got {got!r}", hint)
+        if _type(got) not in (float, int):
+            _fail(f"{name}: expected {expected:.6g}, got {got!r} (a {_type(got).__name__}, not a float)", hint)
+        if not abs(got - expected) <= atol + rtol * abs(expected):
+            _fail(f"{name}: expected {expected:.6g}, got {got!r}", hint, ValuesDiffer)
     else:
         raise TypeError(f"assert_value_close cannot compare a {_type(expected).__name__}")
 
@@ -171,6 +180,9 @@ def compare_function(
 
     When they differ, the known mistakes (`(hint, wrong_function)` pairs) are tried on
     the same case: if the learner's output matches one, its hint is added to the message.
+    The general `hint` is about the output's form (type, dtype, shape, NaN): it is added
+    only when the form is what differs, never to a plain difference in values, where
+    it would point the learner the wrong way.
     """
     if not callable(fn):
         _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", None)
@@ -188,7 +200,7 @@ def compare_function(
                 except Exception:  # CheckFailed included: not this mistake
                     continue
                 raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
-            if hint:
+            if hint and not _isinstance(failure, ValuesDiffer):
                 raise CheckFailed(f"{failure}\nHint: {hint}") from None
             raise
     passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")

@@ -186,9 +186,15 @@ def plot_gram_matrices(W: Float[Tensor, "instance hidden feature"], titles: Sequ
     return fig
 
 
-def _bars(ax: plt.Axes, norms: np.ndarray, interference: np.ndarray) -> None:
+def _interference_scale(interference: np.ndarray) -> plt.Normalize:
+    """Colour scale from 0 (a dimension of its own) to the largest interference shown, at
+    least 1: an antipodal pair scores 1, a pentagon 1.5, so clipping at 1 would hide them."""
+    return plt.Normalize(0, max(1.0, float(np.nanmax(interference, initial=0.0))))
+
+
+def _bars(ax: plt.Axes, norms: np.ndarray, interference: np.ndarray, scale: plt.Normalize) -> None:
     n = len(norms)
-    colors = plt.cm.viridis(np.clip(interference, 0, 1))
+    colors = plt.cm.viridis(scale(interference))
     ax.barh(np.arange(n), norms, color=colors)
     ax.set(xlim=(0, 1.3), ylim=(n - 0.5, -0.5), yticks=[] if n > 10 else range(n))
 
@@ -196,14 +202,16 @@ def _bars(ax: plt.Axes, norms: np.ndarray, interference: np.ndarray) -> None:
 def plot_feature_bars(norms: Float[Tensor, "instance feature"], interference: Float[Tensor, "instance feature"],
                       titles: Sequence[str] | None = None) -> Figure:
     """The paper's bar charts: per instance, one bar per feature, length ‖W_i‖,
-    colour Σ_{j≠i}(Ŵ_i·W_j)² (dark: a dimension of its own; yellow: in superposition)."""
+    colour Σ_{j≠i}(Ŵ_i·W_j)² on one scale for all panels (dark: a dimension of its own;
+    brighter: more of its direction shared)."""
     N, I = _np(norms), _np(interference)
+    scale = _interference_scale(I)
     fig, axes = _grid(N.shape[0], panel=2.0)
     for k, ax in enumerate(axes.flat[:N.shape[0]]):
-        _bars(ax, N[k], I[k])
+        _bars(ax, N[k], I[k], scale)
         if titles:
             ax.set_title(titles[k], fontsize=9)
-    sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=scale)
     fig.colorbar(sm, ax=axes.ravel().tolist(), label="interference", shrink=0.9)
     fig.suptitle("feature norms ‖W_i‖ (bar length) and interference (colour)")
     return fig
@@ -217,6 +225,7 @@ def explore_toy_models(W: Float[Tensor, "instance hidden feature"], feature_prob
 
     W = W.detach()
     norms, interference = (_np(t) for t in norms_and_interference(W))
+    scale = _interference_scale(interference)  # one scale for every instance, so colours compare
     gram = _np(torch.einsum("khi,khj->kij", W, W))
     Wn, p = _np(W), _np(feature_probability)
     two_d = Wn.shape[1] == 2
@@ -225,7 +234,7 @@ def explore_toy_models(W: Float[Tensor, "instance hidden feature"], feature_prob
         fig, axes = plt.subplots(1, 3 if two_d else 2, figsize=(10 if two_d else 7, 3.2))
         axes[0].imshow(gram[instance], cmap="RdBu_r", vmin=-1.2, vmax=1.2)
         axes[0].set(title=r"$W^\top W$", xticks=[], yticks=[])
-        _bars(axes[1], norms[instance], interference[instance])
+        _bars(axes[1], norms[instance], interference[instance], scale)
         axes[1].set_title("norm (length), interference (colour)", fontsize=9)
         if two_d:
             colors = plt.cm.viridis(np.linspace(0, 0.85, Wn.shape[2]))

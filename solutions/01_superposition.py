@@ -383,10 +383,10 @@ sp.plot_loss_history(history_5_2, labels=[f"p={p:.2g}" for p in p_5_2.tolist()])
 
 # %% [markdown]
 # The loss falls for every instance, and the sparser instances end lower (there is
-# simply less to reconstruct). Now look at *what* each model learned. The left plot of
-# each pair shows the hidden space: one arrow $W_i$ per feature (colour = feature; the
-# darkest is the most important). The right plot is $W^\top W$: a dedicated feature is a
-# lone diagonal entry, and off-diagonal entries are interference.
+# simply less to reconstruct). Now look at *what* each model learned. The first figure
+# shows each model's hidden space: one arrow $W_i$ per feature (colour = feature; the
+# darkest is the most important). The second figure shows each model's $W^\top W$: a
+# dedicated feature is a lone diagonal entry, and off-diagonal entries are interference.
 
 # %%
 sp.plot_features_in_2d(W_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
@@ -473,9 +473,11 @@ checks.grade_feature_norms_and_interference(feature_norms_and_interference)
 
 # %% [markdown]
 # Here are the paper's bar charts for our 5-in-2 models: one panel per sparsity level,
-# one bar per feature, length = norm, colour = interference (dark = a dimension of its
-# own, yellow = shares its direction). Read it from dense to sparse: two dark bars,
-# then more and more bars that turn yellow.
+# one bar per feature, length = norm, colour = interference on one scale for all panels
+# (dark = a dimension of its own; an antipodal pair scores 1, a pentagon 1.5). Read it
+# from dense to sparse: two dark bars, then more and more bars that light up. A
+# feature the model dropped has a bar of length about 0; its colour means nothing
+# (the direction of a near-zero column is noise).
 
 # %%
 norms_5_2, interference_5_2 = feature_norms_and_interference(W_5_2.detach())
@@ -582,7 +584,9 @@ sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detac
 #   antipodal pairs are the best the model can do;
 # - the dots gather on the dashed fractions, notably 1/2 and 2/5, rather than spreading
 #   evenly between them;
-# - the dots at 0 are features the model gave up on.
+# - the dots at 0 are features the model gave up on;
+# - at the sparse end the dots settle at $m/n = 10/40 = 1/4$: every feature is stored,
+#   and 40 features sharing 10 dimensions evenly get a quarter of one each.
 #
 # At the dense end, where all features have equal importance, many solutions are
 # equally good (any 10 features, or mixtures of them), so the dots there scatter; read
@@ -673,8 +677,7 @@ checks.grade_feature_phase(feature_phase)
 # the extra feature (log scale, from 0.1 to 10). Near a phase boundary two solutions
 # have almost the same loss, and one random start can land in the worse one, so every
 # grid point gets `RESTARTS` instances with different initial weights, and the diagram
-# shows the one that reached the lowest loss (the paper keeps the best of several runs
-# too). Each instance is a tiny 2-in-1 model: all 400 train in about 10 seconds on a laptop CPU.
+# shows the one that reached the lowest loss. Each instance is a tiny 2-in-1 model: all 400 train in about 10 seconds on a laptop CPU.
 #
 # Before running: where do you expect the extra feature to be dropped, to take the
 # dimension for itself, and to share it?
@@ -705,8 +708,10 @@ sp.plot_phase_diagram(phases, grid_p, grid_r);
 #   dimension and feature 0 is dropped (dedicated). The boundary is sharp: a tiny change
 #   of $r$ around 1 flips the whole solution.
 # - **Sparse**: both features are stored antipodally in the one dimension
-#   (superposition), across a wide band of importances around $r = 1$: interference is
-#   rare enough to be worth paying.
+#   (superposition), and once features are sparse enough (here from about $p = 0.17$
+#   down) this holds across the whole range of importances we plot, 0.1 to 10:
+#   interference is rare enough to be worth paying even for a feature ten times less
+#   important than the other.
 #
 # The boundaries are *discontinuous* changes in what the optimum looks like, which is
 # why the paper calls them phase changes. (Set `RESTARTS = 1` and rerun to see why the
@@ -1025,8 +1030,28 @@ sp.plot_recovery(W_true[:, represented], {"SAE decoder": W_dec.detach(), "random
 # Left: for each true feature, the best cosine any latent reaches; the SAE's bars sit
 # near 1, the random dictionary's well below. Right: the full cosine matrix between the
 # true features and the SAE's latents (latents sorted by the feature they match best).
-# Most features have one bright latent; leftover latents are duplicates of a feature,
-# or *dead* (never active, so their direction never moved from its random start).
+# Most features have one bright latent. The score looks only from the features' side,
+# so it cannot see what the other latents do: some duplicate a feature, some mix
+# several, and some are *dead* (they stopped firing during training, and a latent that
+# never fires gets no gradient, so it stays where it died). One number that looks from
+# the latents' side is how many fire per input (the SAE's **L0**) against how many
+# features are really active:
+
+# %%
+with torch.no_grad():
+    h_eval = sample_hidden(8192)
+    latents_eval, _ = sae_forward(h_eval, W_enc, b_enc, W_dec, b_dec)
+    l0_sae = (latents_eval > 0).float().sum(-1).mean().item()
+    dead = int(((latents_eval > 0).sum(0) == 0).sum())
+print(f"latents firing per input (L0): {l0_sae:.2f}; true features active per input: "
+      f"{cfg_sae.n_features * p_toy.item():.2f}; dead latents: {dead} of {W_dec.shape[1]}")
+
+# %% [markdown]
+# The SAE fires more latents than there are active features: the L1 penalty trades
+# sparsity against reconstruction, and a feature can end up split over a few latents.
+# Chapter 4 makes these trade-offs the main subject: L0 against reconstruction, dead
+# latents and how to revive them, and architectures (TopK, JumpReLU) that control L0
+# directly.
 #
 # ## Summary
 #

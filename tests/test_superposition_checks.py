@@ -218,6 +218,46 @@ def train_sae_no_step(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch
     return torch.stack(history)
 
 
+def train_adam_every_step(W, b, p, importance, *, steps, batch_size, lr, generator, forward, generate, loss_fn):
+    W.requires_grad_(True), b.requires_grad_(True)
+    history = []
+    for _ in range(steps):
+        optimizer = torch.optim.Adam([W, b], lr=lr)  # forgets Adam's running averages every step
+        x = generate(batch_size, p, W.shape[-1], generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        optimizer.zero_grad(), loss.sum().backward(), optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def train_mean_over_instances(W, b, p, importance, *, steps, batch_size, lr, generator, forward, generate, loss_fn):
+    """Correct: Adam is scale-invariant, so stepping on the mean instead of the sum is as good."""
+    W.requires_grad_(True), b.requires_grad_(True)
+    optimizer, history = torch.optim.Adam([W, b], lr=lr), []
+    for _ in range(steps):
+        x = generate(batch_size, p, W.shape[-1], generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        optimizer.zero_grad(), loss.mean().backward(), optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def train_sae_adam_every_step(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr, l1_coeff,
+                              forward, loss_fn):
+    params, history = [W_enc, b_enc, W_dec, b_dec], []
+    for p in params:
+        p.requires_grad_(True)
+    for _ in range(steps):
+        optimizer = torch.optim.Adam(params, lr=lr)
+        h = sample_hidden(batch_size)
+        loss = loss_fn(h, *forward(h, *params), l1_coeff)
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=0, keepdim=True)
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
 def _cos(W_dec, W_true):
     d = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
     t = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
@@ -255,6 +295,7 @@ MUTANTS = [
     ("train_toy_models", train_fixed_lr, "reference loop reaches"),
     ("train_toy_models", train_ignores_pieces, "argument"),
     ("train_toy_models", train_history_attached, "requires grad"),
+    ("train_toy_models", train_adam_every_step, "optimiser once"),
     ("feature_norms_and_interference", norms_including_self, "j = i"),
     ("feature_norms_and_interference", norms_unnormalised, "normalise"),
     ("feature_norms_and_interference", norms_nan_on_zero, "NaN"),
@@ -271,6 +312,7 @@ MUTANTS = [
     ("train_sae", train_sae_renormalising(None), "unit|norm 1"),
     ("train_sae", train_sae_renormalising(1), "norm 1"),
     ("train_sae", train_sae_no_step, "did not change"),
+    ("train_sae", train_sae_adam_every_step, "optimiser once"),
     ("feature_recovery_score", recovery_abs, "signed"),
     ("feature_recovery_score", recovery_wrong_axis, "max over latents"),
     ("feature_recovery_score", recovery_unnormalised, "normalise"),
@@ -286,3 +328,23 @@ def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
 
 def test_every_exercise_has_a_mutant():
     assert {m[0] for m in MUTANTS} == set(EXERCISES)
+
+
+# ---------------------------------------------------------------- correct answers written differently
+
+
+@pytest.mark.parametrize("name, variant", [("train_toy_models", train_mean_over_instances)],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_grade_accepts_a_correct_variant(name, variant, capsys):
+    getattr(checks, f"grade_{name}")(variant)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_value_mismatch_gets_no_hint_about_the_output_form():
+    """An L2 penalty in sae_loss returns the right kind of value with the wrong number: the
+    hint about returning a 0-dimensional tensor would send the learner the wrong way."""
+    def sae_loss_l2(h, latents, reconstruction, l1_coeff):
+        return ((h - reconstruction) ** 2).sum(-1).mean() + l1_coeff * (latents ** 2).sum(-1).mean()
+    with pytest.raises(CheckFailed) as failure:
+        checks.grade_sae_loss(sae_loss_l2)
+    assert "0-dimensional" not in str(failure.value)

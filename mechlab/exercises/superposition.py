@@ -184,6 +184,26 @@ def grade_importance_weighted_loss(fn: Callable) -> None:
 _TRAIN_CHECK = (0, 3, 5, 2, 150, 128, 1e-2)
 _TRAIN_GRADE = [(1, 4, 5, 2, 250, 256, 1e-2), (2, 2, 6, 3, 200, 128, 3e-3)]
 _reference_runs: dict[tuple, tuple] = {}
+_EARLY_STEPS = 10  # how many of a loop's first losses must follow the reference loop's
+
+
+def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -> None:
+    """The exercise fixes the loop exactly (one optimiser for the whole run, one batch per
+    step, the loss recorded before the step), and the inputs here are seeded CPU draws, so
+    a correct loop retraces the reference loop's first losses up to float rounding
+    (rtol 2e-4). This catches what the final loss can hide, such as a new optimiser made
+    every step, which forgets Adam's running averages and still trains."""
+    n = min(_EARLY_STEPS, len(reference))
+    got, expected = history[:n].reshape(n, -1), reference[:n].reshape(n, -1)
+    off = ~(np.abs(got - expected) <= 1e-6 + 2e-4 * np.abs(expected))
+    if off.any():
+        step = int(np.argwhere(off)[0][0])
+        raise CheckFailed(
+            f"{label}: the loss at step {step} is {np.round(got[step], 5).tolist()}, but the reference loop, run "
+            f"from the same start with the same random draws, has {np.round(expected[step], 5).tolist()} (the "
+            f"first {n} steps must agree to 0.02%)\nHint: make the optimiser once, before the loop (a new Adam "
+            "each step forgets its running averages); draw exactly one batch per step; record the loss "
+            "computed before the step.")
 
 
 def _toy_setup(config: tuple):
@@ -202,12 +222,14 @@ def _toy_eval(W, b, p, importance, seed: int = 12345) -> np.ndarray:
 
 
 def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(loss per instance after training, loss history) of the reference loop."""
     if config not in _reference_runs:
         seed, _, _, _, steps, batch, lr = config
         W, b, p, importance = _toy_setup(config)
-        ref.train_toy_models(W, b, p, importance, steps=steps, batch_size=batch, lr=lr, generator=seeded(seed + 1))
+        history = ref.train_toy_models(W, b, p, importance, steps=steps, batch_size=batch, lr=lr,
+                                       generator=seeded(seed + 1))
         _reference_runs[config] = (_toy_eval(W.detach(), b.detach(), p, importance),
-                                   _toy_eval(*_toy_setup(config)))
+                                   _numpy(history).astype(np.float64))
     return _reference_runs[config]
 
 
@@ -234,7 +256,7 @@ def _check_train_toy(fn: Callable, config: tuple) -> None:
         raise CheckFailed(f"{name}({desc}): {which} did not change: train the tensors you are given, in place\n"
                           "Hint: torch.optim.Adam([W, b], lr=lr) and optimizer.step() every step.")
     trained, initial = _toy_eval(_detach(W), _detach(b), p, importance), _toy_eval(W0, b0, p, importance)
-    ref_trained, _ = _reference_toy_run(config)
+    ref_trained, ref_history = _reference_toy_run(config)
     start = h[0].mean()  # one batch of >= 128: within 30% of the loss on 8192 inputs
     if not 0.7 * initial.mean() <= start <= 1.3 * initial.mean():
         raise CheckFailed(f"{label}: the first step's loss (mean over instances) is {start:.4g}, but the model's "
@@ -248,6 +270,7 @@ def _check_train_toy(fn: Callable, config: tuple) -> None:
                           f"the reference loop reaches {np.round(ref_trained, 4).tolist()} from the same start "
                           f"(allowed: 10% more on average, 30% per instance)\nHint: one optimiser step per batch "
                           "on loss.sum(), optimizer.zero_grad() before backward(), and the lr you are given.")
+    _follows_reference(h, ref_history, label)
 
 
 def check_train_toy_models(fn: Callable) -> None:
@@ -267,6 +290,9 @@ def grade_train_toy_models(fn: Callable) -> None:
 _GEOMETRY_HAND = Case("hand case: columns (1,0), (0,2), (1,0) -> norms [1,2,1], interference [1,0,1]",
                       (torch.tensor([[[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]]),))
 _ZERO_COLUMN = Case("a zero column: W=[[1,0],[0,0]]", (torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]),))
+_UNEQUAL = Case("hand case, unequal norms: columns (2,0), (-1,0), (0,0.5) -> norms [2,1,0.5], "
+                "interference [1,4,0], dimensionality [0.8,0.2,1]",
+                (torch.tensor([[[2.0, -1.0, 0.0], [0.0, 0.0, 0.5]]]),))
 
 
 def _geometry_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
@@ -299,14 +325,14 @@ _NORM_MISTAKES = [
 
 
 def check_feature_norms_and_interference(fn: Callable) -> None:
-    compare_function(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _ZERO_COLUMN],
+    compare_function(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN],
              name="feature_norms_and_interference", mistakes=_NORM_MISTAKES,
              hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
 
 
 def grade_feature_norms_and_interference(fn: Callable) -> None:
     refuse_reference(fn, "feature_norms_and_interference")
-    cases = [_GEOMETRY_HAND, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
+    cases = [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
     compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
              mistakes=_NORM_MISTAKES, hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
 
@@ -329,13 +355,13 @@ _DIM_MISTAKES = [
 
 
 def check_feature_dimensionality(fn: Callable) -> None:
-    compare_function(fn, ref.feature_dimensionality, [_DIM_HAND, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
+    compare_function(fn, ref.feature_dimensionality, [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
              mistakes=_DIM_MISTAKES, hint="a zero column has dimensionality 0 (use torch.where on the norm).")
 
 
 def grade_feature_dimensionality(fn: Callable) -> None:
     refuse_reference(fn, "feature_dimensionality")
-    cases = [_DIM_HAND, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
+    cases = [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
                                                                      (14, 3, 10, 40)])]
     compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
              hint="a zero column has dimensionality 0 (use torch.where on the norm).")
@@ -503,7 +529,7 @@ def grade_sae_loss(fn: Callable) -> None:
 # (seed, features, hidden, latents, steps, batch_size, lr, l1_coeff)
 _SAE_CHECK = (0, 8, 4, 16, 150, 256, 1e-2, 0.05)
 _SAE_GRADE = [(1, 8, 4, 16, 250, 256, 1e-2, 0.05), (2, 12, 5, 24, 200, 128, 5e-3, 0.1)]
-_reference_sae_runs: dict[tuple, float] = {}
+_reference_sae_runs: dict[tuple, tuple[float, np.ndarray]] = {}
 
 
 def _sae_setup(config: tuple):
@@ -531,12 +557,14 @@ def _sae_eval(config: tuple, params: Sequence[torch.Tensor]) -> float:
         return float(ref.sae_loss(h, z, r, l1))
 
 
-def _reference_sae_run(config: tuple) -> float:
+def _reference_sae_run(config: tuple) -> tuple[float, np.ndarray]:
+    """(loss after training, loss history) of the reference loop."""
     if config not in _reference_sae_runs:
         sample_hidden, params, *_ = _sae_setup(config)
         _, _, _, _, steps, batch, lr, l1 = config
-        ref.train_sae(sample_hidden, *params, steps=steps, batch_size=batch, lr=lr, l1_coeff=l1)
-        _reference_sae_runs[config] = _sae_eval(config, [_detach(t) for t in params])
+        history = ref.train_sae(sample_hidden, *params, steps=steps, batch_size=batch, lr=lr, l1_coeff=l1)
+        _reference_sae_runs[config] = (_sae_eval(config, [_detach(t) for t in params]),
+                                       _numpy(history).astype(np.float64))
     return _reference_sae_runs[config]
 
 
@@ -572,11 +600,13 @@ def _check_train_sae(fn: Callable, config: tuple) -> None:
         raise CheckFailed(f"{label}: the first step's loss is {h[0]:.4g}, but the "
                           f"SAE's loss at the start is about {start:.4g}\nHint: record each step's loss (a scalar).")
     # Tolerance: 15% (+0.002) above the reference loop's loss from the same start, on 8192 fresh inputs.
-    trained, reference = _sae_eval(config, [_detach(t) for t in params]), _reference_sae_run(config)
+    trained = _sae_eval(config, [_detach(t) for t in params])
+    reference, ref_history = _reference_sae_run(config)
     if trained > 1.15 * reference + 2e-3:
         raise CheckFailed(f"{name}({desc}): after training the SAE's loss is {trained:.4f}; the reference loop "
                           f"reaches {reference:.4f} from the same start (allowed: 15% more)\nHint: "
                           "optimizer.zero_grad(), loss.backward(), optimizer.step(), then renormalise W_dec.")
+    _follows_reference(h, ref_history, label)
 
 
 def check_train_sae(fn: Callable) -> None:
@@ -595,6 +625,8 @@ def grade_train_sae(fn: Callable) -> None:
 
 _RECOVERY_HAND = Case("hand case: W_true=I (2 features), W_dec columns (1,0), (0,0), (0.6,0.8) -> (1 + 0.8)/2 = 0.9",
                       (torch.tensor([[1.0, 0.0, 0.6], [0.0, 0.0, 0.8]]), torch.eye(2)))
+_RECOVERY_SCALED = Case("hand case, unnormalised features: W_true=2I, W_dec columns (1,0), (0.6,0.8) -> (1 + 0.8)/2 = 0.9",
+                        (torch.tensor([[1.0, 0.6], [0.0, 0.8]]), 2 * torch.eye(2)))
 _RECOVERY_OPPOSITE = Case("decoder pointing exactly away from the features: W_dec = -W_true -> 0",
                           (-torch.eye(2), torch.eye(2)))
 
@@ -626,15 +658,17 @@ _RECOVERY_MISTAKES = [
 
 
 def check_feature_recovery_score(fn: Callable) -> None:
-    compare_function(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_OPPOSITE], name="feature_recovery_score",
+    compare_function(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_SCALED, _RECOVERY_OPPOSITE],
+             name="feature_recovery_score",
              mistakes=_RECOVERY_MISTAKES, hint="return a Python float (`.item()`).")
 
 
 def grade_feature_recovery_score(fn: Callable) -> None:
     refuse_reference(fn, "feature_recovery_score")
-    cases = [_RECOVERY_HAND, _RECOVERY_OPPOSITE,
-             *_recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])]
-    cases.append(Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
-                      (cases[2].args[1][:, [3, 1, 0, 5, 2, 4]] * 3.0, cases[2].args[1])))
+    random_cases = _recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])
+    W_true = random_cases[0].args[1]  # 6 features
+    perfect = Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
+                   (W_true[:, [3, 1, 0, 5, 2, 4]] * 3.0, W_true))
+    cases = [_RECOVERY_HAND, _RECOVERY_SCALED, _RECOVERY_OPPOSITE, *random_cases, perfect]
     compare_function(fn, ref.feature_recovery_score, cases, name="feature_recovery_score", mistakes=_RECOVERY_MISTAKES,
              hint="return a Python float (`.item()`).")
