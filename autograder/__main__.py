@@ -19,8 +19,8 @@ from pathlib import Path
 
 from autograder.build import build
 from autograder.chapters import REPO_ROOT, discover
-from autograder.classroom import StudentRule, grade_class, read_roster
-from autograder.grade import grade_file, limit_memory_from_env
+from autograder.classroom import CourseFilesChanged, StudentRule, grade_class, read_roster
+from autograder.grade import TAMPERED, ReleaseCache, grade_file, limit_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p_grade.add_argument("--roster", type=Path, default=None,
                          help="a class: roster.csv with student_id (and optional ';'-separated aliases)")
     p_grade.add_argument("--memory-gb", type=float, default=6.0,
-                         help="a class: memory limit of each submission's grading, kernel included")
+                         help="memory limit of each submission's grading, kernel included (0: none)")
+    p_grade.add_argument("--release-cache", default=None, help=argparse.SUPPRESS)  # set by class grading
     p_grade.add_argument("--force", action="store_true", help="a class: regrade submissions already graded")
 
     args = parser.parse_args(argv)
@@ -72,16 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     path = args.submission.resolve()
     if not path.exists():
         parser.error(f"no such file or folder: {args.submission}")
+    # Grading runs on the CPU: the same device as CI and as every learner's laptop, and an
+    # address-space limit (below) would stop CUDA from starting. MECHLAB_DEVICE overrides.
+    os.environ.setdefault("MECHLAB_DEVICE", "cpu")
     if path.is_file() and path.suffix.lower() != ".zip":
-        limit_memory_from_env()
-        result = grade_file(path, chapters, args.feedback)
+        limit_memory(args.memory_gb)
+        releases = ReleaseCache.from_json(args.release_cache) if args.release_cache else None
+        result = grade_file(path, chapters, args.feedback, releases)
         print(result.to_json() if args.json else result.table())
-        return 0
+        return 3 if result.status.startswith(TAMPERED) else 0
     out = (args.out or path.parent / f"{path.stem}-grades").resolve()
     rule = StudentRule(tuple(c.name for c in chapters), args.student_pattern,
                        read_roster(args.roster) if args.roster else None)
-    graded = grade_class(path, chapters, out, rule, jobs=max(1, args.jobs), memory_gb=args.memory_gb,
-                         force=args.force)
+    try:
+        graded = grade_class(path, chapters, out, rule, jobs=max(1, args.jobs), memory_gb=args.memory_gb,
+                             force=args.force)
+    except CourseFilesChanged as e:
+        print(f"STOPPED: {e}", file=sys.stderr)
+        return 3
     print(class_table(graded.rows))
     print(f"{len(graded.rows)} row(s), {graded.graded} submission(s) graded in this run; "
           f"grades: {out / 'grades.csv'}, gradebook: {out / 'gradebook.db'}, feedback: {out / 'feedback'}")

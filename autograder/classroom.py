@@ -3,15 +3,21 @@
     out/grades.csv                  one row per student and chapter
     out/gradebook.db                nbgrader's gradebook (assignments, students, scores)
     out/feedback/STUDENT/NN_topic.html
-    out/results/*.json              one result per submission, keyed by the file's hash
+    out/results/KEY.json, KEY.html  one result and its feedback per submission (KEY: student,
+                                    path and content hash), so a re-run grades only what is new
 
 Each submission is graded by its own `python -m autograder grade` process, under a
-memory limit that its kernel inherits ($MECHLAB_GRADER_MEMORY_GB, applied by the
-process itself at start-up) and a wall-clock limit, so nothing one
-submission does (an endless loop, a memory blow-up, a crash) reaches the others
-or the run. Results are kept per file hash: re-running the same class regrades
-nothing that is already graded, an interrupted run resumes where it stopped,
-and a re-run with --force regrades everything, updating rows, never adding them.
+memory limit that its kernel inherits (--memory-gb), a wall-clock limit, and in a
+process group that is killed when it ends, so nothing one submission does (an endless
+loop, a memory blow-up, a crash, a leftover process) reaches the others or the run.
+Results are kept per submission: re-running the same class regrades nothing that is
+already graded, an interrupted run resumes where it stopped, and a re-run with
+--force regrades everything, updating rows, never adding them.
+
+A learner's code runs as the instructor's user and could write to the course's own
+files (the checks it is graded with). The run takes a digest of them before it starts
+and checks it after every submission: if they changed, that submission gets 0, the
+run stops, and the instructor is told what to restore.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -34,7 +43,7 @@ from tqdm import tqdm
 
 from autograder.chapters import Chapter
 from autograder.course import COURSE_ID, ThrowawayCourse
-from autograder.grade import MEMORY_LIMIT, RELEASE_CACHE
+from autograder.grade import COURSE_CODE, TAMPERED, ReleaseCache, changed_files, course_digests, failure_cause
 from autograder.source import read_source
 
 log = logging.getLogger("autograder")
@@ -49,12 +58,21 @@ class Submission:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
-        return f"{_safe(self.student)}-{digest}"
+        digest = hashlib.sha256(self.where.encode() + b"\0" + self.path.read_bytes()).hexdigest()[:16]
+        return f"{folder_name(self.student)}-{digest}"
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "student"
+def folder_name(student: str) -> str:
+    """A file-system-safe folder name for a student id, distinct for distinct ids
+    ("anne marie" and "anne_marie" must not share a feedback folder)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", student).strip("_.") or "student"
+    return safe if safe == student else f"{safe}-{hashlib.sha256(student.encode()).hexdigest()[:6]}"
+
+
+def _is_submission(parts: tuple[str, ...]) -> bool:
+    """An .ipynb that a learner handed in, not an editor's or a platform's copy of one."""
+    return (bool(parts) and parts[-1].lower().endswith(".ipynb") and ".ipynb_checkpoints" not in parts
+            and "__MACOSX" not in parts and not parts[-1].startswith("._"))
 
 
 # ------------------------------------------------------------------ who submitted what
@@ -110,27 +128,39 @@ def read_roster(path: Path) -> dict[str, str]:
     return aliases
 
 
+MAX_NOTEBOOK_BYTES = 200 * 2**20  # a zip entry larger than this is not extracted (a zip bomb, a dataset)
+
+
+def _extract(path: Path, root: Path) -> None:
+    """The zip's notebooks into `root`, which is emptied first (it holds this zip only)."""
+    shutil.rmtree(root, ignore_errors=True)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = PurePosixPath(info.filename.replace("\\", "/"))  # zips made on Windows
+            if info.is_dir() or not _is_submission(name.parts):
+                continue
+            if name.is_absolute() or ".." in name.parts:
+                log.warning("skipping %s: a path that leaves the archive", info.filename)
+                continue
+            if info.file_size > MAX_NOTEBOOK_BYTES:
+                log.warning("skipping %s: %d bytes, more than any notebook should be", info.filename, info.file_size)
+                continue
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
 def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
     """Every .ipynb under a folder or in a zip (extracted safely into workdir)."""
     if path.suffix.lower() == ".zip":
         root = workdir / "submissions"
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                name = PurePosixPath(info.filename)
-                if info.is_dir() or name.suffix.lower() != ".ipynb" or "__MACOSX" in name.parts:
-                    continue
-                if name.is_absolute() or ".." in name.parts:
-                    log.warning("skipping %s: a path that leaves the archive", info.filename)
-                    continue
-                target = root / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as dst:
-                    dst.write(src.read())
+        _extract(path, root)
         files = sorted(root.rglob("*.ipynb")) if root.exists() else []
     elif path.is_dir():
         root = path
         files = sorted(p for p in path.rglob("*.ipynb")
-                       if ".ipynb_checkpoints" not in p.parts and not p.is_relative_to(workdir))  # --out inside
+                       if _is_submission(p.relative_to(path).parts) and not p.is_relative_to(workdir))  # --out inside
     else:
         root, files = path.parent, [path]
     return [Submission(f, f.relative_to(root).as_posix(), rule(f.relative_to(root).as_posix())) for f in files]
@@ -139,36 +169,61 @@ def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
 # ------------------------------------------------------------------ grading
 
 
-def grade_one(sub: Submission, root: Path, feedback_dir: Path, cache: Path, *, memory_gb: float,
+def _no_result(status: str) -> dict:
+    return {"chapter": None, "score": 0.0, "max_score": 0.0, "exercises": [], "feedback": None,
+            "status": status, "cell_errors": []}
+
+
+def grade_one(sub: Submission, root: Path, results_dir: Path, releases: ReleaseCache, *, memory_gb: float,
               wall_seconds: float, threads: int) -> dict:
-    """Grade one submission in its own process; a result dict whatever happens."""
-    feedback_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path),
-           "--json", "--feedback", str(feedback_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           RELEASE_CACHE: str(cache), MEMORY_LIMIT: str(memory_gb)}
-    # its own session (process group), so that a wall-clock kill takes its kernel too
+    """Grade one submission in its own process; a result dict whatever happens. Its
+    feedback goes to results_dir/KEY.html, its log (when it failed) to KEY.log."""
+    workdir = results_dir / f"{sub.key}.tmp"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path), "--json",
+           "--feedback", str(workdir), "--memory-gb", str(memory_gb), "--release-cache", releases.to_json()]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # its own session (process group), so that killing the group takes its kernel, and
+    # whatever the learner's code started, with it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=wall_seconds)
+        timed_out = False
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        return {"chapter": None, "score": 0.0, "max_score": 0.0, "exercises": [], "feedback": None,
-                "status": f"grading stopped after {wall_seconds:g} s", "cell_errors": []}
+        timed_out = True
     try:
-        return json.loads(out.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (err.strip().splitlines() or ["no output"])[-1][:300]
-        return {"chapter": None, "score": 0.0, "max_score": 0.0, "exercises": [], "feedback": None,
-                "status": f"grader failed: {tail}", "cell_errors": []}
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if timed_out:
+        proc.communicate()
+        result = _no_result(f"grading stopped after {wall_seconds:g} s")
+    else:
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            (results_dir / f"{sub.key}.log").write_text(err)
+            result = _no_result(f"grader failed: {failure_cause(err)} (log: results/{sub.key}.log)")
+    feedback = Path(result["feedback"]) if result.get("feedback") else None
+    if feedback is not None and feedback.is_file() and feedback.is_relative_to(workdir):
+        feedback.replace(results_dir / f"{sub.key}.html")
+        result["feedback"] = f"results/{sub.key}.html"
+    else:
+        result["feedback"] = None
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 @dataclass
 class ClassResult:
     rows: list[dict]
     graded: int  # submissions graded in this run (the rest were already graded)
+
+
+class CourseFilesChanged(RuntimeError):
+    """A submission wrote into the course's own files; the run stopped (see the message)."""
 
 
 def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRule, *, jobs: int,
@@ -183,38 +238,52 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     todo = [s for s in submissions if force or not (results_dir / f"{s.key}.json").exists()]
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     root = chapters[0].root
-    cache = out / "nbgrader" / "releases"
-    cache.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(grade_one, s, root, out / "feedback" / _safe(s.student), cache,
-                               memory_gb=memory_gb, wall_seconds=wall_seconds, threads=threads): s for s in todo}
+    trusted = course_digests(root)
+    results: dict[str, dict] = {}  # this run's results, as graded (never re-read from disk)
+    with tempfile.TemporaryDirectory(prefix="mechlab-releases-") as cache, \
+            ThreadPoolExecutor(max_workers=jobs) as pool:
+        releases = ReleaseCache.build(chapters, Path(cache)) if todo else None
+        futures = {pool.submit(grade_one, s, root, results_dir, releases, memory_gb=memory_gb,
+                               wall_seconds=wall_seconds, threads=threads): s for s in todo}
         bar = tqdm(as_completed(futures), total=len(futures), desc="grading", unit="notebook",
                    disable=not progress or not futures, file=sys.stderr)
         for future in bar:
             sub = futures[future]
             result = {**future.result(), "student": sub.student, "file": sub.where}
-            _move_feedback(result, out, result["chapter"] or _safe(PurePosixPath(sub.where).stem))
+            changed = changed_files(trusted, course_digests(root))
+            if changed:
+                _stop_on_changed_course(pool, futures, future, sub, result, changed, results_dir, jobs)
+            results[sub.key] = result
             (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
             bar.set_postfix_str(f"{sub.student}: {result['score']:g}/{result['max_score']:g}")
-    stored = [json.loads((results_dir / f"{s.key}.json").read_text()) for s in submissions]
-    rows = _one_row_per_student_and_chapter(_attribute_unknown(stored, chapters, out))
+    stored = [results.get(s.key) or json.loads((results_dir / f"{s.key}.json").read_text()) for s in submissions]
+    rows = _one_row_per_student_and_chapter(_attribute_unknown(stored, chapters))
+    publish_feedback(rows, out)
     write_csv(rows, chapters, out / "grades.csv")
     record_in_gradebook(rows, chapters, out)
     return ClassResult(rows, len(todo))
 
 
-def _move_feedback(result: dict, out: Path, name: str) -> None:
-    """Move the result's feedback file to out/feedback/STUDENT/NAME.html and point to it."""
-    current = out / result["feedback"] if result.get("feedback") else None  # absolute paths stay absolute
-    if current is None or not current.exists():
-        return
-    target = out / "feedback" / _safe(result["student"]) / f"{name}.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    current.replace(target)
-    result["feedback"] = str(target.relative_to(out))
+def _stop_on_changed_course(pool, futures, done, sub: Submission, result: dict, changed: list[str],
+                            results_dir: Path, jobs: int) -> None:
+    """A submission changed the course's files: record it (when it was graded alone, it
+    gets 0), grade nothing more, and tell the instructor what to restore."""
+    running = [] if jobs == 1 else [s for f, s in futures.items() if f is not done and f.running()]
+    for f in futures:
+        f.cancel()
+    status = f"{TAMPERED}: {', '.join(changed)[:300]}"
+    if not running:  # certainly this one: its 0 is kept, and a re-run goes on past it
+        result.update(score=0.0, status=status, exercises=[{**e, "score": 0.0} for e in result["exercises"]])
+        (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
+    pool.shutdown(wait=True, cancel_futures=True)
+    suspects = ", ".join(s.where for s in [sub, *running])
+    raise CourseFilesChanged(
+        f"the course's own files changed while grading {suspects}: {', '.join(changed)}.\n"
+        f"Restore them (e.g. `git checkout -- {' '.join(COURSE_CODE)}`), then run the same command again "
+        "to grade the rest" + ("" if not running else "; with --jobs 1 to find which submission did it") + ".")
 
 
-def _attribute_unknown(results: list[dict], chapters: list[Chapter], out: Path) -> list[dict]:
+def _attribute_unknown(results: list[dict], chapters: list[Chapter]) -> list[dict]:
     """A file no chapter could be read from (not a notebook, say) counts as a zero for the
     chapter the rest of the class handed in, when that is a single one."""
     known = {r["chapter"] for r in results} - {None}
@@ -228,23 +297,40 @@ def _attribute_unknown(results: list[dict], chapters: list[Chapter], out: Path) 
             r = {**r, "chapter": name, "max_score": float(sum(e.points for e in exercises)),
                  "exercises": [{"id": e.id, "score": 0.0, "max_score": float(e.points), "message": r["status"]}
                                for e in exercises]}
-            _move_feedback(r, out, name)
         attributed.append(r)
     return attributed
 
 
+def publish_feedback(rows: list[dict], out: Path) -> None:
+    """out/feedback/STUDENT/CHAPTER.html for every row (made anew on every run), and
+    CHAPTER.also-N.html for the other hand-ins of that chapter the row names."""
+    feedback = out / "feedback"
+    shutil.rmtree(feedback, ignore_errors=True)
+    for r in rows:
+        folder = feedback / folder_name(r["student"])
+        name = r["chapter"] or folder_name(PurePosixPath(r["file"]).stem)
+        for n, result in enumerate([r, *r.get("others", [])]):
+            source = out / result["feedback"] if result.get("feedback") else None
+            if source is None or not source.is_file():
+                continue
+            target = folder / (f"{name}.html" if n == 0 else f"{name}.also-{n}.html")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            result["feedback"] = target.relative_to(out).as_posix()
+        r.pop("others", None)
+
+
 def _one_row_per_student_and_chapter(results: list[dict]) -> list[dict]:
     """A student who handed in one chapter twice gets the better of the two, and says so."""
-    best: dict[tuple[str, str], dict] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        key = (r["student"], r["chapter"] or f"? {r['file']}")
-        if key in best:
-            keep, other = sorted([best[key], r], key=lambda x: (x["score"], x["file"]), reverse=True)
-            keep = {**keep, "status": f"{keep['status']}; also handed in {other['file']} ({other['score']:g})"}
-            best[key] = keep
-        else:
-            best[key] = r
-    return sorted(best.values(), key=lambda r: (r["student"], r["chapter"] or ""))
+        groups.setdefault((r["student"], r["chapter"] or f"? {r['file']}"), []).append(r)
+    rows = []
+    for group in groups.values():
+        keep, *others = sorted(group, key=lambda x: (-x["score"], x["file"]))
+        also = "".join(f"; also handed in {o['file']} ({o['score']:g})" for o in others)
+        rows.append({**keep, "status": keep["status"] + also, "others": [dict(o) for o in others]})
+    return sorted(rows, key=lambda r: (r["student"], r["chapter"] or ""))
 
 
 def write_csv(rows: list[dict], chapters: list[Chapter], path: Path) -> None:

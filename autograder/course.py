@@ -130,7 +130,10 @@ class ThrowawayCourse:
         """grade id -> (score, max score) from the gradebook."""
         with Gradebook(self.db_url, COURSE_ID) as gb:
             nb = gb.find_submission_notebook(self.name, self.name, student)
-            return {g.name: (float(g.score or 0.0), float(g.max_score)) for g in nb.grades}
+            # the autograded score only, within [0, max]: `Grade.score` prefers a manual score,
+            # and a learner's kernel can reach this throwaway gradebook and write one
+            return {g.name: (min(max(float(g.auto_score or 0.0), 0.0), float(g.max_score)), float(g.max_score))
+                    for g in nb.grades}
 
     def generate_feedback(self, student: str) -> Path:
         self._check(self.api.generate_feedback(self.name, student), "generate_feedback")

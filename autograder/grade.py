@@ -12,11 +12,11 @@ not the grading run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import html
 import json
 import logging
-import os
 import re
 import resource
 import shutil
@@ -28,7 +28,7 @@ import nbformat
 
 from autograder.chapters import Chapter
 from autograder.course import ThrowawayCourse
-from autograder.execute import KERNEL_DIED
+from autograder.execute import KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN
 from autograder.preprocessors import VISIBLE_PASSED, error_summary
 from autograder.source import SourceNotebook, notebook_text, read_source
 from mechlab.grading import ExerciseScore, format_table
@@ -63,7 +63,31 @@ def _grade_ids(nb: nbformat.NotebookNode) -> set[str]:
 
 
 def _sources(nb: nbformat.NotebookNode) -> set[str]:
-    return {c.get("source", "").strip() for c in nb.get("cells", [])} - {""}
+    return {(c.get("source") or "").strip() for c in nb.get("cells", [])} - {""}
+
+
+def sanitize(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """What a submission's cells claim about themselves is never trusted: before nbgrader
+    reads it, a cell with a grade id of the chapter gets the source's nbgrader metadata
+    back (flags flipped by hand, or an old schema version, would otherwise abort the
+    whole autograde), and a cell with a grade id the chapter does not have (copied from
+    another chapter, or invented) becomes an ordinary cell. Missing sources become ""."""
+    known = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]
+             for c in source.cells if "nbgrader" in c.metadata}
+    for cell in nb.cells:
+        if not isinstance(cell.get("source"), str):
+            cell.source = "".join(cell.source) if isinstance(cell.get("source"), list) else ""
+        if not isinstance(cell.get("metadata"), dict):
+            cell.metadata = nbformat.NotebookNode()
+        meta = cell.metadata.get("nbgrader")
+        if meta is None:
+            continue
+        grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+        if isinstance(grade_id, str) and grade_id in known:
+            cell.metadata["nbgrader"] = copy.deepcopy(known[grade_id])
+        else:
+            del cell.metadata["nbgrader"]
+    return nb
 
 
 def identify_chapter(nb: nbformat.NotebookNode | None, filename: str, chapters: list[Chapter]) -> Chapter | None:
@@ -91,6 +115,12 @@ def _timed_out(cell: nbformat.NotebookNode) -> bool:
     return any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", []) if o.output_type == "error")
 
 
+def _kernel_lost(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
+    """The error output `ResilientExecute` adds to a cell that killed or hung the kernel."""
+    return next((o for o in cell.get("outputs", []) if o.output_type == "error"
+                 and o.get("ename") in (KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN)), None)
+
+
 def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.NotebookNode], timeout: int) -> str:
     """What a learner should read about a test cell's outcome."""
     if cell is None:
@@ -99,14 +129,19 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
     if _timed_out(cell):
         return (f"timed out: the test ran longer than the chapter's limit of {timeout} s per cell "
                 "(an endless loop in your function, or work far slower than the reference)")
+    lost = _kernel_lost(cell)
+    if lost is not None:
+        return f"the test could not run: {lost.evalue}"[:MAX_MESSAGE]
     if error is not None:
         for solution in solution_cells:  # say where it really broke
+            lost = _kernel_lost(solution)
+            if lost is not None:
+                what = {KERNEL_DIED: "killed the kernel", KERNEL_UNRESPONSIVE: "hung the kernel"}.get(
+                    lost.ename, "was not run")
+                return (f"your solution cell {what} ({lost.evalue}), "
+                        f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
             if _timed_out(solution):
                 return (f"your solution cell timed out after {timeout} s (an endless loop?), "
-                        f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
-            died = _error(solution)
-            if died is not None and died.get("ename") == KERNEL_DIED:
-                return (f"your solution cell killed the kernel ({died.evalue}), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
         stdout = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
         which = "hidden tests failed" if VISIBLE_PASSED in stdout else "visible checks failed"
@@ -118,29 +153,58 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
     return "passed"
 
 
-def _incidents(source: SourceNotebook, cells: dict[str, nbformat.NotebookNode]) -> list[str]:
-    """'timeout in exercise 3', 'kernel died in exercise 2': what an instructor should see."""
+def _incident(cells: list[nbformat.NotebookNode], where: str) -> list[str]:
+    enames = {o.get("ename") for c in cells for o in c.get("outputs", []) if o.output_type == "error"}
+    found = []
+    if "CellTimeoutError" in enames:
+        found.append(f"timeout in {where}")
+    if KERNEL_DIED in enames:
+        found.append(f"kernel died in {where}")
+    if KERNEL_UNRESPONSIVE in enames:
+        found.append(f"kernel hung in {where}")
+    return found
+
+
+def _incidents(source: SourceNotebook, graded: nbformat.NotebookNode) -> list[str]:
+    """'timeout in exercise 3', 'kernel died in exercise 2', 'timeout in cell 14 (outside the
+    exercises)': what an instructor should see."""
+    cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in graded.cells}
     found = []
     for ex in source.exercises:
         own = [cells[i] for i in [*ex.solution_cells, ex.test_id] if i in cells]
-        if any(_timed_out(c) for c in own):
-            found.append(f"timeout in exercise {ex.number} ({ex.id})")
-        if any(o.get("ename") == KERNEL_DIED for c in own for o in c.get("outputs", [])):
-            found.append(f"kernel died in exercise {ex.number} ({ex.id})")
+        found += _incident(own, f"exercise {ex.number} ({ex.id})")
+    for i, cell in enumerate(graded.cells):
+        if not cell.metadata.get("nbgrader", {}).get("grade_id"):
+            found += _incident([cell], f"cell {i + 1} (outside the exercises)")
+    if any(_kernel_lost(c) is not None and _kernel_lost(c).ename == NOT_RUN for c in graded.cells):
+        found.append("stopped: the notebook kept breaking its kernel")
     return found
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+
+
+def failure_cause(text: str) -> str:
+    """The most telling exception line of nbgrader's log: the last one that is not
+    nbgrader's own "Please see the above traceback" wrapper."""
+    for line in reversed(text.strip().splitlines()):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match and match[1] != "NbGraderException":
+            return line.strip()[:300]
+    return "unknown error"
 
 
 def _failure(outcome: dict) -> tuple[str, str]:
     """(status, message) for an autograde that nbgrader gave up on."""
-    text = f"{outcome.get('error', '')}\n{outcome.get('log', '')}"
+    text = f"{outcome.get('log', '')}\n{outcome.get('error', '')}"
     if "DeadKernelError" in text or "Kernel died" in text:
         status = "kernel died"
         why = ("not graded: the kernel died while running the notebook (os._exit, a crash, or "
                "running out of memory), and nbgrader stops grading a notebook whose kernel dies")
     else:
-        last = (outcome.get("error") or "").strip().splitlines()[-1:] or ["unknown error"]
-        status = f"failed: {last[0][:300]}"
-        why = f"not graded: nbgrader could not execute the notebook ({last[0][:300]})"
+        cause = failure_cause(text)
+        status = f"failed: {cause}"
+        why = f"not graded: nbgrader could not execute the notebook ({cause})"
     return status, why
 
 
@@ -168,22 +232,43 @@ def _write_plain_feedback(result: GradeResult, dest: Path) -> None:
                     + _summary_html(result.chapter, result.exercises, result.status) + "</body>")
 
 
-def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None) -> GradeResult:
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None,
+               releases: ReleaseCache | None = None) -> GradeResult:
     """Grade `submission` against the matching chapter; always returns a result."""
     feedback_path = (feedback_dir or submission.parent) / f"{submission.stem}.feedback.html"
     try:
         nb = nbformat.read(submission, as_version=4)
+        if not isinstance(nb.get("cells"), list):
+            raise ValueError("it has no list of cells")
     except Exception as e:  # not JSON, not a notebook, unreadable: all the same to a grade
-        nb, problem = None, f"not a notebook: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        nb, problem = None, f"not a notebook: {_first_line(e)}"
     else:
         problem = None
-    chapter = identify_chapter(nb, submission.name, chapters)
-    source = read_source(chapter) if chapter else None
-    if problem or chapter is None:
-        status = problem or "not a chapter of this course: no graded cell or file name matches one"
-        result = _zero_result(chapter, source, status, status)
-    else:
-        result = _autograde(nb, chapter, source, feedback_path)
+    chapter = source = None
+    root = chapters[0].root
+    trusted = course_digests(root)
+    try:
+        chapter = identify_chapter(nb, submission.name, chapters)
+        source = read_source(chapter) if chapter else None
+        if problem or chapter is None:
+            status = problem or "not a chapter of this course: no graded cell or file name matches one"
+            result = _zero_result(chapter, source, status, status)
+        else:
+            result = _autograde(sanitize(nb, source.notebook), chapter, source, feedback_path, releases)
+    except Exception as e:  # a submission the grader could not handle: it costs that submission only
+        log.exception("grading %s failed", submission)
+        status = f"grader error: {_first_line(e)}"
+        result = _zero_result(chapter, source, status, f"not graded: {status}")
+    changed = changed_files(trusted, course_digests(root))
+    if changed:  # the submission wrote into the course itself: nothing it earned counts
+        log.error("the course's files changed while %s was graded: %s. Restore them (git checkout -- %s) "
+                  "before grading anything else.", submission, ", ".join(changed), " ".join(COURSE_CODE))
+        status = f"{TAMPERED}: {', '.join(changed)[:300]}"
+        result = _zero_result(chapter, source, status, f"0 points: {status}")
     if result.feedback is None:
         feedback_path.parent.mkdir(parents=True, exist_ok=True)
         _write_plain_feedback(result, feedback_path)
@@ -191,49 +276,105 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
     return result
 
 
-RELEASE_CACHE = "MECHLAB_GRADER_CACHE"  # a folder: class grading shares one release per chapter
-MEMORY_LIMIT = "MECHLAB_GRADER_MEMORY_GB"  # address-space limit of a grading process and its kernel
-
-
-def limit_memory_from_env() -> None:
-    """Apply $MECHLAB_GRADER_MEMORY_GB to this process; the kernel it starts inherits it,
-    so a submission that allocates too much gets a MemoryError in its own cell."""
-    gigabytes = os.environ.get(MEMORY_LIMIT)
-    if gigabytes:
-        limit = int(float(gigabytes) * 2**30)
+def limit_memory(gigabytes: float) -> None:
+    """An address-space limit on this process, which the kernel it starts inherits, so a
+    submission that allocates too much gets a MemoryError in its own cell (0: no limit)."""
+    if gigabytes > 0:
+        limit = int(gigabytes * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def released_course(chapter: Chapter, source: SourceNotebook, root: Path) -> ThrowawayCourse:
-    """A throwaway course at `root` with the chapter generated (gradebook, release).
+def tree_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (byte-compiled files aside), by relative path."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file() and "__pycache__" not in path.parts}
 
-    When $MECHLAB_GRADER_CACHE names a folder, the generated course is built there once
-    per version of the chapter and copied for each submission (generate_assignment
-    costs a second or two; a copy, milliseconds)."""
-    text = notebook_text(source.notebook)
-    cache = os.environ.get(RELEASE_CACHE)
-    if cache:
-        template = Path(cache) / f"{chapter.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-        if not template.exists():
-            with tempfile.TemporaryDirectory(dir=cache) as building:
-                ThrowawayCourse(chapter, Path(building) / "course", source.meta.timeout).generate_assignment(text)
-                try:  # another worker may have finished first: theirs is as good
-                    os.rename(Path(building) / "course", template)
-                except OSError:
-                    pass
+
+COURSE_CODE = ("mechlab", "autograder", "solutions")  # what grading trusts, under the course root
+TAMPERED = "changed the course's own files during grading"
+
+
+def course_digests(root: Path) -> dict[str, str]:
+    """Digests of everything grading trusts: the course's code and sources under `root`,
+    and the mechlab and autograder packages this process imports (the same folders when
+    the course is installed from its repository, as `make` does)."""
+    import autograder
+    import mechlab
+
+    folders = {(root / part).resolve() for part in COURSE_CODE}
+    folders |= {Path(package.__file__).parent.resolve() for package in (mechlab, autograder)}
+    return {f"{folder}/{name}": digest for folder in sorted(folders) if folder.is_dir()
+            for name, digest in tree_digests(folder).items()}
+
+
+def changed_files(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+@dataclass(frozen=True)
+class ReleaseCache:
+    """Class grading generates each chapter's nbgrader assignment once, in `folder`, and
+    copies it for every submission (generate_assignment costs a second or two; a copy,
+    milliseconds). The parent process builds it before any submission runs and hands the
+    children its digests: a copy is used only while its files still match them, so a
+    submission that finds the folder and edits it cannot change anyone else's grading."""
+
+    folder: Path
+    digests: dict[str, dict[str, str]]  # template name -> tree_digests
+
+    @staticmethod
+    def template_name(chapter: Chapter, source: SourceNotebook) -> str:
+        text = notebook_text(source.notebook)
+        return f"{chapter.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    @classmethod
+    def build(cls, chapters: list[Chapter], folder: Path) -> ReleaseCache:
+        digests = {}
+        for chapter in chapters:
+            source = read_source(chapter)
+            template = folder / cls.template_name(chapter, source)
+            shutil.rmtree(template, ignore_errors=True)
+            ThrowawayCourse(chapter, template, source.meta.timeout).generate_assignment(notebook_text(source.notebook))
+            digests[template.name] = tree_digests(template)
+        return cls(folder, digests)
+
+    def to_json(self) -> str:
+        return json.dumps({"folder": str(self.folder), "digests": self.digests})
+
+    @classmethod
+    def from_json(cls, text: str) -> ReleaseCache:
+        data = json.loads(text)
+        return cls(Path(data["folder"]), data["digests"])
+
+    def copy_to(self, chapter: Chapter, source: SourceNotebook, root: Path) -> bool:
+        """Copy the chapter's template to `root`, if it is there and untouched."""
+        name = self.template_name(chapter, source)
+        template = self.folder / name
+        if name not in self.digests or not template.is_dir():
+            return False
+        if tree_digests(template) != self.digests[name]:
+            log.warning("the release cache %s was modified during grading; building a private copy", template)
+            return False
         shutil.copytree(template, root)
+        return True
+
+
+def released_course(chapter: Chapter, source: SourceNotebook, root: Path,
+                    releases: ReleaseCache | None = None) -> ThrowawayCourse:
+    """A throwaway course at `root` with the chapter generated (gradebook, release)."""
+    if releases is not None and releases.copy_to(chapter, source, root):
         return ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
     course = ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
-    course.generate_assignment(text)
+    course.generate_assignment(notebook_text(source.notebook))
     return course
 
 
 def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
-               feedback_path: Path) -> GradeResult:
+               feedback_path: Path, releases: ReleaseCache | None) -> GradeResult:
     timeout = source.meta.timeout
     with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
         tmp = Path(tmp)
-        course = released_course(chapter, source, tmp / "course")
+        course = released_course(chapter, source, tmp / "course", releases)
         submitted = tmp / "submitted.ipynb"
         nbformat.write(nb, submitted)
         course.submit(submitted, STUDENT)
@@ -252,7 +393,7 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
             exercises.append(ExerciseScore(ex.id, score, max_score,
                                             _message(cells.get(ex.test_id), solutions, timeout)))
         restored = [ex.id for ex in source.exercises if ex.test_id not in _grade_ids(nb)]
-        incidents = _incidents(source, cells) + (
+        incidents = _incidents(source, graded) + (
             [f"test cells deleted or stripped of their metadata, restored from the source: {', '.join(restored)}"]
             if restored else [])
         status = "; ".join(incidents) or "ok"

@@ -4,7 +4,7 @@
 #     chapter: 1
 #     title: Toy models of superposition
 #     seed: 0
-#     timeout: 60
+#     timeout: 120
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -145,3 +146,53 @@ def test_a_single_file_still_prints_one_json_object(fixture_course, tmp_path):
     proc = run_cli("grade", str(fixture_course.solution_notebook), "--json", "--feedback", str(tmp_path),
                    root=fixture_course.root)
     assert json.loads(proc.stdout)["score"] == 6.0
+
+
+def test_zip_clutter_windows_paths_and_look_alike_names(tmp_path):
+    from autograder.classroom import collect, folder_name
+    zip_path = tmp_path / "export.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name in ["anne marie/00_fixture.ipynb", "anne_marie/00_fixture.ipynb", "bob\\00_fixture.ipynb",
+                     "bob/.ipynb_checkpoints/00_fixture-checkpoint.ipynb", "carol/._00_fixture.ipynb"]:
+            archive.writestr(name, "{}")
+    out = tmp_path / "out"
+    (out / "submissions" / "stale").mkdir(parents=True)  # left by an earlier zip: not this class
+    (out / "submissions" / "stale" / "00_fixture.ipynb").write_text("{}")
+    found = collect(zip_path, out, StudentRule(("00_fixture",)))
+    assert sorted((s.student, s.where) for s in found) == [
+        ("anne marie", "anne marie/00_fixture.ipynb"), ("anne_marie", "anne_marie/00_fixture.ipynb"),
+        ("bob", "bob/00_fixture.ipynb")]
+    folders = {folder_name(s.student) for s in found}
+    assert len(folders) == 3 and "bob" in folders and "anne_marie" in folders
+
+
+def test_a_tampered_release_cache_is_never_used(fixture_course, tmp_path):
+    from autograder.grade import ReleaseCache
+    from autograder.source import read_source
+    cache = ReleaseCache.build([fixture_course], tmp_path / "cache")
+    source = read_source(fixture_course)
+    assert cache.copy_to(fixture_course, source, tmp_path / "a")
+    template = tmp_path / "cache" / ReleaseCache.template_name(fixture_course, source)
+    (template / "gradebook.db").write_bytes(b"rewritten by a submission")
+    assert not cache.copy_to(fixture_course, source, tmp_path / "b")
+    assert ReleaseCache.from_json(cache.to_json()) == cache
+
+
+def test_class_grading_stops_when_a_submission_changes_the_course(fixture_course, tmp_path):
+    root = tmp_path / "course"
+    shutil.copytree(fixture_course.root, root)
+    target = root / "solutions" / "00_fixture.py"
+    honest = nbformat.read(fixture_course.solution_notebook, as_version=4)
+    cheat = nbformat.read(fixture_course.solution_notebook, as_version=4)
+    solution_cell(cheat, "add").source = (f"def add(a, b):\n    return a + b\n"
+                                          f"open({str(target)!r}, 'a').write('# changed\\n')\n")
+    folder = tmp_path / "class"
+    for student, nb in [("a_mallory", cheat), ("b_trent", honest)]:
+        (folder / student).mkdir(parents=True)
+        nbformat.write(nb, folder / student / "00_fixture.ipynb")
+    out = tmp_path / "out"
+    proc = run_cli("grade", str(folder), "--out", str(out), "--jobs", "1", root=root)
+    assert proc.returncode == 3 and "STOPPED" in proc.stderr and "a_mallory/00_fixture.ipynb" in proc.stderr
+    stored = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
+    assert [(r["student"], r["score"]) for r in stored] == [("a_mallory", 0.0)]
+    assert stored[0]["status"].startswith("changed the course's own files")

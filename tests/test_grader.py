@@ -5,6 +5,7 @@ or release notebook, graded through the real command line and nbgrader."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -271,3 +272,77 @@ def test_untouched_release_raises_no_nbgrader_warnings(fixture_course, tmp_path)
 def test_json_is_the_only_thing_on_stdout(fixture_course, tmp_path):
     proc = run_cli("grade", str(submit(fixture_course, tmp_path, "j.ipynb")), "--json", root=fixture_course.root)
     json.loads(proc.stdout)  # raises if anything else was printed
+
+
+# ---------------------------------------------------------------- found by trying to break the grader
+
+
+def test_a_loop_that_ignores_the_interrupt_costs_only_its_exercise(fixture_course, tmp_path):
+    """nbclient interrupts a cell at the timeout; this one ignores SIGINT, so the kernel
+    stays busy and, left alone, every later cell would time out too."""
+    stubborn = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                "def scale(x, k):\n    return k * x\nwhile True:\n    pass\n")
+    result = grade(submit(fixture_course, tmp_path, "stubborn.ipynb", set_solution("scale", stubborn)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0}
+    assert "kernel hung in exercise 2 (scale)" in result["status"]
+    assert "hung the kernel" in messages(result)["scale"]
+
+
+def test_cells_copied_from_another_chapter_or_with_invented_ids_are_ordinary_cells(fixture_course, tmp_path):
+    """nbgrader alone aborts on a grade id its gradebook does not know (KeyError 'grade_id')."""
+    def edit(nb):
+        for grade_id, flags in [("toy_forward_solution", {"solution": True}), ("toy_forward_test", {"grade": True}),
+                                ("bonus", {"solution": False, "locked": True})]:
+            nb.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": {
+                "grade_id": grade_id, "schema_version": 3, "task": False, "locked": False, "solution": False,
+                "grade": False, "points": 2, **flags}}))
+    result = grade(submit(fixture_course, tmp_path, "copied.ipynb", edit), fixture_course.root)
+    assert scores(result) == FULL and result["status"] == "ok"
+
+
+def test_flags_flipped_on_known_cells_are_reset_from_the_source(fixture_course, tmp_path):
+    """nbgrader alone aborts ("Inconsistent checksums", "nbgrader update") on each of these."""
+    def edit(nb):
+        test = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "add_test")
+        test.metadata.nbgrader.update(grade=False, locked=False, solution=True)
+        solution_cell(nb, "scale").metadata.nbgrader["schema_version"] = 1
+    result = grade(submit(fixture_course, tmp_path, "flags.ipynb", edit), fixture_course.root)
+    assert scores(result) == FULL
+
+
+def test_a_cell_without_source_is_graded_not_a_crash(fixture_course, tmp_path):
+    path = submit(fixture_course, tmp_path, "null.ipynb")
+    raw = json.loads(path.read_text())
+    raw["cells"].append({"cell_type": "code", "source": None, "metadata": {}, "outputs": [],
+                         "execution_count": None, "id": "nullsource"})
+    path.write_text(json.dumps(raw))
+    result = grade(path, fixture_course.root)
+    assert result["score"] == 6.0
+
+
+def test_writing_a_score_into_the_gradebook_gains_nothing(fixture_course, tmp_path):
+    """The throwaway gradebook sits in the kernel's reach; nbgrader's `score` prefers a
+    manual score, which the grader never reads (and never exceeds the maximum)."""
+    cheat = ("import os, sqlite3, pathlib\n"
+             "here = pathlib.Path(os.getcwd())\n"
+             "db = next(p / 'gradebook.db' for p in [here, *here.parents] if (p / 'gradebook.db').exists())\n"
+             "def scale(x, k):\n    return x\n"
+             "with sqlite3.connect(db) as c:\n    c.execute('UPDATE grade SET manual_score = 1000')\n")
+    result = grade(submit(fixture_course, tmp_path, "db.ipynb", set_solution("scale", cheat)), fixture_course.root)
+    assert scores(result) == {**FULL, "scale": 0.0} and result["score"] == 4.0
+
+
+def test_changing_the_course_files_costs_the_submission_and_is_reported(fixture_course, tmp_path):
+    """Learner code runs as the instructor's user; the checks it is graded with must not
+    be rewritable in its favour, and never silently for the next student."""
+    root = tmp_path / "course"
+    shutil.copytree(fixture_course.root, root)
+    target = root / "solutions" / "00_fixture.py"
+    writes = f"def add(a, b):\n    return a + b\nopen({str(target)!r}, 'a').write('# changed\\n')\n"
+    proc = run_cli("grade", str(submit(fixture_course, tmp_path, "w.ipynb", set_solution("add", writes))),
+                   "--json", root=root)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 3 and result["score"] == 0.0
+    assert result["status"].startswith("changed the course's own files during grading")
+    assert "00_fixture.py" in result["status"] and "git checkout" in proc.stderr
