@@ -5,7 +5,9 @@ or release notebook, graded through the real command line and nbgrader."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -346,3 +348,25 @@ def test_changing_the_course_files_costs_the_submission_and_is_reported(fixture_
     assert proc.returncode == 3 and result["score"] == 0.0
     assert result["status"].startswith("changed the course's own files during grading")
     assert "00_fixture.py" in result["status"] and "git checkout" in proc.stderr
+
+
+def test_processes_a_submission_starts_do_not_outlive_its_grading(fixture_course, tmp_path):
+    """nbclient shuts a kernel down by killing its process group, which takes along what
+    the learner's code started (not what escapes it with setsid: see the README)."""
+    pid_file = tmp_path / "pid"
+    spawn = (f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+             f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+             "def add(a, b):\n    return a + b\n")
+    result = grade(submit(fixture_course, tmp_path, "spawn.ipynb", set_solution("add", spawn)), fixture_course.root)
+    assert result["score"] == 6.0
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # killed with the kernel's process group; give the OS a moment
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):  # dead, waiting to be reaped by whoever adopted it
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError(f"process {pid}, started by the submission, outlived its grading")
