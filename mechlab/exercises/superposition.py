@@ -187,6 +187,16 @@ _reference_runs: dict[tuple, tuple] = {}
 _EARLY_STEPS = 10  # how many of a loop's first losses must follow the reference loop's
 
 
+def _loss_history(history, label: str, shape: tuple) -> np.ndarray:
+    """A training loop's returned history, checked: a detached, finite CPU tensor of `shape`."""
+    h = checked_array(history, label, shape, detached=True)
+    if history.device.type != "cpu":
+        raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
+    if not np.isfinite(h).all():
+        raise CheckFailed(f"{label} contains NaN or inf")
+    return h
+
+
 def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -> None:
     """The exercise fixes the loop exactly (one optimiser for the whole run, one batch per
     step, the loss recorded before the step), and the inputs here are seeded CPU draws, so
@@ -244,11 +254,7 @@ def _check_train_toy(fn: Callable, config: tuple) -> None:
                            dict(steps=steps, batch_size=batch, lr=lr, generator=seeded(seed + 1),
                                 forward=forward, generate=generate, loss_fn=loss_fn))
     label = f"{name}({desc}) history"
-    h = checked_array(history, label, (steps, inst), detached=True)
-    if history.device.type != "cpu":
-        raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
-    if not np.isfinite(h).all():
-        raise CheckFailed(f"{label} contains NaN or inf")
+    h = _loss_history(history, label, (steps, inst))
     for piece, arg in ((generate, "generate"), (forward, "forward"), (loss_fn, "loss_fn")):
         piece.expect(arg, steps, name)
     if np.array_equal(_numpy(_detach(W)), _numpy(W0)) or np.array_equal(_numpy(_detach(b)), _numpy(b0)):
@@ -578,11 +584,7 @@ def _check_train_sae(fn: Callable, config: tuple) -> None:
     history = call_learner(fn, name, desc, (sampler, *params),
                     dict(steps=steps, batch_size=batch, lr=lr, l1_coeff=l1, forward=forward, loss_fn=loss_fn))
     label = f"{name}({desc}) history"
-    h = checked_array(history, label, (steps,), detached=True)
-    if history.device.type != "cpu":
-        raise CheckFailed(f"{label} is on {history.device}; return it on the CPU (`.cpu()`)")
-    if not np.isfinite(h).all():
-        raise CheckFailed(f"{label} contains NaN or inf")
+    h = _loss_history(history, label, (steps,))
     for piece, arg in ((sampler, "sample_hidden"), (forward, "forward"), (loss_fn, "loss_fn")):
         piece.expect(arg, steps, name)
     for param_name, before, after in zip(("W_enc", "b_enc", "W_dec", "b_dec"), initial, params):
