@@ -175,9 +175,12 @@ def compare_function(
     hint: str | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    copy_inputs: bool = True,
 ) -> None:
     """Call `fn` and `reference` on each case (on separate copies of the inputs, so an
     in-place edit by either cannot leak into the other) and compare the results.
+    `copy_inputs=False` passes the inputs as they are, for inputs too big to copy (a
+    model): then the caller guards them (see `mechlab.exercises.induction_heads`).
 
     When they differ, the known mistakes (`(hint, wrong_function)` pairs) are tried on
     the same case: if the learner's output matches one, its hint is added to the message.
@@ -187,16 +190,17 @@ def compare_function(
     """
     if not callable(fn):
         _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", None)
+    dup = copy.deepcopy if copy_inputs else (lambda x: x)
     for case in cases:
-        expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        got = call_learner(fn, name, case.description, copy.deepcopy(case.args), copy.deepcopy(case.kwargs))
+        expected = reference(*dup(case.args), **dup(case.kwargs))
+        got = call_learner(fn, name, case.description, dup(case.args), dup(case.kwargs))
         label = f"{name}({case.description})"
         try:
             assert_value_close(got, expected, name=label, atol=atol, rtol=rtol)
         except CheckFailed as failure:
             for mistake_hint, wrong in mistakes:
                 try:
-                    wrong_out = wrong(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                    wrong_out = wrong(*dup(case.args), **dup(case.kwargs))
                     assert_value_close(got, wrong_out, name=label, atol=atol, rtol=rtol)
                 except Exception:  # CheckFailed included: not this mistake
                     continue

@@ -1,5 +1,6 @@
-"""Chapter 1's checks: the reference passes every check and hidden test, the reference
-object itself earns no points, and each hidden test fails a plausible wrong answer."""
+"""Chapter 1's checks: each hidden test fails a plausible wrong answer and says why, and
+accepts a correct answer written differently (tests/test_exercise_checks.py covers what
+every chapter's checks must do)."""
 
 from __future__ import annotations
 
@@ -12,29 +13,6 @@ from mechlab.reference import superposition as ref
 from conftest import as_learner
 
 EXERCISES = ref.__all__  # generated from the chapter's source
-
-
-@pytest.mark.parametrize("name", EXERCISES)
-def test_reference_passes_check_and_grade(name, capsys):
-    learner = as_learner(getattr(ref, name))
-    assert getattr(checks, f"check_{name}")(learner) is None
-    assert getattr(checks, f"grade_{name}")(learner) is None
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 2 and all(line.startswith("✓") for line in out)
-
-
-@pytest.mark.parametrize("name", EXERCISES)
-def test_grade_refuses_the_reference_itself(name):
-    with pytest.raises(CheckFailed, match="reference implementation"):
-        getattr(checks, f"grade_{name}")(getattr(ref, name))
-
-
-@pytest.mark.parametrize("name", EXERCISES)
-def test_unimplemented_fails_with_a_clear_message(name):
-    def stub(*args, **kwargs):
-        raise NotImplementedError()
-    with pytest.raises(CheckFailed, match="not implemented"):
-        getattr(checks, f"check_{name}")(stub)
 
 
 # ---------------------------------------------------------------- mutants: plausible wrong answers

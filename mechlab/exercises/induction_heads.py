@@ -1,0 +1,643 @@
+"""Checks for chapter 2 (induction heads): `check_x` visible, `grade_x` hidden.
+
+Every exercise is compared with `mechlab.reference.induction_heads` on inputs built
+here: seeded CPU tensors, the course model `attn_only_2l` (loaded on the CPU,
+whatever device the notebook uses) and, in the hidden tests, randomly initialised
+models of other shapes (three layers of two heads; two layers of three heads with
+MLPs and layer-norm weights), so code that hard-codes this model's sizes fails.
+
+Functions that take a model are called on the model itself, not a copy: the checks
+remove any hook left behind and fail a function that changed the model's weights.
+Tolerances: float32 entry by entry (atol 1e-5, rtol 1e-4) unless stated; circuits
+and losses, which go through several matrix products, are compared with a tolerance
+scaled to their largest entry.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mechlab import zoo
+from mechlab.checks import (
+    Case, CheckFailed, call_learner, checked_array, compare_function, passed, randn, refuse_reference, seeded,
+)
+from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
+from mechlab.reference import induction_heads as ref
+
+# ---------------------------------------------------------------- models the checks use
+
+
+@functools.cache
+def _course_model():
+    return zoo.load("attn_only_2l")
+
+
+@functools.cache
+def _other_models() -> tuple[tuple[str, object], ...]:
+    """Untrained models of other shapes: what hard-coded sizes or layer indices trip on."""
+    return (
+        ("untrained 3 layers x 2 heads, d_model 32", zoo.random_model(seed=11, n_layers=3, n_heads=2, d_model=32, d_head=8)),
+        ("untrained 2 layers x 3 heads with MLPs and LN", zoo.random_model(
+            seed=12, n_heads=3, d_model=48, d_head=16, attn_only=False, d_mlp=64, act_fn="gelu",
+            normalization_type="LN")),
+    )
+
+
+def _models(hidden: bool) -> list[tuple[str, object]]:
+    course = [("course model attn_only_2l", _course_model())]
+    return course + list(_other_models()) if hidden else course
+
+
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _guarded(fn: Callable, name: str) -> Callable:
+    """`fn(model, ...)`, after which the model must have no hooks left and the same weights."""
+
+    def call(model, *args, **kwargs):
+        before = _weights(model)
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.reset_hooks()
+            if any(not torch.equal(a, b) for a, b in zip(before, _weights(model))):
+                for p, w in zip(model.parameters(), before):  # put the course model back for later checks
+                    p.data.copy_(w)
+                raise CheckFailed(f"{name} changed the model's weights; leave the model as it was "
+                                  "(edit activations with hooks, or work on copies of the weight matrices)")
+
+    return call
+
+
+def _repeated(seed: int, batch: int, seq_len: int, d_vocab: int = 272) -> torch.Tensor:
+    return ref.generate_repeated_tokens(batch, seq_len, d_vocab, seeded(seed))
+
+
+@functools.cache
+def _course_patterns(seq_len: int, seed: int) -> tuple[torch.Tensor, ...]:
+    tokens = _repeated(seed, 4, seq_len)
+    with torch.no_grad():
+        _, cache = _course_model().run_with_cache(tokens)
+    return tuple(cache["pattern", layer] for layer in range(_course_model().cfg.n_layers))
+
+
+def _random_pattern(seed: int, batch: int, heads: int, pos: int) -> torch.Tensor:
+    scores = randn(seed, batch, heads, pos, pos) * 2
+    causal = torch.ones(pos, pos, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+# ---------------------------------------------------------------- 1. correct_log_probs
+
+
+def _log_prob_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, pos, vocab in specs:
+        logits = randn(seed, batch, pos, vocab) * 3
+        tokens = torch.randint(0, vocab, (batch, pos), generator=seeded(seed + 1))
+        cases.append(Case(f"seed={seed}, batch={batch}, pos={pos}, d_vocab={vocab}", (logits, tokens)))
+    return cases
+
+
+_LOG_PROB_HAND = Case("hand case: logits all zero over 4 words -> log(1/4) everywhere",
+                      (torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]])))
+
+_LOG_PROB_MISTAKES = [
+    ("entry i should score the token at i + 1 (the next token), not the token at i.",
+     lambda logits, tokens: logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, :-1, None])[..., 0]),
+    ("the prediction for token i + 1 is made at position i: use logits[:, :-1] with tokens[:, 1:].",
+     lambda logits, tokens: logits.log_softmax(-1)[:, 1:].gather(-1, tokens[:, 1:, None])[..., 0]),
+    ("take log_softmax over the vocabulary first: raw logits are not log-probabilities.",
+     lambda logits, tokens: logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]),
+    ("that is a probability; take the log (log_softmax, not softmax).",
+     lambda logits, tokens: logits.softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]),
+]
+
+
+def _course_log_prob_case() -> Case:
+    tokens = _repeated(3, 2, 9)
+    with torch.no_grad():
+        logits = _course_model()(tokens)
+    return Case("the course model on repeated words (batch 2, 19 tokens)", (logits, tokens))
+
+
+def check_correct_log_probs(fn: Callable) -> None:
+    compare_function(fn, ref.correct_log_probs, [_LOG_PROB_HAND, *_log_prob_cases([(0, 2, 5, 7)])],
+                     name="correct_log_probs", mistakes=_LOG_PROB_MISTAKES)
+
+
+def grade_correct_log_probs(fn: Callable) -> None:
+    refuse_reference(fn, "correct_log_probs")
+    cases = [_LOG_PROB_HAND, *_log_prob_cases([(1, 3, 8, 11), (2, 1, 2, 5), (4, 5, 30, 272)]), _course_log_prob_case()]
+    compare_function(fn, ref.correct_log_probs, cases, name="correct_log_probs", mistakes=_LOG_PROB_MISTAKES)
+
+
+# ---------------------------------------------------------------- 2. generate_repeated_tokens
+
+
+def _repeated_properties(fn: Callable, batch: int, seq_len: int, d_vocab: int, seed: int) -> np.ndarray:
+    name = "generate_repeated_tokens"
+    desc = f"batch={batch}, seq_len={seq_len}, d_vocab={d_vocab}"
+    out = call_learner(fn, name, desc, (batch, seq_len, d_vocab, seeded(seed)))
+    x = checked_array(out, f"{name}({desc})", (batch, 1 + 2 * seq_len), torch.int64)
+    if out.device.type != "cpu":
+        raise CheckFailed(f"{name}({desc}): returned on {out.device}; return a CPU tensor (move it later)")
+    if not (x[:, 0] == zoo.BOS_ID).all():
+        raise CheckFailed(f"{name}({desc}): column 0 should be BOS_ID = {zoo.BOS_ID} in every row, "
+                          f"got {sorted(set(x[:, 0].astype(int).tolist()))[:5]}")
+    first, second = x[:, 1:seq_len + 1], x[:, seq_len + 1:]
+    if not (first == second).all():
+        row = int(np.argwhere((first != second).any(1))[0, 0])
+        raise CheckFailed(f"{name}({desc}): row {row}: columns {seq_len + 1}.. should repeat columns 1..{seq_len}\n"
+                          "Hint: draw the words once and concatenate them twice.")
+    if first.min() < zoo.FIRST_WORD_ID or first.max() >= d_vocab:
+        raise CheckFailed(f"{name}({desc}): words must lie in {zoo.FIRST_WORD_ID} .. {d_vocab - 1}, "
+                          f"got {int(first.min())} .. {int(first.max())}\n"
+                          "Hint: torch.randint(FIRST_WORD_ID, d_vocab, ...) never draws special tokens.")
+    n_words = d_vocab - zoo.FIRST_WORD_ID
+    if batch > 1 and seq_len > 3 and n_words > 1 and (first == first[:1]).all():
+        raise CheckFailed(f"{name}({desc}): every row is the same sequence; draw each row independently")
+    if first.size >= 20 * n_words:  # every word should turn up, about equally often
+        counts = np.bincount(first.astype(int).ravel() - zoo.FIRST_WORD_ID, minlength=n_words)
+        expected = first.size / n_words
+        if counts.min() == 0 or np.abs(counts - expected).max() > 6 * np.sqrt(expected) + 2:
+            raise CheckFailed(f"{name}({desc}): word counts range {counts.min()}..{counts.max()}, expected about "
+                              f"{expected:.0f} each (uniform)\nHint: draw every word uniformly.")
+    again = call_learner(fn, name, desc, (batch, seq_len, d_vocab, seeded(seed)))
+    if _type(again) not in (_Tensor, _Parameter) or not np.array_equal(
+            checked_array(again, name, x.shape, torch.int64), x):
+        raise CheckFailed(f"{name}({desc}): two calls with generators seeded alike gave different tokens\n"
+                          "Hint: pass `generator=generator` to torch.randint.")
+    return x
+
+
+def check_generate_repeated_tokens(fn: Callable) -> None:
+    _repeated_properties(fn, 300, 10, 50, seed=0)
+    passed("generate_repeated_tokens has the right shape, BOS, repeat, range and uniform words")
+
+
+def grade_generate_repeated_tokens(fn: Callable) -> None:
+    refuse_reference(fn, "generate_repeated_tokens")
+    _repeated_properties(fn, 400, 25, 272, seed=1)
+    _repeated_properties(fn, 1, 1, 10, seed=2)
+    _repeated_properties(fn, 64, 40, 4, seed=3)  # a single word to draw from
+    a = _repeated_properties(fn, 8, 12, 272, seed=4)
+    b = _repeated_properties(fn, 8, 12, 272, seed=5)
+    if np.array_equal(a, b):
+        raise CheckFailed("generate_repeated_tokens gave the same tokens for generators with different seeds\n"
+                          "Hint: draw all randomness from `generator`.")
+    passed("generate_repeated_tokens passes the property tests on 6 configurations")
+
+
+# ---------------------------------------------------------------- 3. loss_by_half
+
+
+def _half_cases(specs: Sequence[tuple[int, int, int]]) -> list[Case]:
+    return [Case(f"seed={seed}, batch={batch}, seq_len={n}", (-randn(seed, batch, 2 * n).abs() * 2, n))
+            for seed, batch, n in specs]
+
+
+_HALF_HAND = Case("hand case: log-probs [-1, -2, -3, -5], seq_len=2 -> [1.5, 4.0]",
+                  (torch.tensor([[-1.0, -2.0, -3.0, -5.0]]), 2))
+
+_HALF_MISTAKES = [
+    ("the loss is minus the mean log-probability.",
+     lambda lp, n: torch.stack([lp[:, :n].mean(), lp[:, n:].mean()])),
+    ("the first copy is entries 0 .. seq_len - 1 (they predict tokens 1 .. seq_len), "
+     "the second copy the rest.",
+     lambda lp, n: torch.stack([-lp[:, :n + 1].mean(), -lp[:, n + 1:].mean()])),
+    ("average over the batch and the positions (mean, not sum).",
+     lambda lp, n: torch.stack([-lp[:, :n].sum(), -lp[:, n:].sum()])),
+    ("first the first copy, then the second.",
+     lambda lp, n: torch.stack([-lp[:, n:].mean(), -lp[:, :n].mean()])),
+]
+
+
+def check_loss_by_half(fn: Callable) -> None:
+    compare_function(fn, ref.loss_by_half, [_HALF_HAND, *_half_cases([(0, 3, 4)])],
+                     name="loss_by_half", mistakes=_HALF_MISTAKES)
+
+
+def grade_loss_by_half(fn: Callable) -> None:
+    refuse_reference(fn, "loss_by_half")
+    cases = [_HALF_HAND, *_half_cases([(1, 5, 7), (2, 1, 1), (3, 16, 25)])]
+    compare_function(fn, ref.loss_by_half, cases, name="loss_by_half", mistakes=_HALF_MISTAKES)
+
+
+# ---------------------------------------------------------------- 4. previous_token_score
+
+
+def _pattern_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    return [Case(f"random causal pattern, seed={seed}, batch={b}, heads={h}, pos={p}", (_random_pattern(seed, b, h, p),))
+            for seed, b, h, p in specs]
+
+
+def _course_pattern_cases(seq_len: int, seed: int, *extra) -> list[Case]:
+    return [Case(f"course model, layer {layer}, repeated words of length {seq_len}", (pattern, *extra))
+            for layer, pattern in enumerate(_course_patterns(seq_len, seed))]
+
+
+def _hand_pattern(pos: int) -> torch.Tensor:
+    """[1, 2, pos, pos]: head 0 attends to the previous token (position 0 to itself), head 1 to BOS."""
+    p = torch.zeros(1, 2, pos, pos)
+    p[0, 0, 0, 0] = 1.0
+    p[0, 0, torch.arange(1, pos), torch.arange(pos - 1)] = 1.0
+    p[0, 1, :, 0] = 1.0
+    return p
+
+
+_PREV_HAND = Case("hand case, 5 positions: head 0 attends to the previous token, head 1 to BOS -> [1, 0.25]",
+                  (_hand_pattern(5),))
+
+_PREV_MISTAKES = [
+    ("that is the main diagonal (attention to itself); the previous token is one below it: offset=-1.",
+     lambda p: p.diagonal(0, -2, -1).mean((0, -1))),
+    ("average over the query positions that have a previous token (1 onwards), not all of them.",
+     lambda p: p.diagonal(-1, -2, -1).sum(-1).mean(0) / p.shape[-1]),
+    ("that is the attention to the *next* token (always 0 in a causal model); use offset=-1.",
+     lambda p: p.diagonal(1, -2, -1).mean((0, -1))),
+]
+
+
+def check_previous_token_score(fn: Callable) -> None:
+    compare_function(fn, ref.previous_token_score, [*_pattern_cases([(0, 2, 3, 6)]), *_course_pattern_cases(8, 0)],
+                     name="previous_token_score", mistakes=_PREV_MISTAKES)
+
+
+def grade_previous_token_score(fn: Callable) -> None:
+    refuse_reference(fn, "previous_token_score")
+    cases = [*_pattern_cases([(1, 3, 5, 9), (2, 1, 1, 2), (3, 4, 2, 40)]), *_course_pattern_cases(13, 1)]
+    compare_function(fn, ref.previous_token_score, cases, name="previous_token_score", mistakes=_PREV_MISTAKES)
+
+
+# ---------------------------------------------------------------- 5. repeat_scores
+
+
+def _repeat_pattern_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    return [Case(f"random causal pattern, seed={seed}, batch={b}, heads={h}, seq_len={n}",
+                 (_random_pattern(seed, b, h, 1 + 2 * n), n)) for seed, b, h, n in specs]
+
+
+def _hand_repeat_pattern(n: int) -> torch.Tensor:
+    """[1, 2, 2n+1, 2n+1]: head 0 a perfect duplicate-token head, head 1 a perfect induction head
+    (both attend to BOS in the first copy)."""
+    pos = 2 * n + 1
+    p = torch.zeros(1, 2, pos, pos)
+    p[0, :, : n + 1, 0] = 1.0
+    q = torch.arange(n + 1, pos)
+    p[0, 0, q, q - n] = 1.0
+    p[0, 1, q, q - n + 1] = 1.0
+    return p
+
+
+_REPEAT_HAND = Case("hand case, seq_len=3: head 0 a perfect duplicate-token head, head 1 a perfect induction "
+                    "head -> [[1, 0], [0, 1]]", (_hand_repeat_pattern(3), 3))
+
+
+def _scores_at(offset: int, queries: Callable[[int], range]) -> Callable:
+    def scores(p, n):
+        out = []
+        for shift in (n, n - 1):
+            q = torch.tensor(list(queries(n)))
+            out.append(p[:, :, q, q - shift - offset].mean((0, -1)))
+        return torch.stack(out)
+    return scores
+
+
+_REPEAT_MISTAKES = [
+    ("row 0 is the duplicate-token score (key q - seq_len), row 1 the induction score (key q - seq_len + 1).",
+     lambda p, n: ref.repeat_scores(p, n).flip(0)),
+    ("the induction key is the token *after* the earlier occurrence: q - seq_len + 1; it looks like you used "
+     "q - seq_len - 1 (or shifted both keys).",
+     _scores_at(1, lambda n: range(n + 1, 2 * n + 1))),
+    ("average only over the queries of the second copy, q = seq_len + 1 .. 2 * seq_len.",
+     _scores_at(0, lambda n: range(n, 2 * n + 1))),
+    ("average only over the queries of the second copy, q = seq_len + 1 .. 2 * seq_len (not the last one only "
+     "or one fewer).", _scores_at(0, lambda n: range(n + 1, 2 * n))),
+]
+
+
+def check_repeat_scores(fn: Callable) -> None:
+    compare_function(fn, ref.repeat_scores, [_REPEAT_HAND, *_repeat_pattern_cases([(0, 2, 3, 4)]),
+                                             *_course_pattern_cases(8, 0, 8)],
+                     name="repeat_scores", mistakes=_REPEAT_MISTAKES)
+
+
+def grade_repeat_scores(fn: Callable) -> None:
+    refuse_reference(fn, "repeat_scores")
+    cases = [_REPEAT_HAND, *_repeat_pattern_cases([(1, 3, 5, 6), (2, 1, 1, 1), (3, 2, 2, 20)]),
+             *_course_pattern_cases(13, 1, 13)]
+    compare_function(fn, ref.repeat_scores, cases, name="repeat_scores", mistakes=_REPEAT_MISTAKES)
+
+
+# ---------------------------------------------------------------- 6. ablation_losses
+
+
+def _ablation_mistake(mode: str) -> Callable:
+    """Plausible wrong ablations, written out so their hints can be matched."""
+
+    def wrong(model, tokens, seq_len, mean=False):
+        with torch.no_grad():
+            clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
+            n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+            out = torch.zeros(n_layers, n_heads)
+            for layer in range(n_layers):
+                for head in range(n_heads):
+                    def hook(z, hook, head=head if mode != "late_binding" else n_heads - 1):
+                        z = z.clone()
+                        if mode == "whole_layer":
+                            z[:] = z.mean(0) if mean else 0.0
+                        elif mode == "mean_over_positions" and mean:
+                            z[:, :, head] = z[:, :, head].mean(dim=(0, 1))
+                        else:
+                            z[:, :, head] = z[:, :, head].mean(0) if mean else 0.0
+                        return z
+
+                    logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+                    loss = ref.loss_by_half(ref.correct_log_probs(logits, tokens), seq_len)[1]
+                    out[layer, head] = loss if mode == "no_baseline" else loss - clean
+            return out
+
+    return wrong
+
+
+_ABLATION_MISTAKES = [
+    ("return the *increase*: the ablated second-copy loss minus the clean one.", _ablation_mistake("no_baseline")),
+    ("every head of a layer got the same value: the hook ablated the last head of the loop (a closure sees the "
+     "loop variable's final value). Bind it: def hook(z, hook, head=head).", _ablation_mistake("late_binding")),
+    ("ablate one head at a time (z[:, :, head]), not the whole layer.", _ablation_mistake("whole_layer")),
+    ("mean ablation averages over the batch only, keeping each position: z[:, :, head].mean(dim=0).",
+     _ablation_mistake("mean_over_positions")),
+]
+
+
+def _ablation_cases(hidden: bool) -> list[Case]:
+    cases = []
+    for i, (desc, model) in enumerate(_models(hidden)):
+        n = 7 + 4 * i
+        tokens = _repeated(20 + i, 6, n)
+        for mean in ((False, True) if hidden else (False,)):
+            kind = "mean" if mean else "zero"
+            cases.append(Case(f"{desc}, {kind} ablation, batch 6, seq_len {n}", (model, tokens, n), {"mean": mean}))
+    return cases
+
+
+def _compare_on_models(fn: Callable, reference: Callable, cases: list[Case], name: str, mistakes=(),
+                       **tolerance) -> None:  # fmt: skip
+    compare_function(_guarded(fn, name), reference, cases, name=name, mistakes=mistakes, copy_inputs=False,
+                     **tolerance)
+
+
+def check_ablation_losses(fn: Callable) -> None:
+    _compare_on_models(fn, ref.ablation_losses, _ablation_cases(False), "ablation_losses", _ABLATION_MISTAKES,
+                       atol=1e-4, rtol=1e-3)
+
+
+def grade_ablation_losses(fn: Callable) -> None:
+    refuse_reference(fn, "ablation_losses")
+    _compare_on_models(fn, ref.ablation_losses, _ablation_cases(True), "ablation_losses", _ABLATION_MISTAKES,
+                       atol=1e-4, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- 7. full_ov_circuit, 9. induction_qk_circuit
+
+
+def _as_full(fn: Callable, name: str) -> Callable:
+    """The learner's circuit function, with its FactoredMatrix checked and built (`.AB`)."""
+    from transformer_lens import FactoredMatrix
+
+    def full(*args):
+        out = fn(*args)
+        if _type(out) in (_Tensor, _Parameter):
+            raise CheckFailed(f"{name} returned a {tuple(out.shape)} tensor; return a FactoredMatrix(A, B) "
+                              "(with inner size d_head), not the product")
+        if not isinstance(out, FactoredMatrix):
+            raise CheckFailed(f"{name} should return a transformer_lens FactoredMatrix, got {_type(out).__name__}")
+        return out.AB.detach()
+
+    return full
+
+
+def _compare_circuits(fn: Callable, reference: Callable, cases: list[Case], name: str, mistakes) -> None:
+    """Compare the built circuits entry by entry, each divided by the reference's largest
+    entry (the circuits' scales differ by orders of magnitude between models)."""
+
+    def scaled(f: Callable) -> Callable:
+        def full(*args):
+            with torch.no_grad():
+                scale = float(reference(*args).AB.abs().max()) + 1e-12
+            return f(*args) / scale
+        return full
+
+    as_full = lambda f: lambda *args: f(*args).AB.detach()  # noqa: E731
+    wrong = [(hint, scaled(as_full(m))) for hint, m in mistakes]
+    _compare_on_models(scaled(_as_full(fn, name)), scaled(as_full(reference)), cases, name, wrong,
+                       atol=1e-4, rtol=1e-3)
+
+
+def _ov_mistake(which: str) -> Callable:
+    from transformer_lens import FactoredMatrix
+
+    def wrong(model, layer, head):
+        ov = FactoredMatrix(model.W_E @ model.W_V[layer, head], model.W_O[layer, head] @ model.W_U)
+        if which == "transposed":
+            return ov.T
+        return FactoredMatrix(model.W_E @ model.W_Q[layer, head], model.W_O[layer, head] @ model.W_U)
+
+    return wrong
+
+
+_OV_MISTAKES = [
+    ("rows should be the attended token (W_E first) and columns the output token (W_U last); yours is transposed.",
+     _ov_mistake("transposed")),
+    ("the OV circuit uses the value weights W_V, not W_Q.", _ov_mistake("query")),
+]
+
+
+def _circuit_cases(hidden: bool, pairs: Callable[[object], list[tuple[int, int]]]) -> list[Case]:
+    return [Case(f"{desc}, heads {a}, {b}", (model, a, b)) for desc, model in _models(hidden) for a, b in pairs(model)]
+
+
+def check_full_ov_circuit(fn: Callable) -> None:
+    cases = _circuit_cases(False, lambda m: [(1, 0), (0, 2)])
+    _compare_circuits(fn, ref.full_ov_circuit, cases, "full_ov_circuit", _OV_MISTAKES)
+
+
+def grade_full_ov_circuit(fn: Callable) -> None:
+    refuse_reference(fn, "full_ov_circuit")
+    cases = _circuit_cases(True, lambda m: [(m.cfg.n_layers - 1, m.cfg.n_heads - 1), (0, 1)])
+    _compare_circuits(fn, ref.full_ov_circuit, cases, "full_ov_circuit", _OV_MISTAKES)
+
+
+def _qk_mistake(which: str) -> Callable:
+    from transformer_lens import FactoredMatrix
+
+    def wrong(model, p, h):
+        W_E = model.W_E
+        if which == "transposed":
+            return ref.induction_qk_circuit(model, p, h).T
+        if which == "no_ov":
+            return FactoredMatrix(W_E @ model.W_Q[1, h], (W_E @ model.W_K[1, h]).T)
+        return FactoredMatrix(W_E @ model.W_Q[1, p], (W_E @ model.W_V[0, h] @ model.W_O[0, h] @ model.W_K[1, p]).T)
+
+    return wrong
+
+
+_QK_MISTAKES = [
+    ("rows are the query token, columns the previous token at the key: yours is transposed.", _qk_mistake("transposed")),
+    ("the key side must go through the previous-token head's OV circuit: W_E @ W_V[0, p] @ W_O[0, p] @ W_K[1, h].",
+     _qk_mistake("no_ov")),
+    ("prev_head is the layer-0 head and induction_head the layer-1 head; you swapped them.", _qk_mistake("swapped")),
+]
+
+
+def check_induction_qk_circuit(fn: Callable) -> None:
+    cases = _circuit_cases(False, lambda m: [(0, 1), (2, 3)])
+    _compare_circuits(fn, ref.induction_qk_circuit, cases, "induction_qk_circuit", _QK_MISTAKES)
+
+
+def grade_induction_qk_circuit(fn: Callable) -> None:
+    refuse_reference(fn, "induction_qk_circuit")
+    cases = _circuit_cases(True, lambda m: [(0, m.cfg.n_heads - 1), (m.cfg.n_heads - 1, 0)])
+    _compare_circuits(fn, ref.induction_qk_circuit, cases, "induction_qk_circuit", _QK_MISTAKES)
+
+
+# ---------------------------------------------------------------- 8. copying_scores
+
+
+def _factored_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
+    """Random rank-r circuits, pushed towards copying (+), anti-copying (-) or neither (0)."""
+    from transformer_lens import FactoredMatrix
+
+    cases = []
+    for seed, n, r, sign in specs:
+        A = randn(seed, n, r)
+        B = randn(seed + 1, r, n) + sign * 2 * A.T
+        cases.append(Case(f"rank-{r} random {n}x{n} circuit, seed={seed}, " +
+                          {1.0: "copying", -1.0: "anti-copying", 0.0: "unrelated"}[sign], (FactoredMatrix(A, B),)))
+    return cases
+
+
+def _course_ov_cases(heads: Sequence[tuple[int, int]]) -> list[Case]:
+    with torch.no_grad():
+        return [Case(f"course model, full OV circuit of head {layer}.{head}",
+                     (ref.full_ov_circuit(_course_model(), layer, head),)) for layer, head in heads]
+
+
+def _copying_mistake(which: str) -> Callable:
+    def wrong(circuit):
+        eig = circuit.eigenvalues
+        full = circuit.AB
+        idx = torch.arange(full.shape[0])
+        top1 = (full.argmax(dim=-1) == idx).float().mean().item()
+        score = (eig.sum() / eig.abs().sum()).real.item()
+        if which == "columns":
+            return score, (full.argmax(dim=0) == idx).float().mean().item()
+        if which == "real_abs":
+            return (eig.real.sum() / eig.real.abs().sum()).item(), top1
+        return (eig.real.mean()).item(), top1
+
+    return wrong
+
+
+_COPYING_MISTAKES = [
+    ("top-1 is over each row (argmax over the columns, dim=-1): for the token attended to, which output rises most.",
+     _copying_mistake("columns")),
+    ("divide by the sum of the eigenvalues' absolute values |λ| (complex modulus), not of their real parts.",
+     _copying_mistake("real_abs")),
+    ("the eigenvalue score is Σλ / Σ|λ|, a ratio between -1 and 1, not the mean eigenvalue.",
+     _copying_mistake("mean")),
+]
+
+
+def _check_copying(fn: Callable, cases: list[Case]) -> None:
+    for case in cases:
+        out = call_learner(fn, "copying_scores", case.description, case.args)
+        if _type(out) not in (tuple, list) or len(out) != 2 or any(_type(v) not in (float, int) for v in out):
+            raise CheckFailed(f"copying_scores({case.description}): expected a tuple of two Python floats, got "
+                              f"{out!r}\nHint: turn 0-dimensional tensors into floats with .item().")
+    # eigenvalues of a d_vocab x d_vocab matrix (torch.linalg.eigvals) and of the small B @ A agree to ~1e-4
+    compare_function(fn, ref.copying_scores, cases, name="copying_scores", mistakes=_COPYING_MISTAKES,
+                     atol=2e-3, rtol=1e-3)
+
+
+def check_copying_scores(fn: Callable) -> None:
+    _check_copying(fn, [*_factored_cases([(0, 12, 3, 1.0), (2, 10, 4, -1.0)]), *_course_ov_cases([(1, 1)])])
+
+
+def grade_copying_scores(fn: Callable) -> None:
+    refuse_reference(fn, "copying_scores")
+    _check_copying(fn, [*_factored_cases([(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)]),
+                        *_course_ov_cases([(0, 0), (0, 3), (1, 2)])])
+
+
+# ---------------------------------------------------------------- 10. composition_scores
+
+
+def _composition_mistake(which: str) -> Callable:
+    def wrong(model, kind):
+        if kind not in ("Q", "K", "V"):
+            raise ValueError(kind)
+        n = model.cfg.n_heads
+        out = torch.zeros(n, n)
+        with torch.no_grad():
+            for i in range(n):
+                for j in range(n):
+                    A = model.OV[0, i]
+                    B = {"Q": model.QK[1, j], "K": model.QK[1, j] if which == "K_untransposed" else model.QK[1, j].T,
+                         "V": model.OV[1, j]}[kind]
+                    if which == "unnormalised":
+                        out[i, j] = (A @ B).norm().item()
+                    elif which == "reversed":
+                        out[i, j] = ((B @ A).norm() / (A.norm() * B.norm())).item()
+                    else:
+                        out[i, j] = ((A @ B).norm() / (A.norm() * B.norm())).item()
+        return out
+
+    return wrong
+
+
+_COMPOSITION_MISTAKES = [
+    ("K-composition reads the layer-0 output at the key, which enters the score transposed: comp(W_OV, W_QKᵀ).",
+     _composition_mistake("K_untransposed")),
+    ("divide by both norms: ‖AB‖_F / (‖A‖_F ‖B‖_F).", _composition_mistake("unnormalised")),
+    ("the layer-0 matrix comes first: A = W_OV of layer 0, then the layer-1 matrix (A @ B, not B @ A).",
+     _composition_mistake("reversed")),
+]
+
+
+def _composition_cases(hidden: bool) -> list[Case]:
+    kinds = "QKV" if hidden else "K"
+    return [Case(f"{desc}, kind={kind!r}", (model, kind)) for desc, model in _models(hidden) for kind in kinds]
+
+
+def _rejects_bad_kind(fn: Callable) -> None:
+    model = _course_model()
+    try:
+        _guarded(fn, "composition_scores")(model, "O")
+    except ValueError:
+        return
+    except CheckFailed:
+        raise
+    except Exception as e:  # noqa: BLE001  the wrong kind of error
+        raise CheckFailed(f"composition_scores(model, 'O') raised {_type(e).__name__}: {e}; "
+                          "raise a ValueError for a kind other than 'Q', 'K', 'V'") from None
+    raise CheckFailed("composition_scores(model, 'O') returned a result; raise a ValueError for a kind other "
+                      "than 'Q', 'K', 'V'")
+
+
+def check_composition_scores(fn: Callable) -> None:
+    _compare_on_models(fn, ref.composition_scores, _composition_cases(False), "composition_scores",
+                       _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
+
+
+def grade_composition_scores(fn: Callable) -> None:
+    refuse_reference(fn, "composition_scores")
+    _rejects_bad_kind(fn)
+    _compare_on_models(fn, ref.composition_scores, _composition_cases(True), "composition_scores",
+                       _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)

@@ -1,0 +1,318 @@
+"""Chapter 2's checks: each hidden test fails a plausible wrong answer and says why,
+accepts correct answers written differently, and protects the course model from a
+learner function that edits it (tests/test_exercise_checks.py covers the rest)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformer_lens import FactoredMatrix
+
+from mechlab.checks import CheckFailed
+from mechlab.exercises import induction_heads as checks
+from mechlab.reference import induction_heads as ref
+from mechlab.zoo import BOS_ID, FIRST_WORD_ID
+
+EXERCISES = ref.__all__
+
+
+def _learner(fn):
+    """A function as if typed in a notebook (hidden tests refuse mechlab's own)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    wrapper.__module__ = "__main__"
+    return wrapper
+
+
+# ---------------------------------------------------------------- mutants: plausible wrong answers
+
+
+def log_probs_current_token(logits, tokens):
+    return logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, :-1, None])[..., 0]
+
+
+def log_probs_no_softmax(logits, tokens):
+    return logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def repeated_no_bos(batch, seq_len, d_vocab, generator):
+    words = torch.randint(FIRST_WORD_ID, d_vocab, (batch, seq_len + 1), generator=generator)
+    return torch.cat([words[:, :1], words[:, 1:], words[:, 1:]], dim=1)
+
+
+def repeated_special_tokens(batch, seq_len, d_vocab, generator):
+    words = torch.randint(0, d_vocab, (batch, seq_len), generator=generator)
+    return torch.cat([torch.full((batch, 1), BOS_ID), words, words], dim=1)
+
+
+def repeated_fresh_second_copy(batch, seq_len, d_vocab, generator):
+    a = torch.randint(FIRST_WORD_ID, d_vocab, (batch, seq_len), generator=generator)
+    b = torch.randint(FIRST_WORD_ID, d_vocab, (batch, seq_len), generator=generator)
+    return torch.cat([torch.full((batch, 1), BOS_ID), a, b], dim=1)
+
+
+def repeated_global_rng(batch, seq_len, d_vocab, generator):
+    words = torch.randint(FIRST_WORD_ID, d_vocab, (batch, seq_len))
+    return torch.cat([torch.full((batch, 1), BOS_ID), words, words], dim=1)
+
+
+def repeated_same_rows(batch, seq_len, d_vocab, generator):
+    words = torch.randint(FIRST_WORD_ID, d_vocab, (1, seq_len), generator=generator).expand(batch, -1)
+    return torch.cat([torch.full((batch, 1), BOS_ID), words, words], dim=1)
+
+
+def half_positive(log_probs, seq_len):
+    return torch.stack([log_probs[:, :seq_len].mean(), log_probs[:, seq_len:].mean()])
+
+
+def half_off_by_one(log_probs, seq_len):
+    return torch.stack([-log_probs[:, :seq_len + 1].mean(), -log_probs[:, seq_len + 1:].mean()])
+
+
+def prev_main_diagonal(pattern):
+    return pattern.diagonal(0, -2, -1).mean((0, -1))
+
+
+def prev_divides_by_all(pattern):
+    return pattern.diagonal(-1, -2, -1).sum(-1).mean(0) / pattern.shape[-1]
+
+
+def repeat_swapped(pattern, seq_len):
+    return ref.repeat_scores(pattern, seq_len).flip(0)
+
+
+def repeat_all_queries(pattern, seq_len):
+    q = torch.arange(seq_len, 2 * seq_len + 1)
+    return torch.stack([pattern[:, :, q, q - seq_len].mean((0, -1)), pattern[:, :, q, q - seq_len + 1].mean((0, -1))])
+
+
+def ablation_late_binding(model, tokens, seq_len, mean=False):
+    with torch.no_grad():
+        clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            hooks = []
+            for head in range(model.cfg.n_heads):
+                def ablate(z, hook):
+                    z[:, :, head] = z[:, :, head].mean(0) if mean else 0.0  # `head` read when the hook runs
+                    return z
+                hooks.append(ablate)
+            for h, hook in enumerate(hooks):
+                logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+                out[layer, h] = ref.loss_by_half(ref.correct_log_probs(logits, tokens), seq_len)[1] - clean
+        return out
+
+
+def ablation_no_baseline(model, tokens, seq_len, mean=False):
+    clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
+    return ref.ablation_losses(model, tokens, seq_len, mean) + clean
+
+
+def ablation_hard_coded_shape(model, tokens, seq_len, mean=False):
+    out = torch.zeros(2, 4)
+    full = ref.ablation_losses(model, tokens, seq_len, mean)
+    out[: min(2, full.shape[0]), : min(4, full.shape[1])] = full[:2, :4]
+    return out
+
+
+def ablation_edits_weights(model, tokens, seq_len, mean=False):
+    out = ref.ablation_losses(model, tokens, seq_len, mean)
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)  # "temporarily" scales a weight, never restores it
+    return out
+
+
+def ablation_leaves_hook(model, tokens, seq_len, mean=False):
+    model.add_hook("blocks.0.attn.hook_z", lambda z, hook: z * 0)
+    return ref.ablation_losses(model, tokens, seq_len, mean)
+
+
+def ov_dense(model, layer, head):
+    return (model.W_E @ model.W_V[layer, head] @ model.W_O[layer, head] @ model.W_U).detach()
+
+
+def ov_transposed(model, layer, head):
+    return ref.full_ov_circuit(model, layer, head).T
+
+
+def ov_layer_zero(model, layer, head):
+    return ref.full_ov_circuit(model, 0, head)
+
+
+def copying_columns(circuit):
+    eig = circuit.eigenvalues
+    full = circuit.AB
+    return (eig.sum() / eig.abs().sum()).real.item(), (full.argmax(0) == torch.arange(full.shape[0])).float().mean().item()
+
+
+def copying_tensors(circuit):
+    eig = circuit.eigenvalues
+    full = circuit.AB
+    return (eig.sum() / eig.abs().sum()).real, (full.argmax(-1) == torch.arange(full.shape[0])).float().mean()
+
+
+def copying_mean_eigenvalue(circuit):
+    return circuit.eigenvalues.real.mean().item(), ref.copying_scores(circuit)[1]
+
+
+def qk_no_ov(model, prev_head, induction_head):
+    return FactoredMatrix(model.W_E @ model.W_Q[1, induction_head], (model.W_E @ model.W_K[1, induction_head]).T)
+
+
+def qk_transposed(model, prev_head, induction_head):
+    return ref.induction_qk_circuit(model, prev_head, induction_head).T
+
+
+def composition_untransposed_k(model, kind):
+    if kind == "K":
+        return ref.composition_scores(model, "Q")
+    return ref.composition_scores(model, kind)
+
+
+def composition_no_error(model, kind):
+    return ref.composition_scores(model, kind if kind in ("Q", "K", "V") else "Q")
+
+
+def composition_unnormalised(model, kind):
+    if kind not in ("Q", "K", "V"):
+        raise ValueError(kind)
+    n = model.cfg.n_heads
+    out = torch.zeros(n, n)
+    for i in range(n):
+        for j in range(n):
+            B = {"Q": model.QK[1, j], "K": model.QK[1, j].T, "V": model.OV[1, j]}[kind]
+            out[i, j] = (model.OV[0, i] @ B).norm().item()
+    return out
+
+
+MUTANTS = [
+    ("correct_log_probs", log_probs_current_token, "next token"),
+    ("correct_log_probs", log_probs_no_softmax, "log_softmax"),
+    ("generate_repeated_tokens", repeated_no_bos, "BOS_ID"),
+    ("generate_repeated_tokens", repeated_special_tokens, "special tokens"),
+    ("generate_repeated_tokens", repeated_fresh_second_copy, "repeat columns"),
+    ("generate_repeated_tokens", repeated_global_rng, "generator"),
+    ("generate_repeated_tokens", repeated_same_rows, "same sequence"),
+    ("loss_by_half", half_positive, "minus the mean"),
+    ("loss_by_half", half_off_by_one, "first copy is entries"),
+    ("previous_token_score", prev_main_diagonal, "main diagonal"),
+    ("previous_token_score", prev_divides_by_all, "1 onwards"),
+    ("repeat_scores", repeat_swapped, "row 0 is the duplicate"),
+    ("repeat_scores", repeat_all_queries, "second copy"),
+    ("ablation_losses", ablation_late_binding, "closure"),
+    ("ablation_losses", ablation_no_baseline, "increase"),
+    ("ablation_losses", ablation_hard_coded_shape, "shape"),
+    ("ablation_losses", ablation_edits_weights, "changed the model's weights"),
+    ("ablation_losses", ablation_leaves_hook, "differ"),
+    ("full_ov_circuit", ov_dense, "FactoredMatrix"),
+    ("full_ov_circuit", ov_transposed, "transposed"),
+    ("full_ov_circuit", ov_layer_zero, "differ"),
+    ("copying_scores", copying_columns, "over each row"),
+    ("copying_scores", copying_tensors, "Python floats"),
+    ("copying_scores", copying_mean_eigenvalue, "ratio"),
+    ("induction_qk_circuit", qk_no_ov, "previous-token head's OV"),
+    ("induction_qk_circuit", qk_transposed, "transposed"),
+    ("composition_scores", composition_untransposed_k, "transposed"),
+    ("composition_scores", composition_no_error, "ValueError"),
+    ("composition_scores", composition_unnormalised, "both norms"),
+]
+
+
+@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
+def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
+    with pytest.raises(CheckFailed, match=message):
+        getattr(checks, f"grade_{name}")(_learner(mutant))
+
+
+def test_every_exercise_has_a_mutant():
+    assert {m[0] for m in MUTANTS} == set(EXERCISES)
+
+
+def test_a_function_that_edits_the_model_leaves_it_intact_for_the_next_check():
+    model = checks._course_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(CheckFailed, match="changed the model's weights"):
+        checks.check_ablation_losses(_learner(ablation_edits_weights))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(CheckFailed):
+        checks.check_ablation_losses(_learner(ablation_leaves_hook))
+    checks.check_ablation_losses(_learner(ref.ablation_losses))  # no hook left behind
+
+
+# ---------------------------------------------------------------- correct answers written differently
+
+
+def log_probs_cross_entropy(logits, tokens):
+    return -torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def repeated_repeat_method(batch, seq_len, d_vocab, generator):
+    words = torch.randint(FIRST_WORD_ID, d_vocab, (batch, seq_len), generator=generator, dtype=torch.int64)
+    return torch.cat([torch.full((batch, 1), BOS_ID, dtype=torch.int64), words.repeat(1, 2)], dim=1)
+
+
+def ablation_hooks_context(model, tokens, seq_len, mean=False):
+    """Hooks attached with the `model.hooks(...)` context manager and functools.partial."""
+    def ablate(z, hook, head):
+        z = z.clone()
+        z[:, :, head] = z[:, :, head].mean(0, keepdim=True) if mean else torch.zeros_like(z[:, :, head])
+        return z
+    with torch.no_grad():
+        clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
+        rows = []
+        for layer in range(model.cfg.n_layers):
+            row = []
+            for head in range(model.cfg.n_heads):
+                with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", functools.partial(ablate, head=head))]):
+                    logits = model(tokens)
+                row.append(ref.loss_by_half(ref.correct_log_probs(logits, tokens), seq_len)[1] - clean)
+            rows.append(torch.stack(row))
+        return torch.stack(rows)
+
+
+def ov_other_factoring(model, layer, head):
+    return FactoredMatrix(model.W_E, model.W_V[layer, head]) @ FactoredMatrix(model.W_O[layer, head], model.W_U)
+
+
+def copying_dense_eigvals(circuit):
+    full = circuit.AB.double()
+    eig = torch.linalg.eigvals(full)
+    top1 = (full.argmax(-1) == torch.arange(full.shape[0])).double().mean()
+    return float((eig.sum() / eig.abs().sum()).real), float(top1)
+
+
+def qk_factored_product(model, prev_head, induction_head):
+    query = FactoredMatrix(model.W_E @ model.W_Q[1, induction_head], model.W_K[1, induction_head].T)
+    return query @ (model.W_E @ model.OV[0, prev_head]).T.AB
+
+
+def composition_dense(model, kind):
+    if kind not in "QKV" or len(kind) != 1:
+        raise ValueError(kind)
+    n = model.cfg.n_heads
+    W_OV = (model.W_V @ model.W_O).detach()
+    W_QK = (model.W_Q @ model.W_K.transpose(-1, -2)).detach()
+    right = {"Q": W_QK[1], "K": W_QK[1].transpose(-1, -2), "V": W_OV[1]}[kind]
+    return torch.tensor([[float(torch.linalg.norm(W_OV[0, i] @ right[j]) /
+                                (torch.linalg.norm(W_OV[0, i]) * torch.linalg.norm(right[j])))
+                          for j in range(n)] for i in range(n)])
+
+
+VARIANTS = [
+    ("correct_log_probs", log_probs_cross_entropy),
+    ("generate_repeated_tokens", repeated_repeat_method),
+    ("ablation_losses", ablation_hooks_context),
+    ("full_ov_circuit", ov_other_factoring),
+    ("copying_scores", copying_dense_eigvals),
+    ("induction_qk_circuit", qk_factored_product),
+    ("composition_scores", composition_dense),
+]
+
+
+@pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
+def test_grade_accepts_a_correct_variant(name, variant, capsys):
+    getattr(checks, f"grade_{name}")(_learner(variant))
+    assert capsys.readouterr().out.startswith("✓")

@@ -1,0 +1,99 @@
+"""The model zoo: the committed tokenizer and checkpoints load offline and are what their
+metadata says; a config that disagrees with the checkpoint is named; and retraining from
+scratch with the zoo's fixed seeds reaches the committed model's quality."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from autograder.chapters import REPO_ROOT
+from mechlab import corpus, zoo
+
+SPEC = zoo.ZOO["attn_only_2l"]
+
+
+def test_committed_tokenizer_is_the_corpus_vocabulary():
+    tok = zoo.tokenizer()
+    assert tok.get_vocab() == zoo.make_tokenizer().get_vocab() == {w: i for i, w in enumerate(corpus.vocabulary())}
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<eot>", "<eot>", "<pad>", "<unk>")
+
+
+def test_tokenizer_round_trips_corpus_text_without_unknown_words():
+    text = corpus.to_text(corpus.generate(n_tokens=3000))
+    ids = zoo.tokenizer()(text)["input_ids"]
+    assert zoo.tokenizer().unk_token_id not in ids
+    assert zoo.tokenizer().decode(ids) == text
+
+
+def test_model_speaks_the_course_vocabulary():
+    model = zoo.load(SPEC.name)
+    text = "mary smith lives in paris ."
+    assert model.to_str_tokens(text) == ["<eot>", *text.split()]
+    assert model.to_tokens(text)[0, 0].item() == zoo.BOS_ID
+    torch.manual_seed(0)
+    out = model.generate(text, max_new_tokens=5, verbose=False)
+    assert out.startswith(text) and len(out.split()) == len(text.split()) + 5
+
+
+def test_load_works_offline_and_is_deterministic(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    a, b = zoo.load(SPEC.name), zoo.load(SPEC.name)
+    tokens = zoo.repeated_batch(2, 9, __import__("numpy").random.default_rng(0))
+    assert not a.training
+    assert torch.equal(a(tokens), b(tokens))
+
+
+def test_committed_checkpoint_meets_its_targets_and_matches_its_metadata():
+    model = zoo.load(SPEC.name)
+    measured = zoo.induction_metrics(model)
+    assert zoo.missed_targets(SPEC, measured) == []
+    saved = zoo.info(SPEC.name)["metrics"]
+    for key in ("first_half_loss", "second_half_loss", "best_previous_token_score", "best_induction_score"):
+        assert measured[key] == pytest.approx(saved[key], abs=1e-4), key
+    assert SPEC.path.stat().st_size < 2_000_000
+
+
+def test_a_config_mismatch_names_the_setting(monkeypatch):
+    changed = dataclasses.replace(SPEC, config={**SPEC.config, "d_model": 32})
+    monkeypatch.setitem(zoo.ZOO, SPEC.name, changed)
+    with pytest.raises(zoo.CheckpointMismatch, match=r"d_model: checkpoint 64, zoo 32") as failure:
+        zoo.load(SPEC.name)
+    assert "python -m mechlab.zoo train attn_only_2l" in str(failure.value)
+
+
+def test_unknown_model_lists_the_zoo():
+    with pytest.raises(KeyError, match="attn_only_2l"):
+        zoo.load("gpt2")
+
+
+def test_random_models_take_any_shape():
+    model = zoo.random_model(seed=3, n_layers=3, n_heads=2, d_model=32, d_head=8)
+    assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model) == (3, 2, 32)
+    assert tuple(model.W_Q.shape) == (3, 2, 32, 8)
+
+
+def test_retraining_from_scratch_reproduces_the_committed_model(tmp_path):
+    """The command a maintainer runs. Same seeds, same recipe: the retrained model must
+    meet the targets and land within a small margin of the committed metrics (thread
+    counts and CPUs change float rounding, so not bit for bit)."""
+    out = tmp_path / "retrained.safetensors"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mechlab.zoo", "train", SPEC.name, "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "targets: all met" in proc.stdout
+    from safetensors import safe_open
+    with safe_open(str(out), framework="pt") as f:
+        retrained = json.loads(f.metadata()["metrics"])
+    committed = zoo.info(SPEC.name)["metrics"]
+    assert retrained["second_half_loss"] <= committed["second_half_loss"] + 0.15
+    for key in ("best_previous_token_score", "best_induction_score"):
+        assert retrained[key] >= committed[key] - 0.05, key
