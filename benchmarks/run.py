@@ -48,6 +48,25 @@ def grade_seconds(notebook: Path) -> tuple[float, str]:
         return time.perf_counter() - start, proc.stdout.splitlines()[0]
 
 
+def zoo_rows(label: str, device: str) -> list[str]:
+    """Load time of each zoo model (fresh process: imports included), and the training
+    time its checkpoint recorded when it was trained."""
+    from mechlab import zoo
+
+    rows = ["| zoo model | machine | load in a fresh process (s) | training time recorded in the checkpoint |",
+            "|---|---|---|---|"]
+    for name in zoo.ZOO:
+        code = (f"import time; t = time.perf_counter(); from mechlab import zoo; zoo.load({name!r}, {device!r}); "
+                "print(time.perf_counter() - t)")
+        seconds = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                       check=True).stdout.split()[-1])
+        meta = zoo.info(name)
+        rows.append(f"| {name} | {label} | {seconds:.1f} | {meta['seconds']} s, {meta['steps']} steps, "
+                    f"torch {meta['torch']} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chapters", nargs="*", help="chapter names (default: all)")
@@ -67,7 +86,7 @@ def main() -> None:
     section = [f"\n## {date.today().isoformat()}: {args.label}, torch {torch.__version__}, "
                f"Python {platform.python_version()}\n",
                "| chapter | machine | device | execute solution (s) | grade solution (s) | grade result |",
-               "|---|---|---|---|---|---|", *rows, ""]
+               "|---|---|---|---|---|---|", *rows, "", *zoo_rows(args.label, device), ""]
     with RESULTS.open("a") as f:
         f.write("\n".join(section))
     print(f"appended to {RESULTS}")
