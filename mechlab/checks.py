@@ -211,6 +211,38 @@ def compare_function(
     passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
 
 
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def guard_model(fn: Callable, name: str) -> Callable:
+    """`fn(model, ...)`, after which the model has no hooks left (they are removed) and
+    must have the same weights (if not: they are restored, and the check fails)."""
+
+    def call(model, *args, **kwargs):
+        before = _weights(model)
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            model.reset_hooks()
+            if any(not torch.equal(a, b) for a, b in zip(before, _weights(model))):
+                with torch.no_grad():
+                    for p, w in zip(model.parameters(), before):  # the next check needs the real model
+                        p.copy_(w)
+                raise CheckFailed(f"{name} changed the model's weights; leave the model as it was "
+                                  "(edit activations with hooks, or work on copies of the weight matrices)")
+
+    return call
+
+
+def compare_on_models(fn: Callable, reference: Callable, cases: Sequence[Case], name: str,
+                      mistakes: Sequence[tuple[str, Callable]] = (), **tolerance) -> None:  # fmt: skip
+    """`compare_function` for functions whose first argument is a TransformerLens model:
+    inputs are passed as they are (a model is too big to copy), guarded by `guard_model`."""
+    compare_function(guard_model(fn, name), reference, cases, name=name, mistakes=mistakes, copy_inputs=False,
+                     **tolerance)
+
+
 def checked_array(got: Any, name: str, shape: tuple, dtype: torch.dtype = torch.float32,
                   *, detached: bool = False) -> np.ndarray:
     """Check a learner's tensor by exact type, dtype, shape (and that it is detached, when

@@ -539,12 +539,15 @@ class IOIPrompt:
         return " ".join(self.tokens)
 
 
-def ioi_prompts(n: int, seed: int = 0, held_out: bool = False) -> list[IOIPrompt]:
+def ioi_prompts(n: int, seed: int = 0, held_out: bool = False, template: int | None = None) -> list[IOIPrompt]:
     """`n` IOI prompts for evaluation, from the training templates or, with `held_out`,
-    only from the templates (`IOI_HELD_OUT`) that training text never uses."""
+    only from the templates (`IOI_HELD_OUT`) that training text never uses; `template`
+    (an index into IOI_TEMPLATES) picks one, so every prompt has the same length and layout."""
     writer = _Writer(CorpusConfig(seed=seed))
-    writer.rng = random.Random(f"ioi-{seed}-{held_out}")
-    templates = list(IOI_HELD_OUT) if held_out else writer.train_ioi
+    writer.rng = random.Random(f"ioi-{seed}-{held_out}" + (f"-{template}" if template is not None else ""))
+    if template is not None and not 0 <= template < len(IOI_TEMPLATES):
+        raise ValueError(f"template must be an index into IOI_TEMPLATES (0..{len(IOI_TEMPLATES) - 1}), got {template}")
+    templates = [template] if template is not None else list(IOI_HELD_OUT) if held_out else writer.train_ioi
     out = []
     for _ in range(n):
         tokens, _, roles, answer, index = writer.ioi_sentence(templates)

@@ -8,10 +8,12 @@ autogrades).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
@@ -68,3 +70,14 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     kwargs.setdefault("disable", under_grading())
     kwargs.setdefault("mininterval", 0.5)
     return tqdm(iterable, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_under_grading() -> Iterator[None]:
+    """Swallow stderr while the autograder runs the notebook (progress bars that library
+    code writes, e.g. `transformer_lens.patching`'s); a no-op otherwise."""
+    if not under_grading():
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield

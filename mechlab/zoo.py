@@ -55,6 +55,7 @@ class ModelSpec:
     lr: float
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    cosine: bool = False  # after warm-up: constant learning rate, or cosine decay to 0 at the last step
     seed: int = 0
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # metric -> ("<" or ">", bound)
 
@@ -142,9 +143,92 @@ def induction_metrics(model, lengths: tuple[int, ...] = HELD_OUT_LENGTHS, batch:
     }
 
 
+# ---------------------------------------------------------------- corpus task
+
+TRAIN_TOKENS = 3_000_000  # training text drawn once per run (about 2 s), sampled in windows
+VALIDATION_SEED = 10_000  # corpus seed of the held-out validation text
+
+
+def token_ids(words: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Word-level token ids (no BOS), with the course vocabulary's indices."""
+    index = _word_index()
+    return np.array([index[w] for w in words], dtype=np.int64)
+
+
+@functools.cache
+def _word_index() -> dict[str, int]:
+    return {w: i for i, w in enumerate(corpus.vocabulary())}
+
+
+def _corpus_stream(seed: int, n_tokens: int) -> np.ndarray:
+    tokens, _ = corpus.concatenate(corpus.generate(corpus.CorpusConfig(seed=seed), n_tokens=n_tokens))
+    return token_ids(tokens)
+
+
+def _corpus_data(spec: ModelSpec) -> Callable[[int], torch.Tensor]:
+    """Training batches: BOS followed by a window of n_ctx - 1 tokens of the corpus, at a
+    random offset (documents are separated by "<eot>", so windows also cross them)."""
+    rng = np.random.default_rng(spec.seed)
+    stream = _corpus_stream(spec.seed, TRAIN_TOKENS)
+    width = spec.config["n_ctx"] - 1
+
+    def batch(step: int) -> torch.Tensor:
+        starts = rng.integers(0, len(stream) - width, size=spec.batch_size)
+        rows = np.stack([stream[s:s + width] for s in starts])
+        return torch.from_numpy(np.concatenate([np.full((spec.batch_size, 1), BOS_ID), rows], axis=1))
+
+    return batch
+
+
+def ioi_batches(prompts) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """IOI prompts grouped by length: (tokens [n, BOS + prompt], correct ids [n], distractor ids [n])."""
+    groups: dict[int, list] = {}
+    for p in prompts:
+        groups.setdefault(len(p.tokens), []).append(p)
+    out = []
+    for group in groups.values():
+        toks = np.stack([np.concatenate([[BOS_ID], token_ids(p.tokens)]) for p in group])
+        out.append((torch.from_numpy(toks), torch.from_numpy(token_ids([p.correct for p in group])),
+                    torch.from_numpy(token_ids([p.distractor for p in group]))))
+    return out
+
+
+@torch.no_grad()
+def ioi_logit_diffs(model, prompts) -> torch.Tensor:
+    """logit(correct) - logit(distractor) at the last position of each IOI prompt (grouped order)."""
+    device = next(model.parameters()).device
+    diffs = []
+    for tokens, correct, distractor in ioi_batches(prompts):
+        last = model(tokens.to(device))[:, -1].cpu()
+        diffs.append(last.gather(1, correct[:, None])[:, 0] - last.gather(1, distractor[:, None])[:, 0])
+    return torch.cat(diffs)
+
+
+@torch.no_grad()
+def corpus_metrics(model, batch: int = 64) -> dict[str, Any]:
+    """Loss on held-out corpus text, and the IOI task on held-out and training templates."""
+    device = next(model.parameters()).device
+    width = model.cfg.n_ctx - 1
+    stream = _corpus_stream(VALIDATION_SEED, batch * width)
+    rows = torch.from_numpy(stream[: batch * width].reshape(batch, width))
+    tokens = torch.cat([torch.full((batch, 1), BOS_ID), rows], dim=1).to(device)
+    logits = model(tokens)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    n_prompts = 4 * batch  # 256 by default: one prompt moves the accuracy by 0.4%
+    held_out = ioi_logit_diffs(model, corpus.ioi_prompts(n_prompts, seed=1, held_out=True))
+    train = ioi_logit_diffs(model, corpus.ioi_prompts(n_prompts, seed=1))
+    return {
+        "validation_loss": float(loss),
+        "ioi_held_out_accuracy": float((held_out > 0).float().mean()),
+        "ioi_held_out_logit_diff": float(held_out.mean()),
+        "ioi_train_templates_accuracy": float((train > 0).float().mean()),
+    }
+
+
 TASKS: dict[str, tuple[Callable, Callable]] = {
     # task -> (make_data(spec) -> (step -> token batch), metrics(model) -> dict)
     "induction": (_induction_data, induction_metrics),
+    "corpus": (_corpus_data, corpus_metrics),
 }
 
 ZOO: dict[str, ModelSpec] = {
@@ -159,6 +243,16 @@ ZOO: dict[str, ModelSpec] = {
             task="induction", steps=4000, batch_size=32, lr=2e-3,
             targets={"second_half_loss": ("<", 1.2), "first_half_loss": (">", 5.0),
                      "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
+        ),
+        ModelSpec(
+            name="corpus_2l",
+            description="2-layer transformer with MLPs trained on the course's synthetic corpus "
+                        "(chapters 3-5: activation patching, SAEs, steering)",
+            config=dict(d_model=128, d_head=32, n_heads=4, n_layers=2, n_ctx=64, d_mlp=512, act_fn="gelu",
+                        normalization_type="LN"),
+            task="corpus", steps=4000, batch_size=32, lr=2e-3, cosine=True,
+            targets={"validation_loss": ("<", 1.3), "ioi_held_out_accuracy": (">", 0.95),
+                     "ioi_held_out_logit_diff": (">", 3.0)},
         ),
     ]
 }
@@ -285,7 +379,14 @@ def train(name: str, *, steps: int | None = None, eval_every: int = 100, device:
     data = make_data(spec)
     steps = steps or spec.steps
     optimiser = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / spec.warmup_steps))
+    def lr_factor(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        if not spec.cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - spec.warmup_steps) / max(1, steps - spec.warmup_steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = progress(range(steps), desc=f"training {name}", disable=quiet)

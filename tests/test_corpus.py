@@ -261,3 +261,15 @@ def test_repeated_random_tokens(length):
     assert (x == y).all()
     with pytest.raises(ValueError):
         C.repeated_random_tokens(4, 0, 50, gen)
+
+
+def test_ioi_prompts_of_one_template_share_their_layout():
+    prompts = C.ioi_prompts(40, seed=3, template=2)
+    assert {p.template for p in prompts} == {2} and len({len(p.tokens) for p in prompts}) == 1
+    assert {p.abba for p in prompts} == {True, False}
+    with pytest.raises(ValueError, match="template"):
+        C.ioi_prompts(1, template=len(C.IOI_TEMPLATES))
+    # choosing no template keeps the prompts the zoo's committed metrics were measured on
+    assert C.ioi_prompts(5, seed=1)[0].text == "mary and peter went to the garden . mary gave a ring to"
+    assert C.ioi_prompts(5, seed=1, held_out=True)[0].text == (
+        "the restaurant was quiet when alice and mark arrived , so alice passed a ring to")

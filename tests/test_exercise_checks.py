@@ -25,7 +25,7 @@ def _pair(topic: str):
 
 
 def test_every_chapter_is_covered():
-    assert {topic for topic, _ in EXERCISES} >= {"superposition", "induction_heads"}
+    assert {topic for topic, _ in EXERCISES} >= {"superposition", "induction_heads", "activation_patching"}
 
 
 @pytest.mark.parametrize("topic, name", EXERCISES, ids=lambda v: v)

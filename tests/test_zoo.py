@@ -51,14 +51,17 @@ def test_load_works_offline_and_is_deterministic(monkeypatch):
     assert torch.equal(a(tokens), b(tokens))
 
 
-def test_committed_checkpoint_meets_its_targets_and_matches_its_metadata():
-    model = zoo.load(SPEC.name)
-    measured = zoo.induction_metrics(model)
-    assert zoo.missed_targets(SPEC, measured) == []
-    saved = zoo.info(SPEC.name)["metrics"]
-    for key in ("first_half_loss", "second_half_loss", "best_previous_token_score", "best_induction_score"):
-        assert measured[key] == pytest.approx(saved[key], abs=1e-4), key
-    assert SPEC.path.stat().st_size < 2_000_000
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_committed_checkpoint_meets_its_targets_and_matches_its_metadata(name):
+    spec = zoo.ZOO[name]
+    measured = zoo.TASKS[spec.task][1](zoo.load(name))
+    assert zoo.missed_targets(spec, measured) == []
+    saved = zoo.info(name)["metrics"]
+    assert set(saved) == set(measured)
+    for key, value in measured.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(saved[key], abs=1e-4), key
+    assert spec.path.stat().st_size < 5_000_000
 
 
 def test_a_config_mismatch_names_the_setting(monkeypatch):
@@ -80,20 +83,33 @@ def test_random_models_take_any_shape():
     assert tuple(model.W_Q.shape) == (3, 2, 32, 8)
 
 
-def test_retraining_from_scratch_reproduces_the_committed_model(tmp_path):
-    """The command a maintainer runs. Same seeds, same recipe: the retrained model must
-    meet the targets and land within a small margin of the committed metrics (thread
-    counts and CPUs change float rounding, so not bit for bit)."""
+# How far a retrained model may land from the committed one, per metric: (direction, margin).
+# Same seeds and recipe, but thread counts and CPUs change float rounding, so not bit for bit.
+RETRAIN_MARGINS = {
+    "second_half_loss": ("<", 0.15), "best_previous_token_score": (">", 0.05), "best_induction_score": (">", 0.05),
+    "validation_loss": ("<", 0.03), "ioi_held_out_accuracy": (">", 0.03), "ioi_train_templates_accuracy": (">", 0.02),
+}
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_retraining_from_scratch_reproduces_the_committed_model(name, tmp_path):
+    """The command a maintainer runs: the retrained model must meet the targets and land
+    within RETRAIN_MARGINS of the committed metrics."""
     out = tmp_path / "retrained.safetensors"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mechlab.zoo", "train", SPEC.name, "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=1200)
+    proc = subprocess.run([sys.executable, "-m", "mechlab.zoo", "train", name, "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "targets: all met" in proc.stdout
     from safetensors import safe_open
     with safe_open(str(out), framework="pt") as f:
         retrained = json.loads(f.metadata()["metrics"])
-    committed = zoo.info(SPEC.name)["metrics"]
-    assert retrained["second_half_loss"] <= committed["second_half_loss"] + 0.15
-    for key in ("best_previous_token_score", "best_induction_score"):
-        assert retrained[key] >= committed[key] - 0.05, key
+    committed = zoo.info(name)["metrics"]
+    checked = [key for key in RETRAIN_MARGINS if key in committed]
+    assert checked, f"no retraining margin for any metric of {name}"
+    for key in checked:
+        direction, margin = RETRAIN_MARGINS[key]
+        if direction == "<":
+            assert retrained[key] <= committed[key] + margin, (key, retrained[key], committed[key])
+        else:
+            assert retrained[key] >= committed[key] - margin, (key, retrained[key], committed[key])

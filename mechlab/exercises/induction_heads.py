@@ -6,8 +6,9 @@ whatever device the notebook uses) and, in the hidden tests, randomly initialise
 models of other shapes (three layers of two heads; two layers of three heads with
 MLPs and layer-norm weights), so code that hard-codes this model's sizes fails.
 
-Functions that take a model are called on the model itself, not a copy: the checks
-remove any hook left behind and fail a function that changed the model's weights.
+Functions that take a model are called on the model itself, not a copy
+(`mechlab.checks.compare_on_models`): the checks remove any hook left behind and fail
+a function that changed the model's weights.
 Tolerances: float32 entry by entry (atol 1e-5, rtol 1e-4) unless stated; circuits
 and losses, which go through several matrix products, are compared with a tolerance
 scaled to their largest entry.
@@ -23,7 +24,8 @@ import torch
 
 from mechlab import zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, checked_array, compare_function, passed, randn, refuse_reference, seeded,
+    Case, CheckFailed, call_learner, checked_array, compare_function, compare_on_models, guard_model, passed, randn,
+    refuse_reference, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.reference import induction_heads as ref
@@ -50,28 +52,6 @@ def _other_models() -> tuple[tuple[str, object], ...]:
 def _models(hidden: bool) -> list[tuple[str, object]]:
     course = [("course model attn_only_2l", _course_model())]
     return course + list(_other_models()) if hidden else course
-
-
-def _weights(model) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def _guarded(fn: Callable, name: str) -> Callable:
-    """`fn(model, ...)`, after which the model must have no hooks left and the same weights."""
-
-    def call(model, *args, **kwargs):
-        before = _weights(model)
-        try:
-            return fn(model, *args, **kwargs)
-        finally:
-            model.reset_hooks()
-            if any(not torch.equal(a, b) for a, b in zip(before, _weights(model))):
-                for p, w in zip(model.parameters(), before):  # put the course model back for later checks
-                    p.data.copy_(w)
-                raise CheckFailed(f"{name} changed the model's weights; leave the model as it was "
-                                  "(edit activations with hooks, or work on copies of the weight matrices)")
-
-    return call
 
 
 def _repeated(seed: int, batch: int, seq_len: int, d_vocab: int = 272) -> torch.Tensor:
@@ -387,20 +367,14 @@ def _ablation_cases(hidden: bool) -> list[Case]:
     return cases
 
 
-def _compare_on_models(fn: Callable, reference: Callable, cases: list[Case], name: str, mistakes=(),
-                       **tolerance) -> None:  # fmt: skip
-    compare_function(_guarded(fn, name), reference, cases, name=name, mistakes=mistakes, copy_inputs=False,
-                     **tolerance)
-
-
 def check_ablation_losses(fn: Callable) -> None:
-    _compare_on_models(fn, ref.ablation_losses, _ablation_cases(False), "ablation_losses", _ABLATION_MISTAKES,
+    compare_on_models(fn, ref.ablation_losses, _ablation_cases(False), "ablation_losses", _ABLATION_MISTAKES,
                        atol=1e-4, rtol=1e-3)
 
 
 def grade_ablation_losses(fn: Callable) -> None:
     refuse_reference(fn, "ablation_losses")
-    _compare_on_models(fn, ref.ablation_losses, _ablation_cases(True), "ablation_losses", _ABLATION_MISTAKES,
+    compare_on_models(fn, ref.ablation_losses, _ablation_cases(True), "ablation_losses", _ABLATION_MISTAKES,
                        atol=1e-4, rtol=1e-3)
 
 
@@ -436,7 +410,7 @@ def _compare_circuits(fn: Callable, reference: Callable, cases: list[Case], name
 
     as_full = lambda f: lambda *args: f(*args).AB.detach()  # noqa: E731
     wrong = [(hint, scaled(as_full(m))) for hint, m in mistakes]
-    _compare_on_models(scaled(_as_full(fn, name)), scaled(as_full(reference)), cases, name, wrong,
+    compare_on_models(scaled(_as_full(fn, name)), scaled(as_full(reference)), cases, name, wrong,
                        atol=1e-4, rtol=1e-3)
 
 
@@ -619,7 +593,7 @@ def _composition_cases(hidden: bool) -> list[Case]:
 def _rejects_bad_kind(fn: Callable) -> None:
     model = _course_model()
     try:
-        _guarded(fn, "composition_scores")(model, "O")
+        guard_model(fn, "composition_scores")(model, "O")
     except ValueError:
         return
     except CheckFailed:
@@ -632,12 +606,12 @@ def _rejects_bad_kind(fn: Callable) -> None:
 
 
 def check_composition_scores(fn: Callable) -> None:
-    _compare_on_models(fn, ref.composition_scores, _composition_cases(False), "composition_scores",
+    compare_on_models(fn, ref.composition_scores, _composition_cases(False), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
 
 
 def grade_composition_scores(fn: Callable) -> None:
     refuse_reference(fn, "composition_scores")
     _rejects_bad_kind(fn)
-    _compare_on_models(fn, ref.composition_scores, _composition_cases(True), "composition_scores",
+    compare_on_models(fn, ref.composition_scores, _composition_cases(True), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)

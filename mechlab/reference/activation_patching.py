@@ -1,0 +1,209 @@
+"""Reference solutions of chapter 3: Activation patching.
+
+GENERATED from solutions/03_activation_patching.py by `python -m autograder build`: do not edit.
+"""
+
+
+import functools
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> a 0-dimensional tensor
+
+
+def replace_subject(
+    tokens: Int[Tensor, "batch pos"], subject: Int[Tensor, "batch"], indirect_object: Int[Tensor, "batch"]
+) -> Int[Tensor, "batch pos"]:
+    """A copy of `tokens` with each row's last `subject` token replaced by its `indirect_object`."""
+    corrupted = tokens.clone()
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    last = torch.where(tokens == subject[:, None], positions, -1).max(dim=1).values
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    corrupted[rows, last] = indirect_object
+    return corrupted
+
+
+def logit_diff(
+    logits: Float[Tensor, "batch pos d_vocab"], correct: Int[Tensor, "batch"], distractor: Int[Tensor, "batch"]
+) -> Float[Tensor, ""]:
+    """Mean over the batch of logit(correct) - logit(distractor) at the last position."""
+    last = logits[:, -1]
+    rows = torch.arange(last.shape[0], device=last.device)
+    return (last[rows, correct] - last[rows, distractor]).mean()
+
+
+def patching_metric(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    correct: Int[Tensor, "batch"],
+    distractor: Int[Tensor, "batch"],
+    clean_diff: float,
+    corrupted_diff: float,
+) -> Float[Tensor, ""]:
+    """0 when the logit difference is the corrupted run's, 1 when it is the clean run's."""
+    return (logit_diff(logits, correct, distractor) - corrupted_diff) / (clean_diff - corrupted_diff)
+
+
+def patch_residual_stream(
+    model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, metric: Metric
+) -> Float[Tensor, "layer pos"]:
+    """metric after patching the clean resid_pre of each (layer, position) into the corrupted run."""
+    n_layers, n_pos = model.cfg.n_layers, corrupted_tokens.shape[1]
+    out = torch.zeros(n_layers, n_pos)
+    with torch.no_grad():
+        for layer in range(n_layers):
+            name = f"blocks.{layer}.hook_resid_pre"
+            for pos in range(n_pos):
+                def patch(resid, hook, pos=pos, name=name):
+                    resid = resid.clone()
+                    resid[:, pos] = clean_cache[name][:, pos]
+                    return resid
+
+                out[layer, pos] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
+def patch_head_outputs(
+    model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """metric after patching each head's clean z (all positions) into the corrupted run."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, :, head] = clean_cache[name][:, :, head]
+                    return z
+
+                out[layer, head] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
+def patch_head_outputs_by_position(
+    model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, metric: Metric
+) -> Float[Tensor, "layer head pos"]:
+    """metric after patching one head's clean z at one position into the corrupted run."""
+    n_pos = corrupted_tokens.shape[1]
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, n_pos)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                for pos in range(n_pos):
+                    def patch(z, hook, head=head, pos=pos, name=name):
+                        z = z.clone()
+                        z[:, pos, head] = clean_cache[name][:, pos, head]
+                        return z
+
+                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])
+                    out[layer, head, pos] = metric(logits).item()
+    return out
+
+
+def patch_pattern_and_value(
+    model, corrupted_tokens: Int[Tensor, "batch pos"], clean_cache, metric: Metric
+) -> Float[Tensor, "2 layer head"]:
+    """[metric with each head's clean pattern, metric with each head's clean values]."""
+    out = torch.zeros(2, model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            pattern_name, value_name = f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_v"
+            for head in range(model.cfg.n_heads):
+                def patch_pattern(pattern, hook, head=head, name=pattern_name):
+                    pattern = pattern.clone()
+                    pattern[:, head] = clean_cache[name][:, head]
+                    return pattern
+
+                def patch_value(v, hook, head=head, name=value_name):
+                    v = v.clone()
+                    v[:, :, head] = clean_cache[name][:, :, head]
+                    return v
+
+                for row, hook in enumerate([(pattern_name, patch_pattern), (value_name, patch_value)]):
+                    out[row, layer, head] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[hook])).item()
+    return out
+
+
+def path_patch(
+    model,
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    clean_cache,
+    corrupted_cache,
+    sender: tuple[int, int],
+    receivers: list[tuple[int, int]],
+    component: str,
+    metric: Metric,
+) -> float:
+    """metric after patching the sender's clean output into the receivers' `component` input only."""
+    if component not in ("q", "k", "v"):
+        raise ValueError(f"component must be 'q', 'k' or 'v', got {component!r}")
+    sender_layer, sender_head = sender
+    if not receivers or any(layer <= sender_layer for layer, _ in receivers):
+        raise ValueError(f"receivers must be heads in layers after the sender's ({sender_layer}), got {receivers}")
+    receiver_layers = sorted({layer for layer, _ in receivers})
+    saved: dict[int, Tensor] = {}
+
+    def freeze_heads(z, hook, layer):
+        z = corrupted_cache[f"blocks.{layer}.attn.hook_z"].clone()
+        if layer == sender_layer:
+            z[:, :, sender_head] = clean_cache[f"blocks.{layer}.attn.hook_z"][:, :, sender_head]
+        return z
+
+    def freeze_mlp(out, hook, layer):
+        return corrupted_cache[f"blocks.{layer}.hook_mlp_out"]
+
+    def save(act, hook, layer):
+        saved[layer] = act.clone()
+        return act
+
+    def patch_receivers(act, hook, layer):
+        act = act.clone()
+        for r_layer, r_head in receivers:
+            if r_layer == layer:
+                act[:, :, r_head] = saved[layer][:, :, r_head]
+        return act
+
+    layers = range(model.cfg.n_layers)
+    step_1 = [(f"blocks.{l}.attn.hook_z", functools.partial(freeze_heads, layer=l)) for l in layers]
+    if not model.cfg.attn_only:
+        step_1 += [(f"blocks.{l}.hook_mlp_out", functools.partial(freeze_mlp, layer=l)) for l in layers]
+    step_1 += [(f"blocks.{l}.attn.hook_{component}", functools.partial(save, layer=l)) for l in receiver_layers]
+    step_2 = [(f"blocks.{l}.attn.hook_{component}", functools.partial(patch_receivers, layer=l))
+              for l in receiver_layers]
+    with torch.no_grad():
+        model.run_with_hooks(corrupted_tokens, fwd_hooks=step_1)
+        return metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=step_2)).item()
+
+
+def attribution_patch_heads(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """First-order estimate of patching each head's clean z into the corrupted run."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens, names_filter=names)
+    activations: dict[str, Tensor] = {}
+    gradients: dict[str, Tensor] = {}
+
+    def save_activation(z, hook, name):
+        activations[name] = z.detach()
+
+    def save_gradient(grad, hook, name):
+        gradients[name] = grad.detach()
+
+    fwd = [(name, functools.partial(save_activation, name=name)) for name in names]
+    bwd = [(name, functools.partial(save_gradient, name=name)) for name in names]
+    with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+        metric(model(corrupted_tokens)).backward()
+    model.zero_grad(set_to_none=True)
+    return torch.stack([((clean[name] - activations[name]) * gradients[name]).sum(dim=(0, 1, 3))
+                        for name in names]).cpu()
+
+
+__all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads']
+CHAPTER = '03_activation_patching'
+POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3}

@@ -1,0 +1,254 @@
+"""Chapter 3's checks: each hidden test fails a plausible wrong answer and says why, and
+accepts correct answers written differently (tests/test_exercise_checks.py covers the rest)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from mechlab.checks import CheckFailed
+from mechlab.exercises import activation_patching as checks
+from mechlab.reference import activation_patching as ref
+
+EXERCISES = ref.__all__
+
+
+def _learner(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    wrapper.__module__ = "__main__"
+    return wrapper
+
+
+# ---------------------------------------------------------------- mutants: plausible wrong answers
+
+
+def replace_in_place(tokens, subject, indirect_object):
+    out = ref.replace_subject(tokens, subject, indirect_object)
+    tokens[:] = out
+    return tokens
+
+
+def replace_first(tokens, subject, indirect_object):
+    out = tokens.clone()
+    first = (tokens == subject[:, None]).int().argmax(dim=1)
+    out[torch.arange(len(out)), first] = indirect_object
+    return out
+
+
+def replace_fixed_position(tokens, subject, indirect_object):
+    out = tokens.clone()
+    out[:, 10] = indirect_object  # where S2 sits in template 0
+    return out
+
+
+def logit_diff_first_position(logits, correct, distractor):
+    rows = torch.arange(len(correct))
+    return (logits[rows, 0, correct] - logits[rows, 0, distractor]).mean()
+
+
+def logit_diff_per_prompt(logits, correct, distractor):
+    rows = torch.arange(len(correct))
+    return logits[rows, -1, correct] - logits[rows, -1, distractor]
+
+
+def logit_diff_float(logits, correct, distractor):
+    return ref.logit_diff(logits, correct, distractor).item()
+
+
+def metric_flipped(logits, correct, distractor, clean_diff, corrupted_diff):
+    return (clean_diff - ref.logit_diff(logits, correct, distractor)) / (clean_diff - corrupted_diff)
+
+
+def metric_item(logits, correct, distractor, clean_diff, corrupted_diff):
+    return torch.tensor(ref.patching_metric(logits, correct, distractor, clean_diff, corrupted_diff).item())
+
+
+def resid_post(model, corrupted_tokens, clean_cache, metric):
+    return checks._wrong_resid("blocks.{layer}.hook_resid_post")(model, corrupted_tokens, clean_cache, metric)
+
+
+def resid_late_binding(model, corrupted_tokens, clean_cache, metric):
+    out = torch.zeros(model.cfg.n_layers, corrupted_tokens.shape[1])
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.hook_resid_pre"
+            hooks = []
+            for pos in range(corrupted_tokens.shape[1]):
+                def patch(resid, hook):
+                    resid[:, pos] = clean_cache[name][:, pos]  # `pos` read when the hook runs
+                    return resid
+                hooks.append(patch)
+            for p, hook in enumerate(hooks):
+                out[layer, p] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])).item()
+    return out
+
+
+def resid_hard_coded(model, corrupted_tokens, clean_cache, metric):
+    return ref.patch_residual_stream(model, corrupted_tokens, clean_cache, metric)[:2, :15]
+
+
+def heads_last_position(model, corrupted_tokens, clean_cache, metric):
+    return ref.patch_head_outputs_by_position(model, corrupted_tokens, clean_cache, metric)[..., -1]
+
+
+def heads_edits_cache(model, corrupted_tokens, clean_cache, metric):
+    with torch.no_grad():
+        model.W_O.data  # noqa: B018  (a read; the next line is the bug)
+        next(model.parameters()).add_(1.0)
+    return ref.patch_head_outputs(model, corrupted_tokens, clean_cache, metric)
+
+
+def by_position_all_heads(model, corrupted_tokens, clean_cache, metric):
+    return checks._by_position_all_heads(model, corrupted_tokens, clean_cache, metric)
+
+
+def pattern_value_swapped(model, corrupted_tokens, clean_cache, metric):
+    return ref.patch_pattern_and_value(model, corrupted_tokens, clean_cache, metric).flip(0)
+
+
+def pattern_query_dim(model, corrupted_tokens, clean_cache, metric):
+    return checks._pattern_query_dim(model, corrupted_tokens, clean_cache, metric)
+
+
+def path_no_mlp_freeze(*args):
+    return checks._path_without_freezing(False, True)(*args)
+
+
+def path_no_head_freeze(*args):
+    return checks._path_without_freezing(True, False)(*args)
+
+
+def path_accepts_anything(model, corrupted, clean_cache, corrupted_cache, sender, receivers, component, metric):
+    if component not in "qkv":
+        component = "q"
+    if any(layer <= sender[0] for layer, _ in receivers):
+        return 0.0
+    return ref.path_patch(model, corrupted, clean_cache, corrupted_cache, sender, receivers, component, metric)
+
+
+def attribution_reversed(*args):
+    return checks._attribution_variant("reversed")(*args)
+
+
+def attribution_clean_gradient(*args):
+    return checks._attribution_variant("clean_gradient")(*args)
+
+
+def attribution_mean_over_batch(model, clean_tokens, corrupted_tokens, metric):
+    return ref.attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric) / clean_tokens.shape[0]
+
+
+MUTANTS = [
+    ("replace_subject", replace_in_place, "changed the `tokens`"),
+    ("replace_subject", replace_first, "last"),
+    ("replace_subject", replace_fixed_position, "differ"),
+    ("logit_diff", logit_diff_first_position, "last position"),
+    ("logit_diff", logit_diff_per_prompt, "shape"),
+    ("logit_diff", logit_diff_float, "torch.Tensor"),
+    ("patching_metric", metric_flipped, "0 should mean"),
+    ("patching_metric", metric_item, "differentiable"),
+    ("patch_residual_stream", resid_post, "resid_pre"),
+    ("patch_residual_stream", resid_late_binding, "differ"),
+    ("patch_residual_stream", resid_hard_coded, "shape"),
+    ("patch_head_outputs", heads_last_position, "every position"),
+    ("patch_head_outputs", heads_edits_cache, "changed the model's weights"),
+    ("patch_head_outputs_by_position", by_position_all_heads, "one head at one position"),
+    ("patch_pattern_and_value", pattern_value_swapped, "row 0 is the pattern"),
+    ("patch_pattern_and_value", pattern_query_dim, "second dimension"),
+    ("path_patch", path_no_mlp_freeze, "MLP"),
+    ("path_patch", path_no_head_freeze, "every other head"),
+    ("path_patch", path_accepts_anything, "ValueError"),
+    ("attribution_patch_heads", attribution_reversed, "clean minus corrupted"),
+    ("attribution_patch_heads", attribution_clean_gradient, "corrupted run"),
+    ("attribution_patch_heads", attribution_mean_over_batch, "differ"),
+]
+
+
+@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
+def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
+    with pytest.raises(CheckFailed, match=message):
+        getattr(checks, f"grade_{name}")(_learner(mutant))
+
+
+def test_every_exercise_has_a_mutant():
+    assert {m[0] for m in MUTANTS} == set(EXERCISES)
+
+
+# ---------------------------------------------------------------- correct answers written differently
+
+
+def replace_with_flip(tokens, subject, indirect_object):
+    out = tokens.clone()
+    for row in range(tokens.shape[0]):
+        hits = (tokens[row] == subject[row]).nonzero().flatten()
+        out[row, hits[-1]] = indirect_object[row]
+    return out
+
+
+def logit_diff_gather(logits, correct, distractor):
+    last = logits[:, -1]
+    return (last.gather(-1, correct[:, None]) - last.gather(-1, distractor[:, None])).squeeze(-1).mean()
+
+
+def resid_with_transformer_lens(model, corrupted_tokens, clean_cache, metric):
+    from transformer_lens import patching
+    return patching.get_act_patch_resid_pre(model, corrupted_tokens, clean_cache, metric).cpu()
+
+
+def heads_with_transformer_lens(model, corrupted_tokens, clean_cache, metric):
+    from transformer_lens import patching
+    return patching.get_act_patch_attn_head_out_all_pos(model, corrupted_tokens, clean_cache, metric).cpu()
+
+
+def by_position_with_transformer_lens(model, corrupted_tokens, clean_cache, metric):
+    from transformer_lens import patching
+    out = patching.get_act_patch_attn_head_out_by_pos(model, corrupted_tokens, clean_cache, metric)
+    return out.permute(0, 2, 1).cpu()  # TransformerLens: [layer, pos, head]
+
+
+def attribution_in_one_hook_context(model, clean_tokens, corrupted_tokens, metric):
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    store = {}
+    def fwd(z, hook, name):
+        store[("act", name)] = z.detach()
+    def bwd(g, hook, name):
+        store[("grad", name)] = g.detach()
+    with torch.no_grad():
+        clean = {n: model.run_with_cache(clean_tokens, names_filter=[n])[1][n] for n in names}
+    with model.hooks(fwd_hooks=[(n, functools.partial(fwd, name=n)) for n in names],
+                     bwd_hooks=[(n, functools.partial(bwd, name=n)) for n in names]):
+        metric(model(corrupted_tokens)).backward()
+    return torch.stack([torch.einsum("bphd,bphd->h", clean[n] - store[("act", n)], store[("grad", n)])
+                        for n in names]).cpu()
+
+
+VARIANTS = [
+    ("replace_subject", replace_with_flip),
+    ("logit_diff", logit_diff_gather),
+    ("patch_residual_stream", resid_with_transformer_lens),
+    ("patch_head_outputs", heads_with_transformer_lens),
+    ("patch_head_outputs_by_position", by_position_with_transformer_lens),
+    ("attribution_patch_heads", attribution_in_one_hook_context),
+]
+
+
+@pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
+def test_grade_accepts_a_correct_variant(name, variant, capsys):
+    getattr(checks, f"grade_{name}")(_learner(variant))
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_ioi_batch_positions_line_up_with_their_labels():
+    from mechlab import patching, zoo
+    batch = patching.ioi_batch(12, seed=0, template=0)
+    assert batch.tokens.shape == (12, len(batch.labels))
+    s2 = batch.labels.index("S2 (subject again)")
+    assert torch.equal(batch.tokens[:, s2], batch.distractor)
+    assert (batch.tokens[:, 0] == zoo.BOS_ID).all() and batch.labels[-1].endswith("(end)")
+    corrupted = ref.replace_subject(batch.tokens, batch.distractor, batch.correct)
+    assert (corrupted != batch.tokens).sum(dim=1).tolist() == [1] * 12  # exactly one token differs, at S2
+    assert torch.equal(corrupted[:, s2], batch.correct)
