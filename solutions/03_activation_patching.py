@@ -245,6 +245,13 @@ print(f"logit difference, clean: {clean_diff:+.2f}   corrupted: {corrupted_diff:
 # as a 0-dimensional tensor. Use your `logit_diff`. Keep it differentiable (no `.item()`
 # inside): exercise 9 takes its gradient.
 #
+# <details><summary>Hint</summary>
+#
+# One line: `(logit_diff(logits, correct, distractor) - corrupted_diff) / (clean_diff - corrupted_diff)`.
+# The two diffs are plain floats; the result stays a tensor that remembers how it was
+# computed from `logits`.
+# </details>
+#
 # Stuck? Run `from mechlab.reference.activation_patching import patching_metric` and carry on (no points for this exercise).
 
 # %%
@@ -427,6 +434,12 @@ plt.show()
 # returning a CPU tensor `[n_layers, n_heads, pos]`: the metric when head
 # `(layer, head)`'s `z` is patched at **one** position only.
 #
+# <details><summary>Hint</summary>
+#
+# Exercise 5 with a third loop over `range(corrupted_tokens.shape[1])`, and the patch
+# `z[:, pos, head] = clean_cache[name][:, pos, head]` (bind `pos` in the hook too).
+# </details>
+#
 # Stuck? Run `from mechlab.reference.activation_patching import patch_head_outputs_by_position` and carry on (no points for this exercise).
 
 # %%
@@ -498,6 +511,13 @@ for i in top.tolist():
 #   `[batch, pos, head, d_head]`) are replaced by the clean ones (every position).
 #
 # Mind where the head dimension is in each: patterns put it second, values third.
+#
+# <details><summary>Hint</summary>
+#
+# Two hooks per head, run separately (two forward passes): one on `hook_pattern`
+# writing `pattern[:, head] = clean_cache[name][:, head]`, one on `hook_v` writing
+# `v[:, :, head] = clean_cache[name][:, :, head]`.
+# </details>
 #
 # Stuck? Run `from mechlab.reference.activation_patching import patch_pattern_and_value` and carry on (no points for this exercise).
 
@@ -806,9 +826,9 @@ print(f"head outputs, largest difference from yours:         {(tl_heads - head_r
 # the positions and `d_head` of `(z_clean - z_corrupted) * dmetric/dz`, with `z` the
 # head's `hook_z` and the gradient taken on the corrupted run.
 #
-# This estimates `metric(patched) - metric(corrupted)`: with the normalised metric, the
-# estimate of exercise 5's result is this plus 0. Do not use a cache you were given: run
-# the clean prompt yourself (one forward pass), then the corrupted one with forward
+# This estimates `metric(patched) - metric(corrupted)`; with the normalised metric,
+# `metric(corrupted)` is 0, so it estimates exercise 5's numbers directly. Run the clean
+# prompt yourself (one forward pass, no gradients), then the corrupted one with forward
 # hooks saving `z` and backward hooks saving its gradient.
 #
 # <details><summary>Hint</summary>
