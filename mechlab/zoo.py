@@ -274,7 +274,7 @@ def tokenizer():
     stops at it."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    return PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)  # never the hub
 
 
 def make_tokenizer():

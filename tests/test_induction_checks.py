@@ -12,19 +12,11 @@ from transformer_lens import FactoredMatrix
 
 from mechlab.checks import CheckFailed
 from mechlab.exercises import induction_heads as checks
+from conftest import as_learner
 from mechlab.reference import induction_heads as ref
 from mechlab.zoo import BOS_ID, FIRST_WORD_ID
 
 EXERCISES = ref.__all__
-
-
-def _learner(fn):
-    """A function as if typed in a notebook (hidden tests refuse mechlab's own)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs)
-    wrapper.__module__ = "__main__"
-    return wrapper
 
 
 # ---------------------------------------------------------------- mutants: plausible wrong answers
@@ -224,7 +216,7 @@ MUTANTS = [
 @pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
 def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
     with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(_learner(mutant))
+        getattr(checks, f"grade_{name}")(as_learner(mutant))
 
 
 def test_every_exercise_has_a_mutant():
@@ -235,11 +227,11 @@ def test_a_function_that_edits_the_model_leaves_it_intact_for_the_next_check():
     model = checks._course_model()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(CheckFailed, match="changed the model's weights"):
-        checks.check_ablation_losses(_learner(ablation_edits_weights))
+        checks.check_ablation_losses(as_learner(ablation_edits_weights))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(CheckFailed):
-        checks.check_ablation_losses(_learner(ablation_leaves_hook))
-    checks.check_ablation_losses(_learner(ref.ablation_losses))  # no hook left behind
+        checks.check_ablation_losses(as_learner(ablation_leaves_hook))
+    checks.check_ablation_losses(as_learner(ref.ablation_losses))  # no hook left behind
 
 
 # ---------------------------------------------------------------- correct answers written differently
@@ -314,5 +306,5 @@ VARIANTS = [
 
 @pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
 def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(_learner(variant))
+    getattr(checks, f"grade_{name}")(as_learner(variant))
     assert capsys.readouterr().out.startswith("✓")

@@ -10,17 +10,10 @@ import torch
 
 from mechlab.checks import CheckFailed
 from mechlab.exercises import activation_patching as checks
+from conftest import as_learner
 from mechlab.reference import activation_patching as ref
 
 EXERCISES = ref.__all__
-
-
-def _learner(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs)
-    wrapper.__module__ = "__main__"
-    return wrapper
 
 
 # ---------------------------------------------------------------- mutants: plausible wrong answers
@@ -171,7 +164,7 @@ MUTANTS = [
 @pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
 def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
     with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(_learner(mutant))
+        getattr(checks, f"grade_{name}")(as_learner(mutant))
 
 
 def test_every_exercise_has_a_mutant():
@@ -238,7 +231,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
 def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(_learner(variant))
+    getattr(checks, f"grade_{name}")(as_learner(variant))
     assert capsys.readouterr().out.startswith("✓")
 
 
