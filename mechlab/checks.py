@@ -215,22 +215,43 @@ def _weights(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _held_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors an argument holds: itself, or the values of a cache or dict."""
+    if _isinstance(value, _Tensor):
+        return [value]
+    if hasattr(value, "values") and callable(value.values) and not _isinstance(value, _Tensor):
+        return [v for v in value.values() if _isinstance(v, _Tensor)]
+    return []
+
+
 def guard_model(fn: Callable, name: str) -> Callable:
-    """`fn(model, ...)`, after which the model has no hooks left (they are removed) and
-    must have the same weights (if not: they are restored, and the check fails)."""
+    """`fn(model, ...)`, after which the model has no hooks left (they are removed), and
+    the model's weights and every tensor passed in (tokens, activation caches) must be as
+    they were: if not, they are restored, so the next check sees the real inputs, and
+    the check fails saying which argument was edited."""
 
     def call(model, *args, **kwargs):
         before = _weights(model)
+        inputs = [(i, t, t.detach().clone()) for i, a in enumerate(args) for t in _held_tensors(a)]
         try:
             return fn(model, *args, **kwargs)
         finally:
             model.reset_hooks()
+            changed = [(i, t, copy) for i, t, copy in inputs if not torch.equal(t.detach(), copy)]
+            edited = sorted({i for i, _, _ in changed})
+            with torch.no_grad():
+                for _, t, copy in changed:
+                    t.copy_(copy)
             if any(not torch.equal(a, b) for a, b in zip(before, _weights(model))):
                 with torch.no_grad():
                     for p, w in zip(model.parameters(), before):  # the next check needs the real model
                         p.copy_(w)
                 raise CheckFailed(f"{name} changed the model's weights; leave the model as it was "
                                   "(edit activations with hooks, or work on copies of the weight matrices)")
+            if edited:
+                raise CheckFailed(f"{name} changed argument {edited[0] + 2} it was given (a tensor in it was "
+                                  "edited in place); clone before editing (`x = x.clone()`), or every later use "
+                                  "of that cache or tensor sees your edit")
 
     return call
 

@@ -297,8 +297,10 @@ def build(config: dict[str, Any], device: str | torch.device = "cpu"):
     from transformer_lens.model_bridge import TransformerBridge
     import transformer_lens.model_bridge.sources  # noqa: F401  attaches TransformerBridge.boot_native
 
-    torch.manual_seed(config.get("seed", 0))
-    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+    # seeded on a forked RNG: building a model must not reseed the caller's (a learner's, or the grader's
+    # between hidden tests)
+    with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model"
+        torch.manual_seed(config.get("seed", 0))
         model = TransformerBridge.boot_native(TransformerBridgeConfig(**config), tokenizer=tokenizer())
     return _move(model, device)
 

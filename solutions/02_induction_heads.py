@@ -230,12 +230,12 @@ checks.grade_generate_repeated_tokens(generate_repeated_tokens)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Now run the model on a batch of them and keep the cache. `seq_len = 25` is a length
-# the model never saw in training (it trained on lengths 6 to 31 *except* 11, 19 and
-# 27); see why at the end of section 3.
+# Now run the model on a batch of them and keep the cache. `seq_len = 27` is a repeat
+# length the model never saw in training (it trained on lengths 6 to 31 *except* 11,
+# 19 and 27); see why at the end of section 3.
 
 # %%
-SEQ_LEN, BATCH = 25, 32
+SEQ_LEN, BATCH = 27, 32
 rep_tokens = generate_repeated_tokens(BATCH, SEQ_LEN, cfg.d_vocab, torch.Generator().manual_seed(0)).to(device)
 rep_logits, rep_cache = model.run_with_cache(rep_tokens)
 rep_log_probs = correct_log_probs(rep_logits, rep_tokens)
@@ -553,14 +553,16 @@ plt.show()
 # find its target, whichever of them you keep. Removing one induction head hurts far
 # less, because the others still copy most words. Compare the two kinds of ablation:
 # where they disagree, part of a head's effect was a constant offset rather than
-# anything about the input.
+# anything about the input. One head no detector flagged also costs something when
+# removed (look for it in the bar chart): the detectors measure three attention
+# patterns, not everything a head can contribute. Ablations are how you find the rest.
 #
 # ## 5. Reading the circuit off the weights
 #
 # Attention-only transformers can be written as sums of paths through the weights
 # (Elhage et al. 2021). With row vectors, as TransformerLens writes them, and ignoring
-# layer norm (this model's layer norm has no weights, only a rescaling, which is why it
-# was chosen) and biases:
+# layer norm (this model's layer norm has no learned weights: it only centres and
+# rescales, which is why it was chosen) and biases:
 #
 # - a head's **OV circuit** `W_OV = W_V W_O` (`[d_model, d_model]`) says what it writes
 #   when it attends to a position; the **full OV circuit** `W_E W_OV W_U`
@@ -734,9 +736,11 @@ with torch.no_grad():
     for ind_head in range(cfg.n_heads):
         eig_score, top1 = copying_scores(induction_qk_circuit(model, prev_head, ind_head))
         print(f"0.{prev_head} -> 1.{ind_head}: eigenvalue score {eig_score:+.2f}, top-1 diagonal {top1:.2f}")
-    other = (prev_head + 1) % cfg.n_heads
-    print(f"for comparison, through layer-0 head 0.{other}: top-1 diagonal "
-          f"{copying_scores(induction_qk_circuit(model, other, 0))[1]:.2f}")
+    for other in range(cfg.n_heads):
+        if other != prev_head:
+            top1 = [copying_scores(induction_qk_circuit(model, other, h))[1] for h in range(cfg.n_heads)]
+            print(f"for comparison, through layer-0 head 0.{other}: top-1 diagonal "
+                  + ", ".join(f"{t:.2f}" for t in top1))
     plots.plot_matrix(induction_qk_circuit(model, prev_head, 0).AB, f"QK circuit 1.0 through 0.{prev_head}",
                       "previous token at the key", "query token")
     plt.show()
@@ -744,8 +748,15 @@ with torch.no_grad():
 # %% [markdown]
 # Through the previous-token head, the QK circuit of every induction head is almost a
 # perfect matcher: for nearly every query token, the key it likes most is the one whose
-# previous token is that same word. Through any other layer-0 head, it is not. That is
-# the mechanism, read straight from the weights, with no data at all.
+# previous token is that same word. That is the mechanism, read straight from the
+# weights, with no data at all.
+#
+# Through two of the other layer-0 heads the circuit matches nothing. Through the
+# third (0.2, the head that scored about 0.5 as a previous-token head in section 3) it
+# matches almost as well: in the weights, it could serve the induction heads too. Yet
+# section 4 showed that ablating it barely changes the loss: the model does not *rely*
+# on it while head 0.0 is there. Weights say what a path could do; only interventions
+# say what the model uses.
 #
 # ## 6. Composition scores
 #
@@ -822,12 +833,15 @@ for kind, scores in comp.items():
 
 # %% [markdown]
 # K-composition from the previous-token head into every induction head stands out, at
-# about twice the untrained level; that is the edge the whole circuit rests on.
+# about twice the untrained level; that is the edge the whole circuit rests on. Head
+# 0.2, the partial previous-token head, composes almost as strongly, which fits what its
+# QK circuit showed and what its ablation did not.
 # Q-composition, by contrast, fell *below* the untrained level: training pointed the
 # layer-1 queries at the token embeddings and away from what layer 0 writes. Composition
 # scores are a blunt tool, though: they measure whether subspaces overlap, not whether
 # the overlap is used on real inputs (a high V-composition score here has no
-# ablation to back it), and every score sits in a narrow band. The QK-circuit analysis
+# ablation to back it), and even the strongest edge scores only about twice a random
+# one. The QK-circuit analysis
 # of section 5 and the ablations of section 4 are the sharper evidence; the three
 # together make the case.
 #
@@ -855,9 +869,12 @@ for kind, scores in comp.items():
 #                     torch.randint(1000, 10000, (8, 50)).repeat(1, 2)], dim=1)
 #   _, gpt2_cache = gpt2.run_with_cache(toks)
 #   ```
-#   then `repeat_scores(gpt2_cache["pattern", layer], 50)[1]` for each layer (Olsson et
-#   al. find induction heads in layers 5-7 of GPT-2 small, e.g. 5.1 and 5.5). This cell is
-#   deliberately left as text: the course never downloads a model on its own.
+#   then `repeat_scores(gpt2_cache["pattern", layer], 50)[1]` for each layer. GPT-2
+#   small's induction heads sit in layers 5-7 (Wang et al. 2022 use 5.5 and 6.9 in the
+#   indirect-object circuit; TransformerLens's demos list 5.1, 5.5, 6.9, 7.2, 7.10).
+#   Olsson et al. studied Anthropic's own models, where induction heads appear in every
+#   model with two or more layers. This cell is deliberately left as text: the course
+#   never downloads a model on its own.
 # - *Positional shortcuts.* Retrain the zoo model with a single repeat length
 #   (`mechlab.zoo.TRAIN_LENGTHS`) and watch the detectors get fooled.
 # - *Chapter 3* turns these tools (hooks, ablations, per-head contributions) into

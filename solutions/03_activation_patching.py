@@ -134,7 +134,8 @@ print(ioi.labels)
 #   **last** occurrence of that row's `subject` is replaced by its `indirect_object`.
 #
 # Find the positions with tensor operations: the subject sits at different positions
-# in different prompts in general (not in this batch, but in the hidden tests).
+# in different prompts in general (not in this batch, but in the hidden tests). Every
+# row contains its subject at least once.
 #
 # <details><summary>Hint 1</summary>
 #
@@ -186,9 +187,9 @@ print("corrupted:", " ".join(model.to_str_tokens(corrupted_tokens[0])))
 # What should we measure? Zhang & Nanda,
 # [*Towards Best Practices of Activation Patching*](https://arxiv.org/abs/2309.16042)
 # (2023), recommend the **logit difference** `logit(IO) - logit(S)` at the last
-# position: it compares exactly the two answers the corruption swaps, it is linear in
-# the final residual stream (so contributions add up), and it does not saturate the way
-# probabilities do.
+# position: it compares exactly the two answers the corruption swaps, it is a linear
+# function of the final residual stream after its last layer norm (so contributions to
+# it add up), and it does not saturate the way probabilities do.
 
 # %% [markdown] exercise={"id": "logit_diff", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 2: The logit difference
@@ -359,7 +360,7 @@ checks.grade_patch_residual_stream(patch_residual_stream)
 ### END HIDDEN TESTS
 
 # %%
-resid_results = patch_residual_stream(model, corrupted_tokens, clean_cache, metric)
+resid_results = patch_residual_stream(model, corrupted_tokens, clean_cache, metric).cpu()  # wherever your function made it
 plots.heatmap(resid_results, "Residual stream patching (1 = clean)", ioi.labels,
               [f"resid_pre {layer}" for layer in range(cfg.n_layers)], "position", "")
 plt.show()
@@ -423,7 +424,7 @@ checks.grade_patch_head_outputs(patch_head_outputs)
 ### END HIDDEN TESTS
 
 # %%
-head_results = patch_head_outputs(model, corrupted_tokens, clean_cache, metric)
+head_results = patch_head_outputs(model, corrupted_tokens, clean_cache, metric).cpu()  # wherever your function made it
 plots.heatmap(head_results, "Head output patching, all positions (1 = clean)", xlabel="head", ylabel="layer")
 plt.show()
 
@@ -474,7 +475,7 @@ checks.grade_patch_head_outputs_by_position(patch_head_outputs_by_position)
 ### END HIDDEN TESTS
 
 # %%
-by_position = patch_head_outputs_by_position(model, corrupted_tokens, clean_cache, metric)
+by_position = patch_head_outputs_by_position(model, corrupted_tokens, clean_cache, metric).cpu()  # wherever your function made it
 plots.heads_by_position(by_position, ioi.labels, "Head output patching by position (1 = clean)")
 plt.show()
 top = head_results.flatten().argsort(descending=True)[:3]
@@ -556,7 +557,7 @@ checks.grade_patch_pattern_and_value(patch_pattern_and_value)
 ### END HIDDEN TESTS
 
 # %%
-pattern_value = patch_pattern_and_value(model, corrupted_tokens, clean_cache, metric)
+pattern_value = patch_pattern_and_value(model, corrupted_tokens, clean_cache, metric).cpu()  # wherever your function made it
 fig, axes = plt.subplots(1, 3, figsize=(13, 2.8), layout="constrained")
 for ax, values, title in zip(axes, [head_results, pattern_value[0], pattern_value[1]],
                              ["output (z)", "attention pattern", "values"]):
@@ -569,23 +570,56 @@ plt.show()
 # - **Head 0.3: its values.** Its pattern hardly changes between the runs: from the
 #   final position it attends to the S2 position (in both). What changes is the token
 #   there, so its clean *values* restore everything and its clean pattern nothing. It
-#   is an **S2 mover**: it reads which name was just repeated.
+#   is an **S2 mover**: it carries the name at S2 to the end. (Does it know that name was
+#   repeated? The next cell checks.)
 # - **Layer-1 heads: their patterns.** Their values are the same names in both runs;
 #   what changes is *where* they look. On clean prompts they attend from the final
 #   position mostly to the IO (0.5 to 0.85 of their attention) and copy it to the
 #   output; on corrupted ones, to the other name. They are this model's **name movers**,
 #   like heads 9.6 and 9.9 of GPT-2 small in Wang et al.
 #
-# So something tells the name movers' *queries* which name to avoid. Path patching can
-# test whether that something is head 0.3.
+# Put a third name, one that appears nowhere else, at S2. If head 0.3 detected the
+# repetition, it would stop attending there; if the name movers only followed head 0.3,
+# they would still pick one name:
+
+# %%
+from mechlab import corpus
+
+names = torch.tensor(zoo.token_ids(corpus.FIRST_NAMES), device=device)
+third = torch.stack([names[(names != c) & (names != d)][row % 7]
+                     for row, (c, d) in enumerate(zip(ioi.correct, ioi.distractor))])
+third_tokens = replace_subject(clean_tokens, ioi.distractor, third)
+with torch.no_grad():
+    _, third_cache = model.run_with_cache(third_tokens)
+s2 = ioi.labels.index("S2 (subject again)")
+io_pos = torch.where(clean_tokens[:, 2] == ioi.correct, 2, 4)  # "name 1" or "name 2"
+rows = torch.arange(len(io_pos), device=device)
+mover = int(head_results[0].argmax())
+for label, cache in [("clean", clean_cache), ("third name at S2", third_cache)]:
+    layer_1 = cache["pattern", 1][:, :, -1]  # [batch, head, key]: attention from the final position
+    print(f"{label:>17}: head 0.{mover} -> S2 {cache['pattern', 0][:, mover, -1, s2].mean():.2f};  "
+          f"layer-1 heads -> IO {layer_1[rows, :, io_pos].mean():.2f}, -> subject's first mention "
+          f"{layer_1[rows, :, 6 - io_pos].mean():.2f}")
+
+# %% [markdown]
+# Head 0.3 attends to S2 just as much when the name there is new: it does not detect the
+# repetition, it moves whatever name stands at S2. The name movers then split their
+# attention between the two earlier names: their choice depends on *which* name arrived
+# from S2. So the comparison, "which earlier name is the one at S2?", happens where the
+# layer-1 queries meet the names' keys. Path patching can test whether those queries get
+# their information from head 0.3.
 #
 # ## 4. Path patching: is it *this* edge?
 #
 # Head patching says a layer-0 head matters, but not through which of its readers. Its
 # output reaches the logits by many paths: directly, through the MLPs, through each
-# layer-1 head's query, key or value. **Path patching** (Wang et al. 2022, following
-# Goldowsky-Dill et al. 2023) patches one path only. To patch the path from a
-# **sender** head into the queries (or keys, or values) of some **receiver** heads:
+# layer-1 head's query, key or value. **Path patching** patches one path only. Wang et
+# al. (2022) introduced it for IOI, freezing the other attention heads and letting the
+# MLPs recompute (and patching in the noising direction); Goldowsky-Dill et al., [*Localizing
+# Model Behavior with Path Patching*](https://arxiv.org/abs/2304.05969) (2023), formalised
+# paths in general. We use the strictest version, one edge through the residual stream,
+# with the MLPs frozen too, and compare with Wang et al.'s below. To patch the path from
+# a **sender** head into the queries (or keys, or values) of some **receiver** heads:
 #
 # 1. run the corrupted prompt with the sender's `z` set to its clean value, and every
 #    other head (`hook_z`) and every MLP output (`blocks.{layer}.hook_mlp_out`) frozen
@@ -614,8 +648,9 @@ plt.show()
 # <details><summary>Hint 1</summary>
 #
 # Step 1 is one `run_with_hooks` with a list of hooks: one per layer on `hook_z` (return
-# the corrupted `z`, with the sender's head slice taken from the clean cache when it is
-# the sender's layer), one per layer on `hook_mlp_out`, and one per receiver layer on
+# a *clone* of the corrupted `z`, with the sender's head slice taken from the clean cache
+# when it is the sender's layer: without `.clone()` you would write into
+# `corrupted_cache` itself), one per layer on `hook_mlp_out`, and one per receiver layer on
 # `hook_{component}` that *saves* the activation it sees (e.g. into a dict) and returns
 # it unchanged.
 # </details>
@@ -656,7 +691,7 @@ def path_patch(
         return z
 
     def freeze_mlp(out, hook, layer):
-        return corrupted_cache[f"blocks.{layer}.hook_mlp_out"]
+        return corrupted_cache[f"blocks.{layer}.hook_mlp_out"].clone()
 
     def save(act, hook, layer):
         saved[layer] = act.clone()
@@ -724,9 +759,11 @@ for sender in range(cfg.n_heads):
 
 # %% [markdown]
 # Through the layer-1 queries directly, head 0.3 restores only about a fifth of what
-# patching it restores, and nothing through keys or values or straight to the logits.
-# Where is the rest? Our path patching froze the MLPs. Let MLP0 recompute instead
-# (freeze only the other heads), so the path is head 0.3 → MLP0 → layer-1 queries:
+# patching it restores. Through keys and values it restores nothing, as it must: the
+# keys and values the final position reads sit at the name positions, before S2, where
+# the causal mask keeps any change from arriving. Straight to the logits, nothing either.
+# Where is the rest? Our path patching froze the MLPs. Let them recompute, as Wang et al.
+# do (freeze only the other heads), so the path includes head 0.3 → MLP0 → layer-1 queries:
 
 # %%
 def sender_to_queries_through_mlps(sender: tuple[int, int]) -> float:
@@ -753,23 +790,25 @@ print(f"head {sender[0]}.{sender[1]} -> layer-1 queries, directly: {paths[sender
       f"directly or through MLP0: {sender_to_queries_through_mlps(sender):.2f}")
 
 # %% [markdown]
-# Through MLP0, the same head's signal reaches the name movers' queries almost in
-# full. That is the circuit of this model, found with its own activations:
+# With MLP0 allowed to respond, the same head's signal reaches the name movers' queries
+# with most of its effect: the two definitions of a path differ here by exactly the
+# route through MLP0. That is the circuit of this model, found with its own activations:
 #
-# 1. **head 0.3**, at the final position, attends to S2 and moves the repeated name
-#    there (its values);
+# 1. **head 0.3**, at the final position, attends to S2 and moves the name it finds
+#    there (its values), repeated or not;
 # 2. **MLP0**, at the final position, turns that into a signal the layer-1 queries
 #    can use;
-# 3. the **layer-1 name movers** attend from the final position to the name that was
-#    *not* repeated (their patterns), and copy it to the output.
+# 3. the **layer-1 name movers** match it against the earlier names (their patterns):
+#    they attend from the final position to the name that is *not* the one at S2, and
+#    push it towards the output (partly through MLP1).
 #
-# Wang et al. found a larger version in GPT-2 small: duplicate-token and induction
-# heads notice that S was repeated, **S-inhibition heads** move that fact to the final
+# Wang et al. found a larger circuit in GPT-2 small: duplicate-token and induction heads
+# notice that S was repeated, **S-inhibition heads** move that fact to the final
 # position, and name movers attend to the other name through Q-composition with them.
-# Our head 0.3 does the duplicate detection and the moving in one step (it looks from
-# the end at S2 directly), and an MLP sits where GPT-2 uses a direct head-to-head
-# query path. Same algorithm, different parts: a small model trained on other text need
-# not copy GPT-2's circuit, and only measuring it told us which parts it used.
+# Our model has no duplicate detector: head 0.3 moves the S2 name itself, an MLP sits
+# where GPT-2 has a direct head-to-head query path, and the "same name?" comparison
+# happens inside the name movers' query-key match. A small model trained on other text
+# need not copy GPT-2's circuit, and only measuring it told us which parts it used.
 #
 # ### The same experiments with TransformerLens's helpers
 #
@@ -876,7 +915,7 @@ checks.grade_attribution_patch_heads(attribution_patch_heads)
 ### END HIDDEN TESTS
 
 # %%
-attribution = attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric)
+attribution = attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric).cpu()  # wherever your function made it
 correlation = torch.corrcoef(torch.stack([attribution.flatten(), head_results.flatten()]))[0, 1].item()
 plots.scatter_compare(attribution, head_results, f"Heads: correlation {correlation:.3f}")
 plt.show()

@@ -245,3 +245,17 @@ def test_ioi_batch_positions_line_up_with_their_labels():
     corrupted = ref.replace_subject(batch.tokens, batch.distractor, batch.correct)
     assert (corrupted != batch.tokens).sum(dim=1).tolist() == [1] * 12  # exactly one token differs, at S2
     assert torch.equal(corrupted[:, s2], batch.correct)
+
+
+def test_a_path_patch_that_edits_the_cache_fails_and_the_cache_is_restored():
+    """Without .clone() a hook writes into corrupted_cache: later cases (and cells) would see it."""
+    def path_edits_cache(model, corrupted, clean_cache, corrupted_cache, sender, receivers, component, metric):
+        name = f"blocks.{sender[0]}.attn.hook_z"
+        corrupted_cache[name][:, :, sender[1]] = clean_cache[name][:, :, sender[1]]
+        return ref.path_patch(model, corrupted, clean_cache, corrupted_cache, sender, receivers, component, metric)
+
+    _, model, _, corrupted, clean_cache, corrupted_cache, metric = checks._setup(0, 4, 0)
+    before = corrupted_cache["blocks.0.attn.hook_z"].clone()
+    with pytest.raises(CheckFailed, match="changed argument 4"):
+        checks.check_path_patch(as_learner(path_edits_cache))
+    assert torch.equal(corrupted_cache["blocks.0.attn.hook_z"], before)

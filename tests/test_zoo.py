@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,13 +43,30 @@ def test_model_speaks_the_course_vocabulary():
     assert out.startswith(text) and len(out.split()) == len(text.split()) + 5
 
 
-def test_load_works_offline_and_is_deterministic(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+def test_load_works_with_the_network_blocked(monkeypatch):
+    """No socket may even be opened: the tokenizer and the weights come from the package."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    zoo.tokenizer.cache_clear()
     a, b = zoo.load(SPEC.name), zoo.load(SPEC.name)
-    tokens = zoo.repeated_batch(2, 9, __import__("numpy").random.default_rng(0))
+    tokens = zoo.repeated_batch(2, 9, np.random.default_rng(0))
     assert not a.training
     assert torch.equal(a(tokens), b(tokens))
+    assert zoo.load("corpus_2l").to_str_tokens("mary smith lives in paris")[1:] == "mary smith lives in paris".split()
+
+
+def test_building_a_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    zoo.random_model(seed=1)
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("name", list(zoo.ZOO))

@@ -405,8 +405,9 @@ def _path_without_freezing(freeze_mlps: bool, freeze_heads: bool) -> Callable:
 
 
 _PATH_MISTAKES = [
-    ("in step 1, freeze every MLP output (blocks.{layer}.hook_mlp_out) at its corrupted value too, or the sender's "
-     "change also reaches the receivers through the MLPs.", _path_without_freezing(False, True)),
+    ("in step 1, freeze every MLP output (blocks.{layer}.hook_mlp_out) at its corrupted value too: this exercise's "
+     "path is one edge, so the sender's change must not reach the receivers through the MLPs (Wang et al.'s looser "
+     "version lets MLPs recompute; the chapter compares the two after this exercise).", _path_without_freezing(False, True)),
     ("in step 1, freeze every other head at its corrupted value (hook_z from corrupted_cache), or the sender's change "
      "also reaches the receivers through heads in between.", _path_without_freezing(True, False)),
 ]

@@ -154,7 +154,7 @@ def path_patch(
         return z
 
     def freeze_mlp(out, hook, layer):
-        return corrupted_cache[f"blocks.{layer}.hook_mlp_out"]
+        return corrupted_cache[f"blocks.{layer}.hook_mlp_out"].clone()
 
     def save(act, hook, layer):
         saved[layer] = act.clone()
