@@ -219,7 +219,7 @@ def _held_tensors(value: Any) -> list[torch.Tensor]:
     """The tensors an argument holds: itself, or the values of a cache or dict."""
     if _isinstance(value, _Tensor):
         return [value]
-    if hasattr(value, "values") and callable(value.values) and not _isinstance(value, _Tensor):
+    if callable(getattr(value, "values", None)):
         return [v for v in value.values() if _isinstance(v, _Tensor)]
     return []
 

@@ -13,9 +13,8 @@ from jaxtyping import Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.plotting import as_numpy
 
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
 
 
 def show_attention(str_tokens: Sequence[str], pattern: Float[Tensor, "head query key"],
@@ -35,7 +34,7 @@ def show_attention(str_tokens: Sequence[str], pattern: Float[Tensor, "head query
 
 def plot_loss_by_position(log_probs: Float[Tensor, "batch pos"], seq_len: int) -> Figure:
     """Mean loss at each position of repeated sequences, with the two copies marked."""
-    loss = -_np(log_probs).mean(0)
+    loss = -as_numpy(log_probs).mean(0)
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot(np.arange(1, len(loss) + 1), loss, marker=".")
     ax.axvspan(0.5, seq_len + 0.5, color="tab:blue", alpha=0.08, label="first copy")
@@ -50,7 +49,7 @@ def plot_head_scores(scores: dict[str, Float[Tensor, "layer head"]], vmax: float
     """One heatmap per score (rows: layers, columns: heads), with the values written in."""
     fig, axes = plt.subplots(1, len(scores), figsize=(3.4 * len(scores), 2.8), squeeze=False, layout="constrained")
     for ax, (title, values) in zip(axes[0], scores.items()):
-        v = _np(values)
+        v = as_numpy(values)
         im = ax.imshow(v, cmap="Blues", vmin=0, vmax=vmax)
         for (i, j), x in np.ndenumerate(v):
             ax.text(j, i, f"{x:.2f}", ha="center", va="center", color="white" if x > 0.6 * vmax else "black")
@@ -61,7 +60,7 @@ def plot_head_scores(scores: dict[str, Float[Tensor, "layer head"]], vmax: float
 
 def plot_ablation(increase: Float[Tensor, "layer head"], title: str) -> Figure:
     """Bar chart: how much each head's ablation raises the loss on the second copy."""
-    v = _np(increase)
+    v = as_numpy(increase)
     fig, ax = plt.subplots(figsize=(7, 2.8))
     labels = [f"{layer}.{head}" for layer in range(v.shape[0]) for head in range(v.shape[1])]
     colours = [f"C{layer}" for layer in range(v.shape[0]) for _ in range(v.shape[1])]
@@ -92,7 +91,7 @@ def plot_matrix(matrix: Float[Tensor, "row col"], title: str, xlabel: str, ylabe
                 n: int = 40) -> Figure:  # fmt: skip
     """The top-left `n` x `n` corner of a [vocab, vocab] circuit: a bright diagonal means
     the circuit maps each token to itself."""
-    v = _np(matrix[:n, :n])
+    v = as_numpy(matrix[:n, :n])
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     lim = np.abs(v).max()
     im = ax.imshow(v, cmap="RdBu", vmin=-lim, vmax=lim)
@@ -108,7 +107,7 @@ def plot_composition(scores: dict[str, Float[Tensor, "head0 head1"]], baseline: 
     fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 3.0), squeeze=False, layout="constrained")
     vmax = max(float(v.max()) for v in scores.values())
     for ax, (kind, values) in zip(axes[0], scores.items()):
-        v = _np(values)
+        v = as_numpy(values)
         im = ax.imshow(v, cmap="RdBu_r", vmin=2 * baseline - vmax, vmax=vmax)
         for (i, j), x in np.ndenumerate(v):
             ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=8)

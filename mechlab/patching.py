@@ -13,6 +13,8 @@ from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.plotting import as_numpy
+
 from mechlab import corpus, zoo
 
 
@@ -49,15 +51,12 @@ def _labels(template: str, length: int) -> tuple[str, ...]:
     return ("<eot>", *words)
 
 
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
 
 def heatmap(values: Float[Tensor, "row col"], title: str, xlabels: Sequence[str] | None = None,
             ylabels: Sequence[str] | None = None, xlabel: str = "", ylabel: str = "",
             ax: plt.Axes | None = None, annotate: bool = True) -> Figure:  # fmt: skip
     """A diverging heatmap centred on 0 (red: restores the clean behaviour, blue: the opposite)."""
-    v = _np(values)
+    v = as_numpy(values)
     fig = ax.figure if ax is not None else plt.figure(figsize=(max(4.0, 0.5 * v.shape[1] + 2), 0.45 * v.shape[0] + 1.6),
                                                       layout="constrained")
     ax = ax or fig.add_subplot()
@@ -86,7 +85,7 @@ def heads_by_position(values: Float[Tensor, "layer head pos"], labels: Sequence[
 def scatter_compare(estimate: Float[Tensor, "layer head"], actual: Float[Tensor, "layer head"],
                     title: str) -> Figure:  # fmt: skip
     """Attribution patching (y) against real activation patching (x), one point per head."""
-    x, y = _np(actual).ravel(), _np(estimate).ravel()
+    x, y = as_numpy(actual).ravel(), as_numpy(estimate).ravel()
     n_heads = actual.shape[1]
     fig, ax = plt.subplots(figsize=(4.6, 4.2), layout="constrained")
     ax.scatter(x, y)

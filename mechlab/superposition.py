@@ -25,6 +25,8 @@ from jaxtyping import Float, Int
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from mechlab.plotting import as_numpy
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -122,9 +124,6 @@ def random_dictionary(
 # ---------------------------------------------------------------- plots
 
 
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
 
 def _grid(n: int, panel: float = 2.2, max_cols: int = 8) -> tuple[Figure, np.ndarray]:
     """A figure with n panels, at most `max_cols` per row, laid out by matplotlib."""
@@ -140,7 +139,7 @@ def _grid(n: int, panel: float = 2.2, max_cols: int = 8) -> tuple[Figure, np.nda
 def plot_loss_history(history: Float[Tensor, "step instance"], labels: Sequence[str] | None = None,
                       smooth: int = 50) -> Figure:
     """Per-instance training loss (moving average over `smooth` steps), log scale."""
-    h = _np(history)
+    h = as_numpy(history)
     kernel = np.ones(min(smooth, len(h))) / min(smooth, len(h))
     fig, ax = plt.subplots(figsize=(7, 3.2))
     colors = plt.cm.viridis(np.linspace(0, 0.9, h.shape[1]))
@@ -157,7 +156,7 @@ def plot_loss_history(history: Float[Tensor, "step instance"], labels: Sequence[
 def plot_features_in_2d(W: Float[Tensor, "instance hidden feature"], titles: Sequence[str] | None = None) -> Figure:
     """One panel per instance: each feature's column W_i as an arrow in the 2-D hidden space
     (darker = lower index = more important with the paper's 0.9**i importance)."""
-    Wn = _np(W)
+    Wn = as_numpy(W)
     assert Wn.shape[1] == 2, "plot_features_in_2d needs a 2-dimensional hidden space"
     n_inst, _, n_feat = Wn.shape
     colors = plt.cm.viridis(np.linspace(0, 0.85, n_feat))
@@ -175,7 +174,7 @@ def plot_features_in_2d(W: Float[Tensor, "instance hidden feature"], titles: Seq
 
 def plot_gram_matrices(W: Float[Tensor, "instance hidden feature"], titles: Sequence[str] | None = None) -> Figure:
     """One heatmap of WᵀW per instance (red positive, blue negative)."""
-    gram = _np(torch.einsum("khi,khj->kij", W.detach(), W.detach()))
+    gram = as_numpy(torch.einsum("khi,khj->kij", W.detach(), W.detach()))
     fig, axes = _grid(gram.shape[0])
     for k, ax in enumerate(axes.flat[:gram.shape[0]]):
         ax.imshow(gram[k], cmap="RdBu_r", vmin=-1.2, vmax=1.2)
@@ -204,7 +203,7 @@ def plot_feature_bars(norms: Float[Tensor, "instance feature"], interference: Fl
     """The paper's bar charts: per instance, one bar per feature, length ‖W_i‖,
     colour Σ_{j≠i}(Ŵ_i·W_j)² on one scale for all panels (dark: a dimension of its own;
     brighter: more of its direction shared)."""
-    N, I = _np(norms), _np(interference)
+    N, I = as_numpy(norms), as_numpy(interference)
     scale = _interference_scale(I)
     fig, axes = _grid(N.shape[0], panel=2.0)
     for k, ax in enumerate(axes.flat[:N.shape[0]]):
@@ -224,10 +223,10 @@ def explore_toy_models(W: Float[Tensor, "instance hidden feature"], feature_prob
     import ipywidgets
 
     W = W.detach()
-    norms, interference = (_np(t) for t in norms_and_interference(W))
+    norms, interference = (as_numpy(t) for t in norms_and_interference(W))
     scale = _interference_scale(interference)  # one scale for every instance, so colours compare
-    gram = _np(torch.einsum("khi,khj->kij", W, W))
-    Wn, p = _np(W), _np(feature_probability)
+    gram = as_numpy(torch.einsum("khi,khj->kij", W, W))
+    Wn, p = as_numpy(W), as_numpy(feature_probability)
     two_d = Wn.shape[1] == 2
 
     def draw(instance: int) -> None:
@@ -258,7 +257,7 @@ def plot_dimensionality(W: Float[Tensor, "instance hidden feature"], feature_pro
     """The paper's feature-dimensionality figure: against 1/(1-S) = 1/p, the model's
     dimensions per feature m / ‖W‖_F² (line) and every feature's D_i (dots), with the
     sticky fractions dashed."""
-    Wn, p, D = _np(W), _np(feature_probability), _np(dimensionality)
+    Wn, p, D = as_numpy(W), as_numpy(feature_probability), as_numpy(dimensionality)
     x = 1.0 / p
     per_feature = Wn.shape[1] / (Wn**2).sum(axis=(1, 2))
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -285,10 +284,10 @@ def plot_phase_diagram(phases: Int[Tensor, "instance"], feature_probability: Flo
     """The phase diagram of the extra feature over the grid made by `phase_grid`."""
     from matplotlib.colors import ListedColormap
 
-    p, r = _np(feature_probability), _np(relative_importance)
+    p, r = as_numpy(feature_probability), as_numpy(relative_importance)
     ps, rs = np.unique(p), np.unique(r)
     grid = np.full((len(rs), len(ps)), np.nan)
-    for ph, pk, rk in zip(_np(phases), p, r):
+    for ph, pk, rk in zip(as_numpy(phases), p, r):
         grid[np.searchsorted(rs, rk), np.searchsorted(ps, pk)] = ph
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     cmap = ListedColormap(["#d9d9d9", "#2c7fb8", "#f03b20"])
@@ -305,7 +304,7 @@ def plot_phase_diagram(phases: Int[Tensor, "instance"], feature_probability: Flo
 def _cosines(W_true: Float[Tensor, "hidden feature"], W_dec: Float[Tensor, "hidden latent"]) -> np.ndarray:
     t = W_true / W_true.norm(dim=0, keepdim=True).clamp_min(1e-8)
     d = W_dec / W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8)
-    return _np(t.T @ d)  # [feature, latent]
+    return as_numpy(t.T @ d)  # [feature, latent]
 
 
 def plot_recovery(W_true: Float[Tensor, "hidden feature"], dictionaries: dict[str, Tensor]) -> Figure:

@@ -320,20 +320,25 @@ class CheckpointMismatch(ValueError):
     """The checkpoint on disk was trained with another config than `ZOO` now describes."""
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _checkpoint(path: Path):
+    """The open safetensors file (weights are read only when asked for)."""
     from safetensors import safe_open
 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.zoo train {path.stem}`")
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        return {k: f.get_tensor(k) for k in f.keys()}, meta
+    return safe_open(str(path), framework="pt")
+
+
+def _metadata(f) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
 def load(name: str, device: str | torch.device = "cpu"):
     """The committed model `name`, in eval mode, on `device`."""
     spec = _spec(name)
-    weights, meta = _read(spec.path)
+    with _checkpoint(spec.path) as f:
+        meta = _metadata(f)
+        weights = {k: f.get_tensor(k) for k in f.keys()}
     expected = spec.full_config()
     saved = meta.get("config", {})
     if saved != expected:
@@ -348,7 +353,8 @@ def load(name: str, device: str | torch.device = "cpu"):
 
 def info(name: str) -> dict[str, Any]:
     """The checkpoint's metadata: config, metrics at save time, training history, seconds."""
-    return _read(_spec(name).path)[1]
+    with _checkpoint(_spec(name).path) as f:
+        return _metadata(f)
 
 
 def _spec(name: str) -> ModelSpec:
