@@ -3,7 +3,7 @@
 #   make test    set up, then run the whole test suite (what CI runs)
 #   make build   regenerate chapters/ and mechlab/reference/ from solutions/*.py
 #   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
-#   make bench   time the chapters and the grader; results go to benchmarks/RESULTS.md
+#   make bench   time the chapters, the grader and SAE training; results go to benchmarks/RESULTS.md
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -41,10 +41,11 @@ grade: setup
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/grading_throughput.py
+	$(PY) benchmarks/sae_throughput.py   # makes benchmarks/.venv-saelens for the SAELens side
 
 constraints: setup
 	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//'; } > constraints.tmp
 	mv constraints.tmp constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache benchmarks/.venv-saelens

@@ -176,11 +176,13 @@ def compare_function(
     atol: float = 1e-5,
     rtol: float = 1e-4,
     copy_inputs: bool = True,
+    report: bool = True,
 ) -> None:
     """Call `fn` and `reference` on each case (on separate copies of the inputs, so an
     in-place edit by either cannot leak into the other) and compare the results.
     `copy_inputs=False` passes the inputs as they are, for inputs too big to copy (a
     model): then the caller guards them (see `mechlab.exercises.induction_heads`).
+    `report=False` leaves the ✓ line to the caller, when more checks follow.
 
     When they differ, the known mistakes (`(hint, wrong_function)` pairs) are tried on
     the same case: if the learner's output matches one, its hint is added to the message.
@@ -208,7 +210,51 @@ def compare_function(
             if hint and not failure.values_differ:
                 raise CheckFailed(f"{failure}\nHint: {hint}") from None
             raise
-    passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
+    if report:
+        passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")
+
+
+def compare_gradients(fn: Callable, reference: Callable, case: Case, wrt: Sequence[int], *, name: str,
+                      mistakes: Sequence[tuple[str, Callable]] = (), atol: float = 1e-5, rtol: float = 1e-4,
+                      seed: int = 0) -> None:  # fmt: skip
+    """Backpropagate the same random upstream gradient through `fn` and `reference` on one
+    case and compare the gradients reaching the arguments at positions `wrt` (a gradient
+    that never arrives counts as zeros). Known mistakes are tried as in `compare_function`.
+    Prints nothing: the caller reports the exercise's one ✓ line."""
+    label = f"{name}({case.description})"
+
+    def grads(f: Callable, learner: bool) -> list[torch.Tensor]:
+        args = [a.detach().clone().requires_grad_(i in wrt) if _isinstance(a, _Tensor) else a
+                for i, a in enumerate(copy.deepcopy(case.args))]
+        out = call_learner(f, name, case.description, tuple(args)) if learner else f(*args)
+        if learner and (_type(out) not in (_Tensor, _Parameter) or not out.requires_grad):
+            _fail(f"{label}: the output does not depend differentiably on its inputs (no gradient reaches them); "
+                  "build it from the input tensors with torch operations, without .item(), .detach() or "
+                  "torch.no_grad()", None)
+        upstream = torch.randn(out.shape, generator=seeded(seed), dtype=out.dtype)
+        try:
+            out.backward(upstream)
+        except Exception as e:
+            if not learner:
+                raise
+            raise CheckFailed(f"{label}: the backward pass raised {_type(e).__name__}: {e}") from e
+        return [args[i].grad if args[i].grad is not None else torch.zeros_like(args[i]) for i in wrt]
+
+    expected = grads(reference, learner=False)
+    got = grads(fn, learner=True)
+    for index, g, e in zip(wrt, got, expected):
+        grad_name = f"{label}: gradient reaching argument {index + 1}"
+        try:
+            assert_tensor_close(g, e, name=grad_name, atol=atol, rtol=rtol)
+        except CheckFailed as failure:
+            for mistake_hint, wrong in mistakes:
+                try:
+                    assert_tensor_close(g, grads(wrong, learner=False)[wrt.index(index)], name=grad_name,
+                                        atol=atol, rtol=rtol)
+                except Exception:
+                    continue
+                raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
+            raise
 
 
 def _weights(model) -> list[torch.Tensor]:

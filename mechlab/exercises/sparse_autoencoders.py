@@ -1,0 +1,750 @@
+"""Checks for chapter 4 (training sparse autoencoders): `check_x` visible, `grade_x` hidden.
+
+Every exercise is compared with `mechlab.reference.sparse_autoencoders` on inputs built
+here: seeded random tensors (with hand-computable cases among them), the course model
+`corpus_2l` on held-out corpus windows and, for the model-taking exercises, untrained
+models of other shapes (so hard-coded sizes fail). Losses and activations that feed
+training are also compared through their *gradients* (the same random upstream
+gradient backpropagated through both), since a wrong backward pass (a straight-through
+estimator, above all) can hide behind a right forward one. Training loops are run on
+the same SAE from the same start on the same seeded batches as the reference loop and
+must retrace its history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import io
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from mechlab import activations, zoo
+from mechlab.checks import (
+    Case, CheckFailed, assert_tensor_close, call_learner, checked_array, compare_function, compare_gradients,
+    compare_on_models, passed, randn, refuse_reference, seeded,
+)
+from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, detach as _detach, type_ as _type
+from mechlab.reference import sparse_autoencoders as ref
+
+# The reference runs here are the course's, not the learner's: their progress bars stay out of the learner's view.
+_silent = functools.partial(contextlib.redirect_stderr, io.StringIO())
+
+def _values_and_gradients(fn: Callable, reference: Callable, cases: Sequence[Case], gradient_cases: Sequence[Case],
+                          wrt: Sequence[int], name: str, mistakes=(), hint: str | None = None, **tolerance) -> None:
+    """Outputs on every case, then gradients on `gradient_cases`; one ✓ line for both."""
+    compare_function(fn, reference, cases, name=name, mistakes=mistakes, hint=hint, report=False, **tolerance)
+    for i, case in enumerate(gradient_cases):
+        compare_gradients(fn, reference, case, wrt=wrt, name=name, mistakes=mistakes, seed=i, **tolerance)
+    passed(f"{name} matches the reference on {len(cases)} cases, and its gradients on {len(gradient_cases)}")
+
+
+# ---------------------------------------------------------------- models and windows
+
+
+@functools.cache
+def _course_model():
+    return zoo.load("corpus_2l")
+
+
+@functools.cache
+def _other_models() -> tuple[tuple[str, object], ...]:
+    return (
+        ("untrained 3 layers x 2 heads with MLPs, d_model 32", zoo.random_model(
+            seed=41, n_layers=3, n_heads=2, d_model=32, d_head=8, attn_only=False, d_mlp=64, act_fn="gelu",
+            normalization_type="LN")),
+        ("untrained 2 layers x 3 heads, attention only, d_model 48", zoo.random_model(seed=42, n_heads=3, d_model=48,
+                                                                                    d_head=16)),
+    )
+
+
+@functools.cache
+def _windows(n: int, seed: int) -> torch.Tensor:
+    """`n` windows of held-out corpus text (BOS first), seed >= 3: never the chapter's own."""
+    return activations.corpus_windows(n * 64, seed=seed).tokens[:n]
+
+
+def _model_cases(hidden: bool, hooks: Sequence[str], extra_hooks: Sequence[str]) -> list[tuple[str, object, str]]:
+    cases = [("course model corpus_2l", _course_model(), h) for h in hooks]
+    if hidden:
+        desc, deep = _other_models()[0]
+        cases += [(desc, deep, h) for h in extra_hooks]
+        desc, attn_only = _other_models()[1]
+        cases += [(desc, attn_only, "blocks.1.hook_resid_pre")]
+    return cases
+
+
+# ---------------------------------------------------------------- 1. collect_activations
+
+
+def _detached_output(fn: Callable, name: str, args: tuple) -> None:
+    out = call_learner(fn, name, "the course model", args)
+    if _type(out) in (_Tensor, _Parameter) and out.requires_grad:
+        raise CheckFailed(f"{name} returned a tensor that still requires grad: run the model under torch.no_grad() "
+                          "(or .detach() the result), or every batch keeps its whole computation graph in memory")
+
+
+def _collect_cases(hidden: bool) -> list[Case]:
+    cases = []
+    hooks = ["blocks.1.hook_resid_pre"] + (["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"] if hidden else [])
+    for i, (desc, model, hook) in enumerate(_model_cases(hidden, hooks, ["blocks.2.hook_resid_pre",
+                                                                         "blocks.0.attn.hook_z"])):
+        tokens = _windows(6, 3)[:, :24] if hidden else _windows(2, 3)[:, :16]
+        cases.append(Case(f"{desc}, hook {hook!r}, tokens {tuple(tokens.shape)}", (model, tokens, hook)))
+    return cases
+
+
+def _collect_last_layer(model, tokens, hook_name):
+    return ref.collect_activations(model, tokens, f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+
+
+_COLLECT_MISTAKES = [("return the activations at the hook you are given (`hook_name`), not a fixed one.",
+                      _collect_last_layer)]
+
+
+def check_collect_activations(fn: Callable) -> None:
+    compare_on_models(fn, ref.collect_activations, _collect_cases(False), "collect_activations", _COLLECT_MISTAKES)
+    _detached_output(fn, "collect_activations", (_course_model(), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
+
+
+def grade_collect_activations(fn: Callable) -> None:
+    refuse_reference(fn, "collect_activations")
+    compare_on_models(fn, ref.collect_activations, _collect_cases(True), "collect_activations", _COLLECT_MISTAKES)
+    _detached_output(fn, "collect_activations", (_course_model(), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
+
+
+# ---------------------------------------------------------------- 2. normalisation_scale
+
+_SCALE_HAND = Case("hand case: one activation (3, 4), d_model=2 -> sqrt(2 / 25) = 0.2828", (torch.tensor([[3.0, 4.0]]),))
+
+
+def _scale_cases(specs: Sequence[tuple[int, tuple[int, ...], float]]) -> list[Case]:
+    return [Case(f"random activations of shape {shape}, typical norm {scale * shape[-1] ** 0.5:.3g}, seed={seed}",
+                 (randn(seed, *shape) * scale + 0.3 * scale,)) for seed, shape, scale in specs]
+
+
+_SCALE_MISTAKES = [
+    ("the target is a mean squared norm of d_model, so s = sqrt(d_model / E‖x‖²); you dropped the d_model.",
+     lambda a: (1 / a.pow(2).sum(-1).mean()).sqrt().item()),
+    ("use the mean of the *squared* norms, E‖x‖², not the square of the mean norm.",
+     lambda a: a.shape[-1] ** 0.5 / a.norm(dim=-1).mean().item()),
+    ("s multiplies the activations: s = sqrt(d_model / E‖x‖²), not its inverse.",
+     lambda a: 1 / ref.normalisation_scale(a)),
+]
+
+
+def check_normalisation_scale(fn: Callable) -> None:
+    compare_function(fn, ref.normalisation_scale, [_SCALE_HAND, *_scale_cases([(0, (64, 16), 3.0)])],
+                     name="normalisation_scale", mistakes=_SCALE_MISTAKES, hint="return a Python float (.item()).")
+
+
+def grade_normalisation_scale(fn: Callable) -> None:
+    refuse_reference(fn, "normalisation_scale")
+    cases = [_SCALE_HAND, *_scale_cases([(1, (500, 128), 0.1), (2, (4, 16, 32), 25.0), (3, (1, 1, 1, 8), 1.0)])]
+    compare_function(fn, ref.normalisation_scale, cases, name="normalisation_scale", mistakes=_SCALE_MISTAKES,
+                     hint="return a Python float (.item()).")
+
+
+# ---------------------------------------------------------------- 3. relu_sae_loss
+
+
+def _relu_loss_cases(specs: Sequence[tuple[int, int, int, int, float]]) -> list[Case]:
+    cases = []
+    for seed, batch, d_in, d_sae, l1 in specs:
+        x = randn(seed, batch, d_in)
+        latents = torch.relu(randn(seed + 1, batch, d_sae) - 1)  # sparse, non-negative
+        W_dec = randn(seed + 2, d_sae, d_in) * (0.2 + torch.rand(d_sae, 1, generator=seeded(seed + 3)))  # unequal norms
+        reconstruction = latents @ W_dec + 0.1 * randn(seed + 4, batch, d_in)
+        cases.append(Case(f"seed={seed}, batch={batch}, d_in={d_in}, d_sae={d_sae}, l1_coeff={l1}",
+                          (x, latents, reconstruction, W_dec, l1)))
+    return cases
+
+
+_RELU_HAND = Case("hand case: x=(1, 0), x̂=(0, 0), z=(2, 0, 1), decoder rows of norm 3, 1, 2, λ=0.5 -> 1 + 0.5·(6 + 2) = 5",
+                  (torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[0.0, 0.0]]),
+                   torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 2.0]]), 0.5))
+
+_RELU_MISTAKES = [
+    ("weight each latent's penalty by the norm of its decoder row, ‖W_dec[i]‖ (W_dec.norm(dim=-1)).",
+     lambda x, z, r, W, l1: ((r - x).pow(2).sum(-1) + l1 * z.abs().sum(-1)).mean()),
+    ("the decoder rows are W_dec[i] (shape [d_sae, d_in]): take their norms with W_dec.norm(dim=-1).",
+     lambda x, z, r, W, l1: ((r - x).pow(2).sum(-1) + l1 * (z * W.norm(dim=0)[: z.shape[-1]]).sum(-1)).mean()),
+    ("sum the squared error over d_in (a squared norm) and average over the batch, not over every entry.",
+     lambda x, z, r, W, l1: (r - x).pow(2).mean() + l1 * (z * W.norm(dim=-1)).sum(-1).mean()),
+    ("average over the batch (mean), not sum.", lambda x, z, r, W, l1: ref.relu_sae_loss(x, z, r, W, l1) * x.shape[0]),
+    ("the L1 term is multiplied by l1_coeff; the squared error is not.",
+     lambda x, z, r, W, l1: ((r - x).pow(2).sum(-1) * l1 + (z * W.norm(dim=-1)).sum(-1)).mean()),
+]
+
+
+def check_relu_sae_loss(fn: Callable) -> None:
+    cases = [_RELU_HAND, *_relu_loss_cases([(0, 8, 6, 10, 0.3)])]
+    _values_and_gradients(fn, ref.relu_sae_loss, cases, cases[1:], (1, 2, 3), "relu_sae_loss", _RELU_MISTAKES,
+                          hint="return a 0-dimensional tensor.")
+
+
+def grade_relu_sae_loss(fn: Callable) -> None:
+    refuse_reference(fn, "relu_sae_loss")
+    cases = [_RELU_HAND, *_relu_loss_cases([(1, 64, 16, 40, 5.0), (2, 1, 3, 7, 0.0), (3, 256, 128, 512, 1.5)])]
+    _values_and_gradients(fn, ref.relu_sae_loss, cases, cases[1:2], (0, 1, 2, 3), "relu_sae_loss", _RELU_MISTAKES,
+                          hint="return a 0-dimensional tensor.", rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- 4. topk_activation
+
+
+def _topk_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    return [Case(f"random pre-activations, seed={seed}, batch={batch}, d_sae={d_sae}, k={k}",
+                 (randn(seed, batch, d_sae) - 0.5, k)) for seed, batch, d_sae, k in specs]
+
+
+_TOPK_HAND = Case("hand case: [[3, -1, 2, 5], [-1, -2, 0.5, -3]], k=2 -> [[3, 0, 0, 5], [0, 0, 0.5, 0]]",
+                  (torch.tensor([[3.0, -1.0, 2.0, 5.0], [-1.0, -2.0, 0.5, -3.0]]), 2))
+_TOPK_ALL = Case("k larger than d_sae: [[1, -2, 3]], k=5 -> [[1, 0, 3]]", (torch.tensor([[1.0, -2.0, 3.0]]), 5))
+
+_TOPK_MISTAKES = [
+    ("pass the kept values through a ReLU: a kept pre-activation that is negative becomes 0.",
+     lambda pre, k: torch.zeros_like(pre).scatter(-1, pre.topk(min(k, pre.shape[-1]), -1).indices,
+                                                  pre.topk(min(k, pre.shape[-1]), -1).values)),
+    ("keep the k largest of each *row* (dim=-1), not of each column.",
+     lambda pre, k: torch.relu(pre) * (pre >= pre.topk(min(k, pre.shape[0]), 0).values[-1:])),
+]
+
+
+def check_topk_activation(fn: Callable) -> None:
+    cases = [_TOPK_HAND, *_topk_cases([(0, 5, 12, 3)])]
+    _values_and_gradients(fn, ref.topk_activation, cases, cases[1:], (0,), "topk_activation", _TOPK_MISTAKES)
+
+
+def grade_topk_activation(fn: Callable) -> None:
+    refuse_reference(fn, "topk_activation")
+    cases = [_TOPK_HAND, _TOPK_ALL, *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
+    _values_and_gradients(fn, ref.topk_activation, cases, cases[2:4], (0,), "topk_activation", _TOPK_MISTAKES)
+
+
+# ---------------------------------------------------------------- 5. auxk_loss
+
+
+def _auxk_cases(specs: Sequence[tuple[int, int, int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, d_in, d_sae, n_dead, k_aux in specs:
+        dead = torch.zeros(d_sae, dtype=torch.bool)
+        dead[torch.randperm(d_sae, generator=seeded(seed))[:n_dead]] = True
+        W_dec = randn(seed + 1, d_sae, d_in)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        cases.append(Case(f"seed={seed}, batch={batch}, d_in={d_in}, d_sae={d_sae}, {n_dead} dead latents, "
+                          f"k_aux={k_aux}", (randn(seed + 2, batch, d_in), randn(seed + 3, batch, d_sae), W_dec,
+                                             dead, k_aux)))
+    return cases
+
+
+_AUXK_HAND = Case(
+    "hand case: e=(1, 1), pre=(5, 2, -1), latents 0 and 2 dead, k_aux=1, W_dec rows (1,0), (0,1), (0,1) -> "
+    "only latent 0 (value 5) counts: ê=(5, 0), ‖e - ê‖² = 16 + 1 = 17",
+    (torch.tensor([[1.0, 1.0]]), torch.tensor([[5.0, 2.0, -1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+     torch.tensor([True, False, True]), 1))
+_AUXK_NONE = Case("no dead latents -> 0", (randn(9, 4, 3), randn(10, 4, 6), randn(11, 6, 3),
+                                           torch.zeros(6, dtype=torch.bool), 2))
+
+_AUXK_MISTAKES = [
+    ("use only the dead latents: set the live latents' pre-activations to -inf before the TopK.",
+     lambda e, pre, W, dead, k: (e - ref.topk_activation(pre, k) @ W).pow(2).sum(-1).mean()),
+    ("ReLU the kept pre-activations, as in topk_activation (a negative one contributes 0).",
+     lambda e, pre, W, dead, k: (e - torch.zeros_like(pre).scatter(
+         -1, torch.where(dead, pre, -torch.inf).topk(min(k, int(dead.sum())), -1).indices,
+         torch.where(dead, pre, -torch.inf).topk(min(k, int(dead.sum())), -1).values).nan_to_num(0.0, 0.0, 0.0)
+         @ W).pow(2).sum(-1).mean() if dead.any() else pre.new_zeros(())),
+    ("sum the squared error over d_in and average over the batch.",
+     lambda e, pre, W, dead, k: ref.auxk_loss(e, pre, W, dead, k) / e.shape[-1]),
+]
+
+
+def check_auxk_loss(fn: Callable) -> None:
+    cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases([(0, 6, 5, 16, 6, 3)])]
+    _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:], (1, 2), "auxk_loss", _AUXK_MISTAKES,
+                          hint="return a 0-dimensional tensor (also when no latent is dead).")
+
+
+def grade_auxk_loss(fn: Callable) -> None:
+    refuse_reference(fn, "auxk_loss")
+    cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases([(1, 32, 16, 128, 40, 8), (2, 8, 8, 64, 3, 16),
+                                                   (3, 64, 128, 1024, 700, 64), (4, 1, 4, 10, 10, 10)])]
+    _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:4], (1, 2), "auxk_loss", _AUXK_MISTAKES,
+                          hint="return a 0-dimensional tensor (also when no latent is dead).", atol=1e-4)
+
+
+# ---------------------------------------------------------------- 6-7. jumprelu, jumprelu_l0
+
+
+def _jump_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
+    """Pre-activations scattered around each latent's threshold, many inside the window."""
+    cases = []
+    for seed, batch, d_sae, bandwidth in specs:
+        threshold = 0.2 + torch.rand(d_sae, generator=seeded(seed))
+        pre = threshold + bandwidth * 1.5 * randn(seed + 1, batch, d_sae)
+        cases.append(Case(f"pre-activations near the thresholds, seed={seed}, batch={batch}, d_sae={d_sae}, "
+                          f"bandwidth={bandwidth}", (pre, threshold, bandwidth)))
+    return cases
+
+
+# exact binary fractions: one entry on the threshold (H(0) = 0), two on the window's edges (K(±1/2) = 0)
+_JUMP_HAND = Case(
+    "hand case: θ=(1, 1, 1, 1, 1), ε=0.5, π=(1, 1.25, 0.75, 1.125, 2) -> forward (0, 1.25, 0, 1.125, 2); "
+    "threshold gradient for an upstream gradient of 1: (-2, 0, 0, -2, 0) (π=1 and π=1.125 are inside the window)",
+    (torch.tensor([[1.0, 1.25, 0.75, 1.125, 2.0]]), torch.ones(5), 0.5))
+
+
+def _jump_wrong_backward(scale_by_threshold: bool, pre_gets: str, sum_batch: bool = True) -> Callable:
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, pre, threshold, bandwidth):
+            ctx.save_for_backward(pre, threshold)
+            ctx.bandwidth = bandwidth
+            return pre * (pre > threshold)
+
+        @staticmethod
+        def backward(ctx, g):
+            pre, threshold = ctx.saved_tensors
+            window = ((pre - threshold).abs() < ctx.bandwidth / 2).to(pre.dtype)
+            factor = threshold if scale_by_threshold else 1.0
+            g_threshold = g * -(factor / ctx.bandwidth) * window
+            g_pre = {"step": g * (pre > threshold), "relu": g * (pre > 0), "all": g}[pre_gets]
+            return g_pre, g_threshold.sum(0) if sum_batch else g_threshold.mean(0), None
+
+    return lambda pre, threshold, bandwidth: Wrong.apply(pre, threshold, bandwidth)
+
+
+_JUMPRELU_MISTAKES = [
+    ("the threshold's pseudo-derivative is -(θ/ε)·K((π-θ)/ε): multiply by the threshold θ (it is the size of "
+     "the jump).", _jump_wrong_backward(False, "step")),
+    ("the gradient to `pre` is grad_output · H(π - θ): zero below the threshold, not below 0.",
+     _jump_wrong_backward(True, "relu")),
+    ("the gradient to `pre` is grad_output · H(π - θ), not grad_output everywhere.", _jump_wrong_backward(True, "all")),
+    ("sum the threshold's gradient over the batch (.sum(0)), not average it.",
+     _jump_wrong_backward(True, "step", sum_batch=False)),
+]
+
+
+def _step_wrong_backward(scale_by_threshold: bool, sum_batch: bool = True, mean_output: bool = True) -> Callable:
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, pre, threshold, bandwidth):
+            ctx.save_for_backward(pre, threshold)
+            ctx.bandwidth = bandwidth
+            return (pre > threshold).to(pre.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            pre, threshold = ctx.saved_tensors
+            window = ((pre - threshold).abs() < ctx.bandwidth / 2).to(pre.dtype)
+            g_threshold = g * -((threshold if scale_by_threshold else 1.0) / ctx.bandwidth) * window
+            return torch.zeros_like(pre), g_threshold.sum(0) if sum_batch else g_threshold.mean(0), None
+
+    def l0(pre, threshold, bandwidth):
+        counts = Wrong.apply(pre, threshold, bandwidth).sum(-1)
+        return counts.mean() if mean_output else counts.sum()
+    return l0
+
+
+_L0_MISTAKES = [
+    ("the step's pseudo-derivative is -(1/ε)·K((π-θ)/ε), without the θ factor of the JumpReLU's.",
+     _step_wrong_backward(True)),
+    ("average the count over the batch (mean), not sum.", _step_wrong_backward(False, mean_output=False)),
+    ("sum the threshold's gradient over the batch in backward (.sum(0)).", _step_wrong_backward(False, sum_batch=False)),
+]
+
+
+def _jump_check(fn: Callable, reference: Callable, name: str, cases: Sequence[Case], mistakes, hint=None) -> None:
+    _values_and_gradients(fn, reference, cases, cases, (0, 1), name, mistakes, hint=hint)
+
+
+def check_jumprelu(fn: Callable) -> None:
+    _jump_check(fn, ref.jumprelu, "jumprelu", [_JUMP_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _JUMPRELU_MISTAKES)
+
+
+def grade_jumprelu(fn: Callable) -> None:
+    refuse_reference(fn, "jumprelu")
+    _jump_check(fn, ref.jumprelu, "jumprelu",
+                [_JUMP_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _JUMPRELU_MISTAKES)
+
+
+_L0_HINT = "return a 0-dimensional tensor: the mean over the batch of the number of latents above threshold."
+
+
+def check_jumprelu_l0(fn: Callable) -> None:
+    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", [_JUMP_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _L0_MISTAKES,
+                _L0_HINT)
+
+
+def grade_jumprelu_l0(fn: Callable) -> None:
+    refuse_reference(fn, "jumprelu_l0")
+    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0",
+                [_JUMP_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _L0_MISTAKES,
+                _L0_HINT)
+
+
+# ---------------------------------------------------------------- 8. train_sae
+
+# (architecture, seed, d_in, d_sae, steps, batch, lr, warmup, dead_after)
+_TRAIN_CHECK = [("topk", 0, 16, 64, 60, 32, 3e-3, 10, 64)]
+_TRAIN_GRADE = [("topk", 1, 16, 96, 80, 32, 3e-3, 10, 64), ("relu", 2, 12, 48, 60, 64, 1e-3, 20, 128),
+                ("jumprelu", 3, 16, 64, 60, 32, 3e-3, 5, 96)]
+_HISTORY_KEYS = ("loss", "mse", "l0", "dead_fraction")
+_EARLY_STEPS = 15
+
+
+def _sparse_data(seed: int, d_in: int, batch: int) -> Iterator[torch.Tensor]:
+    """Endless seeded batches: sparse non-negative features through a fixed random dictionary."""
+    n_features = 3 * d_in
+    dictionary = randn(seed, n_features, d_in)
+    dictionary = dictionary / dictionary.norm(dim=-1, keepdim=True)
+    g = seeded(seed + 1)
+    while True:
+        features = torch.rand(batch, n_features, generator=g) * (torch.rand(batch, n_features, generator=g) < 0.05)
+        yield 3 * features @ dictionary + 0.05 * torch.randn(batch, d_in, generator=g)
+
+
+class _CountedBatches:
+    def __init__(self, it: Iterator[torch.Tensor]) -> None:
+        self.it, self.calls = it, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        self.calls += 1
+        return next(self.it)
+
+
+def _train_setup(config: tuple):
+    arch, seed, d_in, d_sae, *_ = config
+    kwargs = dict(k=4, k_aux=16) if arch == "topk" else dict(l1_coeff=1.0) if arch == "relu" else \
+        dict(l0_coeff=0.1, init_threshold=0.5, bandwidth=0.2)
+    return ref.SAE(ref.SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, seed=seed, **kwargs))
+
+
+@functools.cache
+def _reference_run(config: tuple) -> tuple[dict[str, np.ndarray], float]:
+    arch, seed, d_in, d_sae, steps, batch, lr, warmup, dead_after = config
+    sae = _train_setup(config)
+    with _silent():
+        history = ref.train_sae(sae, _sparse_data(seed, d_in, batch), steps=steps, lr=lr, warmup_steps=warmup,
+                                dead_after=dead_after)
+    return {k: v.double().numpy() for k, v in history.items()}, _eval_loss(sae, config)
+
+
+def _eval_loss(sae, config: tuple) -> float:
+    _, seed, d_in, *_ = config
+    with torch.no_grad():
+        x = next(_sparse_data(seed + 100, d_in, 2048))
+        return float(ref.SAE.loss(sae, x).mse)
+
+
+def _first_difference(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], n: int):
+    for step in range(n):
+        for key in _HISTORY_KEYS:
+            g, e = got[key][step], expected[key][step]
+            if not abs(g - e) <= 1e-5 + 2e-4 * abs(e):
+                return step, key, g, e
+    return None
+
+
+_TRAIN_HINTS = {
+    "dead_fraction": "a latent is dead when it has not fired on any of the last `dead_after` *activations*: "
+                     "since_fired is reset to 0 where a latent fired on at least one input of the batch and grows "
+                     "by the batch size elsewhere; record the fraction after this step's update.",
+    "l0": "l0 is the mean over the batch of the number of non-zero latents (out.latents), recorded every step.",
+    "mse": "record out.mse, the loss object's squared error, every step.",
+    "loss": "make the optimiser once, before the loop; step s uses lr * min(1, (s + 1) / warmup_steps); pass "
+            "the dead mask (since_fired >= dead_after, before this step's update) to sae.loss; call "
+            "sae.normalise_decoder() after every optimiser step.",
+}
+
+
+def _check_train(fn: Callable, config: tuple) -> None:
+    name = "train_sae"
+    arch, seed, d_in, d_sae, steps, batch, lr, warmup, dead_after = config
+    desc = f"{arch} SAE, d_in={d_in}, d_sae={d_sae}, steps={steps}, batch {batch}, lr={lr}, " \
+           f"warmup_steps={warmup}, dead_after={dead_after}"
+    sae = _train_setup(config)
+    initial = copy.deepcopy(sae.state_dict())
+    batches = _CountedBatches(_sparse_data(seed, d_in, batch))
+    history = call_learner(fn, name, desc, (sae, batches),
+                           dict(steps=steps, lr=lr, warmup_steps=warmup, dead_after=dead_after))
+    label = f"{name}({desc})"
+    if _type(history) is not dict or set(history) != set(_HISTORY_KEYS):
+        raise CheckFailed(f"{label} returned {_type(history).__name__}"
+                          + (f" with keys {sorted(history)}" if _type(history) is dict else "")
+                          + f"; return a dict with the keys {list(_HISTORY_KEYS)}")
+    got = {}
+    for key in _HISTORY_KEYS:
+        value = history[key]
+        got[key] = checked_array(value, f"{label} history[{key!r}]", (steps,), detached=True)
+        if value.device.type != "cpu":
+            raise CheckFailed(f"{label} history[{key!r}] is on {value.device}; return it on the CPU")
+    if batches.calls != steps:
+        raise CheckFailed(f"{label} drew {batches.calls} batches from `batches` in {steps} steps; draw exactly one "
+                          "per step (next(batches)), from the iterator you are given")
+    unchanged = [k for k, v in sae.state_dict().items() if torch.equal(v, initial[k])]
+    if unchanged:
+        raise CheckFailed(f"{label}: {', '.join(unchanged)} did not change: train the SAE you are given, in place, "
+                          "with one Adam over sae.parameters()")
+    if arch != "relu":
+        norms = sae.W_dec.detach().norm(dim=-1)
+        if (norms - 1).abs().max() > 1e-4:
+            raise CheckFailed(f"{label}: after training the decoder rows' norms range from {norms.min():.4f} to "
+                              f"{norms.max():.4f}\nHint: call sae.normalise_decoder() after every optimiser step.")
+    expected, reference_loss = _reference_run(config)
+    diff = _first_difference(got, expected, min(_EARLY_STEPS, steps))
+    if diff:
+        step, key, g, e = diff
+        raise CheckFailed(f"{label}: history[{key!r}] at step {step} is {g:.6g}, but the reference loop, run on the "
+                          f"same SAE from the same start with the same batches, has {e:.6g} (the first "
+                          f"{_EARLY_STEPS} steps must agree to 0.02%)\nHint: {_TRAIN_HINTS[key]}")
+    trained = _eval_loss(sae, config)
+    if trained > 1.05 * reference_loss + 1e-3:
+        raise CheckFailed(f"{label}: after training the SAE's squared error on fresh data is {trained:.4f}; the "
+                          f"reference loop reaches {reference_loss:.4f} (allowed: 5% more)\nHint: {_TRAIN_HINTS['loss']}")
+
+
+def check_train_sae(fn: Callable) -> None:
+    for config in _TRAIN_CHECK:
+        _check_train(fn, config)
+    passed("train_sae retraces the reference loop (loss, mse, l0, dead fraction) and trains as well")
+
+
+def grade_train_sae(fn: Callable) -> None:
+    refuse_reference(fn, "train_sae")
+    for config in _TRAIN_GRADE:
+        _check_train(fn, config)
+    passed(f"train_sae retraces the reference loop on {len(_TRAIN_GRADE)} SAEs (TopK, ReLU, JumpReLU)")
+
+
+# ---------------------------------------------------------------- 9. reconstruction_metrics
+
+
+def _metric_cases(specs: Sequence[tuple[int, int, int, int, float]]) -> list[Case]:
+    cases = []
+    for seed, batch, d_in, d_sae, noise in specs:
+        x = randn(seed, batch, d_in) + 2.0  # a mean far from 0: explained variance must subtract it
+        latents = torch.relu(randn(seed + 1, batch, d_sae) - 1.2)
+        cases.append(Case(f"seed={seed}, batch={batch}, d_in={d_in}, d_sae={d_sae}, reconstruction noise {noise}",
+                          (x, x + noise * randn(seed + 2, batch, d_in), latents)))
+    return cases
+
+
+_METRICS_HAND = Case(
+    "hand case: x = (1, 0), (3, 0); x̂ = (1, 1), (3, 0); z = (0, 2, 0), (1, 1, 1) -> L0 2, MSE 0.5, "
+    "explained variance 1 - 0.5 / 1 = 0.5",
+    (torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[1.0, 1.0], [3.0, 0.0]]),
+     torch.tensor([[0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])))
+
+_METRICS_MISTAKES = [
+    ("explained variance divides by E‖x - E[x]‖², the variance around the batch mean (x - x.mean(0)), not E‖x‖².",
+     lambda x, r, z: (*ref.reconstruction_metrics(x, r, z)[:2],
+                      (1 - (x - r).pow(2).sum(-1).mean() / x.pow(2).sum(-1).mean()).item())),
+    ("MSE is the mean over the batch of the squared *norm* of the error (sum over d_in), not the mean over entries.",
+     lambda x, r, z: (ref.reconstruction_metrics(x, r, z)[0], (x - r).pow(2).mean().item(),
+                      ref.reconstruction_metrics(x, r, z)[2])),
+    ("L0 is the mean over inputs of the number of non-zero latents; not the sum, not the fraction.",
+     lambda x, r, z: ((z != 0).float().mean().item(), *ref.reconstruction_metrics(x, r, z)[1:])),
+]
+
+
+def check_reconstruction_metrics(fn: Callable) -> None:
+    compare_function(fn, ref.reconstruction_metrics, [_METRICS_HAND, *_metric_cases([(0, 16, 4, 10, 0.3)])],
+                     name="reconstruction_metrics", mistakes=_METRICS_MISTAKES,
+                     hint="return a tuple of three Python floats (l0, mse, explained_variance).")
+
+
+def grade_reconstruction_metrics(fn: Callable) -> None:
+    refuse_reference(fn, "reconstruction_metrics")
+    cases = [_METRICS_HAND, *_metric_cases([(1, 512, 128, 1024, 0.5), (2, 3, 2, 5, 2.0), (3, 64, 16, 64, 0.0)])]
+    compare_function(fn, ref.reconstruction_metrics, cases, name="reconstruction_metrics",
+                     mistakes=_METRICS_MISTAKES, hint="return a tuple of three Python floats (l0, mse, explained_variance).")
+
+
+# ---------------------------------------------------------------- 10. ce_loss_recovered
+
+
+def _halve(a: torch.Tensor) -> torch.Tensor:
+    return 0.5 * a
+
+
+def _noisy(a: torch.Tensor) -> torch.Tensor:
+    """A deterministic 'reconstruction' with an error that depends on the input."""
+    return a + 0.3 * torch.sin(7 * a)
+
+
+@functools.cache
+def _small_sae():
+    """A tiny TopK SAE on corpus_2l's resid_pre, trained here (seconds), for a realistic case."""
+    with _silent():
+        store = activations.ActivationStore.collect(_course_model(), "blocks.1.hook_resid_pre", _windows(64, 4),
+                                                    collect=ref.collect_activations)
+    sae = ref.SAE(ref.SAEConfig(d_in=128, d_sae=256, architecture="topk", k=8, seed=7))
+    with _silent():
+        ref.train_sae(sae, store.batches(256, seed=0), steps=60, lr=3e-3, warmup_steps=10, dead_after=10_000)
+    sae.eval()
+    return sae, store.scale
+
+
+def _sae_reconstruct(a: torch.Tensor) -> torch.Tensor:
+    sae, scale = _small_sae()
+    with torch.no_grad():
+        return sae(a * scale) / scale
+
+
+def _ce_cases(hidden: bool) -> list[Case]:
+    cases = [Case(f"course model corpus_2l, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: halve",
+                  (_course_model(), _windows(4, 5), "blocks.1.hook_resid_pre", _halve))]
+    if hidden:
+        _small_sae()  # trained now, not lazily inside a hook of the same model
+        cases += [
+            Case("course model, 8 windows, hook 'blocks.1.hook_resid_pre', reconstruct: a small trained TopK SAE",
+                 (_course_model(), _windows(8, 6), "blocks.1.hook_resid_pre", _sae_reconstruct)),
+            Case("course model, 6 windows, hook 'blocks.0.hook_resid_post', reconstruct: input-dependent noise",
+                 (_course_model(), _windows(6, 7)[:, :40], "blocks.0.hook_resid_post", _noisy)),
+        ]
+        for desc, model in _other_models():
+            cases.append(Case(f"{desc}, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: input-dependent noise",
+                              (model, _windows(4, 8)[:, :32], "blocks.1.hook_resid_pre", _noisy)))
+    return cases
+
+
+def _ce_with_bos(model, tokens, hook_name, reconstruct):
+    def ce(logits):
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).item()
+
+    with torch.no_grad():
+        clean = ce(model(tokens))
+        sae = ce(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: reconstruct(a))]))
+        zero = ce(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))]))
+    return clean, sae, zero, (zero - sae) / (zero - clean)
+
+
+_CE_MISTAKES = [
+    ("leave position 0 (BOS) as it is in both runs: replace and zero positions 1: only.", _ce_with_bos),
+    ("CE loss recovered is (CE_zero - CE_SAE) / (CE_zero - CE_clean): 1 when the SAE costs nothing.",
+     lambda *a: (*ref.ce_loss_recovered(*a)[:3], 1 - ref.ce_loss_recovered(*a)[3])),
+]
+
+
+def check_ce_loss_recovered(fn: Callable) -> None:
+    compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(False), "ce_loss_recovered", _CE_MISTAKES,
+                      atol=1e-4, rtol=1e-4)
+
+
+def grade_ce_loss_recovered(fn: Callable) -> None:
+    refuse_reference(fn, "ce_loss_recovered")
+    compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(True), "ce_loss_recovered", _CE_MISTAKES,
+                      atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- 11. relative_reconstruction_bias
+
+_BIAS_HAND = Case("hand case: x̂ = 0.8 x -> γ = 0.8", (torch.tensor([[3.0, 4.0], [1.0, -2.0]]),
+                                                       0.8 * torch.tensor([[3.0, 4.0], [1.0, -2.0]])))
+
+
+def _bias_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
+    return [Case(f"seed={seed}, batch={batch}, d_in={d_in}, x̂ = {shrink}·x + noise",
+                 (randn(seed, batch, d_in), shrink * randn(seed, batch, d_in) + 0.2 * randn(seed + 1, batch, d_in)))
+            for seed, batch, d_in, shrink in specs]
+
+
+_BIAS_MISTAKES = [("γ = E[x̂·x̂] / E[x̂·x] (you have its inverse): below 1 when x̂ is shrunk.",
+                   lambda x, r: 1 / ref.relative_reconstruction_bias(x, r))]
+
+
+def check_relative_reconstruction_bias(fn: Callable) -> None:
+    compare_function(fn, ref.relative_reconstruction_bias, [_BIAS_HAND, *_bias_cases([(0, 32, 8, 0.7)])],
+                     name="relative_reconstruction_bias", mistakes=_BIAS_MISTAKES, hint="return a Python float.")
+
+
+def grade_relative_reconstruction_bias(fn: Callable) -> None:
+    refuse_reference(fn, "relative_reconstruction_bias")
+    cases = [_BIAS_HAND, *_bias_cases([(1, 512, 128, 0.9), (2, 1, 3, 1.3), (3, 100, 16, 0.5)])]
+    compare_function(fn, ref.relative_reconstruction_bias, cases, name="relative_reconstruction_bias",
+                     mistakes=_BIAS_MISTAKES, hint="return a Python float.")
+
+
+# ---------------------------------------------------------------- 12. top_activations
+
+_TOP_HAND = Case("hand case: [[0, 5, 1], [7, 0, 2]], k=3 -> values (7, 5, 2), rows (1, 0, 1), positions (0, 1, 2)",
+                 (torch.tensor([[0.0, 5.0, 1.0], [7.0, 0.0, 2.0]]), 3))
+
+
+def _top_cases(specs: Sequence[tuple[int, int, int, int]]) -> list[Case]:
+    return [Case(f"random activations, seed={seed}, batch={batch}, pos={pos}, k={k}",
+                 (torch.relu(randn(seed, batch, pos)) + torch.rand(batch, pos, generator=seeded(seed + 1)), k))
+            for seed, batch, pos, k in specs]
+
+
+_TOP_MISTAKES = [
+    ("a flat index i is row i // pos and position i % pos (pos = acts.shape[1]).",
+     lambda a, k: (a.flatten().topk(k).values, a.flatten().topk(k).indices % a.shape[0],
+                   a.flatten().topk(k).indices // a.shape[0])),
+    ("return (values, rows, positions) in that order.",
+     lambda a, k: (ref.top_activations(a, k)[0], ref.top_activations(a, k)[2], ref.top_activations(a, k)[1])),
+]
+
+
+def check_top_activations(fn: Callable) -> None:
+    compare_function(fn, ref.top_activations, [_TOP_HAND, *_top_cases([(0, 4, 7, 5)])], name="top_activations",
+                     mistakes=_TOP_MISTAKES, hint="return a tuple of three tensors (values, rows, positions).")
+
+
+def grade_top_activations(fn: Callable) -> None:
+    refuse_reference(fn, "top_activations")
+    cases = [_TOP_HAND, *_top_cases([(1, 100, 63, 20), (2, 1, 9, 9), (3, 30, 5, 1), (4, 7, 200, 50)])]
+    compare_function(fn, ref.top_activations, cases, name="top_activations", mistakes=_TOP_MISTAKES,
+                     hint="return a tuple of three tensors (values, rows, positions).")
+
+
+# ---------------------------------------------------------------- 13. detection_scores
+
+_DETECT_HAND = Case(
+    "hand case: labels (1, 1, 0, 0); latent 0 fires on (1, 0, 1, 0), latent 1 never, latent 2 on all -> "
+    "precision (0.5, 0, 0.5), recall (0.5, 0, 1), F1 (0.5, 0, 0.667)",
+    (torch.tensor([[True, False, True], [False, False, True], [True, False, True], [False, False, True]]),
+     torch.tensor([True, True, False, False])))
+_DETECT_NO_POSITIVES = Case("no position has the label -> recall and F1 0 everywhere",
+                            (torch.tensor([[True, False], [True, True]]), torch.tensor([False, False])))
+
+
+def _detect_cases(specs: Sequence[tuple[int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, n, d_sae in specs:
+        g = seeded(seed)
+        labels = torch.rand(n, generator=g) < 0.2
+        rates = torch.rand(d_sae, generator=g) * 0.3
+        fires = torch.rand(n, d_sae, generator=g) < rates
+        fires[:, 0] = labels  # a perfect detector
+        fires[:, 1] = False  # a dead latent
+        fires[:, 2] = labels | (torch.rand(n, generator=g) < 0.1)  # high recall, lower precision
+        cases.append(Case(f"seed={seed}, n={n}, d_sae={d_sae} (latent 0 perfect, latent 1 never fires)",
+                          (fires, labels)))
+    return cases
+
+
+_DETECT_MISTAKES = [
+    ("precision = TP / (times the latent fired), recall = TP / (positions with the label); you swapped them.",
+     lambda f, l: (ref.detection_scores(f, l)[1], ref.detection_scores(f, l)[0], ref.detection_scores(f, l)[2])),
+]
+
+
+def check_detection_scores(fn: Callable) -> None:
+    compare_function(fn, ref.detection_scores, [_DETECT_HAND, *_detect_cases([(0, 50, 6)])], name="detection_scores",
+                     mistakes=_DETECT_MISTAKES,
+                     hint="return (precision, recall, f1): float32 tensors [d_sae], 0 where a denominator is 0.")
+
+
+def grade_detection_scores(fn: Callable) -> None:
+    refuse_reference(fn, "detection_scores")
+    cases = [_DETECT_HAND, _DETECT_NO_POSITIVES, *_detect_cases([(1, 2000, 256), (2, 7, 3), (3, 500, 1024)])]
+    compare_function(fn, ref.detection_scores, cases, name="detection_scores", mistakes=_DETECT_MISTAKES,
+                     hint="return (precision, recall, f1): float32 tensors [d_sae], 0 where a denominator is 0.")

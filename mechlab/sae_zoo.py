@@ -1,0 +1,260 @@
+"""The course's trained sparse autoencoders: chapter 4 loads them instead of training a
+sweep live, and chapter 5 steers with one.
+
+    from mechlab import sae_zoo
+    sae = sae_zoo.load("topk_k8_w1024")   # chapter 4's SAE class, eval mode
+    sae_zoo.info("topk_k8_w1024")["scale"]  # the normalisation factor it was trained with
+
+Every SAE is described once, in `SAE_ZOO` below: its `SAEConfig`, the training run
+(steps, batch, learning rate, warm-up, dead-latent window) and the metrics it must
+reach. All are trained on `corpus_2l`'s activations at their hook over
+`TRAIN_TOKENS` tokens of held-out corpus text (corpus seed 1), with chapter 4's
+reference code (`mechlab.reference.sparse_autoencoders`: the same `train_sae` and
+`SAE` a learner writes), and evaluated on other text (corpus seed 2).
+
+    python -m mechlab.sae_zoo list
+    python -m mechlab.sae_zoo train topk_k8_w1024   # retrain from scratch, print metrics, overwrite it
+    python -m mechlab.sae_zoo train all
+    python -m mechlab.sae_zoo eval topk_k8_w1024    # measure the committed checkpoint
+
+Checkpoints are safetensors in `checkpoints/saes/`, weights stored as float16 (half the
+size; the metrics are measured after that rounding) and loaded as float32, with the
+config, normalisation scale, metrics and a thinned training history in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechlab import activations, zoo
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints" / "saes"
+MODEL = "corpus_2l"
+TRAIN_TOKENS = 1_000_000  # about 15.8k windows, 990k activations
+TRAIN_SEED, EVAL_SEED = 1, 2  # corpus seeds: never corpus_2l's training text (seed 0)
+EVAL_TOKENS = 40_000
+RESID_PRE, RESID_POST = "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    name: str
+    description: str
+    config: dict[str, Any]  # SAEConfig fields; d_in comes from the model
+    steps: int
+    batch_size: int = 1024
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    dead_after: int = 100_000  # activations without firing before a latent counts as dead
+    seed: int = 0  # data order
+    targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # metric -> ("<" or ">", bound)
+
+    @property
+    def path(self) -> Path:
+        return CHECKPOINTS / f"{self.name}.safetensors"
+
+    def sae_config(self):
+        from mechlab.reference.sparse_autoencoders import SAEConfig
+
+        return SAEConfig(d_in=zoo.ZOO[MODEL].config["d_model"], **self.config)
+
+
+def _topk(width: int, k: int = 8, hook: str = RESID_PRE, steps: int = 3000, **targets) -> SAESpec:
+    suffix = "_post" if hook == RESID_POST else ""
+    return SAESpec(f"topk_k{k}_w{width}{suffix}", f"TopK SAE, k={k}, {width} latents, at {hook}",
+                   dict(d_sae=width, architecture="topk", k=k, hook_name=hook), steps=steps,
+                   targets={"explained_variance": (">", targets.get("ev", 0.9)), "dead_fraction": ("<", 0.1)})
+
+
+def _relu(l1: float, name: str, ev: float = 0.8) -> SAESpec:
+    return SAESpec(f"relu_{name}_w1024", f"ReLU SAE, L1 coefficient {l1}, 1024 latents",
+                   dict(d_sae=1024, architecture="relu", l1_coeff=l1), steps=3000,
+                   targets={"explained_variance": (">", ev)})
+
+
+def _jumprelu(l0: float, name: str) -> SAESpec:
+    return SAESpec(f"jumprelu_{name}_w1024", f"JumpReLU SAE, L0 coefficient {l0}, 1024 latents",
+                   dict(d_sae=1024, architecture="jumprelu", l0_coeff=l0), steps=3000,
+                   targets={"explained_variance": (">", 0.8)})
+
+
+SAE_ZOO: dict[str, SAESpec] = {s.name: s for s in [
+    _relu(2.0, "l1_2"), _relu(5.0, "l1_5"), _relu(10.0, "l1_10", ev=0.55),  # a strong L1: shrinkage at its worst
+    _topk(1024, k=4, ev=0.85), _topk(1024, k=8), _topk(1024, k=16),
+    _jumprelu(0.3, "l0_0.3"), _jumprelu(1.0, "l0_1"), _jumprelu(3.0, "l0_3"),
+    _topk(256, ev=0.85), _topk(512), _topk(2048), _topk(4096, steps=2000),
+    _topk(1024, hook=RESID_POST),
+]}
+FRONTIER = [n for n in SAE_ZOO if n.endswith("_w1024") and not n.endswith("_post")]  # three of each architecture
+WIDTHS = ["topk_k8_w256", "topk_k8_w512", "topk_k8_w1024", "topk_k8_w2048", "topk_k8_w4096"]
+
+
+def _spec(name: str) -> SAESpec:
+    if name not in SAE_ZOO:
+        raise KeyError(f"no SAE {name!r} in the SAE zoo; it has: {', '.join(SAE_ZOO)}")
+    return SAE_ZOO[name]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def info(name: str) -> dict[str, Any]:
+    """The checkpoint's metadata: config, scale, metrics, training history, seconds."""
+    from safetensors import safe_open
+
+    path = _spec(name).path
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.sae_zoo train {name}`")
+    with safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def load(name: str, device: str | torch.device = "cpu"):
+    """The committed SAE `name` (chapter 4's `SAE`, float32, eval mode) on `device`.
+    Its normalisation scale is `info(name)["scale"]`, also kept as `sae.scale`."""
+    from safetensors.torch import load_file
+
+    from mechlab.reference.sparse_autoencoders import SAE
+
+    spec = _spec(name)
+    meta = info(name)
+    cfg = spec.sae_config()
+    if meta["config"] != asdict(cfg):
+        diffs = [f"{k}: checkpoint {meta['config'].get(k)!r}, zoo {v!r}" for k, v in asdict(cfg).items()
+                 if meta["config"].get(k) != v]
+        raise zoo.CheckpointMismatch(f"{spec.path.name} does not match SAE_ZOO[{name!r}]:\n  " + "\n  ".join(diffs)
+                                     + f"\nRetrain it with `python -m mechlab.sae_zoo train {name}`.")
+    sae = SAE(cfg)
+    sae.load_state_dict({k: v.float() for k, v in load_file(str(spec.path)).items()}, strict=True)
+    sae.scale = float(meta["scale"])
+    return sae.to(device).eval()
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+@functools.cache
+def _model():
+    return zoo.load(MODEL)
+
+
+@functools.cache
+def _train_store(hook_name: str) -> activations.ActivationStore:
+    windows = activations.corpus_windows(TRAIN_TOKENS, seed=TRAIN_SEED)
+    return activations.ActivationStore.collect(_model(), hook_name, windows.tokens)
+
+
+@functools.cache
+def _eval_data(hook_name: str) -> tuple[activations.Windows, activations.ActivationStore]:
+    windows = activations.corpus_windows(EVAL_TOKENS, seed=EVAL_SEED)
+    return windows, activations.ActivationStore.collect(_model(), hook_name, windows.tokens, desc="evaluation set")
+
+
+@torch.no_grad()
+def evaluate(sae, scale: float) -> dict[str, float]:
+    """The chapter's metrics on the held-out evaluation set (corpus seed 2)."""
+    from mechlab.reference.sparse_autoencoders import (
+        ce_loss_recovered, reconstruction_metrics, relative_reconstruction_bias,
+    )
+
+    windows, store = _eval_data(sae.cfg.hook_name)
+    x = store.flat() * scale / store.scale  # the store's own scale is an estimate; use the SAE's
+    z = sae.encode(x)
+    x_hat = sae.decode(z)
+    l0, mse, ev = reconstruction_metrics(x, x_hat, z)
+    density = (z > 0).float().mean(0)
+    ce_clean, ce_sae, ce_zero, recovered = ce_loss_recovered(
+        _model(), windows.tokens[:256], sae.cfg.hook_name, lambda a: sae(a * scale) / scale)
+    return {"l0": l0, "mse": mse, "explained_variance": ev, "ce_clean": ce_clean, "ce_sae": ce_sae,
+            "ce_increase": ce_sae - ce_clean, "ce_loss_recovered": recovered,
+            "dead_fraction": float((density == 0).float().mean()), "dense_fraction": float((density > 0.1).float().mean()),
+            "relative_reconstruction_bias": relative_reconstruction_bias(x, x_hat)}
+
+
+def train(name: str, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train `name` from scratch with its fixed seeds; returns the SAE (float16-rounded, as it
+    will be saved) and its metadata."""
+    from mechlab.reference.sparse_autoencoders import SAE, train_sae
+
+    spec = _spec(name)
+    cfg = spec.sae_config()
+    store = _train_store(cfg.hook_name)
+    sae = SAE(cfg)
+    start = time.perf_counter()
+    history = train_sae(sae, store.batches(spec.batch_size, seed=spec.seed), steps=spec.steps, lr=spec.lr,
+                        warmup_steps=spec.warmup_steps, dead_after=spec.dead_after)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(p.half().float())  # what the checkpoint will hold
+    sae.eval()
+    every = max(1, spec.steps // 100)
+    meta = {"config": asdict(cfg), "scale": store.scale, "metrics": evaluate(sae, store.scale),
+            "history": {k: [round(float(v), 4) for v in t[::every]] for k, t in history.items()},
+            "history_every": every, "seconds": round(seconds, 1), "steps": spec.steps,
+            "activations_per_second": round(spec.steps * spec.batch_size / seconds), "torch": torch.__version__}
+    return sae, meta
+
+
+def save(sae, meta: dict[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().half().contiguous() for k, v in sae.state_dict().items()}, str(path),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def missed_targets(name: str, metrics: dict[str, float]) -> list[str]:
+    return zoo.missed_targets(_spec(name), metrics)
+
+
+def _report(name: str, meta: dict[str, Any]) -> str:
+    m = meta["metrics"]
+    missed = missed_targets(name, m)
+    return (f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items())
+            + f"\n  targets: {'all met' if not missed else 'MISSED ' + '; '.join(missed)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mechlab.sae_zoo", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the zoo's SAEs")
+    t = sub.add_parser("train", help="retrain SAEs from scratch (fixed seeds) and write their checkpoints")
+    t.add_argument("names", nargs="+", help="SAE names, or 'all'")
+    t.add_argument("--out", type=Path, help="folder to write checkpoints to (default: the committed ones)")
+    e = sub.add_parser("eval", help="measure committed checkpoints")
+    e.add_argument("names", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for spec in SAE_ZOO.values():
+            print(f"{spec.name}: {spec.description}")
+        return 0
+    names = list(SAE_ZOO) if args.names == ["all"] else args.names
+    failed = 0
+    for name in names:
+        if args.command == "eval":
+            sae = load(name)
+            meta = {"metrics": evaluate(sae, sae.scale)}
+        else:
+            sae, meta = train(name)
+            out = (args.out / f"{name}.safetensors") if args.out else _spec(name).path
+            save(sae, meta, out)
+        print(_report(name, meta), flush=True)
+        if args.command == "train":
+            print(f"  trained in {meta['seconds']} s ({meta['activations_per_second']} activations/s); wrote {out}",
+                  flush=True)
+        failed += bool(missed_targets(name, meta["metrics"]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
