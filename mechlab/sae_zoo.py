@@ -72,7 +72,8 @@ def _topk(width: int, k: int = 8, hook: str = RESID_PRE, steps: int = 3000, **ta
     suffix = "_post" if hook == RESID_POST else ""
     return SAESpec(f"topk_k{k}_w{width}{suffix}", f"TopK SAE, k={k}, {width} latents, at {hook}",
                    dict(d_sae=width, architecture="topk", k=k, hook_name=hook), steps=steps,
-                   targets={"explained_variance": (">", targets.get("ev", 0.9)), "dead_fraction": ("<", 0.1)})
+                   targets={"explained_variance": (">", targets.get("ev", 0.9)),
+                            "dead_fraction": ("<", targets.get("dead", 0.1))})
 
 
 def _relu(l1: float, name: str, ev: float = 0.8) -> SAESpec:
@@ -89,9 +90,10 @@ def _jumprelu(l0: float, name: str) -> SAESpec:
 
 SAE_ZOO: dict[str, SAESpec] = {s.name: s for s in [
     _relu(2.0, "l1_2"), _relu(5.0, "l1_5"), _relu(10.0, "l1_10", ev=0.55),  # a strong L1: shrinkage at its worst
-    _topk(1024, k=4, ev=0.85), _topk(1024, k=8), _topk(1024, k=16),
+    _topk(1024, k=4, ev=0.85, dead=0.35), _topk(1024, k=8), _topk(1024, k=16),  # k=4 leaves many latents dead
     _jumprelu(0.3, "l0_0.3"), _jumprelu(1.0, "l0_1"), _jumprelu(3.0, "l0_3"),
-    _topk(256, ev=0.85), _topk(512), _topk(2048), _topk(4096, steps=2000),
+    # wider than the corpus has features for: beyond 1024 latents, more and more of them never fire
+    _topk(256, ev=0.85), _topk(512), _topk(2048, dead=0.25), _topk(4096, steps=2000, dead=0.55),
     _topk(1024, hook=RESID_POST),
 ]}
 FRONTIER = [n for n in SAE_ZOO if n.endswith("_w1024") and not n.endswith("_post")]  # three of each architecture
