@@ -65,9 +65,25 @@ def setup(seed: int = 0, chapter: str | None = None) -> torch.device:
     return device
 
 
+_quiet_depth = 0
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No progress bars from `progress` inside: for checks that run a training loop (the
+    learner's, or the reference's) on a toy problem, where a bar is only clutter."""
+    global _quiet_depth
+    _quiet_depth += 1
+    try:
+        yield
+    finally:
+        _quiet_depth -= 1
+
+
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
-    """A tqdm progress bar that disappears under grading (stderr would fail the cell)."""
-    kwargs.setdefault("disable", under_grading())
+    """A tqdm progress bar that disappears under grading (stderr would fail the cell) and
+    inside `quiet()`."""
+    kwargs.setdefault("disable", under_grading() or _quiet_depth > 0)
     kwargs.setdefault("mininterval", 0.5)
     return tqdm(iterable, **kwargs)
 

@@ -13,10 +13,8 @@ must retrace its history.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,9 +27,7 @@ from mechlab.checks import (
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, detach as _detach, type_ as _type
 from mechlab.reference import sparse_autoencoders as ref
-
-# The reference runs here are the course's, not the learner's: their progress bars stay out of the learner's view.
-_silent = functools.partial(contextlib.redirect_stderr, io.StringIO())
+from mechlab.runtime import quiet
 
 def _values_and_gradients(fn: Callable, reference: Callable, cases: Sequence[Case], gradient_cases: Sequence[Case],
                           wrt: Sequence[int], name: str, mistakes=(), hint: str | None = None, **tolerance) -> None:
@@ -430,7 +426,7 @@ def _train_setup(config: tuple):
 def _reference_run(config: tuple) -> tuple[dict[str, np.ndarray], float]:
     arch, seed, d_in, d_sae, steps, batch, lr, warmup, dead_after = config
     sae = _train_setup(config)
-    with _silent():
+    with quiet():
         history = ref.train_sae(sae, _sparse_data(seed, d_in, batch), steps=steps, lr=lr, warmup_steps=warmup,
                                 dead_after=dead_after)
     return {k: v.double().numpy() for k, v in history.items()}, _eval_loss(sae, config)
@@ -472,8 +468,9 @@ def _check_train(fn: Callable, config: tuple) -> None:
     sae = _train_setup(config)
     initial = copy.deepcopy(sae.state_dict())
     batches = _CountedBatches(_sparse_data(seed, d_in, batch))
-    history = call_learner(fn, name, desc, (sae, batches),
-                           dict(steps=steps, lr=lr, warmup_steps=warmup, dead_after=dead_after))
+    with quiet():  # a toy run: the learner's progress bar would only be clutter here
+        history = call_learner(fn, name, desc, (sae, batches),
+                               dict(steps=steps, lr=lr, warmup_steps=warmup, dead_after=dead_after))
     label = f"{name}({desc})"
     if _type(history) is not dict or set(history) != set(_HISTORY_KEYS):
         raise CheckFailed(f"{label} returned {_type(history).__name__}"
@@ -582,11 +579,11 @@ def _noisy(a: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _small_sae():
     """A tiny TopK SAE on corpus_2l's resid_pre, trained here (seconds), for a realistic case."""
-    with _silent():
+    with quiet():
         store = activations.ActivationStore.collect(_course_model(), "blocks.1.hook_resid_pre", _windows(64, 4),
                                                     collect=ref.collect_activations)
     sae = ref.SAE(ref.SAEConfig(d_in=128, d_sae=256, architecture="topk", k=8, seed=7))
-    with _silent():
+    with quiet():
         ref.train_sae(sae, store.batches(256, seed=0), steps=60, lr=3e-3, warmup_steps=10, dead_after=10_000)
     sae.eval()
     return sae, store.scale
