@@ -129,7 +129,7 @@ def assert_value_close(got: Any, expected: Any, *, name: str = "output",
         if got != expected:
             _fail(f"{name}: expected {expected!r}, got {got!r}", hint, values_differ=True)
     elif _isinstance(expected, float):
-        if _type(got) not in (float, int):
+        if _type(got) not in (float, int) and not _isinstance(got, np.floating):  # np.float64 is a float too
             _fail(f"{name}: expected {expected:.6g}, got {got!r} (a {_type(got).__name__}, not a float)", hint)
         if not abs(got - expected) <= atol + rtol * abs(expected):
             _fail(f"{name}: expected {expected:.6g}, got {got!r}", hint, values_differ=True)

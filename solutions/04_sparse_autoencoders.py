@@ -41,7 +41,7 @@
 #    recall / F1 score against the corpus's ground truth, beside a linear probe;
 # 6. watch features **split** as the dictionary grows.
 #
-# **Time budget:** about 3.5 hours for the exercises (the table below adds them up),
+# **Time budget:** about 3¾ hours for the exercises (the table below adds them up),
 # plus time to play with the latent browser. The notebook runs in about 3 minutes on a
 # laptop CPU: one SAE trains live, the others (a sweep of sizes and sparsities) come
 # from checkpoints committed with the course, and `python -m mechlab.sae_zoo train NAME`
@@ -140,9 +140,11 @@ checks.grade_collect_activations(collect_activations)
 #
 # Residual streams of different models (and layers) have very different norms, and the
 # right L1 coefficient or learning rate depends on that norm. The SAE literature fixes
-# the scale once: multiply every activation by one constant $s$ chosen so that the
-# **mean squared norm is `d_model`**, $\mathbb{E}\,\lVert s\,x \rVert^2 = d_\text{model}$
-# (Anthropic's April 2024 update; SAELens's `normalize_activations="expected_average_only_in"`).
+# the scale once: multiply every activation by one constant $s$. We choose $s$ so that
+# the **mean squared norm is `d_model`**, $\mathbb{E}\,\lVert s\,x \rVert^2 = d_\text{model}$.
+# (Anthropic's April 2024 update and SAELens's `normalize_activations="expected_average_only_in"`
+# make the mean *norm* $\sqrt{d_\text{model}}$ instead; on this model the two factors
+# differ by 2.5%.)
 # Hyperparameters then carry over between models, and a squared error of
 # $d_\text{model}$ means "as large as the activation itself".
 
@@ -778,8 +780,9 @@ plots.training_curves(history);
 # Read the curves: the squared error falls fast, then slowly (the normalised activations
 # have $\mathbb{E}\lVert x\rVert^2 = 128$, so an MSE of 6 leaves about 5% of the
 # squared norm unexplained); $L_0$ is exactly $k$ throughout (TopK); and the dead
-# fraction starts at 0 and rises only if some latents stop winning the top $k$: the
-# auxiliary loss then pulls most of them back.
+# fraction starts at 0 and rises as some latents stop winning the top $k$ (to about 2%
+# in this run); the auxiliary loss gives them a gradient to come back by. Compare the
+# $k = 4$ SAE below, where 29% end up dead.
 
 # %% [markdown]
 # ## 4. Evaluating an SAE
@@ -1111,8 +1114,8 @@ plots.latent_browser(browser_data, top_activations)
 # <details><summary>Hint</summary>
 #
 # `tp = (fires & labels[:, None]).sum(0)`, `fired = fires.sum(0)`, `positives = labels.sum()`.
-# Divide with `torch.where(denominator > 0, numerator / denominator.clamp_min(1), 0.0)` to
-# keep 0/0 at 0.
+# Divide with `torch.where(denominator > 0, numerator / denominator.clamp_min(1e-12), 0.0)`
+# to keep 0/0 at 0 (the `clamp_min` only keeps the unused branch free of NaN).
 # </details>
 #
 # Stuck? Run `from mechlab.reference.sparse_autoencoders import detection_scores` and carry on (no points for this exercise).
@@ -1171,13 +1174,15 @@ scores  # every label: its best latent, with precision and recall on the held-ou
 #   the generator's categories far better than the model's own basis does.
 # - **Sentiment is easy**: one raw dimension already detects it (0.98); the SAE keeps it
 #   as one latent per polarity (0.99).
-# - **"Known person" is not a latent.** The best latent (0.80) barely beats always-on
-#   (0.76) and loses to a single raw dimension (0.89), while a probe reads the property
-#   almost perfectly (0.99). Open it in the browser above: it fires on last names at the
-#   start of a document, whatever the person. The model represents whether it knows a
-#   person, linearly, but this SAE did not give that a latent of its own: a property
-#   the model *has* need not be a feature an SAE *finds*. (Chapter 5 steers with the
-#   probe's kind of direction instead.)
+# - **"Known person" is not a clean latent.** The best latent (0.80) barely beats
+#   always-on (0.76) and loses to a single raw dimension (0.89), while a probe reads the
+#   property almost perfectly (0.99). It is a leaky detector: it fires on 86% of known
+#   people's last names (recall), but a quarter of its firings are on unknown people's
+#   (precision 0.75, where 0.61 of these names are known anyway). Open it in the browser
+#   above (the label menu): it fires most reliably at the start of a document. The model represents
+#   whether it knows a person, linearly, but this SAE did not give that a latent of its
+#   own: a property the model *has* need not be a feature an SAE *finds*. (Chapter 5
+#   steers along the probe's kind of direction instead.)
 # %% [markdown]
 # The same SAE recipe at the *end* of the model, `blocks.1.hook_resid_post`, where the
 # residual stream is almost the next-token prediction itself:
@@ -1218,7 +1223,7 @@ plots.width_curve(width_table);
 
 # %% [markdown]
 # Reconstruction improves with width up to 2048 latents, and the CE increase halves from
-# 256 to 512, then flattens. The right panel says why: past 1024 latents, more and more
+# 256 to 512, then falls slowly. The right panel says why: past 1024 latents, more and more
 # of them **never fire** on held-out text (17% of 2048, 46% of 4096). The corpus has a
 # few hundred words and a few dozen kinds of fact; a dictionary much wider than that has
 # nothing left to learn, and its extra latents die. On a real model's residual stream,
@@ -1238,7 +1243,7 @@ splitting
 # Read the left heatmap block by block. Each row is one topic latent of the 256-latent
 # SAE (its index in brackets), each column the 4096-latent SAE's best latent for one
 # subtopic. Inside a topic's block, each of its three subtopic latents fires with the
-# topic latent 20-37% of the time, and they share its firings between them; outside the
+# topic latent 17-37% of the time, and they share its firings between them; outside the
 # block, almost never. In the table: when the topic latent fires on its own topic's
 # documents, one of the three subtopic latents fires too 78-84% of the time (61-79% over
 # all its firings, since a topic latent also fires now and then on another topic); and

@@ -297,6 +297,16 @@ def scale_from_mean_square_entry(acts):
     return float(1 / acts.pow(2).mean().sqrt())
 
 
+def scale_with_numpy(acts):
+    import numpy as np
+    return np.sqrt(acts.shape[-1] / acts.pow(2).sum(-1).mean().item())  # a numpy float64
+
+
+def relu_loss_with_abs(x, latents, reconstruction, W_dec, l1_coeff):
+    penalty = (latents.abs() * W_dec.norm(dim=-1)).sum(-1)
+    return ((reconstruction - x).pow(2).sum(-1) + l1_coeff * penalty).mean()
+
+
 def topk_by_threshold(pre, k):
     if k >= pre.shape[-1]:
         return torch.relu(pre)
@@ -365,6 +375,8 @@ def detection_with_nan_to_num(fires, labels):
 VARIANTS = [
     ("collect_activations", collect_with_a_hook),
     ("normalisation_scale", scale_from_mean_square_entry),
+    ("normalisation_scale", scale_with_numpy),
+    ("relu_sae_loss", relu_loss_with_abs),
     ("topk_activation", topk_by_threshold),
     ("auxk_loss", auxk_masked_fill),
     ("jumprelu", jumprelu_with_heaviside),

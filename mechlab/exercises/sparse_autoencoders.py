@@ -147,11 +147,14 @@ def grade_normalisation_scale(fn: Callable) -> None:
 # ---------------------------------------------------------------- 3. relu_sae_loss
 
 
-def _relu_loss_cases(specs: Sequence[tuple[int, int, int, int, float]]) -> list[Case]:
+def _relu_loss_cases(specs: Sequence[tuple[int, int, int, int, float]], positive: bool = False) -> list[Case]:
+    """`positive`: strictly positive latents, for gradients (at an exact 0, `z` and `|z|`
+    have different derivatives, and both are right: the ReLU before zeroes that gradient)."""
     cases = []
     for seed, batch, d_in, d_sae, l1 in specs:
         x = randn(seed, batch, d_in)
         latents = torch.relu(randn(seed + 1, batch, d_sae) - 1)  # sparse, non-negative
+        latents = latents + 0.05 if positive else latents
         W_dec = randn(seed + 2, d_sae, d_in) * (0.2 + torch.rand(d_sae, 1, generator=seeded(seed + 3)))  # unequal norms
         reconstruction = latents @ W_dec + 0.1 * randn(seed + 4, batch, d_in)
         cases.append(Case(f"seed={seed}, batch={batch}, d_in={d_in}, d_sae={d_sae}, l1_coeff={l1}",
@@ -178,15 +181,16 @@ _RELU_MISTAKES = [
 
 def check_relu_sae_loss(fn: Callable) -> None:
     cases = [_RELU_HAND, *_relu_loss_cases([(0, 8, 6, 10, 0.3)])]
-    _values_and_gradients(fn, ref.relu_sae_loss, cases, cases[1:], (1, 2, 3), "relu_sae_loss", _RELU_MISTAKES,
-                          hint="return a 0-dimensional tensor.")
+    _values_and_gradients(fn, ref.relu_sae_loss, cases, _relu_loss_cases([(0, 8, 6, 10, 0.3)], positive=True),
+                          (1, 2, 3), "relu_sae_loss", _RELU_MISTAKES, hint="return a 0-dimensional tensor.")
 
 
 def grade_relu_sae_loss(fn: Callable) -> None:
     refuse_reference(fn, "relu_sae_loss")
     cases = [_RELU_HAND, *_relu_loss_cases([(1, 64, 16, 40, 5.0), (2, 1, 3, 7, 0.0), (3, 256, 128, 512, 1.5)])]
-    _values_and_gradients(fn, ref.relu_sae_loss, cases, cases[1:2], (0, 1, 2, 3), "relu_sae_loss", _RELU_MISTAKES,
-                          hint="return a 0-dimensional tensor.", rtol=1e-4, atol=1e-4)
+    _values_and_gradients(fn, ref.relu_sae_loss, cases, _relu_loss_cases([(1, 64, 16, 40, 5.0)], positive=True),
+                          (0, 1, 2, 3), "relu_sae_loss", _RELU_MISTAKES, hint="return a 0-dimensional tensor.",
+                          rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- 4. topk_activation
@@ -238,9 +242,9 @@ def _auxk_cases(specs: Sequence[tuple[int, int, int, int, int, int]]) -> list[Ca
 
 
 _AUXK_HAND = Case(
-    "hand case: e=(1, 1), pre=(5, 2, -1), latents 0 and 2 dead, k_aux=1, W_dec rows (1,0), (0,1), (0,1) -> "
-    "only latent 0 (value 5) counts: ê=(5, 0), ‖e - ê‖² = 16 + 1 = 17",
-    (torch.tensor([[1.0, 1.0]]), torch.tensor([[5.0, 2.0, -1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+    "hand case: e=(1, 2), pre=(5, 2, -1), latents 0 and 2 dead, k_aux=1, W_dec rows (1,0), (0,1), (0,1) -> "
+    "only latent 0 (value 5) counts: ê=(5, 0), ‖e - ê‖² = 16 + 4 = 20",
+    (torch.tensor([[1.0, 2.0]]), torch.tensor([[5.0, 2.0, -1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
      torch.tensor([True, False, True]), 1))
 _AUXK_NONE = Case("no dead latents -> 0", (randn(9, 4, 3), randn(10, 4, 6), randn(11, 6, 3),
                                            torch.zeros(6, dtype=torch.bool), 2))
@@ -287,10 +291,15 @@ def _jump_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
 
 
 # exact binary fractions: one entry on the threshold (H(0) = 0), two on the window's edges (K(±1/2) = 0)
+_JUMP_INPUTS = (torch.tensor([[1.0, 1.25, 0.75, 1.125, 2.0]]), torch.ones(5), 0.5)
 _JUMP_HAND = Case(
     "hand case: θ=(1, 1, 1, 1, 1), ε=0.5, π=(1, 1.25, 0.75, 1.125, 2) -> forward (0, 1.25, 0, 1.125, 2); "
     "threshold gradient for an upstream gradient of 1: (-2, 0, 0, -2, 0) (π=1 and π=1.125 are inside the window)",
-    (torch.tensor([[1.0, 1.25, 0.75, 1.125, 2.0]]), torch.ones(5), 0.5))
+    _JUMP_INPUTS)
+_L0_HAND = Case(
+    "hand case: θ=(1, 1, 1, 1, 1), ε=0.5, π=(1, 1.25, 0.75, 1.125, 2) -> L0 = 3 (π=1 is not above θ); "
+    "threshold gradient for an upstream gradient of 1: (-2, 0, 0, -2, 0) (π=1 and π=1.125 are inside the window)",
+    _JUMP_INPUTS)
 
 
 def _jump_wrong_backward(scale_by_threshold: bool, pre_gets: str, sum_batch: bool = True) -> Callable:
@@ -371,14 +380,14 @@ _L0_HINT = "return a 0-dimensional tensor: the mean over the batch of the number
 
 
 def check_jumprelu_l0(fn: Callable) -> None:
-    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", [_JUMP_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _L0_MISTAKES,
+    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", [_L0_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _L0_MISTAKES,
                 _L0_HINT)
 
 
 def grade_jumprelu_l0(fn: Callable) -> None:
     refuse_reference(fn, "jumprelu_l0")
     _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0",
-                [_JUMP_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _L0_MISTAKES,
+                [_L0_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _L0_MISTAKES,
                 _L0_HINT)
 
 
@@ -484,7 +493,9 @@ def _check_train(fn: Callable, config: tuple) -> None:
             raise CheckFailed(f"{label} history[{key!r}] is on {value.device}; return it on the CPU")
     if batches.calls != steps:
         raise CheckFailed(f"{label} drew {batches.calls} batches from `batches` in {steps} steps; draw exactly one "
-                          "per step (next(batches)), from the iterator you are given")
+                          "per step (next(batches)), from the iterator you are given"
+                          + (" (zip(batches, range(steps)) draws one more before it stops: put the range first)"
+                             if batches.calls == steps + 1 else ""))
     unchanged = [k for k, v in sae.state_dict().items() if torch.equal(v, initial[k])]
     if unchanged:
         raise CheckFailed(f"{label}: {', '.join(unchanged)} did not change: train the SAE you are given, in place, "
