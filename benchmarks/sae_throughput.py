@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="*", default=["relu", "topk", "jumprelu"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label", default=f"{os.cpu_count()}-core {platform.machine()} CPU")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating; medians are reported")
     parser.add_argument("--skip-saelens", action="store_true", help="only time ours (no SAELens venv here)")
     args = parser.parse_args()
     if not args.skip_saelens and not SAELENS_PYTHON.exists():
@@ -110,19 +111,29 @@ def main() -> None:
         n = save_activations(path, int(args.tokens * 1.05))
         print(f"saved {n:,} activations to {path}", flush=True)
         for arch in args.architectures:
-            a = ours(path, arch, args.d_sae, args.k, args.batch_size, args.tokens, args.lr, args.device)
-            b = None if args.skip_saelens else saelens(path, arch, args.d_sae, args.k, args.batch_size, args.tokens,
-                                                       args.lr)
-            ratio = f"{a['activations_per_second'] / b['activations_per_second']:.2f}" if b else "-"
-            rows.append(f"| {arch} | {args.label} | {args.device} | {a['activations_per_second']:,.0f} | "
-                        + (f"{b['activations_per_second']:,.0f} (sae-lens {b['version']})" if b else "-")
-                        + f" | {ratio} |")
+            mine, theirs, version = [], [], "-"
+            for _ in range(args.repeats):  # alternating, so a slow spell of a shared machine hits both
+                mine.append(ours(path, arch, args.d_sae, args.k, args.batch_size, args.tokens, args.lr,
+                                 args.device)["activations_per_second"])
+                if not args.skip_saelens:
+                    b = saelens(path, arch, args.d_sae, args.k, args.batch_size, args.tokens, args.lr)
+                    theirs.append(b["activations_per_second"])
+                    version = b["version"]
+            a = float(np.median(mine))
+            theirs_cell, ratio = "-", "-"
+            if theirs:
+                b = float(np.median(theirs))
+                theirs_cell = f"{b:,.0f} ({min(theirs):,.0f}-{max(theirs):,.0f}, sae-lens {version})"
+                ratio = f"{a / b:.2f}"
+            rows.append(f"| {arch} | {args.label} | {args.device} | {a:,.0f} ({min(mine):,.0f}-{max(mine):,.0f}) | "
+                        f"{theirs_cell} | {ratio} |")
             print(rows[-1], flush=True)
     section = [f"\n## {date.today().isoformat()}: SAE training throughput, {args.label}, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads\n",
                f"Same {args.tokens:,} activations of corpus_2l (blocks.1.hook_resid_pre), same order, batch "
                f"{args.batch_size}, d_sae {args.d_sae}, lr {args.lr}; ours = chapter 4's `train_sae`, SAELens = "
                "its `SAETrainer.fit` (benchmarks/saelens_train.py).\n",
+               f"Median of {args.repeats} alternating runs each (range in brackets).\n",
                "| architecture | machine | device | ours (activations/s) | SAELens (activations/s) | ours / SAELens |",
                "|---|---|---|---|---|---|", *rows, ""]
     with RESULTS.open("a") as f:

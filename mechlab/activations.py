@@ -141,6 +141,12 @@ class ActivationStore:
         a = self.acts[rows]
         return torch.from_numpy(np.array(a)) if self.on_disk else a  # a writable copy of the mapped rows
 
+    def at(self, rows: np.ndarray, positions: np.ndarray) -> Float[Tensor, "n d_model"]:
+        """Unnormalised activations at (window, position) pairs (positions as stored: BOS dropped)."""
+        if self.on_disk:
+            return torch.from_numpy(np.array(self.acts[rows, positions]))
+        return self.acts[torch.as_tensor(rows), torch.as_tensor(positions)]
+
     def flat(self, limit: int | None = None) -> Float[Tensor, "n d_model"]:
         """The first `limit` activations (all by default), normalised, window by window."""
         rows = len(self.acts) if limit is None else min(len(self.acts), math.ceil(limit / self.acts.shape[1]))

@@ -613,14 +613,15 @@ checks.grade_jumprelu(jumprelu)
 # latents above their threshold, $\mathbb{E}_x \sum_i H(\pi_i - \theta_i)$, as a
 # 0-dimensional tensor. Its backward pass gives
 #
-# - to `pre`: zeros (the penalty moves thresholds, not pre-activations);
+# - to `pre`: zeros (the penalty moves thresholds, not pre-activations); returning `None`
+#   says the same to autograd, without building a tensor of zeros;
 # - to `threshold`: `grad_output` $\cdot \big(-\tfrac{1}{\varepsilon}\big) K\big(\tfrac{\pi - \theta}{\varepsilon}\big)$, summed over the batch.
 #
 # <details><summary>Hint</summary>
 #
 # `StepFunction` is `JumpReLUFunction` with two changes: `forward` returns
-# `(pre > threshold).to(pre.dtype)`, and `backward` returns `torch.zeros_like(pre)` for
-# `pre` and drops the `threshold` factor. `jumprelu_l0` applies it, sums over latents
+# `(pre > threshold).to(pre.dtype)`, and `backward` returns `None` (or
+# `torch.zeros_like(pre)`) for `pre` and drops the `threshold` factor. `jumprelu_l0` applies it, sums over latents
 # (`.sum(-1)`) and averages over the batch.
 # </details>
 #
@@ -644,7 +645,7 @@ class StepFunction(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         in_window = (pre - threshold).abs() < ctx.bandwidth / 2
         grad_threshold = (grad_output * -(1 / ctx.bandwidth) * in_window).sum(0)
-        return torch.zeros_like(pre), grad_threshold, None
+        return None, grad_threshold, None  # None: no gradient to `pre` (as zeros, without the tensor)
         ### END SOLUTION
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechlab import activations, corpus, sae_plots, zoo
+from mechlab import activations, corpus, ground_truth, sae_plots, zoo
 from mechlab.reference.sparse_autoencoders import (
     SAE, SAEConfig, ce_loss_recovered, detection_scores, reconstruction_metrics, relative_reconstruction_bias,
     top_activations,
@@ -50,7 +50,7 @@ def planted_store(windows: activations.Windows, d: int = 24, seed: int = 0) -> t
     g = torch.Generator().manual_seed(seed)
     n, pos = windows.tokens.shape
     acts = 0.4 * torch.rand(n, pos - 1, d, generator=g)
-    sets = sae_plots.label_sets(windows)
+    sets = ground_truth.label_sets(windows)
     topic, sub, sentiment = sets["topic"], sets["subtopic"], sets["sentiment"]
     on = topic.classes >= 0
     acts[topic.rows[on], topic.positions[on], topic.classes[on]] += 1
@@ -62,7 +62,7 @@ def planted_store(windows: activations.Windows, d: int = 24, seed: int = 0) -> t
 
 
 def test_label_sets_match_a_brute_force_reading_of_the_labels(windows):
-    sets = sae_plots.label_sets(windows)
+    sets = ground_truth.label_sets(windows)
     L, C, R = windows.labels, corpus._C, corpus._R
     vocab = corpus.vocabulary()
     n, pos = windows.tokens.shape
@@ -107,9 +107,9 @@ def test_label_sets_match_a_brute_force_reading_of_the_labels(windows):
 
 
 def test_window_halves_are_seeded_balanced_and_whole_windows():
-    a, b = sae_plots.window_halves(101, seed=0), sae_plots.window_halves(101, seed=0)
+    a, b = ground_truth.window_halves(101, seed=0), ground_truth.window_halves(101, seed=0)
     assert torch.equal(a, b) and a.dtype == torch.bool and int(a.sum()) == 50
-    assert not torch.equal(a, sae_plots.window_halves(101, seed=1))
+    assert not torch.equal(a, ground_truth.window_halves(101, seed=1))
 
 
 def test_a_latent_equal_to_a_label_is_picked_and_scores_one(windows):
@@ -131,7 +131,7 @@ def test_a_latent_equal_to_a_label_is_picked_and_scores_one(windows):
     assert known["f1"] < 0.9 and known["probe_f1"] < 0.9 and known["raw_dim_f1"] < 0.9
 
     # n_positive and always-on F1 on the held-out half, counted independently
-    half_b = ~sae_plots.window_halves(len(windows), seed=0).numpy()
+    half_b = ~ground_truth.window_halves(len(windows), seed=0).numpy()
     topic = sets["topic"]
     in_b = half_b[topic.rows]
     p = (topic.classes[in_b] == corpus.TOPIC_NAMES.index("sport")).mean()
@@ -152,7 +152,7 @@ def test_best_raw_dimension_finds_sign_and_threshold():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 8, generator=g)
     truth = x[:, 6] < -0.3
-    dim, sign, threshold = sae_plots.best_raw_dimension(x, truth)
+    dim, sign, threshold = ground_truth.best_raw_dimension(x, truth)
     assert (dim, sign) == (6, -1.0)
     assert torch.equal(sign * x[:, dim] > threshold, truth)
 

@@ -22,10 +22,10 @@ import torch
 
 from mechlab import activations, zoo
 from mechlab.checks import (
-    Case, CheckFailed, assert_tensor_close, call_learner, checked_array, compare_function, compare_gradients,
+    Case, CheckFailed, call_learner, checked_array, compare_function, compare_gradients,
     compare_on_models, passed, randn, refuse_reference, seeded,
 )
-from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, detach as _detach, type_ as _type
+from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.reference import sparse_autoencoders as ref
 from mechlab.runtime import quiet
 
@@ -607,7 +607,7 @@ def _sae_reconstruct(a: torch.Tensor) -> torch.Tensor:
 
 
 def _ce_cases(hidden: bool) -> list[Case]:
-    cases = [Case(f"course model corpus_2l, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: halve",
+    cases = [Case("course model corpus_2l, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: halve",
                   (_course_model(), _windows(4, 5), "blocks.1.hook_resid_pre", _halve))]
     if hidden:
         _small_sae()  # trained now, not lazily inside a hook of the same model

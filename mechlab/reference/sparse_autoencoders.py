@@ -196,7 +196,7 @@ class StepFunction(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         in_window = (pre - threshold).abs() < ctx.bandwidth / 2
         grad_threshold = (grad_output * -(1 / ctx.bandwidth) * in_window).sum(0)
-        return torch.zeros_like(pre), grad_threshold, None
+        return None, grad_threshold, None  # None: no gradient to `pre` (as zeros, without the tensor)
 
 
 def jumprelu_l0(pre: Float[Tensor, "batch d_sae"], threshold: Float[Tensor, "d_sae"], bandwidth: float
