@@ -561,9 +561,11 @@ checks.grade_auxk_loss(auxk_loss)
 #
 # <details><summary>Hint 2</summary>
 #
-# In `backward`: `in_window = ((pre - threshold).abs() < bandwidth / 2)` (a boolean
+# In `backward`: `in_window = (pre - threshold).abs() < ctx.bandwidth / 2` (a boolean
 # `[batch, d_sae]`), then
-# `grad_threshold = (grad_output * -(threshold / bandwidth) * in_window).sum(0)`.
+# `grad_threshold = (grad_output * -(threshold / ctx.bandwidth) * in_window).sum(0)`.
+# (Faster: $-\theta/\varepsilon$ is the same for every input, so sum
+# `grad_output * in_window` over the batch first, then scale.)
 # </details>
 #
 # Stuck? Run `from mechlab.reference.sparse_autoencoders import jumprelu` and carry on (no points for this exercise).
@@ -584,9 +586,11 @@ class JumpReLUFunction(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
         ### BEGIN SOLUTION
         pre, threshold = ctx.saved_tensors
-        in_window = (pre - threshold).abs() < ctx.bandwidth / 2
-        grad_pre = grad_output * (pre > threshold)
-        grad_threshold = (grad_output * -(threshold / ctx.bandwidth) * in_window).sum(0)
+        above = pre - threshold
+        in_window = above.abs() < ctx.bandwidth / 2
+        grad_pre = grad_output * (above > 0)
+        # -θ/ε is the same for every input: sum over the batch first, then scale
+        grad_threshold = -(threshold / ctx.bandwidth) * (grad_output * in_window).sum(0)
         return grad_pre, grad_threshold, None
         ### END SOLUTION
 
@@ -644,7 +648,7 @@ class StepFunction(torch.autograd.Function):
         ### BEGIN SOLUTION
         pre, threshold = ctx.saved_tensors
         in_window = (pre - threshold).abs() < ctx.bandwidth / 2
-        grad_threshold = (grad_output * -(1 / ctx.bandwidth) * in_window).sum(0)
+        grad_threshold = -(grad_output * in_window).sum(0) / ctx.bandwidth
         return None, grad_threshold, None  # None: no gradient to `pre` (as zeros, without the tensor)
         ### END SOLUTION
 

@@ -170,9 +170,11 @@ class JumpReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
         pre, threshold = ctx.saved_tensors
-        in_window = (pre - threshold).abs() < ctx.bandwidth / 2
-        grad_pre = grad_output * (pre > threshold)
-        grad_threshold = (grad_output * -(threshold / ctx.bandwidth) * in_window).sum(0)
+        above = pre - threshold
+        in_window = above.abs() < ctx.bandwidth / 2
+        grad_pre = grad_output * (above > 0)
+        # -θ/ε is the same for every input: sum over the batch first, then scale
+        grad_threshold = -(threshold / ctx.bandwidth) * (grad_output * in_window).sum(0)
         return grad_pre, grad_threshold, None
 
 
@@ -195,7 +197,7 @@ class StepFunction(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, None]:
         pre, threshold = ctx.saved_tensors
         in_window = (pre - threshold).abs() < ctx.bandwidth / 2
-        grad_threshold = (grad_output * -(1 / ctx.bandwidth) * in_window).sum(0)
+        grad_threshold = -(grad_output * in_window).sum(0) / ctx.bandwidth
         return None, grad_threshold, None  # None: no gradient to `pre` (as zeros, without the tensor)
 
 
