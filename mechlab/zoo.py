@@ -316,6 +316,19 @@ def random_model(seed: int = 0, device: str | torch.device = "cpu", **config: An
     return build({**ZOO["attn_only_2l"].full_config(), "seed": seed, **config}, device).eval()
 
 
+def other_shapes(seed: int) -> tuple[tuple[str, Any], ...]:
+    """Two untrained models shaped unlike the corpus models, with descriptions, for hidden
+    tests: code that hard-codes a layer count, a head count, d_model or MLPs fails on them.
+    `seed` and `seed + 1` initialise them."""
+    return (
+        ("untrained 3 layers x 2 heads with MLPs, d_model 32", random_model(
+            seed=seed, n_layers=3, n_heads=2, d_model=32, d_head=8, attn_only=False, d_mlp=64, act_fn="gelu",
+            normalization_type="LN")),
+        ("untrained 2 layers x 3 heads, attention only, d_model 48",
+         random_model(seed=seed + 1, n_heads=3, d_model=48, d_head=16)),
+    )
+
+
 class CheckpointMismatch(ValueError):
     """The checkpoint on disk was trained with another config than `ZOO` now describes."""
 

@@ -69,3 +69,28 @@ def fixture_course(tmp_path_factory) -> Chapter:
     proc = run_cli("build", root=root)
     assert proc.returncode == 0, proc.stderr
     return Chapter("00_fixture", root)
+
+
+def check_tests(checks: types.ModuleType, exercises: list[str], mutants: list[tuple], variants: list[tuple]):
+    """The three tests every chapter's check-test module runs, for it to bind at module level
+    (where pytest collects them): each hidden test fails each plausible wrong answer in
+    `mutants` ((exercise, function, regex the message must match)) and says why; every
+    exercise has a mutant; and each correct answer written differently in `variants`
+    ((exercise, function)) passes."""
+    from mechlab.checks import CheckFailed
+
+    @pytest.mark.parametrize("name, mutant, message", mutants, ids=[m[1].__name__ for m in mutants])
+    def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
+        with pytest.raises(CheckFailed, match=message):
+            getattr(checks, f"grade_{name}")(as_learner(mutant))
+
+    def test_every_exercise_has_a_mutant():
+        assert {m[0] for m in mutants} == set(exercises)
+
+    @pytest.mark.parametrize("name, variant", variants, ids=[v[1].__name__ for v in variants])
+    def test_grade_accepts_a_correct_variant(name, variant, capsys):
+        getattr(checks, f"grade_{name}")(as_learner(variant))
+        assert capsys.readouterr().out.startswith("✓")
+
+    return test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, \
+        test_grade_accepts_a_correct_variant

@@ -12,7 +12,7 @@ from transformer_lens import FactoredMatrix
 
 from mechlab.checks import CheckFailed
 from mechlab.exercises import induction_heads as checks
-from conftest import as_learner
+from conftest import as_learner, check_tests
 from mechlab.reference import induction_heads as ref
 from mechlab.zoo import BOS_ID, FIRST_WORD_ID
 
@@ -213,16 +213,6 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
-def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
-    with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(as_learner(mutant))
-
-
-def test_every_exercise_has_a_mutant():
-    assert {m[0] for m in MUTANTS} == set(EXERCISES)
-
-
 def test_a_function_that_edits_the_model_leaves_it_intact_for_the_next_check():
     model = checks._course_model()
     before = [p.detach().clone() for p in model.parameters()]
@@ -303,8 +293,7 @@ VARIANTS = [
     ("composition_scores", composition_dense),
 ]
 
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
-@pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
-def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(as_learner(variant))
-    assert capsys.readouterr().out.startswith("✓")
+

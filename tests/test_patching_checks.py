@@ -10,7 +10,7 @@ import torch
 
 from mechlab.checks import CheckFailed
 from mechlab.exercises import activation_patching as checks
-from conftest import as_learner
+from conftest import as_learner, check_tests
 from mechlab.reference import activation_patching as ref
 
 EXERCISES = ref.__all__
@@ -161,16 +161,6 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
-def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
-    with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(as_learner(mutant))
-
-
-def test_every_exercise_has_a_mutant():
-    assert {m[0] for m in MUTANTS} == set(EXERCISES)
-
-
 # ---------------------------------------------------------------- correct answers written differently
 
 
@@ -228,11 +218,8 @@ VARIANTS = [
     ("attribution_patch_heads", attribution_in_one_hook_context),
 ]
 
-
-@pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
-def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(as_learner(variant))
-    assert capsys.readouterr().out.startswith("✓")
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
 
 def test_ioi_batch_positions_line_up_with_their_labels():

@@ -8,8 +8,7 @@ import collections
 import pytest
 import torch
 
-from conftest import as_learner
-from mechlab.checks import CheckFailed
+from conftest import check_tests
 from mechlab.exercises import sparse_autoencoders as checks
 from mechlab.reference import sparse_autoencoders as ref
 
@@ -269,16 +268,6 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
-def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
-    with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(as_learner(mutant))
-
-
-def test_every_exercise_has_a_mutant():
-    assert {m[0] for m in MUTANTS} == set(EXERCISES)
-
-
 # ---------------------------------------------------------------- correct answers written differently
 
 
@@ -385,11 +374,8 @@ VARIANTS = [
     ("detection_scores", detection_with_nan_to_num),
 ]
 
-
-@pytest.mark.parametrize("name, variant", VARIANTS, ids=[v[1].__name__ for v in VARIANTS])
-def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(as_learner(variant))
-    assert capsys.readouterr().out.startswith("✓")
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
 
 # ---------------------------------------------------------------- the SAE class and the store

@@ -10,7 +10,7 @@ import torch
 from mechlab.checks import CheckFailed
 from mechlab.exercises import superposition as checks
 from mechlab.reference import superposition as ref
-from conftest import as_learner
+from conftest import check_tests
 
 EXERCISES = ref.__all__  # generated from the chapter's source
 
@@ -298,24 +298,11 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("name, mutant, message", MUTANTS, ids=[m[1].__name__ for m in MUTANTS])
-def test_grade_fails_a_wrong_answer_and_says_why(name, mutant, message):
-    with pytest.raises(CheckFailed, match=message):
-        getattr(checks, f"grade_{name}")(mutant)
-
-
-def test_every_exercise_has_a_mutant():
-    assert {m[0] for m in MUTANTS} == set(EXERCISES)
-
-
 # ---------------------------------------------------------------- correct answers written differently
 
-
-@pytest.mark.parametrize("name, variant", [("train_toy_models", train_mean_over_instances)],
-                         ids=lambda v: getattr(v, "__name__", v))
-def test_grade_accepts_a_correct_variant(name, variant, capsys):
-    getattr(checks, f"grade_{name}")(variant)
-    assert capsys.readouterr().out.startswith("✓")
+VARIANTS = [("train_toy_models", train_mean_over_instances)]
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
 
 def test_value_mismatch_gets_no_hint_about_the_output_form():

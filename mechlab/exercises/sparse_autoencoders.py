@@ -48,13 +48,7 @@ def _course_model():
 
 @functools.cache
 def _other_models() -> tuple[tuple[str, object], ...]:
-    return (
-        ("untrained 3 layers x 2 heads with MLPs, d_model 32", zoo.random_model(
-            seed=41, n_layers=3, n_heads=2, d_model=32, d_head=8, attn_only=False, d_mlp=64, act_fn="gelu",
-            normalization_type="LN")),
-        ("untrained 2 layers x 3 heads, attention only, d_model 48", zoo.random_model(seed=42, n_heads=3, d_model=48,
-                                                                                    d_head=16)),
-    )
+    return zoo.other_shapes(seed=41)
 
 
 @functools.cache
