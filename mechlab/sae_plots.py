@@ -154,35 +154,42 @@ def training_curves(history: dict[str, Float[Tensor, "step"]]) -> Figure:
     return fig
 
 
+def measure(sae, model, store: ActivationStore, tokens: Int[Tensor, "batch pos"], *, metrics: Metrics, ce: CE,
+            bias: Callable[..., float] | None = None, ce_windows: int = 256) -> dict[str, float]:  # fmt: skip
+    """One SAE's numbers, unrounded: L0, MSE and explained variance on every activation of
+    `store` (from `metrics`), the CE numbers on the first `ce_windows` windows of `tokens`
+    (from `ce`, with the SAE spliced in around its normalisation), the fractions of dead
+    (never firing on the store) and dense (firing on more than 10%) latents, and, given
+    `bias`, the relative reconstruction bias. `sae_zoo` records these in each checkpoint."""
+    _check_hook(sae, store)
+    scale = sae_scale(sae, store)
+    x = _normalised(store, scale)
+    z, x_hat = encode(sae, x)
+    l0, mse, ev = metrics(x, x_hat, z)
+    stats = _stats(sae, store, x, z, x_hat)
+    del z
+    sae_device = _device(sae)
+
+    def reconstruct(a: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (sae(a.to(sae_device) * scale) / scale).to(a.device)
+
+    ce_clean, ce_sae, _, recovered = ce(model, tokens[:ce_windows].to(_device(model)), sae.cfg.hook_name, reconstruct)
+    row = {"l0": l0, "mse": mse, "explained_variance": ev, "ce_clean": ce_clean, "ce_sae": ce_sae,
+           "ce_increase": ce_sae - ce_clean, "ce_loss_recovered": recovered,
+           "dead_fraction": float((stats.density == 0).float().mean()),
+           "dense_fraction": float((stats.density > DENSE).float().mean())}
+    if bias is not None:
+        row["relative_reconstruction_bias"] = bias(x, x_hat)
+    return row
+
+
 def evaluate(saes: dict, model, store: ActivationStore, tokens: Int[Tensor, "batch pos"], *,
              metrics: Metrics, ce: CE, ce_windows: int = 256) -> pd.DataFrame:  # fmt: skip
-    """One row per SAE: L0, MSE and explained variance on every activation of `store`
-    (from `metrics`), the CE numbers on the first `ce_windows` windows of `tokens` (from
-    `ce`, with the SAE spliced in around its normalisation), and the fractions of dead
-    (never firing on the store) and dense (firing on more than 10%) latents."""
-    rows = {}
-    device = _device(model)
-    ce_tokens = tokens[:ce_windows].to(device)
-    for name, sae in progress(saes.items(), desc="evaluating SAEs", total=len(saes)):
-        _check_hook(sae, store)
-        scale = sae_scale(sae, store)
-        x = _normalised(store, scale)
-        z, x_hat = encode(sae, x)
-        l0, mse, ev = metrics(x, x_hat, z)
-        stats = _stats(sae, store, x, z, x_hat)
-        del z
-        sae_device = _device(sae)
-
-        def reconstruct(a: Tensor, sae=sae, scale=scale) -> Tensor:
-            with torch.no_grad():
-                return (sae(a.to(sae_device) * scale) / scale).to(a.device)
-
-        ce_clean, ce_sae, _, recovered = ce(model, ce_tokens, sae.cfg.hook_name, reconstruct)
-        rows[name] = {"architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae, "setting": setting(sae.cfg),
-                      "l0": l0, "mse": mse, "explained_variance": ev, "ce_clean": ce_clean, "ce_sae": ce_sae,
-                      "ce_increase": ce_sae - ce_clean, "ce_loss_recovered": recovered,
-                      "dead_fraction": float((stats.density == 0).float().mean()),
-                      "dense_fraction": float((stats.density > DENSE).float().mean())}
+    """One row per SAE: its architecture and sparsity setting, and what `measure` gives."""
+    rows = {name: {"architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae, "setting": setting(sae.cfg),
+                   **measure(sae, model, store, tokens, metrics=metrics, ce=ce, ce_windows=ce_windows)}
+            for name, sae in progress(saes.items(), desc="evaluating SAEs", total=len(saes))}
     table = pd.DataFrame.from_dict(rows, orient="index")
     return table.round({"l0": 2, "mse": 3, "explained_variance": 4, "ce_clean": 4, "ce_sae": 4, "ce_increase": 4,
                         "ce_loss_recovered": 4, "dead_fraction": 4, "dense_fraction": 4})

@@ -161,28 +161,22 @@ def _eval_data(hook_name: str) -> tuple[activations.Windows, activations.Activat
     return windows, activations.ActivationStore.collect(_model(), hook_name, windows.tokens, desc="evaluation set")
 
 
-@torch.no_grad()
 def evaluate(sae, scale: float) -> dict[str, float]:
-    """The chapter's metrics on the held-out evaluation set (corpus seed 2)."""
+    """The chapter's metrics on the held-out evaluation set (corpus seed 2), measured by the
+    chapter's own table code (`sae_plots.measure`) with the reference functions; `scale` is
+    the normalisation the SAE was trained with."""
+    from mechlab import sae_plots
     from mechlab.reference.sparse_autoencoders import (
         ce_loss_recovered, reconstruction_metrics, relative_reconstruction_bias,
     )
 
     windows, store = _eval_data(sae.cfg.hook_name)
-    x = store.flat() * scale / store.scale  # the store's own scale is an estimate; use the SAE's
-    z = sae.encode(x)
-    x_hat = sae.decode(z)
-    l0, mse, ev = reconstruction_metrics(x, x_hat, z)
-    density = (z > 0).float().mean(0)
-    ce_clean, ce_sae, ce_zero, recovered = ce_loss_recovered(
-        _model(), windows.tokens[:256], sae.cfg.hook_name, lambda a: sae(a * scale) / scale)
-    return {"l0": l0, "mse": mse, "explained_variance": ev, "ce_clean": ce_clean, "ce_sae": ce_sae,
-            "ce_increase": ce_sae - ce_clean, "ce_loss_recovered": recovered,
-            "dead_fraction": float((density == 0).float().mean()), "dense_fraction": float((density > 0.1).float().mean()),
-            "relative_reconstruction_bias": relative_reconstruction_bias(x, x_hat)}
+    sae.scale = scale
+    return sae_plots.measure(sae, _model(), store, windows.tokens, metrics=reconstruction_metrics,
+                             ce=ce_loss_recovered, bias=relative_reconstruction_bias)
 
 
-def train(name: str, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
+def train(name: str) -> tuple[Any, dict[str, Any]]:
     """Train `name` from scratch with its fixed seeds; returns the SAE (float16-rounded, as it
     will be saved) and its metadata."""
     from mechlab.reference.sparse_autoencoders import SAE, train_sae
