@@ -1,0 +1,886 @@
+"""Checks for chapter 5 (steering): `check_x` visible, `grade_x` hidden.
+
+Every exercise is compared with `mechlab.reference.steering` on inputs built here:
+contrast pairs and name prompts from the course corpus (`mechlab.steering`), random
+tokens, activations and labels, and models: the course model `corpus_2l` and, in the
+hidden tests, untrained models of other shapes (`zoo.other_shapes`), so code that
+hard-codes this model's sizes fails. Generation is compared token for token from the
+same seed; steering and clamping hooks both on activations handed to them directly and
+through a real forward pass (logits compared). Exercises that take hooks must leave
+none attached: a check runs the model again afterwards and compares with a clean run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import torch
+
+from mechlab import steering as st
+from mechlab import corpus, zoo
+from mechlab.checks import (
+    Case, CheckFailed, call_learner, compare_function, compare_on_models, randn, refuse_reference, seeded,
+)
+from mechlab.reference import sparse_autoencoders as sae_ref
+from mechlab.reference import steering as ref
+
+TOLERANCE = dict(atol=1e-4, rtol=1e-3)
+COURSE_SITE = "blocks.1.hook_resid_pre"
+
+# ---------------------------------------------------------------- models, SAEs and inputs
+
+
+@functools.cache
+def _course_model():
+    return zoo.load("corpus_2l")
+
+
+@functools.cache
+def _other_models() -> tuple[tuple[str, object], ...]:
+    return zoo.other_shapes(seed=51)
+
+
+def _models(hidden: bool) -> list[tuple[str, object]]:
+    course = [("course model corpus_2l", _course_model())]
+    return course + list(_other_models()) if hidden else course
+
+
+def _random_tokens(seed: int, batch: int, pos: int) -> torch.Tensor:
+    tokens = torch.randint(zoo.FIRST_WORD_ID, len(corpus.vocabulary()), (batch, pos), generator=seeded(seed))
+    tokens[:, 0] = zoo.BOS_ID
+    return tokens
+
+
+@functools.cache
+def _pairs(prop: str, target: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return st.contrast_pairs(prop, target, n, seed)
+
+
+def _site(model, seed: int) -> str:
+    """A residual site that varies with the case (never the embedding: a mean difference
+    of random-token embeddings is still a fine test, but the sites after it test hooks)."""
+    sites = st.residual_sites(model)
+    return sites[1 + seed % (len(sites) - 1)]
+
+
+def _vector_hooks(model, seed: int, coefficient: float = 0.5) -> list:
+    """The reference's steering hooks: a random vector at half the residual norm at one site."""
+    site = _site(model, seed)
+    vector = randn(seed, model.cfg.d_model)
+    norm = ref.residual_norm(model, _random_tokens(seed, 4, 12), site)
+    return [(site, ref.steering_hook(st.relative(vector, norm, coefficient), 1.0))]
+
+
+def _leaves_no_hooks(fn: Callable, name: str, model, call: Callable[[Callable], object]) -> None:
+    """Call the learner's `fn` through `call` with steering hooks, then check that the model
+    runs as before (no hook left attached); whatever was left is removed."""
+    tokens = _random_tokens(99, 2, 8)
+    with torch.no_grad():
+        clean = model(tokens)
+    try:
+        call(fn)
+        with torch.no_grad():
+            after = model(tokens)
+    finally:
+        model.reset_hooks()
+    if not torch.equal(clean, after):
+        raise CheckFailed(f"{name} left a hook attached to the model: after it returned, the model's output had "
+                          "changed. Attach hooks with `with model.hooks(fwd_hooks=...):` (removed at the end of "
+                          "the block) rather than model.add_hook")
+
+
+# ---------------------------------------------------------------- 1. generate
+
+
+def _generate_cases(hidden: bool) -> list[Case]:
+    cases = []
+    for i, (desc, model) in enumerate(_models(hidden)):
+        specs = [(1, 6, 0, 1.0, False), (3, 10, 1, 0.7, True), (2, 5, 2, 0.0, True)] if hidden else \
+            [(1, 6, 0, 1.0, False), (2, 4, 1, 0.0, True)]  # fmt: skip
+        for prompt_len, n_new, seed, temperature, steer in specs:
+            batch = 4 + seed
+            prompt = st.start_prompts(batch) if prompt_len == 1 else _random_tokens(seed + 10 * i, batch, prompt_len)
+            hooks = _vector_hooks(model, seed + i, 1.0) if steer else []
+            steering = f", steered at {hooks[0][0]}" if hooks else ""
+            cases.append(Case(f"{desc}, {batch} prompts of {prompt_len} tokens, n_new={n_new}, "
+                              f"temperature={temperature}, generator seeded {seed}{steering}",
+                              (model, prompt, n_new, seed, temperature, hooks)))
+    return cases
+
+
+def _with_seed(fn: Callable) -> Callable:
+    """`fn(model, prompt, n_new, generator, temperature, fwd_hooks)` called with a fresh
+    generator seeded from the case, so both sides draw the same random numbers."""
+    def call(model, prompt, n_new, seed, temperature, hooks):
+        return fn(model, prompt, n_new, seeded(seed), temperature, hooks)
+    return call
+
+
+def _generate_ignoring_hooks(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=()):
+    return ref.generate(model, prompt, n_new, generator, temperature, ())
+
+
+def _generate_without_temperature(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=()):
+    return ref.generate(model, prompt, n_new, generator, 1.0 if temperature else 0.0, fwd_hooks)
+
+
+def _generate_first_position(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=()):
+    tokens = prompt
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        for _ in range(n_new):
+            logits = model(tokens)[:, 0]
+            probs = torch.softmax(logits / max(temperature, 1e-6), -1)
+            nxt = logits.argmax(-1, keepdim=True) if temperature == 0 else torch.multinomial(probs, 1,
+                                                                                            generator=generator)
+            tokens = torch.cat([tokens, nxt], 1)
+    return tokens
+
+
+_GENERATE_MISTAKES = [
+    ("the hooks in `fwd_hooks` must be attached during every forward pass (`with model.hooks(fwd_hooks=...)`).",
+     _generate_ignoring_hooks),
+    ("divide the logits by the temperature before the softmax.", _generate_without_temperature),
+    ("sample from the logits at the *last* position (`[:, -1]`), which predict the next token.",
+     _generate_first_position),
+]
+_GENERATE_HINT = ("sample with torch.multinomial(probs, 1, generator=generator) on the CPU, one token per step, "
+                  "and return the prompt followed by the new tokens ([batch, pos + n_new]).")
+
+
+def _generate_hook_check(fn: Callable) -> None:
+    model = _course_model()
+    _leaves_no_hooks(fn, "generate", model,
+                     lambda f: call_learner(f, "generate", "4 prompts with a steering hook", (
+                         model, st.start_prompts(4), 3, seeded(0), 1.0, _vector_hooks(model, 0))))
+
+
+def _check_generate(fn: Callable, hidden: bool) -> None:
+    _generate_hook_check(fn)
+    compare_on_models(_with_seed(fn), _with_seed(ref.generate), _generate_cases(hidden), "generate",
+                      [(h, _with_seed(w)) for h, w in _GENERATE_MISTAKES], hint=_GENERATE_HINT)
+
+
+def check_generate(fn: Callable) -> None:
+    _check_generate(fn, hidden=False)
+
+
+def grade_generate(fn: Callable) -> None:
+    refuse_reference(fn, "generate")
+    _check_generate(fn, hidden=True)
+
+
+# ---------------------------------------------------------------- 2. success_rate
+
+_SUCCESS_HAND = Case(
+    "hand case: labels of tokens 0-5 = [-1, 0, 0, 1, 1, 2], target 1, prompt of 1; rows: "
+    "[0 | 3 3 1] succeeds, [0 | 3 1 1] loses, [0 | 3 1 5] ties, [0 | 0 0 0] has no labels, [3 | 0 0 5] loses "
+    "(the prompt's 3 does not count) -> 1/5",
+    (torch.tensor([[0, 3, 3, 1], [0, 3, 1, 1], [0, 3, 1, 5], [0, 0, 0, 0], [3, 0, 0, 5]]),
+     torch.tensor([-1, 0, 0, 1, 1, 2]), 1, 1))
+
+
+def _success_cases(specs: Sequence[tuple[int, int, int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, pos, n_labels, target, prompt in specs:
+        g = seeded(seed)
+        vocab = 40
+        labels = torch.randint(-1, n_labels, (vocab,), generator=g)
+        tokens = torch.randint(0, vocab, (batch, pos), generator=g)
+        cases.append(Case(f"seed={seed}, {batch} rows of {pos} tokens, {n_labels} labels over {vocab} tokens, "
+                          f"target={target}, prompt_length={prompt}", (tokens, labels, target, prompt)))
+    return cases
+
+
+def _success_ties_win(tokens, labels, target, prompt_length):
+    generated = labels[tokens[:, prompt_length:]]
+    counts = torch.stack([(generated == k).sum(-1) for k in range(int(labels.max()) + 1)], -1)
+    others = torch.cat([counts[:, :target], counts[:, target + 1:]], -1).max(-1).values
+    return ((counts[:, target] >= others) & (counts[:, target] > 0)).float().mean().item()
+
+
+def _success_with_prompt(tokens, labels, target, prompt_length):
+    return ref.success_rate(tokens, labels, target, 0)
+
+
+def _success_argmax(tokens, labels, target, prompt_length):
+    generated = labels[tokens[:, prompt_length:]]
+    counts = torch.stack([(generated == k).sum(-1) for k in range(int(labels.max()) + 1)], -1)
+    return (counts.argmax(-1) == target).float().mean().item()
+
+
+def _success_any(tokens, labels, target, prompt_length):
+    return (labels[tokens[:, prompt_length:]] == target).any(-1).float().mean().item()
+
+
+_SUCCESS_MISTAKES = [
+    ("a tie with another label is not a success: the target needs *strictly* more tokens.", _success_ties_win),
+    ("count only the generated tokens, after the first `prompt_length`.", _success_with_prompt),
+    ("argmax breaks ties (and all-zero rows) in favour of the first label; compare the target's count with the "
+     "best other label's, strictly.", _success_argmax),
+    ("one target token is not enough: the target needs more tokens than any other label.", _success_any),
+]
+
+
+def check_success_rate(fn: Callable) -> None:
+    compare_function(fn, ref.success_rate, [_SUCCESS_HAND, *_success_cases([(0, 8, 10, 5, 1, 1)])],
+                     name="success_rate", mistakes=_SUCCESS_MISTAKES, hint="return a Python float.")
+
+
+def grade_success_rate(fn: Callable) -> None:
+    refuse_reference(fn, "success_rate")
+    cases = [_SUCCESS_HAND, *_success_cases([(1, 64, 25, 5, 0, 1), (2, 32, 12, 2, 1, 3), (3, 16, 8, 3, 2, 0),
+                                             (4, 50, 30, 5, 4, 5)])]
+    compare_function(fn, ref.success_rate, cases, name="success_rate", mistakes=_SUCCESS_MISTAKES,
+                     hint="return a Python float.")
+
+
+# ---------------------------------------------------------------- 3. contrast_vector
+
+
+def _contrast_cases(hidden: bool) -> list[Case]:
+    model = _course_model()
+    food, other = _pairs("topic", "food", 16 if hidden else 8, 1)
+    pos, neg = _pairs("sentiment", "positive", 12, 2)
+    known = st.name_prompts(st.entity_split().known_train)
+    unknown = st.name_prompts(st.entity_split().unknown_train)
+    cases = [Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, all positions",
+                  (model, food, other, COURSE_SITE))]
+    if hidden:
+        cases += [
+            Case("course model, 12 sentiment pairs, blocks.0.hook_resid_mid, position=-1",
+                 (model, pos, neg, "blocks.0.hook_resid_mid", -1)),
+            Case("course model, 8 known against 16 unknown names, blocks.0.hook_resid_post, position=2",
+                 (model, known, unknown, "blocks.0.hook_resid_post", 2)),
+            Case("course model, 16 topic pairs (food), blocks.1.hook_resid_post, all positions",
+                 (model, food, other, "blocks.1.hook_resid_post")),
+        ]
+        for i, (desc, m) in enumerate(_other_models()):
+            site = _site(m, i)
+            cases.append(Case(f"{desc}, 5 against 3 random prompts of 9 tokens, {site}, all positions",
+                              (m, _random_tokens(i, 5, 9), _random_tokens(i + 5, 3, 9), site)))
+            cases.append(Case(f"{desc}, 4 against 6 random prompts of 7 tokens, {site}, position=3",
+                              (m, _random_tokens(i + 1, 4, 7), _random_tokens(i + 6, 6, 7), site, 3)))
+    return cases
+
+
+def _contrast_with_bos(model, pos_tokens, neg_tokens, hook_name, position=None):
+    def mean(tokens):
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        acts = cache[hook_name] if position is None else cache[hook_name][:, position]
+        return acts.reshape(-1, acts.shape[-1]).mean(0)
+    with torch.no_grad():
+        return mean(pos_tokens) - mean(neg_tokens)
+
+
+def _contrast_flipped(model, pos_tokens, neg_tokens, hook_name, position=None):
+    return -ref.contrast_vector(model, pos_tokens, neg_tokens, hook_name, position)
+
+
+def _contrast_last(model, pos_tokens, neg_tokens, hook_name, position=None):
+    return ref.contrast_vector(model, pos_tokens, neg_tokens, hook_name, -1)
+
+
+def _contrast_normalised(model, pos_tokens, neg_tokens, hook_name, position=None):
+    v = ref.contrast_vector(model, pos_tokens, neg_tokens, hook_name, position)
+    return v / v.norm()
+
+
+_CONTRAST_MISTAKES = [
+    ("leave out position 0 (BOS) when averaging over positions.", _contrast_with_bos),
+    ("the vector points from `neg_tokens` to `pos_tokens`: mean(pos) - mean(neg).", _contrast_flipped),
+    ("with position=None, average over all positions but the first, not just the last.", _contrast_last),
+    ("return the difference itself, not a unit vector: its size is part of the answer.", _contrast_normalised),
+]
+
+
+def check_contrast_vector(fn: Callable) -> None:
+    compare_on_models(fn, ref.contrast_vector, _contrast_cases(False), "contrast_vector", _CONTRAST_MISTAKES,
+                      **TOLERANCE)
+
+
+def grade_contrast_vector(fn: Callable) -> None:
+    refuse_reference(fn, "contrast_vector")
+    compare_on_models(fn, ref.contrast_vector, _contrast_cases(True), "contrast_vector", _CONTRAST_MISTAKES,
+                      **TOLERANCE)
+
+
+# ---------------------------------------------------------------- 4. residual_norm
+
+
+def _norm_cases(hidden: bool) -> list[Case]:
+    text = st.ordinary_text(4, seed=5)
+    cases = [Case("course model, 4 corpus windows, blocks.1.hook_resid_pre", (_course_model(), text, COURSE_SITE))]
+    if hidden:
+        cases.append(Case("course model, 4 corpus windows, blocks.0.hook_resid_pre",
+                          (_course_model(), text, "blocks.0.hook_resid_pre")))
+        for i, (desc, m) in enumerate(_other_models()):
+            site = _site(m, i + 2)
+            cases.append(Case(f"{desc}, 3 random prompts of 10 tokens, {site}", (m, _random_tokens(i, 3, 10), site)))
+    return cases
+
+
+def _norm_with_bos(model, tokens, hook_name):
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return cache[hook_name].norm(dim=-1).mean().item()
+
+
+def _norm_squared(model, tokens, hook_name):
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return cache[hook_name][:, 1:].pow(2).sum(-1).mean().item()
+
+
+def _norm_of_mean(model, tokens, hook_name):
+    _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return cache[hook_name][:, 1:].mean((0, 1)).norm().item()
+
+
+_NORM_MISTAKES = [
+    ("leave out position 0 (BOS).", _norm_with_bos),
+    ("the L2 norm of each vector, not its square: `.norm(dim=-1)`.", _norm_squared),
+    ("take the norm of each activation vector, then the mean, not the norm of the mean activation.", _norm_of_mean),
+]
+
+
+def check_residual_norm(fn: Callable) -> None:
+    compare_on_models(fn, ref.residual_norm, _norm_cases(False), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
+
+
+def grade_residual_norm(fn: Callable) -> None:
+    refuse_reference(fn, "residual_norm")
+    compare_on_models(fn, ref.residual_norm, _norm_cases(True), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
+
+
+# ---------------------------------------------------------------- 5. steering_hook
+
+
+def _apply_hook(make: Callable) -> Callable:
+    """(activation, *args) -> make(*args)(activation, None): the hook applied to a tensor."""
+    def apply(activation, *args):
+        return make(*args)(activation, None)
+    return apply
+
+
+def _hook_cases(hidden: bool) -> list[Case]:
+    specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2)]
+    if hidden:
+        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2))]
+    return [Case(f"activation [{b}, {p}, {d}], coefficient {c}, positions={pos}",
+                 (randn(seed, b, p, d), randn(seed + 100, d), c, pos)) for seed, b, p, d, c, pos in specs]
+
+
+def _steer_model_cases(hidden: bool) -> list[Case]:
+    cases = []
+    for i, (desc, model) in enumerate(_models(hidden)):
+        site = _site(model, i)
+        vector = st.relative(randn(i, model.cfg.d_model), ref.residual_norm(model, _random_tokens(i, 4, 10), site),
+                             0.5)
+        for positions in ([None, 2] if hidden else [None]):
+            cases.append(Case(f"{desc}: logits with the hook at {site}, positions={positions}",
+                              (model, _random_tokens(i + 3, 3, 8), site, vector, 1.0, positions)))
+    return cases
+
+
+def _logits_with(make: Callable) -> Callable:
+    def run(model, tokens, site, vector, coefficient, positions):
+        with torch.no_grad():
+            return model.run_with_hooks(tokens, fwd_hooks=[(site, make(vector, coefficient, positions))])
+    return run
+
+
+def _hook_ignores_positions(vector, coefficient, positions=None):
+    return ref.steering_hook(vector, coefficient, None)
+
+
+def _hook_unit(vector, coefficient, positions=None):
+    return ref.steering_hook(vector / vector.norm(), coefficient, positions)
+
+
+def _hook_last(vector, coefficient, positions=None):
+    return ref.steering_hook(vector, coefficient, -1 if positions is None else positions)
+
+
+_HOOK_MISTAKES = [
+    ("add only at `positions` (None means every position).", _hook_ignores_positions),
+    ("add coefficient * vector as given; do not normalise the vector (the caller chose its size).", _hook_unit),
+    ("positions=None means every position, not only the last.", _hook_last),
+]
+
+
+def _hook_in_place_check(fn: Callable) -> None:
+    activation = randn(7, 2, 4, 8)
+    before = activation.clone()
+    call_learner(_apply_hook(fn), "steering_hook", "a [2, 4, 8] activation",
+                 (activation, randn(8, 8), 1.0, None))
+    if not torch.equal(activation, before):
+        raise CheckFailed("steering_hook's hook edited the activation it was given in place; clone it first "
+                          "(`steered = activation.clone()`) and return the copy")
+
+
+def _check_steering_hook(fn: Callable, hidden: bool) -> None:
+    _hook_in_place_check(fn)
+    compare_function(_apply_hook(fn), _apply_hook(ref.steering_hook), _hook_cases(hidden), name="steering_hook",
+                     mistakes=[(h, _apply_hook(w)) for h, w in _HOOK_MISTAKES], report=False)
+    compare_on_models(_logits_with(fn), _logits_with(ref.steering_hook), _steer_model_cases(hidden), "steering_hook",
+                      [(h, _logits_with(w)) for h, w in _HOOK_MISTAKES], **TOLERANCE)
+
+
+def check_steering_hook(fn: Callable) -> None:
+    _check_steering_hook(fn, hidden=False)
+
+
+def grade_steering_hook(fn: Callable) -> None:
+    refuse_reference(fn, "steering_hook")
+    _check_steering_hook(fn, hidden=True)
+
+
+# ---------------------------------------------------------------- 6. extra_loss
+
+
+def _loss_cases(hidden: bool) -> list[Case]:
+    text = st.ordinary_text(4, seed=6)
+    cases = []
+    for i, (desc, model) in enumerate(_models(hidden)):
+        tokens = text if i == 0 else _random_tokens(i, 3, 12)
+        for seed, c in ([(i, 0.5), (i + 1, 1.0)] if hidden else [(i, 0.5)]):
+            hooks = _vector_hooks(model, seed, c)
+            cases.append(Case(f"{desc}, random vector at {c} x the residual norm at {hooks[0][0]}",
+                              (model, tokens, hooks)))
+    if hidden:
+        cases.append(Case("course model, no hooks (0)", (_course_model(), text, [])))
+    return cases
+
+
+def _loss(model, tokens, fwd_hooks, shift: bool = True):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        logits = model(tokens)
+    if shift:
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).item()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item()
+
+
+def _loss_unshifted(model, tokens, fwd_hooks):
+    return _loss(model, tokens, fwd_hooks, shift=False) - _loss(model, tokens, [], shift=False)
+
+
+def _loss_steered_only(model, tokens, fwd_hooks):
+    return _loss(model, tokens, fwd_hooks)
+
+
+def _loss_ratio(model, tokens, fwd_hooks):
+    return _loss(model, tokens, fwd_hooks) / _loss(model, tokens, [])
+
+
+_LOSS_MISTAKES = [
+    ("predict token t + 1 from position t: logits[:, :-1] against tokens[:, 1:].", _loss_unshifted),
+    ("subtract the loss without hooks: the *extra* loss is steered minus clean.", _loss_steered_only),
+    ("a difference, not a ratio: steered loss minus clean loss.", _loss_ratio),
+]
+
+
+def _check_extra_loss(fn: Callable, hidden: bool) -> None:
+    model = _course_model()
+    _leaves_no_hooks(fn, "extra_loss", model, lambda f: call_learner(
+        f, "extra_loss", "2 windows with a steering hook", (model, st.ordinary_text(2, seed=6), _vector_hooks(model, 0))))
+    compare_on_models(fn, ref.extra_loss, _loss_cases(hidden), "extra_loss", _LOSS_MISTAKES, **TOLERANCE)
+
+
+def check_extra_loss(fn: Callable) -> None:
+    _check_extra_loss(fn, hidden=False)
+
+
+def grade_extra_loss(fn: Callable) -> None:
+    refuse_reference(fn, "extra_loss")
+    _check_extra_loss(fn, hidden=True)
+
+
+# ---------------------------------------------------------------- 7. repetition
+
+_REPETITION_HAND = Case(
+    "hand case: prompt of 1, rows [9 | 1 2 1 2 1] (bigrams 12 21 12 21: 2 repeats of 4 -> 0.5) and "
+    "[9 | 1 2 3 4 5] (no repeats -> 0) -> 0.25",
+    (torch.tensor([[9, 1, 2, 1, 2, 1], [9, 1, 2, 3, 4, 5]]), 1))
+
+
+def _repetition_cases(specs: Sequence[tuple[int, int, int, int, int]]) -> list[Case]:
+    cases = []
+    for seed, batch, pos, vocab, prompt in specs:
+        tokens = torch.randint(0, vocab, (batch, pos), generator=seeded(seed))
+        cases.append(Case(f"seed={seed}, {batch} rows of {pos} tokens from {vocab} ids, prompt_length={prompt}",
+                          (tokens, prompt)))
+    return cases
+
+
+def _repetition_tokens(tokens, prompt_length):
+    generated = tokens[:, prompt_length:]
+    return sum(1 - torch.unique(r).numel() / r.numel() for r in generated) / len(generated)
+
+
+def _repetition_with_prompt(tokens, prompt_length):
+    return ref.repetition(tokens, 0)
+
+
+def _repetition_pooled(tokens, prompt_length):
+    generated = tokens[:, prompt_length:]
+    bigrams = generated[:, :-1] * (int(tokens.max()) + 1) + generated[:, 1:]
+    return 1 - sum(torch.unique(r).numel() for r in bigrams) / bigrams.numel()
+
+
+def _repetition_across_rows(tokens, prompt_length):
+    generated = tokens[:, prompt_length:]
+    bigrams = generated[:, :-1] * (int(tokens.max()) + 1) + generated[:, 1:]
+    return 1 - torch.unique(bigrams).numel() / bigrams.numel()
+
+
+_REPETITION_MISTAKES = [
+    ("count repeated *bigrams* (pairs of consecutive tokens), not repeated tokens.", _repetition_tokens),
+    ("only the generated tokens count, after the first `prompt_length`.", _repetition_with_prompt),
+    ("a bigram repeats only within its own row: count distinct bigrams per row, not over the whole batch.",
+     _repetition_across_rows),
+]
+
+
+def check_repetition(fn: Callable) -> None:
+    compare_function(fn, ref.repetition, [_REPETITION_HAND, *_repetition_cases([(0, 4, 12, 6, 1)])],
+                     name="repetition", mistakes=_REPETITION_MISTAKES, hint="return a Python float.")
+
+
+def grade_repetition(fn: Callable) -> None:
+    refuse_reference(fn, "repetition")
+    cases = [_REPETITION_HAND, *_repetition_cases([(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0),
+                                                   (4, 3, 4, 2, 1)])]
+    compare_function(fn, ref.repetition, cases, name="repetition", mistakes=_REPETITION_MISTAKES,
+                     hint="return a Python float.")
+
+
+# ---------------------------------------------------------------- 8. clamp_latent_hook
+
+
+@functools.cache
+def _course_sae():
+    from mechlab import sae_zoo
+
+    return sae_zoo.load("topk_k8_w1024")
+
+
+@functools.cache
+def _random_sae(architecture: str, d_in: int, d_sae: int, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cfg = sae_ref.SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=4)
+        sae = sae_ref.SAE(cfg).eval()
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.add_(0.1 * torch.randn(p.shape))  # biases off zero, so b_dec and b_enc matter
+    return sae
+
+
+def _clamp_cases(hidden: bool) -> list[Case]:
+    sae = _course_sae()
+    with torch.no_grad():
+        _, cache = _course_model().run_with_cache(st.ordinary_text(2, seed=7), names_filter=COURSE_SITE)
+    course_acts = cache[COURSE_SITE]
+    cases = [Case(f"course SAE topk_k8_w1024 on 2 corpus windows at {COURSE_SITE}, latent 5 clamped to 20",
+                  (course_acts, sae, 5, 20.0, sae.scale))]
+    if hidden:
+        cases += [
+            Case("course SAE on 2 corpus windows, latent 700 clamped to 0 (ablated)", (course_acts, sae, 700, 0.0,
+                                                                                      sae.scale)),
+            Case("course SAE, latent 31 clamped to -3", (course_acts[:1, :9], sae, 31, -3.0, sae.scale)),
+        ]
+        for seed, arch, d_in, d_sae, scale in [(1, "relu", 16, 40, 0.5), (2, "jumprelu", 8, 24, 2.0),
+                                               (3, "topk", 12, 30, 1.0)]:
+            cases.append(Case(f"random {arch} SAE d_in={d_in}, d_sae={d_sae}, scale={scale}, activation [3, 5, "
+                              f"{d_in}], latent {seed + 2} clamped to 4",
+                              (randn(seed, 3, 5, d_in), _random_sae(arch, d_in, d_sae, seed), seed + 2, 4.0, scale)))
+    return cases
+
+
+def _clamp_no_error(sae, latent, value, scale):
+    def hook(activation, hook):
+        z = sae.encode(activation[:, 1:] * scale).clone()
+        z[..., latent] = value
+        return torch.cat([activation[:, :1], sae.decode(z) / scale], 1)
+    return hook
+
+
+def _clamp_with_bos(sae, latent, value, scale):
+    def hook(activation, hook):
+        x = activation * scale
+        z = sae.encode(x)
+        error = x - sae.decode(z)
+        z = z.clone()
+        z[..., latent] = value
+        return (sae.decode(z) + error) / scale
+    return hook
+
+
+def _clamp_unscaled(sae, latent, value, scale):
+    return ref.clamp_latent_hook(sae, latent, value, 1.0)
+
+
+def _clamp_added(sae, latent, value, scale):
+    def hook(activation, hook):
+        steered = activation.clone()
+        steered[:, 1:] += value * sae.W_dec[latent] / scale
+        return steered
+    return hook
+
+
+_CLAMP_MISTAKES = [
+    ("keep the SAE's reconstruction error: return decode(z_clamped) + (x - decode(z)), so that only the clamped "
+     "latent changes the activation.", _clamp_no_error),
+    ("leave position 0 (BOS) untouched.", _clamp_with_bos),
+    ("the SAE works on normalised activations: multiply by `scale` before encoding and divide after decoding.",
+     _clamp_unscaled),
+    ("clamping *sets* the latent to `value`: it adds (value - current activation) times the decoder row, "
+     "not value times it.", _clamp_added),
+]
+
+
+def _clamp_model_case(hidden: bool) -> list[Case]:
+    sae = _course_sae()
+    return [Case(f"course model: logits with latent {latent} clamped to {value} at {COURSE_SITE}",
+                 (_course_model(), st.ordinary_text(2, seed=8), sae, latent, value))
+            for latent, value in ([(5, 20.0), (300, 0.0)] if hidden else [(5, 20.0)])]
+
+
+def _clamp_logits(make: Callable) -> Callable:
+    def run(model, tokens, sae, latent, value):
+        with torch.no_grad():
+            return model.run_with_hooks(tokens, fwd_hooks=[(COURSE_SITE, make(sae, latent, value, sae.scale))])
+    return run
+
+
+def _check_clamp(fn: Callable, hidden: bool) -> None:
+    activation = randn(9, 2, 4, 8)
+    before = activation.clone()
+    with torch.no_grad():
+        call_learner(_apply_hook(fn), "clamp_latent_hook", "a [2, 4, 8] activation",
+                     (activation, _random_sae("relu", 8, 16, 9), 1, 3.0, 1.0))
+    if not torch.equal(activation, before):
+        raise CheckFailed("clamp_latent_hook's hook edited the activation it was given in place; build a new tensor")
+    with torch.no_grad():
+        compare_function(_apply_hook(fn), _apply_hook(ref.clamp_latent_hook), _clamp_cases(hidden),
+                         name="clamp_latent_hook", mistakes=[(h, _apply_hook(w)) for h, w in _CLAMP_MISTAKES],
+                         report=False, **TOLERANCE)
+    compare_on_models(_clamp_logits(fn), _clamp_logits(ref.clamp_latent_hook), _clamp_model_case(hidden),
+                      "clamp_latent_hook", [(h, _clamp_logits(w)) for h, w in _CLAMP_MISTAKES], **TOLERANCE)
+
+
+def check_clamp_latent_hook(fn: Callable) -> None:
+    _check_clamp(fn, hidden=False)
+
+
+def grade_clamp_latent_hook(fn: Callable) -> None:
+    refuse_reference(fn, "clamp_latent_hook")
+    _check_clamp(fn, hidden=True)
+
+
+# ---------------------------------------------------------------- 9. fit_probe
+
+
+def _probe_cases(specs: Sequence[tuple[int, int, int, int, float, float, torch.dtype]]) -> list[Case]:
+    cases = []
+    for seed, n, d, steps, lr, l2, dtype in specs:
+        x = randn(seed, n, d)
+        truth = randn(seed + 1, d)
+        y = ((x @ truth + 0.5 * randn(seed + 2, n)) > 0).to(dtype)
+        cases.append(Case(f"seed={seed}, x [{n}, {d}], y {dtype} (0/1, noisy linear), steps={steps}, lr={lr}, "
+                          f"l2={l2}", (x, y), dict(steps=steps, lr=lr, l2=l2)))
+    return cases
+
+
+def _probe_no_l2(x, y, steps=300, lr=0.05, l2=1e-3):
+    return ref.fit_probe(x, y, steps, lr, 0.0)
+
+
+def _probe_sgd(x, y, steps=300, lr=0.05, l2=1e-3):
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([w, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y.float()) + l2 * (w**2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach(), b.detach()
+
+
+def _probe_summed(x, y, steps=300, lr=0.05, l2=1e-3):
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y.float(), reduction="sum") \
+                + l2 * (w**2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach(), b.detach()
+
+
+def _probe_no_bias(x, y, steps=300, lr=0.05, l2=1e-3):
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y.float()) + l2 * (w**2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach(), torch.zeros(())
+
+
+_PROBE_MISTAKES = [
+    ("add the penalty l2 * (w ** 2).sum() to the loss.", _probe_no_l2),
+    ("use torch.optim.Adam, as specified.", _probe_sgd),
+    ("the BCE is the mean over the batch (the default reduction), not the sum.", _probe_summed),
+    ("the probe has a bias b, trained with w.", _probe_no_bias),
+]
+
+
+def _check_probe(fn: Callable, cases: list[Case]) -> None:
+    for case in cases:
+        got = call_learner(fn, "fit_probe", case.description, case.args, case.kwargs)
+        if isinstance(got, tuple) and len(got) == 2 and any(getattr(t, "requires_grad", False) for t in got):
+            raise CheckFailed(f"fit_probe({case.description}): return w and b detached (`w.detach()`)")
+    compare_function(fn, ref.fit_probe, cases, name="fit_probe", mistakes=_PROBE_MISTAKES,
+                     hint="return a tuple (w, b): w of shape [d], b 0-dimensional.", **TOLERANCE)
+
+
+def check_fit_probe(fn: Callable) -> None:
+    _check_probe(fn, _probe_cases([(0, 64, 8, 50, 0.05, 1e-3, torch.float32)]))
+
+
+def grade_fit_probe(fn: Callable) -> None:
+    refuse_reference(fn, "fit_probe")
+    _check_probe(fn, _probe_cases([(1, 200, 16, 300, 0.05, 1e-3, torch.bool), (2, 100, 32, 120, 0.1, 1e-2,
+                                                                               torch.int64),
+                                   (3, 500, 8, 300, 0.02, 0.0, torch.float32)]))
+
+
+# ---------------------------------------------------------------- 10. auroc
+
+_AUROC_HAND = Case("hand case: scores [3, 1, 2, 2, 0], labels [T, F, T, F, F]: pairs won 5 of 6, one tie "
+                   "-> (5 + 0.5) / 6 = 0.9167", (torch.tensor([3.0, 1.0, 2.0, 2.0, 0.0]),
+                                                 torch.tensor([True, False, True, False, False])))
+
+
+def _auroc_cases(specs: Sequence[tuple[int, int, float, bool]]) -> list[Case]:
+    cases = []
+    for seed, n, shift, rounded in specs:
+        g = seeded(seed)
+        labels = torch.rand(n, generator=g) < 0.4
+        labels[0], labels[1] = True, False
+        scores = torch.randn(n, generator=g) + shift * labels
+        if rounded:
+            scores = scores.round()
+        cases.append(Case(f"seed={seed}, {n} scores, positives shifted by {shift}" + (", rounded (ties)" * rounded),
+                          (scores, labels)))
+    return cases
+
+
+def _auroc_no_ties(scores, labels):
+    pos, neg = scores[labels], scores[~labels]
+    return (pos[:, None] > neg[None]).float().mean().item()
+
+
+def _auroc_ties_win(scores, labels):
+    pos, neg = scores[labels], scores[~labels]
+    return (pos[:, None] >= neg[None]).float().mean().item()
+
+
+def _auroc_accuracy(scores, labels):
+    return ((scores > scores.median()) == labels).float().mean().item()
+
+
+_AUROC_MISTAKES = [
+    ("a tie counts as half a pair won.", _auroc_no_ties),
+    ("a tie counts as half a pair won, not a whole one.", _auroc_ties_win),
+    ("AUROC compares every (positive, negative) pair; it uses no threshold.", _auroc_accuracy),
+    ("the positive group is labels == True; you have the area for the other group.",
+     lambda scores, labels: 1 - ref.auroc(scores, labels)),
+]
+
+
+def check_auroc(fn: Callable) -> None:
+    compare_function(fn, ref.auroc, [_AUROC_HAND, *_auroc_cases([(0, 20, 1.0, False)])], name="auroc",
+                     mistakes=_AUROC_MISTAKES, hint="return a Python float.")
+
+
+def grade_auroc(fn: Callable) -> None:
+    refuse_reference(fn, "auroc")
+    cases = [_AUROC_HAND, *_auroc_cases([(1, 200, 0.5, False), (2, 60, 1.0, True), (3, 9, -1.0, False),
+                                         (4, 500, 3.0, True)])]
+    compare_function(fn, ref.auroc, cases, name="auroc", mistakes=_AUROC_MISTAKES, hint="return a Python float.")
+
+
+# ---------------------------------------------------------------- 11. answer_probabilities
+
+
+def _answer_cases(hidden: bool) -> list[Case]:
+    hedge, cities = st.answer_tokens()
+    names = st.entity_split()
+    model = _course_model()
+    unknown = st.name_prompts(names.unknown_test[:12], "lives in")
+    known = st.name_prompts(names.known_test[:8], "lives in")
+    cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities))]
+    if hidden:
+        hooks = _vector_hooks(model, 3, 0.5)
+        cases += [
+            Case("course model, 8 known names + 'lives in', no hooks", (model, known, hedge, cities)),
+            Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
+                 (model, unknown, hedge, cities, hooks)),
+        ]
+        for i, (desc, m) in enumerate(_other_models()):
+            cases.append(Case(f"{desc}, 4 random prompts, a random vector", (
+                m, _random_tokens(i, 4, 6), hedge, cities[:5], _vector_hooks(m, i, 1.0))))
+    return cases
+
+
+def _answers_first_position(model, tokens, hedge, cities, fwd_hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        probs = model(tokens)[:, 0].softmax(-1)
+    return probs[:, hedge].mean().item(), probs[:, cities].sum(-1).mean().item()
+
+
+def _answers_max_city(model, tokens, hedge, cities, fwd_hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        probs = model(tokens)[:, -1].softmax(-1)
+    return probs[:, hedge].mean().item(), probs[:, cities].max(-1).values.mean().item()
+
+
+def _answers_logits(model, tokens, hedge, cities, fwd_hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        logits = model(tokens)[:, -1]
+    return logits[:, hedge].mean().item(), logits[:, cities].sum(-1).mean().item()
+
+
+_ANSWER_MISTAKES = [
+    ("read the prediction at the *last* position, which follows 'lives in'.", _answers_first_position),
+    ("the probability mass on cities is the *sum* over the city tokens, not the largest one.", _answers_max_city),
+    ("probabilities: the softmax of the logits over the vocabulary.", _answers_logits),
+    ("attach `fwd_hooks` while the model runs.", lambda m, t, h, c, fwd_hooks=(): ref.answer_probabilities(m, t, h, c)),
+]
+
+
+def _check_answers(fn: Callable, hidden: bool) -> None:
+    model = _course_model()
+    hedge, cities = st.answer_tokens()
+    _leaves_no_hooks(fn, "answer_probabilities", model, lambda f: call_learner(
+        f, "answer_probabilities", "4 prompts with a steering hook",
+        (model, _random_tokens(0, 4, 5), hedge, cities, _vector_hooks(model, 0))))
+    compare_on_models(fn, ref.answer_probabilities, _answer_cases(hidden), "answer_probabilities", _ANSWER_MISTAKES,
+                      hint="return a tuple of two Python floats (p_hedge, p_cities).", **TOLERANCE)
+
+
+def check_answer_probabilities(fn: Callable) -> None:
+    _check_answers(fn, hidden=False)
+
+
+def grade_answer_probabilities(fn: Callable) -> None:
+    refuse_reference(fn, "answer_probabilities")
+    _check_answers(fn, hidden=True)
