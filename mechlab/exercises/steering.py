@@ -90,6 +90,20 @@ def _leaves_no_hooks(fn: Callable, name: str, model, call: Callable[[Callable], 
                           "the block) rather than model.add_hook")
 
 
+def _check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
+    """The visible check and the hidden test of an exercise whose checks differ only in
+    their cases: `run(fn, hidden)`; the hidden test also refuses the reference itself."""
+    def check(fn: Callable) -> None:
+        run(fn, False)
+
+    def grade(fn: Callable) -> None:
+        refuse_reference(fn, name)
+        run(fn, True)
+
+    check.__name__, grade.__name__ = f"check_{name}", f"grade_{name}"
+    return check, grade
+
+
 # ---------------------------------------------------------------- 1. generate
 
 
@@ -125,6 +139,10 @@ def _generate_without_temperature(model, prompt, n_new, generator, temperature=1
     return ref.generate(model, prompt, n_new, generator, 1.0 if temperature else 0.0, fwd_hooks)
 
 
+def _generate_ignoring_temperature(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=()):
+    return ref.generate(model, prompt, n_new, generator, 1.0, fwd_hooks)
+
+
 def _generate_first_position(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=()):
     tokens = prompt
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
@@ -141,6 +159,8 @@ _GENERATE_MISTAKES = [
     ("the hooks in `fwd_hooks` must be attached during every forward pass (`with model.hooks(fwd_hooks=...)`).",
      _generate_ignoring_hooks),
     ("divide the logits by the temperature before the softmax.", _generate_without_temperature),
+    ("use the temperature: divide the logits by it, and at temperature 0 take the argmax (greedy, no sampling).",
+     _generate_ignoring_temperature),
     ("sample from the logits at the *last* position (`[:, -1]`), which predict the next token.",
      _generate_first_position),
 ]
@@ -161,13 +181,7 @@ def _check_generate(fn: Callable, hidden: bool) -> None:
                       [(h, _with_seed(w)) for h, w in _GENERATE_MISTAKES], hint=_GENERATE_HINT)
 
 
-def check_generate(fn: Callable) -> None:
-    _check_generate(fn, hidden=False)
-
-
-def grade_generate(fn: Callable) -> None:
-    refuse_reference(fn, "generate")
-    _check_generate(fn, hidden=True)
+check_generate, grade_generate = _check_and_grade("generate", _check_generate)
 
 
 # ---------------------------------------------------------------- 2. success_rate
@@ -425,13 +439,7 @@ def _check_steering_hook(fn: Callable, hidden: bool) -> None:
                       [(h, _logits_with(w)) for h, w in _HOOK_MISTAKES], **TOLERANCE)
 
 
-def check_steering_hook(fn: Callable) -> None:
-    _check_steering_hook(fn, hidden=False)
-
-
-def grade_steering_hook(fn: Callable) -> None:
-    refuse_reference(fn, "steering_hook")
-    _check_steering_hook(fn, hidden=True)
+check_steering_hook, grade_steering_hook = _check_and_grade("steering_hook", _check_steering_hook)
 
 
 # ---------------------------------------------------------------- 6. extra_loss
@@ -485,13 +493,7 @@ def _check_extra_loss(fn: Callable, hidden: bool) -> None:
     compare_on_models(fn, ref.extra_loss, _loss_cases(hidden), "extra_loss", _LOSS_MISTAKES, **TOLERANCE)
 
 
-def check_extra_loss(fn: Callable) -> None:
-    _check_extra_loss(fn, hidden=False)
-
-
-def grade_extra_loss(fn: Callable) -> None:
-    refuse_reference(fn, "extra_loss")
-    _check_extra_loss(fn, hidden=True)
+check_extra_loss, grade_extra_loss = _check_and_grade("extra_loss", _check_extra_loss)
 
 
 # ---------------------------------------------------------------- 7. repetition
@@ -668,13 +670,7 @@ def _check_clamp(fn: Callable, hidden: bool) -> None:
                       "clamp_latent_hook", [(h, _clamp_logits(w)) for h, w in _CLAMP_MISTAKES], **TOLERANCE)
 
 
-def check_clamp_latent_hook(fn: Callable) -> None:
-    _check_clamp(fn, hidden=False)
-
-
-def grade_clamp_latent_hook(fn: Callable) -> None:
-    refuse_reference(fn, "clamp_latent_hook")
-    _check_clamp(fn, hidden=True)
+check_clamp_latent_hook, grade_clamp_latent_hook = _check_and_grade("clamp_latent_hook", _check_clamp)
 
 
 # ---------------------------------------------------------------- 9. fit_probe
@@ -877,10 +873,4 @@ def _check_answers(fn: Callable, hidden: bool) -> None:
                       hint="return a tuple of two Python floats (p_hedge, p_cities).", **TOLERANCE)
 
 
-def check_answer_probabilities(fn: Callable) -> None:
-    _check_answers(fn, hidden=False)
-
-
-def grade_answer_probabilities(fn: Callable) -> None:
-    refuse_reference(fn, "answer_probabilities")
-    _check_answers(fn, hidden=True)
+check_answer_probabilities, grade_answer_probabilities = _check_and_grade("answer_probabilities", _check_answers)
