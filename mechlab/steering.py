@@ -15,8 +15,9 @@ what they return.
 Conventions. Tokens carry the beginning-of-sequence token `<eot>` first, as
 `model.to_tokens` writes them. A *relative* coefficient `c` means the vector is
 rescaled to `c` times the mean norm of the residual stream at the site where it is
-added (`residual_norm` in the chapter), so the same `c` means the same push at every
-layer. Everything returned is on the CPU; models may live on a GPU.
+added (`residual_norm` in the chapter): a push of the same size relative to what is
+already there, which makes sites comparable (not equal: see the chapter). Everything
+returned is on the CPU; models may live on a GPU.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def answer_tokens() -> tuple[int, Int[Tensor, "n_cities"]]:
 
 
 def borrowed_city(name: tuple[str, str], city: str) -> bool:
-    """Whether `city` is the city of a known person who shares a first or last name with
-    `name`: the answer an unknown name gets when the model confuses it with them."""
-    return any(city == p.city and (p.first == name[0] or p.last == name[1]) for p in corpus.build_world().known)
+    """Whether `city` is the city of *another* known person who shares a first or last name
+    with `name`: the answer a name gets when the model confuses it with them."""
+    return any(city == p.city and (p.first == name[0] or p.last == name[1]) and (p.first, p.last) != tuple(name)
+               for p in corpus.build_world().known)
 
 
 def ordinary_text(n_windows: int = 32, seed: int = 3) -> Int[Tensor, "n 64"]:
@@ -257,12 +259,13 @@ def plot_sweep(table: pd.DataFrame, target: str, baseline: float) -> Figure:
 
 def plot_tradeoff(curves: dict[str, pd.DataFrame], target: str) -> Figure:
     """Success against extra loss for several ways of steering: the further up and left,
-    the better."""
+    the better. Extra losses below 0.001 nats (including zero and small negative ones)
+    are drawn at 0.001, the left edge of the log axis."""
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for label, rows in curves.items():
         ax.plot(rows["extra_loss"].clip(lower=1e-3), rows["success"], marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("extra loss on ordinary text (nats, log scale)")
+    ax.set_xlabel("extra loss on ordinary text (nats, log scale; ≤ 0.001 drawn at 0.001)")
     ax.set_ylabel(f"generations about {target}")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
@@ -283,10 +286,11 @@ def plot_probe(table: pd.DataFrame, target: str) -> Figure:
 
 
 def plot_entity(table: pd.DataFrame) -> Figure:
-    """P(hedge) and the probability mass on cities, for known and unknown held-out names,
-    against the coefficient, for the entity direction and a random one."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained", sharey=True)
-    for ax, group in zip(axes, ("unknown", "known")):
+    """P(hedge) and the probability mass on cities against the coefficient, one panel per
+    group of held-out names, for the entity direction and the random control."""
+    groups = list(table["names"].unique())
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), layout="constrained", sharey=True)
+    for ax, group in zip(np.atleast_1d(axes), groups):
         rows = table[table["names"] == group]
         for (direction, column), style in zip([(d, c) for d in ("entity", "random") for c in ("hedge", "cities")],
                                               ["-o", "-s", ":o", ":s"]):
@@ -295,19 +299,19 @@ def plot_entity(table: pd.DataFrame) -> Figure:
         ax.set_title(f"held-out {group} names: '... lives in' →")
         ax.set_xlabel("coefficient (× residual norm; negative = subtract)")
         ax.axvline(0, color="grey", lw=0.5)
-    axes[0].set_ylabel("probability")
-    axes[0].legend(fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("probability")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
     return fig
 
 
-def plot_scores(scores: Float[Tensor, "n"], is_known: Sequence[bool], title: str) -> Figure:
-    """Projections of held-out names onto a direction, known against unknown."""
+def plot_scores(scores: Float[Tensor, "n"], groups: Sequence[str], title: str) -> Figure:
+    """Projections of names onto a direction, one histogram per group."""
     s = scores.detach().float().cpu().numpy()
-    known = np.asarray(is_known, dtype=bool)
+    labels = np.asarray(groups)
     fig, ax = plt.subplots(figsize=(6, 2.6), layout="constrained")
     bins = np.linspace(s.min(), s.max(), 25)
-    ax.hist(s[known], bins=bins, alpha=0.6, label="known people")
-    ax.hist(s[~known], bins=bins, alpha=0.6, label="unknown names")
+    for group in dict.fromkeys(groups):
+        ax.hist(s[labels == group], bins=bins, alpha=0.6, label=f"{group} names")
     ax.set_title(title)
     ax.set_xlabel("projection onto the direction")
     ax.legend(fontsize=8)

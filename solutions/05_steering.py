@@ -25,11 +25,12 @@
 # The methods follow the papers that made them:
 #
 # - **activation addition** (Turner et al., [*Steering Language Models With Activation
-#   Engineering*](https://arxiv.org/abs/2308.10248), 2023) and **contrastive activation
-#   addition** (Rimsky et al., [*Steering Llama 2 via Contrastive Activation
-#   Addition*](https://arxiv.org/abs/2312.06681), 2024): the steering vector is the
-#   mean difference of the activations of contrast pairs, prompts that differ only in
-#   the property, added with a coefficient at one layer;
+#   Engineering*](https://arxiv.org/abs/2308.10248), 2023): the difference of the
+#   activations of *one* contrast pair ("Love" − "Hate"), added with a coefficient at one
+#   layer; and **contrastive activation addition** (Rimsky et al., [*Steering Llama 2 via
+#   Contrastive Activation Addition*](https://arxiv.org/abs/2312.06681), 2024), which
+#   averages the difference over *many* pairs, prompts that differ only in the property.
+#   We average over many pairs and over their positions;
 # - **feature steering** with a sparse autoencoder, as in "Golden Gate Claude"
 #   (Templeton et al., [*Scaling Monosemanticity*](https://transformer-circuits.pub/2024/scaling-monosemanticity/),
 #   2024): clamp one SAE latent to a high value and keep the SAE's reconstruction error,
@@ -45,14 +46,16 @@
 # is about the target topic, and what it costs, as the extra loss on ordinary text and
 # how repetitive the generations become.
 #
-# **Time budget:** about 3 hours for the exercises (the table below adds them up). The
+# **Time budget:** about 2.5 hours for the exercises (the table below adds them up). The
 # notebook runs in about a minute on a laptop CPU.
 #
 # **How the exercises work.** As before: write your code where it says `YOUR CODE HERE`,
 # run the cell under it, and the visible check prints ✓ or says what differs. Hidden
 # tests compare your function with the course's on the course model and on untrained
 # models of other shapes, so read sizes from `model.cfg` and from the tensors you are
-# given. Stuck? Each exercise ends with the line that imports the course's version.
+# given, and create new tensors on the device of the inputs (not the notebook's
+# `device`: the grader may run your function on other models, on the CPU). Stuck? Each
+# exercise ends with the line that imports the course's version.
 
 # %% tags=["setup"]
 # Filled in by the build: installs the course on Colab, imports mechlab, picks the device and seeds everything.
@@ -110,7 +113,7 @@ print(f"{model.cfg.n_layers} layers, d_model={model.cfg.d_model}, context of {mo
 #   next token from `softmax(logits / temperature)` with
 #   `torch.multinomial(probs, 1, generator=generator)`. `generator` is a CPU
 #   `torch.Generator`: move the probabilities to the CPU to sample (and the tokens back
-#   to the prompt's device), so a seed gives the same text on any device;
+#   to the prompt's device), so a seed gives the same random draws on any device;
 # - `temperature == 0` means greedy: the argmax, no sampling;
 # - every forward pass runs with the hooks `fwd_hooks` attached (a list of
 #   `(hook_name, hook_function)` pairs), and no hook may stay attached afterwards;
@@ -178,10 +181,13 @@ for row in samples:
 
 # %% [markdown]
 # The same loop at temperature 0 is greedy decoding, and TransformerLens's own
-# `model.generate` (with a key-value cache, and told not to stop at `<eot>`) should agree
-# with it token for token. Hooks attached with `model.hooks(...)` fire inside
-# `model.generate` too, at every step; it has no seed argument, so to sample
-# reproducibly with it, seed torch itself (`torch.manual_seed`) just before.
+# `model.generate` (told not to stop at `<eot>`) should agree with it token for token.
+# Hooks attached with `model.hooks(...)` fire inside `model.generate` too, at every
+# step; it has no seed argument, so to sample reproducibly with it, seed torch itself
+# (`torch.manual_seed`) just before. One caution for larger models: with a key-value
+# cache, each step runs only the *new* token, so a hook that indexes positions sees
+# position 0 of a one-token input. Our loop reruns the whole sequence, so positions
+# always mean positions in the text.
 
 # %%
 prompt = st.start_prompts(2).to(device)
@@ -258,7 +264,7 @@ checks.grade_success_rate(success_rate)
 # %% [markdown]
 # With no steering, how often is a generation about each topic? Many documents are facts
 # about people or IOI sentences, which name no topic, so the five rates add up to well
-# under 1.
+# less than 1.
 
 # %%
 unsteered = generate(model, st.start_prompts(N_GEN).to(device), GEN_LENGTH, seeded(0))
@@ -346,8 +352,8 @@ checks.grade_contrast_vector(contrast_vector)
 #
 # <details><summary>Hint</summary>
 #
-# `cache[hook_name][:, 1:]` drops BOS; `.norm(dim=-1)` gives one norm per vector,
-# `[batch, pos - 1]`; `.mean().item()` the float.
+# One norm per activation vector first (a `[batch, pos - 1]` tensor once BOS is dropped),
+# then the mean of those: the norm of the mean vector would be much smaller.
 # </details>
 #
 # Stuck? Run `from mechlab.reference.steering import residual_norm` and carry on (no points for this exercise).
@@ -369,16 +375,21 @@ checks.grade_residual_norm(residual_norm)
 ### END HIDDEN TESTS
 
 # %%
-text = st.ordinary_text(32).to(device)  # held-out corpus windows, never trained on
+text_windows = activations.corpus_windows(32 * 64, seed=3)  # held-out corpus text, never trained on
+text = text_windows.tokens[:32].to(device)  # 32 windows of 64 tokens (the same as st.ordinary_text(32))
 sites = st.residual_sites(model)
 norms = {site: residual_norm(model, text, site) for site in sites}
 vectors = {site: contrast_vector(model, food_tokens.to(device), other_tokens.to(device), site) for site in sites}
-pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, v in vectors.items()}}).round(2)
+pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, v in vectors.items()},
+              "vector / residual": {s: v.norm().item() / norms[s] for s, v in vectors.items()}}).round(3)
 
 # %% [markdown]
-# The residual stream grows more than 20-fold from the embedding to the last layer, and
-# the steering vector is a small fraction of it at every site. A coefficient of 8 would be
-# a shove at the embedding and nothing at the end.
+# The residual stream grows more than 20-fold from the embedding to the last layer: a
+# vector of norm 8 would be five times the embedding's norm but a quarter of the last
+# layer's. So we give coefficients relative to the norm at the site. That is a
+# convention, not a law: the last column shows that the *natural* contrast between food
+# and other stories is a smaller share of the residual stream at the embedding than
+# later, so the same relative push is a bigger exaggeration of it there.
 
 # %% [markdown] exercise={"id": "steering_hook", "difficulty": 1, "importance": 5, "minutes": 10, "points": 2}
 # ### Exercise 5: The steering hook
@@ -393,11 +404,17 @@ pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, 
 # - do not edit `activation` in place (other hooks, or a cache, may hold it): return a
 #   new tensor.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# `steered = activation.clone()`, then `steered[:, where] += coefficient * vector`
-# with `where = slice(None) if positions is None else positions`. Python closures make
-# `vector`, `coefficient` and `positions` available inside the inner function.
+# Define the hook *inside* `steering_hook` and return it: Python closures make `vector`,
+# `coefficient` and `positions` available inside the inner function when it runs later.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# One index serves all three cases: `where = slice(None) if positions is None else
+# positions`, then `steered[:, where]` on a clone of the activation. Move the vector to the
+# activation's device and dtype (`vector.to(activation)`).
 # </details>
 #
 # Stuck? Run `from mechlab.reference.steering import steering_hook` and carry on (no points for this exercise).
@@ -410,7 +427,7 @@ def steering_hook(vector: Float[Tensor, "d_model"], coefficient: float, position
 
     def hook(activation: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
         steered = activation.clone()
-        steered[:, where] += coefficient * vector.to(activation.dtype)
+        steered[:, where] += coefficient * vector.to(activation)
         return steered
 
     return hook
@@ -424,17 +441,25 @@ checks.grade_steering_hook(steering_hook)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Now steer. Add the food vector between the layers (`blocks.1.hook_resid_pre`), at
-# every position, at half the residual stream's norm, and generate from the same seed
-# as the unsteered samples above:
+# Now steer. Add the food vector between the layers (`blocks.1.hook_resid_pre`) at half
+# the residual stream's norm, and generate from the same seed as the unsteered samples
+# above. We add it at every position **but the first**: the BOS position's residual
+# stream is unlike the others (at this site its norm is about three times the mean) and
+# every later position attends to it, so a push there changes everything at once, and
+# `contrast_vector` and `residual_norm` leave it out too.
 
 # %%
 SITE = "blocks.1.hook_resid_pre"
+AFTER_BOS = slice(1, None)
+
+
+def vector_hooks(site: str, vector: Tensor, coefficient: float, positions=AFTER_BOS) -> list:
+    """Hooks that add `vector` at `site`, rescaled to `coefficient` times the residual norm there."""
+    return [(site, steering_hook(st.relative(vector, norms[site], coefficient), 1.0, positions))]
 
 
 def food_hooks(site: str, coefficient: float) -> list:
-    """The hooks that add the food vector at `site`, `coefficient` times the residual norm."""
-    return [(site, steering_hook(st.relative(vectors[site], norms[site], coefficient), 1.0))]
+    return vector_hooks(site, vectors[site], coefficient)
 
 
 steered = generate(model, st.start_prompts(N_GEN).to(device), GEN_LENGTH, seeded(0), fwd_hooks=food_hooks(SITE, 0.5))
@@ -468,10 +493,15 @@ print(f"about {TARGET}: {success_rate(steered, topic_labels, target_id, 1):.0%} 
 # but the last) with the hooks attached, minus the same loss without them, as a Python
 # float. No hook may stay attached afterwards.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# `torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())`
-# is the mean loss. Compute it once plainly and once inside `with model.hooks(fwd_hooks=list(fwd_hooks)):`.
+# Position `t`'s logits predict token `t + 1`: pair `logits[:, :-1]` with `tokens[:, 1:]`,
+# and flatten both so that `torch.nn.functional.cross_entropy` sees one row per prediction.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# Run the model twice, once plainly and once inside `with model.hooks(fwd_hooks=list(fwd_hooks)):`.
 # </details>
 #
 # Stuck? Run `from mechlab.reference.steering import extra_loss` and carry on (no points for this exercise).
@@ -568,27 +598,32 @@ table.pivot(index="coefficient", columns="site", values="success").rename(column
 # - **Every site steers**, and the success rate rises with the coefficient from the
 #   unsteered 6% to every generation. The same *relative* push does not do the same
 #   everywhere, though: at the embedding (`0.resid_pre`) 0.375 of the norm already makes
-#   every generation about food, while inside the layers (`0.resid_mid`, `1.resid_mid`)
-#   it takes about 1. The embedding is small, and what the layers add to it later is
-#   large: a push that is modest *relative to the embedding* swamps everything after it.
-# - **Damage grows faster than effect.** Past about 0.75 of the norm the extra loss on
-#   ordinary text reaches whole nats, and the unsteered model's loss on the generations
-#   climbs from 1.4 to over 10 nats: the model writes a food-word salad ("plate flavour
-#   dinner taste dinner ..."), which the topic count still calls a success. A success
-#   rate alone would pick the most destructive setting. Always report the two together.
-# - **Repetition *falls*.** Large language models pushed too hard fall into loops, and
-#   repeated bigrams catch that. This one falls into a salad instead: it stops writing
-#   the corpus's templates (whose ". the" and "was great ." repeat), so fewer bigrams
-#   repeat. A damage measure can miss the failure your model actually has; look at the
-#   samples, and keep a measure (here the generations' loss) that sees the salad.
+#   81% of generations about food; at `0.resid_mid` it takes about 0.75. The table above
+#   says why: the natural food contrast is 7% of the residual norm at the embedding and
+#   22% at `0.resid_mid`, so the same relative push exaggerates it five-fold at the first
+#   site and less than twice at the second. The order of the curves follows that ratio.
+# - **Damage grows as fast as the effect.** The extra loss on ordinary text passes 0.1
+#   nats about where success passes half (at 0.5 for `1.resid_pre`: 62% about food for
+#   0.105 nats), and reaches whole nats at the embedding from 0.5 and at the other sites
+#   from 1. The unsteered model's loss on the generations climbs from 1.4 nats to 7-13:
+#   the model writes a food-word salad ("the chef felt bad kitchen was terrible dinner
+#   ..."), which the topic count still calls a success. A success rate alone would pick
+#   the most destructive setting. Always report effect and damage together; the printed
+#   lines give the best success within three damage budgets.
+# - **Repetition does not catch it.** Large language models pushed too hard fall into
+#   loops, and repeated bigrams catch that. This one falls into a salad instead: it stops
+#   writing the corpus's templates, whose ". the" and "was great ." repeat, so repeated
+#   bigrams mostly *fall* (noisily: 0.01 to 0.05). A damage measure can miss the failure
+#   your model actually has; look at the samples, and keep a measure (here the
+#   generations' loss) that sees the salad.
 # - **At the last site** (`1.resid_post`) the vector only biases the unembedding: it
 #   makes food words likely, but nothing downstream reads it, so it works like a logit
-#   bias rather than a change of what the model is "thinking about". Under a tight
-#   damage budget that is the cheapest way to get food words; it is not the most
-#   interesting.
+#   bias rather than a change of what the model is "thinking about". Under the tightest
+#   budget that is the cheapest way to food words; it is not the most interesting.
 #
 # The same machinery steers sentiment: the contrast pairs are the same stories with
-# positive against negative words.
+# positive against negative words. Unsteered, half the generations that express a
+# sentiment are positive (the corpus is balanced).
 
 # %%
 sentiment_labels = st.word_labels("sentiment").to(device)
@@ -596,8 +631,13 @@ pos_tokens, neg_tokens = st.contrast_pairs("sentiment", "positive", n=64, seed=0
 sentiment_vector = contrast_vector(model, pos_tokens.to(device), neg_tokens.to(device), SITE)
 print("unsteered, positive:", measure([], target=1, labels=sentiment_labels))
 for c in (0.5, 1.0):
-    hooks = [(SITE, steering_hook(st.relative(sentiment_vector, norms[SITE], c), 1.0))]
+    hooks = vector_hooks(SITE, sentiment_vector, c)
     print(f"+{c} x norm, positive:", {k: round(v, 3) for k, v in measure(hooks, 1, sentiment_labels).items()})
+
+# %% [markdown]
+# At half the residual norm, about two thirds of the generations are positive for 0.08
+# nats of extra loss; at the full norm all of them are, for 0.8 nats and a salad. The
+# trade-off has the same shape as for topics.
 
 # %% [markdown]
 # ## 5. Feature steering with an SAE latent
@@ -627,7 +667,7 @@ print(f"food latent: {food_latent}; cosine of its decoder direction with the foo
       f"{torch.cosine_similarity(decoder, vectors[SITE], dim=0).item():.2f}")
 with torch.no_grad():
     logit_lens = decoder @ model.W_U  # what the latent's direction says about the next token, straight through
-print("tokens it promotes most:", model.to_str_tokens(logit_lens.topk(10).indices))
+print("tokens it promotes most:", model.to_str_tokens(logit_lens.topk(10).indices))  # mostly food words
 
 # %% [markdown] exercise={"id": "clamp_latent_hook", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
 # ### Exercise 8: Clamp a latent, keep the error
@@ -699,7 +739,7 @@ clamp_table
 
 # %%
 decoder_table = st.sweep(
-    lambda site, c: measure([(site, steering_hook(st.relative(decoder, norms[site], c), 1.0))]), [SITE],
+    lambda site, c: measure(vector_hooks(site, decoder, c)), [SITE],
     COEFFICIENTS, desc="decoder direction")
 st.plot_tradeoff({"contrast vector (1.resid_pre)": table[table.site == SITE],
                   f"clamp latent {food_latent}": clamp_table,
@@ -714,8 +754,10 @@ st.plot_tradeoff({"contrast vector (1.resid_pre)": table[table.site == SITE],
 # *finding*: the latent came from an unsupervised dictionary, with no labelled pairs, and
 # its logit lens (food words) says what it means before you steer with it. What it costs
 # is reach: a latent only covers what the SAE learned, at the SAE's site. And clamping
-# is no gentler here: past 1.5 times the latent's largest natural activation, the text is
-# a salad, as with the vectors.
+# is no gentler here: from 1.5 times the latent's largest natural activation, the text is
+# a salad, as with the vectors. Templeton et al. clamped Claude's features at 5 to 10
+# times their maximum; a 2-layer model with a 128-dimensional residual stream has far
+# less room to absorb the push.
 
 # %% [markdown]
 # ## 6. A linear probe, and how steering moves it
@@ -799,46 +841,60 @@ print(f"{len(x)} positions; probe accuracy on the held-out half: {accuracy:.1%} 
       f"(always 'not food': {1 - is_food[~first_half].float().mean():.1%})")
 
 # %% [markdown]
-# Now read the probe on ordinary text while steering: the mean probability the probe
-# gives "food" over every position, against the coefficient, beside the generations'
-# success rate. Two vectors go in at `1.resid_pre`: the contrast vector, and the probe's
-# own weight vector used as a steering direction.
+# Now read the probe on ordinary text while steering: its mean probability of "food" at
+# the kind of positions it was trained on ("the" and "a" inside stories), against the
+# coefficient, beside the generations' success rate. (Read elsewhere, at positions it
+# never saw in training, a probe's output means little.) Two vectors go in at
+# `1.resid_pre`: the contrast vector, and the probe's own weight vector used as a
+# steering direction.
 
 # %%
 w_device, b_device = w.to(device), b.to(device)
+# where to read it: the same kind of positions it was trained on, in the ordinary text
+reading = ground_truth.label_sets(text_windows)["topic"]
+chosen = (torch.from_numpy(reading.rows) < len(text)) & (torch.from_numpy(reading.classes) >= 0)
+read_rows, read_positions = torch.from_numpy(reading.rows)[chosen], torch.from_numpy(reading.positions)[chosen] + 1
+food_share = (torch.from_numpy(reading.classes)[chosen] == target_id).float().mean().item()
 
 
 def probe_reading(hooks: list) -> float:
+    """The probe's mean P(food) at the story positions of the ordinary text, with `hooks`."""
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         _, cache = model.run_with_cache(text, names_filter=PROBE_SITE)
-    return torch.sigmoid(cache[PROBE_SITE][:, 1:] * probe_scale @ w_device + b_device).mean().item()
+    acts = cache[PROBE_SITE][read_rows.to(device), read_positions.to(device)]
+    return torch.sigmoid(acts * probe_scale @ w_device + b_device).mean().item()
+
+
+print(f"{len(read_rows)} story positions in the ordinary text; {food_share:.1%} of them are in food stories; "
+      f"the unsteered probe's mean P(food) there: {probe_reading([]):.3f}")
 
 
 probe_rows = []
 for method, vector in [("contrast vector", vectors[SITE]), ("probe direction", w_device)]:
     for c in [0.0, 0.25, 0.5, 0.75, 1.0]:
-        hooks = [(SITE, steering_hook(st.relative(vector, norms[SITE], c), 1.0))]
+        hooks = vector_hooks(SITE, vector, c)
         probe_rows.append({"method": method, "coefficient": c, "probe": probe_reading(hooks), **measure(hooks)})
 probe_table = pd.DataFrame(probe_rows)
 print(f"cosine(probe weights, contrast vector) = {torch.cosine_similarity(w_device, vectors[SITE], dim=0):.2f}")
 st.plot_probe(probe_table, TARGET);
 
 # %% [markdown]
-# Two lessons.
+# First, the sanity check printed above: unsteered, the probe's mean P(food) at these
+# positions (0.14) matches the share that really is in food stories (0.13). Then two
+# lessons.
 #
-# **The probe saturates long before behaviour changes.** At a quarter of the norm the
-# probe already calls about 80% of ordinary-text positions "food", while only a fifth of
-# the generations are about food. A probe reads a direction, and any push along it moves
-# the reading; whether the model *acts* on it is a separate question that only the
-# generations answer. Use a probe to watch a property inside the model while you steer,
-# not as the measure of success.
+# **The probe saturates before behaviour does.** At half the norm the contrast vector
+# drives the probe to 0.98, while 62% of the generations are about food; the probe
+# direction drives it to 0.9 while only a fifth are. A probe reads a direction, and any
+# push along it moves the reading; whether the model *acts* on it is a separate question
+# that only the generations answer. Use a probe to watch a property inside the model
+# while you steer, not as the measure of success.
 #
 # **Reading and causing are different jobs.** The probe's weights point only partly
-# along the contrast vector (the cosine is printed above), and used as a steering
-# vector at an earlier site they move the probe as much but the generations less at the
-# same coefficient. Compare the two at equal *damage* (the table below) before calling
-# either "the food direction": the probe was fitted to separate food at the last layer,
-# not to cause it between the layers.
+# along the contrast vector (cosine 0.73), and used as a steering vector they need more
+# push, and more damage, for the same effect: about 0.2 nats for two thirds of the
+# generations, against 0.1 nats for the contrast vector (the table below). The probe was
+# fitted to *separate* food at the last layer, not to *cause* it between the layers.
 
 # %%
 probe_table.round(3)
@@ -846,15 +902,15 @@ probe_table.round(3)
 # %% [markdown]
 # ## 7. Knowing what it knows
 #
-# The corpus has thirty **known people**, each with a city, a job and a pet stated the
-# same way every time ("mary smith lives in paris ."). Their first and last names also
-# form **unknown** pairs that the corpus mentions but never gives facts about; some of
-# those get **hedges** instead ("mary jones lives in some town ."). So after "X lives
-# in", the model should answer a city for a known name and hedge ("some") for an unknown
-# one, and it does. Ferrando et al. found, in Gemma 2, SAE latents that separate
-# entities the model knows from ones it does not, and that steering with them makes the
-# model hallucinate facts about unknown entities or refuse to answer about known ones.
-# We look for the same thing with a difference of means.
+# The corpus has thirty **known people**, each with a city, a job and a pet, always the
+# same ones, stated in a few fixed templates ("mary smith lives in paris ."). Their first
+# and last names also form sixty **unknown** pairs that the corpus mentions but never
+# gives facts about. It writes **hedges** about 24 of those ("mary jones lives in some
+# town ."), and nothing at all about the other 36: they only appear in topical
+# sentences. Ferrando et al. found, in Gemma 2, SAE latents that separate entities the
+# model knows from ones it does not, and that steering with them makes the model
+# hallucinate facts about unknown entities or refuse to answer about known ones. We look
+# for the same thing with a difference of means.
 #
 # The question is posed at the **last token of the name**: by then the model has seen
 # the whole name and must decide whether it knows it. We fit on 8 known and 16 unknown
@@ -867,7 +923,12 @@ fit_known, fit_unknown = st.name_prompts(names.known_train).to(device), st.name_
 test_names = names.known_test + names.unknown_test
 test_prompts = st.name_prompts(test_names).to(device)
 is_known = torch.tensor([True] * len(names.known_test) + [False] * len(names.unknown_test))
-print("known:", [" ".join(n) for n in names.known_train[:4]], "... unknown:", [" ".join(n) for n in names.unknown_train[:4]], "...")
+groups = {"known": names.known_test,
+          "hedged": [n for n in names.unknown_test if n in names.hedged],
+          "never described": [n for n in names.unknown_test if n not in names.hedged]}
+group_of = {n: g for g, ns in groups.items() for n in ns}
+print("known:", [" ".join(n) for n in names.known_train[:4]], "...")
+print("unknown:", [" ".join(n) for n in names.unknown_train[:4]], "...")
 
 # %% [markdown] exercise={"id": "auroc", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 10: AUROC
@@ -918,14 +979,17 @@ for site in ["blocks.0.hook_resid_pre", ENTITY_SITE, f"blocks.{model.cfg.n_layer
     if site == ENTITY_SITE:
         entity_direction, entity_scores = direction, (cache[site][:, LAST_NAME] @ direction).cpu()
 print({st.short_site(s): round(a, 3) for s, a in separation.items()})
-st.plot_scores(entity_scores, is_known.tolist(), f"held-out names on the entity direction at {st.short_site(ENTITY_SITE)}");
+st.plot_scores(entity_scores, [group_of[n] for n in test_names],
+               f"held-out names on the entity direction at {st.short_site(ENTITY_SITE)}");
 
 # %% [markdown]
 # At the embedding (`0.resid_pre`, the last name's token embedding plus its position)
 # the direction is at chance: a last name like "smith" belongs to known and unknown
 # pairs alike. After one layer, which lets the last name attend to the first, the held-out
 # names separate perfectly, from 8 and 16 examples. Knowing the *pair* is a fact layer 0
-# computes, and it is linear.
+# computes, and it is linear. The histogram shows more: the unknown names fall in two
+# heaps, the hedged pairs far below the pairs the corpus never describes. The direction
+# is not only "known or not"; it also carries "the corpus says it doesn't know".
 #
 # Does the model *use* it? Steer: add the direction at the last name's token, in units of
 # the residual norm at that site, and measure two numbers on "first last lives in":
@@ -947,8 +1011,8 @@ st.plot_scores(entity_scores, is_known.tolist(), f"held-out names on the entity 
 #
 # <details><summary>Hint</summary>
 #
-# `probs = model(tokens)[:, -1].softmax(dim=-1)` inside `with model.hooks(fwd_hooks=list(fwd_hooks)):`;
-# then `probs[:, hedge]` and `probs[:, cities].sum(dim=-1)`, each averaged over the batch.
+# Index the `[batch, d_vocab]` probabilities with the ids: `probs[:, cities]` is
+# `[batch, n]`. Sum over the cities first, then average over the batch.
 # </details>
 #
 # Stuck? Run `from mechlab.reference.steering import answer_probabilities` and carry on (no points for this exercise).
@@ -971,57 +1035,116 @@ checks.check_answer_probabilities(answer_probabilities)
 checks.grade_answer_probabilities(answer_probabilities)
 ### END HIDDEN TESTS
 
+# %% [markdown]
+# First, what the model says without steering, for each group of held-out names:
+
 # %%
 hedge, cities = st.answer_tokens()
+asked = {g: st.name_prompts(ns, "lives in").to(device) for g, ns in groups.items()}
+
+
+true_city = {(p.first, p.last): p.city for p in corpus.build_world().known}
+
+
+def city_answers(prompts: Tensor, names_asked: list, hooks: list = ()) -> str:
+    """How many names get a city as their top answer: their own (known people), or that
+    of *another* known person who shares a name token, against what a random city gives."""
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        top = model(prompts)[:, -1].argmax(-1).tolist()
+    answered = [(n, model.to_string(a)) for n, a in zip(names_asked, top) if a in cities.tolist()]
+    own = sum(true_city.get(n) == c for n, c in answered)
+    borrowed = sum(true_city.get(n) != c and st.borrowed_city(n, c) for n, c in answered)
+    chance = sum(st.borrowed_city(n, c) for n, _ in answered for c in corpus.CITIES) / len(corpus.CITIES)
+    return (f"{len(answered)} of {len(names_asked)} answer a city: {own} their own, {borrowed} a namesake's "
+            f"(a random city would be a namesake's {chance:.1f} times)")
+
+
+for group, prompts in asked.items():
+    p_hedge, p_cities = answer_probabilities(model, prompts, hedge, cities)
+    print(f"{group:16s}: P(hedge) {p_hedge:.3f}, P(cities) {p_cities:.3f}; {city_answers(prompts, groups[group])}")
+
+# %% [markdown]
+# Known names get their own city. Hedged pairs get "some", as the corpus taught. The
+# pairs the corpus never describes are the interesting group: with nothing to go on, the
+# model answers a city for two thirds of them, and every time the city of a known person
+# who shares their first or last name (a random city would be one about a third of the
+# time). This small model hallucinates on its own, by the same mechanism as larger ones:
+# a confident answer assembled from a partial match.
+#
+# Now steer: add the entity direction at the last name's token, in units of the residual
+# norm there. Beside it, four random directions of the same size (their mean), and the
+# damage: the extra loss on ordinary text when the same vector is added at the last
+# token of *every* two-token name in it, which is what steering "all names" would cost.
+
+# %%
+text_labels = {k: v[: len(text)] for k, v in text_windows.labels.items()}
+at_last_names = torch.from_numpy(
+    (text_labels["word_class"] == corpus.WORD_CLASSES.index("last_name"))
+    & ((text_labels["name_role"] == corpus.NAME_ROLES.index("known_person"))
+       | (text_labels["name_role"] == corpus.NAME_ROLES.index("unknown_person")))).to(device)
+print(f"{int(at_last_names.sum())} two-token names in the {len(text)} ordinary windows")
+
+
+def add_at_names(vector: Tensor) -> list:
+    """Hooks adding `vector` at the last token of every two-token name in `text`."""
+    return [(ENTITY_SITE, lambda activation, hook: activation + at_last_names[..., None] * vector)]
+
+
 entity_norm = residual_norm(model, test_prompts, ENTITY_SITE)
-random_direction = torch.randn(model.cfg.d_model, generator=seeded(1)).to(device)
-asked = {group: st.name_prompts(ns, "lives in").to(device)
-         for group, ns in [("known", names.known_test), ("unknown", names.unknown_test)]}
+directions = {"entity": [entity_direction],
+              "random": [torch.randn(model.cfg.d_model, generator=seeded(s)).to(device) for s in range(1, 5)]}
 entity_rows = []
 for c in [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]:
-    for direction_name, direction in [("entity", entity_direction), ("random", random_direction)]:
-        hooks = [(ENTITY_SITE, steering_hook(st.relative(direction, entity_norm, c), 1.0, positions=LAST_NAME))]
-        cost = extra_loss(model, text, hooks)
-        for group, prompts in asked.items():
-            p_hedge, p_cities = answer_probabilities(model, prompts, hedge, cities, hooks)
-            entity_rows.append({"names": group, "direction": direction_name, "coefficient": c,
-                                "hedge": p_hedge, "cities": p_cities, "extra_loss": cost})
+    for direction_name, vs in directions.items():
+        measured = []
+        for v in vs:
+            vector = st.relative(v, entity_norm, c)
+            hooks = [(ENTITY_SITE, steering_hook(vector, 1.0, positions=LAST_NAME))]
+            cost = extra_loss(model, text, add_at_names(vector))
+            for group, prompts in asked.items():
+                p_hedge, p_cities = answer_probabilities(model, prompts, hedge, cities, hooks)
+                measured.append({"names": group, "hedge": p_hedge, "cities": p_cities, "extra_loss": cost})
+        mean = pd.DataFrame(measured).groupby("names", sort=False).mean().reset_index()
+        entity_rows += [{"direction": direction_name, "coefficient": c, **row} for row in mean.to_dict("records")]
 entity_table = pd.DataFrame(entity_rows)
 st.plot_entity(entity_table);
 
 # %%
 summary = entity_table[entity_table.coefficient.isin([-0.5, 0.0, 0.5])].pivot_table(
-    index=["names", "coefficient"], columns="direction", values=["hedge", "cities", "extra_loss"])
+    index=["names", "coefficient"], columns="direction", values=["hedge", "cities", "extra_loss"], sort=False)
 summary.round(3)
 
 # %% [markdown]
-# On held-out **unknown** names (left), adding the entity direction at half the residual
-# norm drops P(hedge) from 0.57 to 0.13 and makes the model answer a city instead: a
-# hallucination, made to order. The random direction of the same size leaves P(hedge)
-# at 0.59. On **known** names (right), *subtracting* it makes the model hedge about
-# people it knows (P(hedge) from 0.003 to 0.45). The `extra_loss` column is tiny because
-# the hook moves one position (position 2) of each ordinary window; it says the
-# intervention does not spill over, not that steering every name would be free.
+# Read the three panels.
 #
-# Which city does a steered unknown name get? Not a random one:
+# - **Known names** (left): *subtracting* the direction at half the residual norm makes
+#   the model hedge about people it knows (P(hedge) from 0.003 to 0.45). The random
+#   directions leave it at 0.01.
+# - **Hedged pairs** (middle): *adding* it switches the model from hedging to answering
+#   a city (P(hedge) from 0.995 to 0.35): a hallucination, made to order. The random
+#   directions leave P(hedge) at 0.99.
+# - **Never-described pairs** (right) already answered cities two times in three;
+#   adding makes that near certain, subtracting makes them hedge.
+# - **The cost**: added at every name in ordinary text at half the norm, the direction
+#   costs 0.03 nats (0.07 when subtracted), two to five times what a random direction of
+#   the same size costs, and far below what topic steering costs for a comparable effect:
+#   names are a small share of the text, and the push moves what the model says about
+#   them, not the rest.
+#
+# Which city does a steered hedged pair get?
 
 # %%
-steer_unknown = [(ENTITY_SITE, steering_hook(st.relative(entity_direction, entity_norm, 0.5), 1.0,
-                                             positions=LAST_NAME))]
-with torch.no_grad(), model.hooks(fwd_hooks=steer_unknown):
-    answers = model(asked["unknown"])[:, -1].argmax(-1)
-answered = [(name, model.to_string(a)) for name, a in zip(names.unknown_test, answers.tolist()) if a in cities.tolist()]
-borrowed = sum(st.borrowed_city(name, city) for name, city in answered)
-print(f"{len(answered)} of {len(names.unknown_test)} steered unknown names answer a city; "
-      f"{borrowed} of those are the city of a known person who shares their first or last name")
-print("e.g.", ", ".join(f"{' '.join(n)} → {c}" for n, c in answered[:4]))
+steer_names = [(ENTITY_SITE, steering_hook(st.relative(entity_direction, entity_norm, 0.5), 1.0,
+                                           positions=LAST_NAME))]
+for group in ("hedged", "never described"):
+    print(f"steered {group}: {city_answers(asked[group], groups[group], steer_names)}")
 
 # %% [markdown]
-# The steered model does not invent a city: it retrieves one from a known person who
-# shares a name token. The direction switches the model from "I don't know this pair"
-# to "look up what I know about these tokens", and the lookup finds the nearest known
-# person. That is what hallucination often looks like in larger models too: a confident
-# answer assembled from partial matches.
+# The steered model does not invent a city: it takes one from a known person who
+# shares a name token, far more often than a random city would, and as the
+# never-described pairs did unsteered. The direction
+# switches the model from "I don't know this pair" to "look up what I know about these
+# tokens", and the lookup finds the nearest known person.
 #
 # **An open question: is there an SAE latent for it?** Ferrando et al. found their
 # directions as SAE latents. Chapter 4 found no clean "known person" latent in our SAE
@@ -1072,8 +1195,7 @@ steers = {
     f"{TARGET} contrast vector at 0.resid_pre": lambda c: food_hooks(sites[0], c),
     f"clamp SAE latent {food_latent} ({TARGET})": lambda c: [
         (SITE, clamp_latent_hook(sae, food_latent, c * latent_max, sae.scale))],
-    "positive sentiment vector": lambda c: [
-        (SITE, steering_hook(st.relative(sentiment_vector, norms[SITE], c), 1.0))],
+    "positive sentiment vector": lambda c: vector_hooks(SITE, sentiment_vector, c),
 }
 
 

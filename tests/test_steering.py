@@ -78,6 +78,9 @@ def test_borrowed_city_means_a_namesakes_city():
     assert st.borrowed_city((person.first, "nobody"), person.city)  # shares the first name
     assert st.borrowed_city(("nobody", person.last), person.city)  # shares the last name
     assert not st.borrowed_city(("nobody", "else"), person.city)  # shares nothing
+    others = [p for p in corpus.build_world().known
+              if p != person and (p.first == person.first or p.last == person.last)]
+    assert st.borrowed_city((person.first, person.last), person.city) == any(p.city == person.city for p in others)
 
 
 def test_residual_sites_follow_the_model():

@@ -60,6 +60,10 @@ def contrast_pooled_rows(model, pos_tokens, neg_tokens, hook_name, position=None
     return ref.contrast_vector(model, pos_tokens[:n], neg_tokens[:n], hook_name, position)
 
 
+def contrast_if_position(model, pos_tokens, neg_tokens, hook_name, position=None):
+    return ref.contrast_vector(model, pos_tokens, neg_tokens, hook_name, position if position else None)
+
+
 def norm_with_bos(model, tokens, hook_name):
     return checks._norm_with_bos(model, tokens, hook_name)
 
@@ -83,6 +87,10 @@ def hook_ignores_positions(vector, coefficient, positions=None):
 
 def hook_unit_vector(vector, coefficient, positions=None):
     return ref.steering_hook(vector / vector.norm(), coefficient, positions)
+
+
+def hook_zero_means_all(vector, coefficient, positions=None):
+    return ref.steering_hook(vector, coefficient, positions or slice(None))
 
 
 def loss_not_shifted(model, tokens, fwd_hooks):
@@ -109,6 +117,12 @@ def repetition_of_tokens(tokens, prompt_length):
 
 def repetition_across_rows(tokens, prompt_length):
     return checks._repetition_across_rows(tokens, prompt_length)
+
+
+def repetition_pair_code_100(tokens, prompt_length):
+    generated = tokens[:, prompt_length:]
+    bigrams = generated[:, :-1] * 100 + generated[:, 1:]
+    return sum(1 - torch.unique(r).numel() / r.numel() for r in bigrams) / len(bigrams)
 
 
 def clamp_without_error(sae, latent, value, scale):
@@ -176,16 +190,19 @@ MUTANTS = [
     ("contrast_vector", contrast_with_bos, "BOS"),
     ("contrast_vector", contrast_flipped, "mean\\(pos\\) - mean\\(neg\\)"),
     ("contrast_vector", contrast_pooled_rows, "differ"),
+    ("contrast_vector", contrast_if_position, "position=0"),
     ("residual_norm", norm_with_bos, "BOS"),
     ("residual_norm", norm_squared, "not its square"),
     ("steering_hook", hook_in_place, "in place"),
     ("steering_hook", hook_ignores_positions, "only at `positions`"),
     ("steering_hook", hook_unit_vector, "do not normalise"),
+    ("steering_hook", hook_zero_means_all, "positions=0"),
     ("extra_loss", loss_not_shifted, "t \\+ 1"),
     ("extra_loss", loss_leaves_hooks, "left a hook attached"),
     ("extra_loss", loss_steered_only, "steered minus clean"),
     ("repetition", repetition_of_tokens, "bigrams"),
     ("repetition", repetition_across_rows, "own row"),
+    ("repetition", repetition_pair_code_100, "collide"),
     ("clamp_latent_hook", clamp_without_error, "reconstruction error"),
     ("clamp_latent_hook", clamp_touches_bos, "BOS"),
     ("clamp_latent_hook", clamp_adds_value, "sets"),

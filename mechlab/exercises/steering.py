@@ -111,7 +111,7 @@ def _generate_cases(hidden: bool) -> list[Case]:
     cases = []
     for i, (desc, model) in enumerate(_models(hidden)):
         specs = [(1, 6, 0, 1.0, False), (3, 10, 1, 0.7, True), (2, 5, 2, 0.0, True)] if hidden else \
-            [(1, 6, 0, 1.0, False), (2, 4, 1, 0.0, True)]  # fmt: skip
+            [(1, 6, 0, 1.0, False), (1, 5, 3, 0.7, True), (2, 4, 1, 0.0, True)]  # fmt: skip
         for prompt_len, n_new, seed, temperature, steer in specs:
             batch = 4 + seed
             prompt = st.start_prompts(batch) if prompt_len == 1 else _random_tokens(seed + 10 * i, batch, prompt_len)
@@ -237,7 +237,8 @@ _SUCCESS_MISTAKES = [
 
 
 def check_success_rate(fn: Callable) -> None:
-    compare_function(fn, ref.success_rate, [_SUCCESS_HAND, *_success_cases([(0, 8, 10, 5, 1, 1)])],
+    compare_function(fn, ref.success_rate,
+                     [_SUCCESS_HAND, *_success_cases([(0, 48, 10, 5, 1, 1), (5, 40, 12, 3, 2, 2)])],
                      name="success_rate", mistakes=_SUCCESS_MISTAKES, hint="return a Python float.")
 
 
@@ -259,13 +260,15 @@ def _contrast_cases(hidden: bool) -> list[Case]:
     known = st.name_prompts(st.entity_split().known_train)
     unknown = st.name_prompts(st.entity_split().unknown_train)
     cases = [Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, all positions",
-                  (model, food, other, COURSE_SITE))]
+                  (model, food, other, COURSE_SITE)),
+             Case("course model, 8 known against 16 unknown names, blocks.0.hook_resid_post, position=2",
+                  (model, known, unknown, "blocks.0.hook_resid_post", 2))]
     if hidden:
         cases += [
+            Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, position=0 (BOS: the same in every "
+                 "prompt, so the difference is 0)", (model, food, other, COURSE_SITE, 0)),
             Case("course model, 12 sentiment pairs, blocks.0.hook_resid_mid, position=-1",
                  (model, pos, neg, "blocks.0.hook_resid_mid", -1)),
-            Case("course model, 8 known against 16 unknown names, blocks.0.hook_resid_post, position=2",
-                 (model, known, unknown, "blocks.0.hook_resid_post", 2)),
             Case("course model, 16 topic pairs (food), blocks.1.hook_resid_post, all positions",
                  (model, food, other, "blocks.1.hook_resid_post")),
         ]
@@ -378,7 +381,8 @@ def _apply_hook(make: Callable) -> Callable:
 def _hook_cases(hidden: bool) -> list[Case]:
     specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2)]
     if hidden:
-        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2))]
+        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2)),
+                  (5, 2, 6, 8, 2.0, 0)]
     return [Case(f"activation [{b}, {p}, {d}], coefficient {c}, positions={pos}",
                  (randn(seed, b, p, d), randn(seed + 100, d), c, pos)) for seed, b, p, d, c, pos in specs]
 
@@ -489,7 +493,8 @@ _LOSS_MISTAKES = [
 def _check_extra_loss(fn: Callable, hidden: bool) -> None:
     model = _course_model()
     _leaves_no_hooks(fn, "extra_loss", model, lambda f: call_learner(
-        f, "extra_loss", "2 windows with a steering hook", (model, st.ordinary_text(2, seed=6), _vector_hooks(model, 0))))
+        f, "extra_loss", "2 windows with a steering hook",
+        (model, st.ordinary_text(2, seed=6), _vector_hooks(model, 0))))
     compare_on_models(fn, ref.extra_loss, _loss_cases(hidden), "extra_loss", _LOSS_MISTAKES, **TOLERANCE)
 
 
@@ -502,6 +507,10 @@ _REPETITION_HAND = Case(
     "hand case: prompt of 1, rows [9 | 1 2 1 2 1] (bigrams 12 21 12 21: 2 repeats of 4 -> 0.5) and "
     "[9 | 1 2 3 4 5] (no repeats -> 0) -> 0.25",
     (torch.tensor([[9, 1, 2, 1, 2, 1], [9, 1, 2, 3, 4, 5]]), 1))
+_REPETITION_BIG_IDS = Case(
+    "hand case: prompt of 1, row [9 | 1 150 2 50 7]: bigrams (1, 150), (150, 2), (2, 50), (50, 7) are all "
+    "distinct -> 0 (a pair code like a * 100 + b makes (1, 150) and (2, 50) collide)",
+    (torch.tensor([[9, 1, 150, 2, 50, 7]]), 1))
 
 
 def _repetition_cases(specs: Sequence[tuple[int, int, int, int, int]]) -> list[Case]:
@@ -522,12 +531,6 @@ def _repetition_with_prompt(tokens, prompt_length):
     return ref.repetition(tokens, 0)
 
 
-def _repetition_pooled(tokens, prompt_length):
-    generated = tokens[:, prompt_length:]
-    bigrams = generated[:, :-1] * (int(tokens.max()) + 1) + generated[:, 1:]
-    return 1 - sum(torch.unique(r).numel() for r in bigrams) / bigrams.numel()
-
-
 def _repetition_across_rows(tokens, prompt_length):
     generated = tokens[:, prompt_length:]
     bigrams = generated[:, :-1] * (int(tokens.max()) + 1) + generated[:, 1:]
@@ -543,14 +546,16 @@ _REPETITION_MISTAKES = [
 
 
 def check_repetition(fn: Callable) -> None:
-    compare_function(fn, ref.repetition, [_REPETITION_HAND, *_repetition_cases([(0, 4, 12, 6, 1)])],
+    compare_function(fn, ref.repetition, 
+                     [_REPETITION_HAND, _REPETITION_BIG_IDS, *_repetition_cases([(0, 4, 12, 6, 1)])],
                      name="repetition", mistakes=_REPETITION_MISTAKES, hint="return a Python float.")
 
 
 def grade_repetition(fn: Callable) -> None:
     refuse_reference(fn, "repetition")
-    cases = [_REPETITION_HAND, *_repetition_cases([(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0),
-                                                   (4, 3, 4, 2, 1)])]
+    cases = [_REPETITION_HAND, _REPETITION_BIG_IDS,
+             *_repetition_cases([(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0),
+                                 (4, 3, 4, 2, 1)])]
     compare_function(fn, ref.repetition, cases, name="repetition", mistakes=_REPETITION_MISTAKES,
                      hint="return a Python float.")
 

@@ -78,7 +78,7 @@ def steering_hook(vector: Float[Tensor, "d_model"], coefficient: float, position
 
     def hook(activation: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
         steered = activation.clone()
-        steered[:, where] += coefficient * vector.to(activation.dtype)
+        steered[:, where] += coefficient * vector.to(activation)
         return steered
 
     return hook
