@@ -604,8 +604,8 @@ table.pivot(index="coefficient", columns="site", values="success").rename(column
 #   site and less than twice at the second. The order of the curves follows that ratio.
 # - **Damage grows as fast as the effect.** The extra loss on ordinary text passes 0.1
 #   nats about where success passes half (at 0.5 for `1.resid_pre`: 62% about food for
-#   0.105 nats), and reaches whole nats at the embedding from 0.5 and at the other sites
-#   from 1. The unsteered model's loss on the generations climbs from 1.4 nats to 7-13:
+#   0.105 nats), and reaches whole nats at the embedding from 0.5, at `1.resid_pre` and
+#   `1.resid_post` from 1, and inside the layers only at 1.5. The unsteered model's loss on the generations climbs from 1.4 nats to 7-13:
 #   the model writes a food-word salad ("the chef felt bad kitchen was terrible dinner
 #   ..."), which the topic count still calls a success. A success rate alone would pick
 #   the most destructive setting. Always report effect and damage together; the printed
@@ -1225,8 +1225,9 @@ st.steering_panel(model, steers, panel_numbers, panel_samples)
 # - A **probe** watches the property inside the model while you steer; its direction
 #   separates, which is not the same as causing.
 # - A **known-entity direction** after one layer separates held-out names perfectly, and
-#   steering along it makes the model hallucinate (borrowing a namesake's city) or
-#   hedge, for little extra loss, where a random direction does nothing.
+#   steering along it makes the model hallucinate (borrowing a namesake's city) or hedge,
+#   where random directions do nothing, for a few hundredths of a nat when applied at
+#   every name.
 #
 # ## Going further
 #
