@@ -1,8 +1,10 @@
 # The course's commands. Each target installs what it needs first (into .venv).
 #   make lab     set up, then open JupyterLab on chapters/
-#   make test    set up, then run the whole test suite (what CI runs)
+#   make test    set up, then run the whole test suite (what CI runs; installs chromium where it can)
 #   make build   regenerate chapters/ and mechlab/reference/ from solutions/*.py
 #   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
+#   make test-browser  run every solution notebook in JupyterLab in headless Chromium (installs chromium)
+#   make test-colab    run every chapter's setup cell and the chapter in a Colab-like fresh runtime
 #   make bench   time the chapters, the grader and SAE training; results go to benchmarks/RESULTS.md
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup lab test build check grade bench constraints clean
+.PHONY: setup lab test browser-deps test-browser test-colab build check grade bench constraints clean
 
 setup: $(STAMP)
 
@@ -25,8 +27,31 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 lab: setup  # (--allow-root only where make runs as root: containers, VMs)
 	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: setup
+test: setup browser-deps
 	$(PY) -m pytest -n 2 --durations=15
+
+# Debian's chromium and chromium-driver for the browser tests, installed with apt where
+# make runs as root or with password-less sudo (CI, containers); elsewhere this says what
+# to install and goes on, and the browser tests say they were skipped.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "browser tests will be skipped: sudo apt-get install chromium chromium-driver to run them" >&2; exit 0; fi; \
+	if command -v apt-get >/dev/null; then \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "could not install chromium: the browser tests will be skipped" >&2; \
+	else echo "no apt-get: install chromium and chromedriver to run the browser tests" >&2; fi
+
+# Only the browser tests (they need chromium; `make test` runs them too when it is there).
+test-browser: setup browser-deps
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+	  (echo "test-browser needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1)
+	$(PY) -m pytest -m browser -n 2 --durations=0 tests/test_browser.py
+
+# A fresh virtual environment like a Colab runtime (built once into build/colab-runtime/,
+# about 1.5 minutes and 1.4 GB), then each chapter's setup cell and the chapter in a copy of it.
+test-colab: setup
+	MECHLAB_TEST_COLAB=1 $(PY) -m pytest -m colab -n 2 --durations=0 tests/test_colab.py
 
 build: setup
 	$(PY) -m autograder build
@@ -48,4 +73,4 @@ constraints: setup
 	mv constraints.tmp constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache benchmarks/.venv-saelens
+	rm -rf $(VENV) .pytest_cache benchmarks/.venv-saelens build/colab-runtime artifacts
