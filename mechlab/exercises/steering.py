@@ -696,43 +696,25 @@ def _probe_no_l2(x, y, steps=300, lr=0.05, l2=1e-3):
     return ref.fit_probe(x, y, steps, lr, 0.0)
 
 
-def _probe_sgd(x, y, steps=300, lr=0.05, l2=1e-3):
+def _wrong_probe(x, y, steps=300, lr=0.05, l2=1e-3, *, optimiser=torch.optim.Adam, reduction="mean",
+                 bias=True):  # fmt: skip
+    """The probe's recipe with one thing changed: the optimiser, the loss's reduction, or no bias."""
     w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.SGD([w, b], lr=lr)
+    b = torch.zeros((), requires_grad=bias)
+    opt = optimiser([w, b] if bias else [w], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y.float()) + l2 * (w**2).sum()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y.float(), reduction=reduction)
+            loss = bce + l2 * (w**2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
     return w.detach(), b.detach()
 
 
-def _probe_summed(x, y, steps=300, lr=0.05, l2=1e-3):
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y.float(), reduction="sum") \
-                + l2 * (w**2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return w.detach(), b.detach()
-
-
-def _probe_no_bias(x, y, steps=300, lr=0.05, l2=1e-3):
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y.float()) + l2 * (w**2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return w.detach(), torch.zeros(())
+_probe_sgd = functools.partial(_wrong_probe, optimiser=torch.optim.SGD)
+_probe_summed = functools.partial(_wrong_probe, reduction="sum")
+_probe_no_bias = functools.partial(_wrong_probe, bias=False)
 
 
 _PROBE_MISTAKES = [
