@@ -195,6 +195,20 @@ def ordinary_text(n_windows: int = 32, seed: int = 3) -> Int[Tensor, "n 64"]:
     return corpus_windows(n_windows * 64, seed=seed).tokens[:n_windows]
 
 
+def topic_text(prop_target: str, n: int = 32, length: int = 30, seed: int = 5) -> Int[Tensor, "n length_plus_1"]:
+    """`n` held-out topical documents about topic `prop_target` ("food"), each cut to its
+    first `length` tokens, BOS first: text on which steering towards that topic agrees with
+    what is written."""
+    t = label_index("topic", prop_target)
+    rows = []
+    for doc in corpus.iter_documents(corpus.CorpusConfig(seed=seed)):
+        if doc.kind == "topic" and doc.doc_topic == t and len(doc) >= length:
+            rows.append(doc.tokens[:length])
+            if len(rows) == n:
+                return _tokens(rows)
+    raise AssertionError("unreachable: the corpus is endless")
+
+
 def relative(vector: Float[Tensor, "d_model"], norm: float, coefficient: float) -> Float[Tensor, "d_model"]:
     """`vector` rescaled to `coefficient` times `norm` (a residual stream's mean norm)."""
     return vector / vector.norm() * norm * coefficient

@@ -47,6 +47,14 @@ def test_sentiment_pairs_differ_only_in_sentiment_words():
         assert torch.equal(st.word_labels("topic")[a], st.word_labels("topic")[b])  # same topic words
 
 
+def test_topic_text_is_about_its_topic_only():
+    tokens = st.topic_text("music", n=12, length=20)
+    labels = st.word_labels("topic")[tokens[:, 1:]]
+    assert tokens.shape == (12, 21) and (tokens[:, 0] == zoo.BOS_ID).all()
+    assert ((labels == -1) | (labels == corpus.TOPIC_NAMES.index("music"))).all()
+    assert ((labels >= 0).sum(dim=1) > 0).all()
+
+
 def test_word_labels_are_the_generators_lists():
     topic = st.word_labels("topic")
     for t, (general, subs) in enumerate(corpus.TOPICS.values()):
