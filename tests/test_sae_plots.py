@@ -22,7 +22,7 @@ from mechlab.reference.sparse_autoencoders import (
     top_activations,
 )
 
-from test_widgets import run, text
+from test_widgets import SHOWN_HTML, run, text
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +242,7 @@ def test_latent_browser_redraws_in_a_kernel():
         "browser",
         "index, menu = browser.children[0].children\n"
         "out = browser.children[1]\n"
-        "def shown():\n"
-        "    return ''.join(o['data'].get('text/html', '') for o in out.outputs if 'data' in o)\n"
+        + SHOWN_HTML +
         "print('at start:', f'<b>latent {index.value}</b>' in shown())\n"
         "index.value = 7",
         "print('after the move:', '<b>latent 7</b>' in shown(), len(out.outputs))\n"

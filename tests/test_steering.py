@@ -10,7 +10,7 @@ import torch
 
 from mechlab import corpus, zoo
 from mechlab import steering as st
-from test_widgets import run, text
+from test_widgets import SHOWN_HTML, run, text
 
 VOCAB = corpus.vocabulary()
 
@@ -129,8 +129,7 @@ def test_steering_panel_redraws_in_a_kernel():
         "panel",
         "menu, slider = panel.children[0].children\n"
         "out = panel.children[1]\n"
-        "def shown():\n"
-        "    return ''.join(o['data'].get('text/html', '') for o in out.outputs if 'data' in o)\n"
+        + SHOWN_HTML +
         "print('at start:', 'up text at +0.50' in shown(), '<b>push</b>: 0.500' in shown())\n"
         "slider.value = 1.25",
         "print('after the slider:', 'up text at +1.25' in shown(), '<b>push</b>: 1.250' in shown(), len(out.outputs))\n"

@@ -23,6 +23,11 @@ def run(*sources: str) -> nbformat.NotebookNode:
     return nb
 
 
+# Kernel-side helper for panels drawn into an ipywidgets Output `out`: the HTML it shows now.
+SHOWN_HTML = ("def shown():\n"
+              "    return ''.join(o['data'].get('text/html', '') for o in out.outputs if 'data' in o)\n")
+
+
 def text(cell: nbformat.NotebookNode) -> str:
     return "".join(o.get("text", "") for o in cell.outputs)
 

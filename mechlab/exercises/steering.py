@@ -311,15 +311,12 @@ _CONTRAST_MISTAKES = [
 ]
 
 
-def check_contrast_vector(fn: Callable) -> None:
-    compare_on_models(fn, ref.contrast_vector, _contrast_cases(False), "contrast_vector", _CONTRAST_MISTAKES,
+def _check_contrast(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.contrast_vector, _contrast_cases(hidden), "contrast_vector", _CONTRAST_MISTAKES,
                       **TOLERANCE)
 
 
-def grade_contrast_vector(fn: Callable) -> None:
-    refuse_reference(fn, "contrast_vector")
-    compare_on_models(fn, ref.contrast_vector, _contrast_cases(True), "contrast_vector", _CONTRAST_MISTAKES,
-                      **TOLERANCE)
+check_contrast_vector, grade_contrast_vector = _check_and_grade("contrast_vector", _check_contrast)
 
 
 # ---------------------------------------------------------------- 4. residual_norm
@@ -359,13 +356,11 @@ _NORM_MISTAKES = [
 ]
 
 
-def check_residual_norm(fn: Callable) -> None:
-    compare_on_models(fn, ref.residual_norm, _norm_cases(False), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
+def _check_norm(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.residual_norm, _norm_cases(hidden), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
 
 
-def grade_residual_norm(fn: Callable) -> None:
-    refuse_reference(fn, "residual_norm")
-    compare_on_models(fn, ref.residual_norm, _norm_cases(True), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
+check_residual_norm, grade_residual_norm = _check_and_grade("residual_norm", _check_norm)
 
 
 # ---------------------------------------------------------------- 5. steering_hook
