@@ -257,6 +257,20 @@ def compare_gradients(fn: Callable, reference: Callable, case: Case, wrt: Sequen
             raise
 
 
+def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
+    """The visible check and the hidden test of an exercise whose two differ only in their
+    cases: `run(fn, hidden)`. The hidden test also refuses the reference itself."""
+    def check(fn: Callable) -> None:
+        run(fn, False)
+
+    def grade(fn: Callable) -> None:
+        refuse_reference(fn, name)
+        run(fn, True)
+
+    check.__name__, grade.__name__ = f"check_{name}", f"grade_{name}"
+    return check, grade
+
+
 def _weights(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 

@@ -25,6 +25,7 @@ written depends on `CorpusConfig.seed`.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -272,8 +273,10 @@ class CorpusConfig:
     held_out_ioi: tuple[int, ...] = IOI_HELD_OUT  # IOI templates never written into training text
 
 
+@functools.cache
 def build_world(cfg: CorpusConfig = CorpusConfig()) -> World:
-    """The known people, unknown pairs and hedged subset for `cfg.world_seed`."""
+    """The known people, unknown pairs and hedged subset for `cfg.world_seed` (built once
+    per config: a World is immutable)."""
     rng = random.Random(f"world-{cfg.world_seed}")
     pairs = rng.sample([(f, l) for f in FIRST_NAMES for l in LAST_NAMES], cfg.n_known)
     known = tuple(Person(f, l, rng.choice(CITIES), rng.choice(JOBS), rng.choice(PETS)) for f, l in pairs)

@@ -126,18 +126,13 @@ def word_labels(prop: str) -> Int[Tensor, "d_vocab"]:
     "topic", the topic id (0-4) of each topic and subtopic word; for "sentiment", 1 for a
     positive word and 0 for a negative one. This is the corpus generator's own word list,
     so it is the ground truth of what a piece of text is about."""
-    vocab = corpus.vocabulary()
-    labels = torch.full((len(vocab),), -1)
-    index = {w: i for i, w in enumerate(vocab)}
-    groups: list[Sequence[str]]
-    if prop == "topic":
-        groups = [list(general) + [w for ws in subs.values() for w in ws] for general, subs in corpus.TOPICS.values()]
-    elif prop == "sentiment":
-        groups = [corpus.NEGATIVE, corpus.POSITIVE]
-    else:
-        raise ValueError(f"property must be one of {PROPERTIES}, not {prop!r}")
+    _labels_of(prop)  # a clear error for an unknown property
+    groups: list[Sequence[str]] = (
+        [list(general) + [w for ws in subs.values() for w in ws] for general, subs in corpus.TOPICS.values()]
+        if prop == "topic" else [corpus.NEGATIVE, corpus.POSITIVE])
+    labels = torch.full((len(corpus.vocabulary()),), -1)
     for label, words in enumerate(groups):
-        labels[[index[w] for w in words]] = label
+        labels[torch.from_numpy(zoo.token_ids(list(words)))] = label
     return labels
 
 

@@ -79,7 +79,17 @@ import pandas as pd
 
 from mechlab import activations, corpus, ground_truth, sae_zoo, zoo
 from mechlab import steering as st
+from mechlab.checks import seeded  # seeded(s): a CPU torch.Generator seeded with s
 from mechlab.exercises import steering as checks
+from mechlab.reference.sparse_autoencoders import normalisation_scale  # chapter 4's
+
+
+def activations_at(tokens: Tensor, site: str, hooks: Sequence = ()) -> Tensor:
+    """The model's activations at `site` on `tokens`, with `hooks` attached, no gradients."""
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        _, cache = model.run_with_cache(tokens, names_filter=site)
+    return cache[site]
+
 
 N_GEN, GEN_LENGTH = 32, 24  # generations per measurement, and their length in tokens
 
@@ -171,10 +181,6 @@ checks.grade_generate(generate)
 # each `<eot>` as ¶ and starts a new line there:
 
 # %%
-def seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 samples = generate(model, st.start_prompts(6).to(device), GEN_LENGTH, seeded(0))
 for row in samples:
     print("-", st.decode(model, row))
@@ -605,8 +611,8 @@ table.pivot(index="coefficient", columns="site", values="success").rename(column
 # - **Damage grows as fast as the effect.** The extra loss on ordinary text passes 0.1
 #   nats about where success passes half (at 0.5 for `1.resid_pre`: 62% about food for
 #   0.105 nats), and reaches whole nats at the embedding from 0.5, at `1.resid_pre` and
-#   `1.resid_post` from 1, and inside the layers only at 1.5. The unsteered model's loss on the generations climbs from 1.4 nats to 7-13:
-#   the model writes a food-word salad ("the chef felt bad kitchen was terrible dinner
+#   `1.resid_post` from 1, and inside the layers only at 1.5. The unsteered model's loss
+#   on the generations climbs from 1.4 nats to 7-13: the model writes a food-word salad ("the chef felt bad kitchen was terrible dinner
 #   ..."), which the topic count still calls a success. A success rate alone would pick
 #   the most destructive setting. Always report effect and damage together; the printed
 #   lines give the best success within three damage budgets.
@@ -657,10 +663,8 @@ for c in (0.5, 1.0):
 # %%
 sae = sae_zoo.load("topk_k8_w1024", device=device)
 with torch.no_grad():
-    _, food_cache = model.run_with_cache(food_tokens.to(device), names_filter=SITE)
-    _, other_cache = model.run_with_cache(other_tokens.to(device), names_filter=SITE)
-    latent_diff = (sae.encode(food_cache[SITE][:, 1:] * sae.scale).mean((0, 1))
-                   - sae.encode(other_cache[SITE][:, 1:] * sae.scale).mean((0, 1)))
+    latent_diff = (sae.encode(activations_at(food_tokens.to(device), SITE)[:, 1:] * sae.scale).mean((0, 1))
+                   - sae.encode(activations_at(other_tokens.to(device), SITE)[:, 1:] * sae.scale).mean((0, 1)))
 food_latent = int(latent_diff.argmax())
 decoder = sae.W_dec[food_latent]
 print(f"food latent: {food_latent}; cosine of its decoder direction with the food vector: "
@@ -722,8 +726,7 @@ checks.grade_clamp_latent_hook(clamp_latent_hook)
 
 # %%
 with torch.no_grad():
-    _, text_cache = model.run_with_cache(text, names_filter=SITE)
-    latent_max = sae.encode(text_cache[SITE][:, 1:] * sae.scale)[..., food_latent].max().item()
+    latent_max = sae.encode(activations_at(text, SITE)[:, 1:] * sae.scale)[..., food_latent].max().item()
 print(f"largest activation of latent {food_latent} on ordinary text: {latent_max:.2f}")
 
 MULTIPLES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0]
@@ -864,10 +867,8 @@ checks.grade_fit_probe(fit_probe)
 # %%
 PROBE_SITE = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 windows = activations.corpus_windows(160 * 63, seed=4)
-with torch.no_grad():
-    _, cache = model.run_with_cache(windows.tokens.to(device), names_filter=PROBE_SITE)
-acts = cache[PROBE_SITE][:, 1:].cpu()  # the label sets index positions after BOS
-probe_scale = (model.cfg.d_model / acts.pow(2).sum(-1).mean()).sqrt().item()
+acts = activations_at(windows.tokens.to(device), PROBE_SITE)[:, 1:].cpu()  # the label sets index positions after BOS
+probe_scale = normalisation_scale(acts)
 topic_set = ground_truth.label_sets(windows)["topic"]
 in_story = torch.from_numpy(topic_set.classes) >= 0  # the set also holds negatives from other documents
 x = (acts[torch.from_numpy(topic_set.mask)] * probe_scale)[in_story]
@@ -897,9 +898,7 @@ food_share = (torch.from_numpy(reading.classes)[chosen] == target_id).float().me
 
 def probe_reading(hooks: list) -> float:
     """The probe's mean P(food) at the story positions of the ordinary text, with `hooks`."""
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        _, cache = model.run_with_cache(text, names_filter=PROBE_SITE)
-    acts = cache[PROBE_SITE][read_rows.to(device), read_positions.to(device)]
+    acts = activations_at(text, PROBE_SITE, hooks)[read_rows.to(device), read_positions.to(device)]
     return torch.sigmoid(acts * probe_scale @ w_device + b_device).mean().item()
 
 
@@ -1011,11 +1010,10 @@ LAST_NAME = 2  # "<eot> first last": the last name is at position 2
 separation = {}
 for site in ["blocks.0.hook_resid_pre", ENTITY_SITE, f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]:
     direction = contrast_vector(model, fit_known, fit_unknown, site, position=LAST_NAME)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(test_prompts, names_filter=site)
-    separation[site] = auroc((cache[site][:, LAST_NAME] @ direction).cpu(), is_known)
+    scores = (activations_at(test_prompts, site)[:, LAST_NAME] @ direction).cpu()
+    separation[site] = auroc(scores, is_known)
     if site == ENTITY_SITE:
-        entity_direction, entity_scores = direction, (cache[site][:, LAST_NAME] @ direction).cpu()
+        entity_direction, entity_scores = direction, scores
 print({st.short_site(s): round(a, 3) for s, a in separation.items()})
 st.plot_scores(entity_scores, [group_of[n] for n in test_names],
                f"held-out names on the entity direction at {st.short_site(ENTITY_SITE)}");
@@ -1194,8 +1192,7 @@ for group in ("hedged", "never described"):
 # %%
 def name_latents(prompts: Tensor) -> Tensor:
     with torch.no_grad():
-        _, cache = model.run_with_cache(prompts, names_filter=ENTITY_SITE)
-        return sae.encode(cache[ENTITY_SITE][:, LAST_NAME] * sae.scale).cpu()
+        return sae.encode(activations_at(prompts, ENTITY_SITE)[:, LAST_NAME] * sae.scale).cpu()
 
 
 fit_latents = name_latents(torch.cat([fit_known, fit_unknown]))

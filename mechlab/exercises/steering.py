@@ -20,7 +20,8 @@ import torch
 from mechlab import steering as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, compare_function, compare_on_models, randn, refuse_reference, seeded,
+    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_on_models, randn, refuse_reference,
+    seeded,
 )
 from mechlab.reference import sparse_autoencoders as sae_ref
 from mechlab.reference import steering as ref
@@ -88,20 +89,6 @@ def _leaves_no_hooks(fn: Callable, name: str, model, call: Callable[[Callable], 
         raise CheckFailed(f"{name} left a hook attached to the model: after it returned, the model's output had "
                           "changed. Attach hooks with `with model.hooks(fwd_hooks=...):` (removed at the end of "
                           "the block) rather than model.add_hook")
-
-
-def _check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
-    """The visible check and the hidden test of an exercise whose checks differ only in
-    their cases: `run(fn, hidden)`; the hidden test also refuses the reference itself."""
-    def check(fn: Callable) -> None:
-        run(fn, False)
-
-    def grade(fn: Callable) -> None:
-        refuse_reference(fn, name)
-        run(fn, True)
-
-    check.__name__, grade.__name__ = f"check_{name}", f"grade_{name}"
-    return check, grade
 
 
 # ---------------------------------------------------------------- 1. generate
@@ -181,7 +168,7 @@ def _check_generate(fn: Callable, hidden: bool) -> None:
                       [(h, _with_seed(w)) for h, w in _GENERATE_MISTAKES], hint=_GENERATE_HINT)
 
 
-check_generate, grade_generate = _check_and_grade("generate", _check_generate)
+check_generate, grade_generate = check_and_grade("generate", _check_generate)
 
 
 # ---------------------------------------------------------------- 2. success_rate
@@ -316,7 +303,7 @@ def _check_contrast(fn: Callable, hidden: bool) -> None:
                       **TOLERANCE)
 
 
-check_contrast_vector, grade_contrast_vector = _check_and_grade("contrast_vector", _check_contrast)
+check_contrast_vector, grade_contrast_vector = check_and_grade("contrast_vector", _check_contrast)
 
 
 # ---------------------------------------------------------------- 4. residual_norm
@@ -360,7 +347,7 @@ def _check_norm(fn: Callable, hidden: bool) -> None:
     compare_on_models(fn, ref.residual_norm, _norm_cases(hidden), "residual_norm", _NORM_MISTAKES, **TOLERANCE)
 
 
-check_residual_norm, grade_residual_norm = _check_and_grade("residual_norm", _check_norm)
+check_residual_norm, grade_residual_norm = check_and_grade("residual_norm", _check_norm)
 
 
 # ---------------------------------------------------------------- 5. steering_hook
@@ -438,7 +425,7 @@ def _check_steering_hook(fn: Callable, hidden: bool) -> None:
                       [(h, _logits_with(w)) for h, w in _HOOK_MISTAKES], **TOLERANCE)
 
 
-check_steering_hook, grade_steering_hook = _check_and_grade("steering_hook", _check_steering_hook)
+check_steering_hook, grade_steering_hook = check_and_grade("steering_hook", _check_steering_hook)
 
 
 # ---------------------------------------------------------------- 6. extra_loss
@@ -493,7 +480,7 @@ def _check_extra_loss(fn: Callable, hidden: bool) -> None:
     compare_on_models(fn, ref.extra_loss, _loss_cases(hidden), "extra_loss", _LOSS_MISTAKES, **TOLERANCE)
 
 
-check_extra_loss, grade_extra_loss = _check_and_grade("extra_loss", _check_extra_loss)
+check_extra_loss, grade_extra_loss = check_and_grade("extra_loss", _check_extra_loss)
 
 
 # ---------------------------------------------------------------- 7. repetition
@@ -670,7 +657,7 @@ def _check_clamp(fn: Callable, hidden: bool) -> None:
                       "clamp_latent_hook", [(h, _clamp_logits(w)) for h, w in _CLAMP_MISTAKES], **TOLERANCE)
 
 
-check_clamp_latent_hook, grade_clamp_latent_hook = _check_and_grade("clamp_latent_hook", _check_clamp)
+check_clamp_latent_hook, grade_clamp_latent_hook = check_and_grade("clamp_latent_hook", _check_clamp)
 
 
 # ---------------------------------------------------------------- 9. fit_probe
@@ -855,4 +842,4 @@ def _check_answers(fn: Callable, hidden: bool) -> None:
                       hint="return a tuple of two Python floats (p_hedge, p_cities).", **TOLERANCE)
 
 
-check_answer_probabilities, grade_answer_probabilities = _check_and_grade("answer_probabilities", _check_answers)
+check_answer_probabilities, grade_answer_probabilities = check_and_grade("answer_probabilities", _check_answers)
