@@ -28,7 +28,15 @@
   with `mechlab.pristine`, which is never reloaded); and it sends stderr to
   stdout, because nbgrader fails a test cell on any stderr text, and a learner's
   own progress bar or warning is noise, not a wrong answer (a failed check
-  raises, and that still fails the cell).
+  raises, and that still fails the cell). And it grades the cell's exercise on its
+  own: until the cell ends, the other exercises' names are their references
+  (`mechlab.checks.isolate_test_cell`), so a wrong exercise 2 never costs exercise 3.
+- `ProvideReferences` (autograde, sanitizing): a cell after the setup cell puts every
+  exercise's reference function under its name, before any learner code runs. A
+  learner's definition replaces it; an exercise that is missing, a syntax error, an
+  endless loop or a dead kernel leaves the reference in place, which earns that
+  exercise nothing (`mechlab.checks.own_work`) but lets every later exercise that
+  uses its name (`forward: Callable = toy_forward`) be defined and graded on its own.
 - `CapOutputSize` (autograde): nbgrader's LimitOutput counts lines, so one
   50 MB line reaches the gradebook and the feedback; this caps every output's size.
 """
@@ -39,11 +47,14 @@ import copy
 import re
 
 from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell
 from nbgrader.api import Gradebook, MissingEntry
 from nbconvert.preprocessors import Preprocessor
 from nbgrader import utils
 from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds, OverwriteCells
 from traitlets import Bool, Integer
+
+from autograder.chapters import CHAPTER_NAME
 
 HIDDEN_REGION = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", re.DOTALL)
 HIDDEN_NOTE = "# (hidden tests: they decide the grade; their source is not shown)"
@@ -69,7 +80,9 @@ class HideHiddenTests(CoursePreprocessor):
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and is_graded(cell):
-            cell.source = HIDDEN_REGION.sub(HIDDEN_NOTE, cell.source.removeprefix(FRESH_MODULES))
+            visible = "".join(line for line in cell.source.removeprefix(FRESH_MODULES).splitlines(keepends=True)
+                              if not line.endswith("# added by the grader\n"))
+            cell.source = HIDDEN_REGION.sub(HIDDEN_NOTE, visible)
             for output in cell.get("outputs", []):
                 if output.output_type == "error":
                     output.traceback = [error_summary(output)]
@@ -180,15 +193,49 @@ FRESH_MODULES = (
 VISIBLE_PASSED = "visible checks passed; now the hidden tests"
 
 
+ISOLATE = ("__import__('mechlab.checks').checks.isolate_test_cell(globals(), {name!r}, {topic!r})"
+           "  # added by the grader\n")
+
+
 class PrepareTestCells(CoursePreprocessor):
-    """Prefix every graded cell with FRESH_MODULES and mark where its hidden tests begin
-    (after OverwriteCells has restored the cell from the source)."""
+    """Prefix every graded cell with FRESH_MODULES and ISOLATE (its exercise graded on its
+    own: mechlab.checks.isolate_test_cell), and mark where its hidden tests begin (after
+    OverwriteCells has restored the cell from the source)."""
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "code" and is_graded(cell) and not cell.source.startswith(FRESH_MODULES):
             marked = cell.source.replace("### BEGIN HIDDEN TESTS", f"print({VISIBLE_PASSED!r})\n### BEGIN HIDDEN TESTS", 1)
-            cell.source = FRESH_MODULES + marked
+            name = cell.metadata["nbgrader"]["grade_id"].removesuffix("_test")
+            topic = CHAPTER_NAME.match(resources["nbgrader"]["notebook"])["topic"]
+            cell.source = FRESH_MODULES + ISOLATE.format(name=name, topic=topic) + marked
         return cell, resources
+
+
+PROVIDE_REFERENCES = """\
+# Added by the grader: every exercise's function starts as the course's reference, so an
+# exercise that is missing or broken in this notebook costs its own points only (the
+# reference earns nothing). Your own definitions below replace these.
+import importlib as _grader_importlib
+_grader_reference = _grader_importlib.import_module("mechlab.reference.{topic}")
+globals().update({{_name: getattr(_grader_reference, _name) for _name in _grader_reference.POINTS}})
+del _grader_importlib, _grader_reference
+"""
+PROVIDE_REFERENCES_ID = "grader-provides-references"
+
+
+class ProvideReferences(CoursePreprocessor):
+    """Insert PROVIDE_REFERENCES after the setup cell (at the top when it is gone)."""
+
+    def preprocess(self, nb, resources):
+        if any(c.get("id") == PROVIDE_REFERENCES_ID for c in nb.cells):
+            return nb, resources
+        topic = CHAPTER_NAME.match(resources["nbgrader"]["notebook"])["topic"]
+        setup = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                      and ("setup" in c.metadata.get("tags", []) or "mechlab.setup(" in c.source)), -1)
+        cell = new_code_cell(PROVIDE_REFERENCES.format(topic=topic))
+        cell.id = PROVIDE_REFERENCES_ID
+        nb.cells.insert(setup + 1, cell)
+        return nb, resources
 
 
 class CapOutputSize(CoursePreprocessor):

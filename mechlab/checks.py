@@ -16,19 +16,26 @@ a comparison.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import importlib
 import math
-from collections.abc import Callable, Sequence
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from mechlab import runtime
 from mechlab.pristine import (
-    Parameter as _Parameter, Tensor as _Tensor, detach as _detach, isinstance_ as _isinstance,
-    np_abs as _np_abs, np_argwhere as _np_argwhere, np_isinf as _np_isinf, np_isnan as _np_isnan,
-    np_max as _np_max, numpy as _numpy, to as _to, type_ as _type,
+    Parameter as _Parameter, Tensor as _Tensor, detach as _detach, getprofile as _getprofile,
+    isinstance_ as _isinstance, np_abs as _np_abs, np_argwhere as _np_argwhere, np_isinf as _np_isinf,
+    np_isnan as _np_isnan, np_max as _np_max, numpy as _numpy, setprofile as _setprofile,
+    thread_getprofile as _thread_getprofile, thread_setprofile as _thread_setprofile, to as _to, type_ as _type,
 )
 
 
@@ -143,12 +150,201 @@ def is_reference(fn: Callable) -> bool:
     return _isinstance(module, str) and module.startswith("mechlab.")
 
 
-def refuse_reference(fn: Callable, name: str) -> None:
-    """Hidden tests grade the learner's work, not the course's: a learner who went on
-    with the reference version (allowed, and encouraged when stuck) gets no points."""
+_SELF_GRADING = [0]  # > 0 inside mechlab.grade_me()
+
+
+@contextlib.contextmanager
+def self_grading() -> Iterator[None]:
+    """grade_me() watches for the reference the way the instructor's grader does."""
+    _SELF_GRADING[0] += 1
+    try:
+        yield
+    finally:
+        _SELF_GRADING[0] -= 1
+
+
+def _reference_of(name: str, caller: str) -> tuple[types.ModuleType, Callable] | None:
+    """The reference module and function of exercise `name`: the chapter of the calling
+    `mechlab.exercises.<topic>` module, else the first reference module that grades it."""
+    import mechlab.reference as package
+    import pkgutil
+
+    topics = ([caller.rsplit(".", 1)[1]] if caller.startswith("mechlab.exercises.")
+              else [m.name for m in pkgutil.iter_modules(package.__path__)])
+    for topic in topics:
+        try:
+            module = importlib.import_module(f"mechlab.reference.{topic}")
+        except ImportError:
+            continue
+        if name in getattr(module, "POINTS", {}) and callable(getattr(module, name, None)):
+            return module, getattr(module, name)
+    return None
+
+
+def _bytecode(code: types.CodeType) -> tuple:
+    """What two compilations of the same function share, whatever their names and file."""
+    return (code.co_code, code.co_names, code.co_argcount, code.co_kwonlyargcount,
+            tuple(c for c in code.co_consts if not _isinstance(c, types.CodeType)))
+
+
+def _nested(code: types.CodeType) -> Iterator[types.CodeType]:
+    for const in code.co_consts:
+        if _isinstance(const, types.CodeType):
+            yield const
+            yield from _nested(const)
+
+
+def _in_a_cell(filename: str) -> bool:
+    """Code compiled from a notebook cell (ipykernel names cells /tmp/ipykernel_PID/HASH.py)."""
+    return "/ipykernel_" in filename or filename.startswith("<ipython-input")
+
+
+class _ReferenceWatch:
+    """A profile function (in this thread and every thread started while it is on) that
+    notes when the reference's code runs: its own code object, a copy of it, a recompiled
+    copy (same bytecode, compiled anywhere but a notebook cell), or a function nested in it
+    (a hook it returns). Turning the profiler off is noted too."""
+
+    def __init__(self, reference: Callable) -> None:
+        code = reference.__code__
+        self.top = {_bytecode(code)}
+        self.nested = {(c.co_filename, _bytecode(c)) for c in _nested(code)}
+        self.seen: list[str] = []
+        self._verdicts: dict[int, tuple[types.CodeType, bool]] = {}
+
+    def _is_reference(self, code: types.CodeType) -> bool:
+        key = _bytecode(code)
+        return ((key in self.top and not _in_a_cell(code.co_filename))
+                or (code.co_filename, key) in self.nested)
+
+    def __call__(self, frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            verdict = self._verdicts.get(id(code))
+            if verdict is None or verdict[0] is not code:
+                verdict = self._verdicts[id(code)] = (code, self._is_reference(code))
+            if verdict[1]:
+                self.seen.append("ran the reference's code")
+        elif (event == "c_call" and (arg is _setprofile or arg is _thread_setprofile)
+              and frame.f_code is not _WATCH_CODE):  # (not `on` itself, putting the old one back)
+            self.seen.append("turned the grader's profiler off")
+
+    @contextlib.contextmanager
+    def on(self) -> Iterator[None]:
+        before, before_threads = _getprofile(), _thread_getprofile()
+        _thread_setprofile(self)
+        _setprofile(self)
+        try:
+            yield
+        finally:
+            _setprofile(before)
+            _thread_setprofile(before_threads)
+
+
+_WATCH_CODE = _ReferenceWatch.on.__wrapped__.__code__
+
+
+def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Callable:
+    """The learner's `fn` as the hidden test of exercise `name` should call it.
+
+    The course's reference implementations ship with the course, so a stuck learner
+    can go on; under grading (and in grade_me) they earn nothing for their own
+    exercise. The reference itself is refused at once. Any other function is returned
+    watched: if, while it runs, the reference's code runs (called through a wrapper, a
+    lambda, a partial, a method, a copied `__code__`, a thread it starts, or a function
+    it returns, such as a hook), the call fails with "uses the course's reference".
+    Other exercises' references stay allowed: that is how a learner who skipped one
+    exercise still does the next. `chapter_module` (default: the caller's module) is the
+    chapter's `mechlab.exercises.<topic>`, which names the reference module."""
     if is_reference(fn):
-        raise CheckFailed(f"{name} is the course's reference implementation "
-                          f"(from {fn.__module__}); write your own to earn these points.")
+        raise CheckFailed(f"{name} is the course's reference implementation (from {fn.__module__}): "
+                          "imported with the escape hatch, or, under grading, put in place of a missing or "
+                          "broken definition; write your own to earn these points.")
+    if not callable(fn) or not (runtime.under_grading() or _SELF_GRADING[0]):
+        return fn
+    found = _reference_of(name, chapter_module or sys._getframe(1).f_globals.get("__name__", ""))
+    if found is None or not _isinstance(getattr(found[1], "__code__", None), types.CodeType):
+        return fn
+    module, reference = found
+    number = list(module.POINTS).index(name) + 1
+    others = {other: getattr(module, other) for other in module.POINTS if other != name}
+    return _watched(fn, _ReferenceWatch(reference), name, number, others)
+
+
+@contextlib.contextmanager
+def _other_exercises_as_reference(fn: Callable | None, others: dict[str, Callable],
+                                  namespace: dict | None = None) -> Iterator[None]:
+    """While `fn` runs, the names of the chapter's other exercises in its notebook
+    (`namespace`, default: its globals), and its default arguments that are those
+    exercises, are their references: a learner's function that calls their own (wrong)
+    earlier exercise is graded on its own work, as DESIGN.md promises, and a wrong
+    exercise 2 never costs exercise 3."""
+    target = getattr(fn, "func", fn)  # a function or a partial
+    if not _isinstance(target, types.FunctionType):
+        target = None
+    if namespace is None:
+        namespace = target.__globals__ if target is not None else None
+    if not _isinstance(namespace, dict):
+        yield
+        return
+
+    def swap(value):  # a default argument such as `forward: Callable = toy_forward`
+        return others.get(getattr(value, "__name__", None), value) if callable(value) else value
+
+    saved = {n: namespace[n] for n in others if n in namespace}
+    defaults, kwdefaults = (target.__defaults__, target.__kwdefaults__) if target else (None, None)
+    namespace.update(others)
+    if target is not None:
+        target.__defaults__ = tuple(swap(d) for d in defaults) if defaults else defaults
+        target.__kwdefaults__ = {k: swap(d) for k, d in kwdefaults.items()} if kwdefaults else kwdefaults
+    try:
+        yield
+    finally:
+        for n in others:
+            namespace.pop(n, None)
+        namespace.update(saved)
+        if target is not None:
+            target.__defaults__, target.__kwdefaults__ = defaults, kwdefaults
+
+
+def isolate_test_cell(namespace: dict, name: str, topic: str) -> None:
+    """Under grading, at the top of exercise `name`'s test cell (the grader adds the call):
+    until the cell ends, the notebook's names of the chapter's other exercises, and the
+    exercise's default arguments that are those exercises, are their references, so a
+    wrong or missing exercise costs no other, in the visible checks as in the hidden
+    tests. IPython's post_run_cell event puts the learner's own back, error or not."""
+    try:
+        module = importlib.import_module(f"mechlab.reference.{topic}")
+        shell = get_ipython()  # noqa: F821 (a kernel's builtin)
+    except (ImportError, NameError):
+        return
+    others = {n: getattr(module, n) for n in getattr(module, "POINTS", {}) if n != name}
+    swapped = _other_exercises_as_reference(namespace.get(name), others, namespace)
+    swapped.__enter__()
+
+    def restore(*_) -> None:
+        shell.events.unregister("post_run_cell", restore)
+        swapped.__exit__(None, None, None)
+
+    shell.events.register("post_run_cell", restore)
+
+
+def _watched(fn: Callable, watch: _ReferenceWatch, name: str, number: int, others: dict[str, Callable]) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            with _other_exercises_as_reference(fn, others), watch.on():
+                result = fn(*args, **kwargs)
+        finally:
+            if watch.seen:
+                raise CheckFailed(f"{name} uses the course's reference for exercise {number} ({name}): "
+                                  f"it {watch.seen[0]}. Calling other exercises' references is fine; "
+                                  "this exercise's must be your own work to earn its points.") from None
+        if _isinstance(result, (types.FunctionType, functools.partial, types.MethodType)):
+            return _watched(result, watch, name, number, others)  # a hook or closure it made: watched too
+        return result
+
+    return call
 
 
 def call_learner(fn: Callable, name: str, description: str, args: tuple, kwargs: dict | None = None) -> Any:
@@ -259,13 +455,14 @@ def compare_gradients(fn: Callable, reference: Callable, case: Case, wrt: Sequen
 
 def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
     """The visible check and the hidden test of an exercise whose two differ only in their
-    cases: `run(fn, hidden)`. The hidden test also refuses the reference itself."""
+    cases: `run(fn, hidden)`. The hidden test also refuses the reference (see `own_work`)."""
     def check(fn: Callable) -> None:
         run(fn, False)
 
+    chapter_module = sys._getframe(1).f_globals["__name__"]  # the chapter's mechlab.exercises.<topic>
+
     def grade(fn: Callable) -> None:
-        refuse_reference(fn, name)
-        run(fn, True)
+        run(own_work(fn, name, chapter_module), True)
 
     check.__name__, grade.__name__ = f"check_{name}", f"grade_{name}"
     return check, grade

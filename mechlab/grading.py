@@ -39,9 +39,11 @@ def format_table(chapter: str | None, exercises: list[ExerciseScore], status: st
 
 
 def _score(test, fn) -> tuple[bool, str]:
+    from mechlab.checks import self_grading  # watches for the reference as the grader does
+
     quiet = io.StringIO()
     try:
-        with contextlib.redirect_stdout(quiet):
+        with contextlib.redirect_stdout(quiet), self_grading():
             test(fn)
     except Exception as e:  # CheckFailed, and whatever the learner's function raised
         return False, f"{type(e).__name__}: {e}"

@@ -9,6 +9,8 @@ and they take their references from this module, which it never reloads.
 """
 
 import builtins
+import sys
+import threading
 
 import numpy as np
 import torch
@@ -26,3 +28,7 @@ np_argwhere = np.argwhere
 np_max = np.max
 type_ = builtins.type
 isinstance_ = builtins.isinstance
+setprofile = sys.setprofile
+getprofile = sys.getprofile
+thread_setprofile = threading.setprofile
+thread_getprofile = threading.getprofile

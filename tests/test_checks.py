@@ -91,5 +91,33 @@ def test_objects_that_equal_everything_are_rejected_by_type():
 def test_reference_functions_are_refused():
     from mechlab.runtime import seed_everything
     assert checks.is_reference(seed_everything)
-    fails_with(lambda: checks.refuse_reference(seed_everything, "f"), "course's reference implementation")
-    checks.refuse_reference(lambda x: x, "f")  # a learner's own function passes
+    fails_with(lambda: checks.own_work(seed_everything, "f"), "course's reference implementation")
+    own = lambda x: x  # noqa: E731
+    assert checks.own_work(own, "f") is own  # a learner's own function, outside grading: as it is
+
+
+def test_own_work_watches_for_the_exercises_reference_when_grading():
+    """In-process version of the grader's test (tests/test_grader.py runs every route in a
+    real kernel): the reference reached through a wrapper or a hook it returns fails, the
+    learner's own code and another exercise's reference pass."""
+    import types
+
+    from mechlab.reference import superposition as ref
+
+    W, b, x = torch.randn(3, 2, 5), torch.randn(3, 5), torch.rand(4, 3, 5)
+    wrapper = lambda W, b, x: ref.toy_forward(W, b, x)  # noqa: E731
+    recompiled = types.FunctionType(ref.toy_forward.__code__.replace(co_name="mine"), vars(ref))
+    recompiled.__module__ = "__main__"  # a copy of the code object, dressed as the learner's
+    honest = lambda W, b, x: torch.relu(  # noqa: E731
+        torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x)) + b)
+    other = lambda W, b, x: ref.generate_batch(1, torch.ones(3), 5, torch.Generator())  # noqa: E731
+    with checks.self_grading():
+        for cheat in (wrapper, recompiled):
+            fails_with(lambda: checks.own_work(cheat, "toy_forward", "mechlab.exercises.superposition")(W, b, x),
+                       "uses the course's reference for exercise 1")
+        checks.own_work(honest, "toy_forward", "mechlab.exercises.superposition")(W, b, x)
+        checks.own_work(other, "toy_forward", "mechlab.exercises.superposition")(W, b, x)
+        factory = lambda: (lambda W, b, x: ref.toy_forward(W, b, x))  # noqa: E731  (a hook maker)
+        made = checks.own_work(factory, "toy_forward", "mechlab.exercises.superposition")()
+        fails_with(lambda: made(W, b, x), "uses the course's reference")
+    assert checks.own_work(wrapper, "toy_forward", "mechlab.exercises.superposition") is wrapper  # not grading

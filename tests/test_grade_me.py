@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mechlab
 import mechlab.runtime
@@ -11,15 +12,24 @@ from conftest import as_learner
 
 
 def test_grade_me_scores_what_the_notebook_defines(capsys):
+    def toy_forward(W, b, x):  # the learner's own, written differently from the reference
+        return torch.relu(torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x)) + b)
+
     namespace = {
-        "toy_forward": as_learner(ref.toy_forward),
-        "sae_loss": lambda *args: ref.sae_loss(*args) + 1.0,  # wrong
+        "toy_forward": toy_forward,
+        "sae_loss": lambda *args: ref.sae_loss(*args) + 1.0,  # wrong, and its own reference besides
         "feature_dimensionality": ref.feature_dimensionality,  # the reference itself: no points
+        "generate_batch": as_learner(ref.generate_batch),  # the reference's code object, copied
+        "feature_phase": lambda *args: ref.feature_phase(*args),  # a wrapper around it
     }
     results = mechlab.grade_me("01_superposition", namespace)
     scores = {r.id: r.score for r in results}
     assert scores["toy_forward"] == 2.0
-    assert scores["sae_loss"] == 0.0 and scores["feature_dimensionality"] == 0.0
+    assert scores["sae_loss"] == scores["feature_dimensionality"] == scores["generate_batch"] == 0.0
+    assert scores["feature_phase"] == 0.0
+    messages = {r.id: r.message for r in results}
+    for name, number in [("generate_batch", 2), ("feature_phase", 7)]:
+        assert f"uses the course's reference for exercise {number} ({name})" in messages[name]
     assert sum(scores.values()) == 2.0 and sum(r.max_score for r in results) == 22.0
     out = capsys.readouterr().out
     assert out.startswith("chapter 01_superposition: 2 / 22 points (self-graded in this kernel)")

@@ -19,7 +19,7 @@ import torch
 
 from mechlab import patching, zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, compare_function, compare_on_models, guard_model, refuse_reference, seeded,
+    Case, CheckFailed, call_learner, compare_function, compare_on_models, guard_model, own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.reference import activation_patching as ref
@@ -130,7 +130,7 @@ def check_replace_subject(fn: Callable) -> None:
 
 
 def grade_replace_subject(fn: Callable) -> None:
-    refuse_reference(fn, "replace_subject")
+    fn = own_work(fn, "replace_subject")
     _leaves_input_alone(fn)
     cases = [_ioi_subject_case(16, 1), _ioi_subject_case(8, 3), *_subject_cases([(1, 6, 12), (2, 1, 3), (3, 20, 30)])]
     compare_function(fn, ref.replace_subject, cases, name="replace_subject", mistakes=_SUBJECT_MISTAKES)
@@ -171,7 +171,7 @@ def check_logit_diff(fn: Callable) -> None:
 
 
 def grade_logit_diff(fn: Callable) -> None:
-    refuse_reference(fn, "logit_diff")
+    fn = own_work(fn, "logit_diff")
     cases = [_LOGIT_HAND, *_logit_cases([(1, 8, 15, 272), (2, 1, 1, 2), (3, 32, 5, 50)])]
     compare_function(fn, ref.logit_diff, cases, name="logit_diff", mistakes=_LOGIT_MISTAKES)
 
@@ -212,7 +212,7 @@ def check_patching_metric(fn: Callable) -> None:
 
 
 def grade_patching_metric(fn: Callable) -> None:
-    refuse_reference(fn, "patching_metric")
+    fn = own_work(fn, "patching_metric")
     _keeps_gradient(fn)
     compare_function(fn, ref.patching_metric, _metric_cases([(1, 5.5, -5.0), (2, 0.5, 0.25), (3, -1.0, 2.0)]),
                      name="patching_metric", mistakes=_METRIC_MISTAKES)
@@ -252,7 +252,7 @@ def check_patch_residual_stream(fn: Callable) -> None:
 
 
 def grade_patch_residual_stream(fn: Callable) -> None:
-    refuse_reference(fn, "patch_residual_stream")
+    fn = own_work(fn, "patch_residual_stream")
     compare_on_models(fn, ref.patch_residual_stream, _patch_cases(True), "patch_residual_stream",
                       _RESID_MISTAKES, **TOLERANCE)
 
@@ -272,7 +272,7 @@ def check_patch_head_outputs(fn: Callable) -> None:
 
 
 def grade_patch_head_outputs(fn: Callable) -> None:
-    refuse_reference(fn, "patch_head_outputs")
+    fn = own_work(fn, "patch_head_outputs")
     compare_on_models(fn, ref.patch_head_outputs, _patch_cases(True), "patch_head_outputs", _HEAD_MISTAKES,
                       **TOLERANCE)
 
@@ -305,7 +305,7 @@ def check_patch_head_outputs_by_position(fn: Callable) -> None:
 
 
 def grade_patch_head_outputs_by_position(fn: Callable) -> None:
-    refuse_reference(fn, "patch_head_outputs_by_position")
+    fn = own_work(fn, "patch_head_outputs_by_position")
     compare_on_models(fn, ref.patch_head_outputs_by_position, _patch_cases(True), "patch_head_outputs_by_position",
                       _BY_POSITION_MISTAKES, **TOLERANCE)
 
@@ -339,7 +339,7 @@ def check_patch_pattern_and_value(fn: Callable) -> None:
 
 
 def grade_patch_pattern_and_value(fn: Callable) -> None:
-    refuse_reference(fn, "patch_pattern_and_value")
+    fn = own_work(fn, "patch_pattern_and_value")
     compare_on_models(fn, ref.patch_pattern_and_value, _patch_cases(True), "patch_pattern_and_value",
                       _PATTERN_MISTAKES, **TOLERANCE)
 
@@ -431,7 +431,7 @@ def check_path_patch(fn: Callable) -> None:
 
 
 def grade_path_patch(fn: Callable) -> None:
-    refuse_reference(fn, "path_patch")
+    fn = own_work(fn, "path_patch")
     _rejects_bad_paths(fn)
     compare_on_models(fn, ref.path_patch, _path_cases(True), "path_patch", _PATH_MISTAKES, **TOLERANCE)
 
@@ -483,6 +483,6 @@ def check_attribution_patch_heads(fn: Callable) -> None:
 
 
 def grade_attribution_patch_heads(fn: Callable) -> None:
-    refuse_reference(fn, "attribution_patch_heads")
+    fn = own_work(fn, "attribution_patch_heads")
     compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(True), "attribution_patch_heads",
                       _ATTRIBUTION_MISTAKES, **TOLERANCE)

@@ -25,7 +25,7 @@ import torch
 from mechlab import zoo
 from mechlab.checks import (
     Case, CheckFailed, call_learner, checked_array, compare_function, compare_on_models, guard_model, passed, randn,
-    refuse_reference, seeded,
+    own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.reference import induction_heads as ref
@@ -112,7 +112,7 @@ def check_correct_log_probs(fn: Callable) -> None:
 
 
 def grade_correct_log_probs(fn: Callable) -> None:
-    refuse_reference(fn, "correct_log_probs")
+    fn = own_work(fn, "correct_log_probs")
     cases = [_LOG_PROB_HAND, *_log_prob_cases([(1, 3, 8, 11), (2, 1, 2, 5), (4, 5, 30, 272)]), _course_log_prob_case()]
     compare_function(fn, ref.correct_log_probs, cases, name="correct_log_probs", mistakes=_LOG_PROB_MISTAKES)
 
@@ -162,7 +162,7 @@ def check_generate_repeated_tokens(fn: Callable) -> None:
 
 
 def grade_generate_repeated_tokens(fn: Callable) -> None:
-    refuse_reference(fn, "generate_repeated_tokens")
+    fn = own_work(fn, "generate_repeated_tokens")
     _repeated_properties(fn, 400, 25, 272, seed=1)
     _repeated_properties(fn, 1, 1, 10, seed=2)
     _repeated_properties(fn, 64, 40, 4, seed=3)  # a single word to draw from
@@ -204,7 +204,7 @@ def check_loss_by_half(fn: Callable) -> None:
 
 
 def grade_loss_by_half(fn: Callable) -> None:
-    refuse_reference(fn, "loss_by_half")
+    fn = own_work(fn, "loss_by_half")
     cases = [_HALF_HAND, *_half_cases([(1, 5, 7), (2, 1, 1), (3, 16, 25)])]
     compare_function(fn, ref.loss_by_half, cases, name="loss_by_half", mistakes=_HALF_MISTAKES)
 
@@ -250,7 +250,7 @@ def check_previous_token_score(fn: Callable) -> None:
 
 
 def grade_previous_token_score(fn: Callable) -> None:
-    refuse_reference(fn, "previous_token_score")
+    fn = own_work(fn, "previous_token_score")
     cases = [*_pattern_cases([(1, 3, 5, 9), (2, 1, 1, 2), (3, 4, 2, 40)]), *_course_pattern_cases(13, 1)]
     compare_function(fn, ref.previous_token_score, cases, name="previous_token_score", mistakes=_PREV_MISTAKES)
 
@@ -309,7 +309,7 @@ def check_repeat_scores(fn: Callable) -> None:
 
 
 def grade_repeat_scores(fn: Callable) -> None:
-    refuse_reference(fn, "repeat_scores")
+    fn = own_work(fn, "repeat_scores")
     cases = [_REPEAT_HAND, *_repeat_pattern_cases([(1, 3, 5, 6), (2, 1, 1, 1), (3, 2, 2, 20)]),
              *_course_pattern_cases(13, 1, 13)]
     compare_function(fn, ref.repeat_scores, cases, name="repeat_scores", mistakes=_REPEAT_MISTAKES)
@@ -373,7 +373,7 @@ def check_ablation_losses(fn: Callable) -> None:
 
 
 def grade_ablation_losses(fn: Callable) -> None:
-    refuse_reference(fn, "ablation_losses")
+    fn = own_work(fn, "ablation_losses")
     compare_on_models(fn, ref.ablation_losses, _ablation_cases(True), "ablation_losses", _ABLATION_MISTAKES,
                        atol=1e-4, rtol=1e-3)
 
@@ -443,7 +443,7 @@ def check_full_ov_circuit(fn: Callable) -> None:
 
 
 def grade_full_ov_circuit(fn: Callable) -> None:
-    refuse_reference(fn, "full_ov_circuit")
+    fn = own_work(fn, "full_ov_circuit")
     cases = _circuit_cases(True, lambda m: [(m.cfg.n_layers - 1, m.cfg.n_heads - 1), (0, 1)])
     _compare_circuits(fn, ref.full_ov_circuit, cases, "full_ov_circuit", _OV_MISTAKES)
 
@@ -476,7 +476,7 @@ def check_induction_qk_circuit(fn: Callable) -> None:
 
 
 def grade_induction_qk_circuit(fn: Callable) -> None:
-    refuse_reference(fn, "induction_qk_circuit")
+    fn = own_work(fn, "induction_qk_circuit")
     cases = _circuit_cases(True, lambda m: [(0, m.cfg.n_heads - 1), (m.cfg.n_heads - 1, 0)])
     _compare_circuits(fn, ref.induction_qk_circuit, cases, "induction_qk_circuit", _QK_MISTAKES)
 
@@ -545,7 +545,7 @@ def check_copying_scores(fn: Callable) -> None:
 
 
 def grade_copying_scores(fn: Callable) -> None:
-    refuse_reference(fn, "copying_scores")
+    fn = own_work(fn, "copying_scores")
     _check_copying(fn, [*_factored_cases([(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)]),
                         *_course_ov_cases([(0, 0), (0, 3), (1, 2)])])
 
@@ -611,7 +611,7 @@ def check_composition_scores(fn: Callable) -> None:
 
 
 def grade_composition_scores(fn: Callable) -> None:
-    refuse_reference(fn, "composition_scores")
+    fn = own_work(fn, "composition_scores")
     _rejects_bad_kind(fn)
     compare_on_models(fn, ref.composition_scores, _composition_cases(True), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)

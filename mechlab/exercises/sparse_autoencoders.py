@@ -23,7 +23,7 @@ import torch
 from mechlab import activations, zoo
 from mechlab.checks import (
     Case, CheckFailed, call_learner, checked_array, compare_function, compare_gradients,
-    compare_on_models, passed, randn, refuse_reference, seeded,
+    compare_on_models, passed, randn, own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.reference import sparse_autoencoders as ref
@@ -101,7 +101,7 @@ def check_collect_activations(fn: Callable) -> None:
 
 
 def grade_collect_activations(fn: Callable) -> None:
-    refuse_reference(fn, "collect_activations")
+    fn = own_work(fn, "collect_activations")
     compare_on_models(fn, ref.collect_activations, _collect_cases(True), "collect_activations", _COLLECT_MISTAKES)
     _detached_output(fn, "collect_activations", (_course_model(), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
 
@@ -132,7 +132,7 @@ def check_normalisation_scale(fn: Callable) -> None:
 
 
 def grade_normalisation_scale(fn: Callable) -> None:
-    refuse_reference(fn, "normalisation_scale")
+    fn = own_work(fn, "normalisation_scale")
     cases = [_SCALE_HAND, *_scale_cases([(1, (500, 128), 0.1), (2, (4, 16, 32), 25.0), (3, (1, 1, 1, 8), 1.0)])]
     compare_function(fn, ref.normalisation_scale, cases, name="normalisation_scale", mistakes=_SCALE_MISTAKES,
                      hint="return a Python float (.item()).")
@@ -180,7 +180,7 @@ def check_relu_sae_loss(fn: Callable) -> None:
 
 
 def grade_relu_sae_loss(fn: Callable) -> None:
-    refuse_reference(fn, "relu_sae_loss")
+    fn = own_work(fn, "relu_sae_loss")
     cases = [_RELU_HAND, *_relu_loss_cases([(1, 64, 16, 40, 5.0), (2, 1, 3, 7, 0.0), (3, 256, 128, 512, 1.5)])]
     _values_and_gradients(fn, ref.relu_sae_loss, cases, _relu_loss_cases([(1, 64, 16, 40, 5.0)], positive=True),
                           (0, 1, 2, 3), "relu_sae_loss", _RELU_MISTAKES, hint="return a 0-dimensional tensor.",
@@ -214,7 +214,7 @@ def check_topk_activation(fn: Callable) -> None:
 
 
 def grade_topk_activation(fn: Callable) -> None:
-    refuse_reference(fn, "topk_activation")
+    fn = own_work(fn, "topk_activation")
     cases = [_TOPK_HAND, _TOPK_ALL, *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
     _values_and_gradients(fn, ref.topk_activation, cases, cases[2:4], (0,), "topk_activation", _TOPK_MISTAKES)
 
@@ -263,7 +263,7 @@ def check_auxk_loss(fn: Callable) -> None:
 
 
 def grade_auxk_loss(fn: Callable) -> None:
-    refuse_reference(fn, "auxk_loss")
+    fn = own_work(fn, "auxk_loss")
     cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases([(1, 32, 16, 128, 40, 8), (2, 8, 8, 64, 3, 16),
                                                    (3, 64, 128, 1024, 700, 64), (4, 1, 4, 10, 10, 10)])]
     _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:4], (1, 2), "auxk_loss", _AUXK_MISTAKES,
@@ -365,7 +365,7 @@ def check_jumprelu(fn: Callable) -> None:
 
 
 def grade_jumprelu(fn: Callable) -> None:
-    refuse_reference(fn, "jumprelu")
+    fn = own_work(fn, "jumprelu")
     _jump_check(fn, ref.jumprelu, "jumprelu",
                 [_JUMP_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _JUMPRELU_MISTAKES)
 
@@ -379,7 +379,7 @@ def check_jumprelu_l0(fn: Callable) -> None:
 
 
 def grade_jumprelu_l0(fn: Callable) -> None:
-    refuse_reference(fn, "jumprelu_l0")
+    fn = own_work(fn, "jumprelu_l0")
     _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0",
                 [_L0_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _L0_MISTAKES,
                 _L0_HINT)
@@ -519,7 +519,7 @@ def check_train_sae(fn: Callable) -> None:
 
 
 def grade_train_sae(fn: Callable) -> None:
-    refuse_reference(fn, "train_sae")
+    fn = own_work(fn, "train_sae")
     for config in _TRAIN_GRADE:
         _check_train(fn, config)
     passed(f"train_sae retraces the reference loop on {len(_TRAIN_GRADE)} SAEs (TopK, ReLU, JumpReLU)")
@@ -563,7 +563,7 @@ def check_reconstruction_metrics(fn: Callable) -> None:
 
 
 def grade_reconstruction_metrics(fn: Callable) -> None:
-    refuse_reference(fn, "reconstruction_metrics")
+    fn = own_work(fn, "reconstruction_metrics")
     cases = [_METRICS_HAND, *_metric_cases([(1, 512, 128, 1024, 0.5), (2, 3, 2, 5, 2.0), (3, 64, 16, 64, 0.0)])]
     compare_function(fn, ref.reconstruction_metrics, cases, name="reconstruction_metrics",
                      mistakes=_METRICS_MISTAKES, hint="return a tuple of three Python floats (l0, mse, explained_variance).")
@@ -641,7 +641,7 @@ def check_ce_loss_recovered(fn: Callable) -> None:
 
 
 def grade_ce_loss_recovered(fn: Callable) -> None:
-    refuse_reference(fn, "ce_loss_recovered")
+    fn = own_work(fn, "ce_loss_recovered")
     compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(True), "ce_loss_recovered", _CE_MISTAKES,
                       atol=1e-4, rtol=1e-4)
 
@@ -668,7 +668,7 @@ def check_relative_reconstruction_bias(fn: Callable) -> None:
 
 
 def grade_relative_reconstruction_bias(fn: Callable) -> None:
-    refuse_reference(fn, "relative_reconstruction_bias")
+    fn = own_work(fn, "relative_reconstruction_bias")
     cases = [_BIAS_HAND, *_bias_cases([(1, 512, 128, 0.9), (2, 1, 3, 1.3), (3, 100, 16, 0.5)])]
     compare_function(fn, ref.relative_reconstruction_bias, cases, name="relative_reconstruction_bias",
                      mistakes=_BIAS_MISTAKES, hint="return a Python float.")
@@ -701,7 +701,7 @@ def check_top_activations(fn: Callable) -> None:
 
 
 def grade_top_activations(fn: Callable) -> None:
-    refuse_reference(fn, "top_activations")
+    fn = own_work(fn, "top_activations")
     cases = [_TOP_HAND, *_top_cases([(1, 100, 63, 20), (2, 1, 9, 9), (3, 30, 5, 1), (4, 7, 200, 50)])]
     compare_function(fn, ref.top_activations, cases, name="top_activations", mistakes=_TOP_MISTAKES,
                      hint="return a tuple of three tensors (values, rows, positions).")
@@ -746,7 +746,7 @@ def check_detection_scores(fn: Callable) -> None:
 
 
 def grade_detection_scores(fn: Callable) -> None:
-    refuse_reference(fn, "detection_scores")
+    fn = own_work(fn, "detection_scores")
     cases = [_DETECT_HAND, _DETECT_NO_POSITIVES, *_detect_cases([(1, 2000, 256), (2, 7, 3), (3, 500, 1024)])]
     compare_function(fn, ref.detection_scores, cases, name="detection_scores", mistakes=_DETECT_MISTAKES,
                      hint="return (precision, recall, f1): float32 tensors [d_sae], 0 where a denominator is 0.")

@@ -20,7 +20,7 @@ import torch
 from mechlab import steering as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_on_models, randn, refuse_reference,
+    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_on_models, randn, own_work,
     seeded,
 )
 from mechlab.reference import sparse_autoencoders as sae_ref
@@ -230,7 +230,7 @@ def check_success_rate(fn: Callable) -> None:
 
 
 def grade_success_rate(fn: Callable) -> None:
-    refuse_reference(fn, "success_rate")
+    fn = own_work(fn, "success_rate")
     cases = [_SUCCESS_HAND, *_success_cases([(1, 64, 25, 5, 0, 1), (2, 32, 12, 2, 1, 3), (3, 16, 8, 3, 2, 0),
                                              (4, 50, 30, 5, 4, 5)])]
     compare_function(fn, ref.success_rate, cases, name="success_rate", mistakes=_SUCCESS_MISTAKES,
@@ -534,7 +534,7 @@ def check_repetition(fn: Callable) -> None:
 
 
 def grade_repetition(fn: Callable) -> None:
-    refuse_reference(fn, "repetition")
+    fn = own_work(fn, "repetition")
     cases = [_REPETITION_HAND, _REPETITION_BIG_IDS,
              *_repetition_cases([(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0),
                                  (4, 3, 4, 2, 1)])]
@@ -721,7 +721,7 @@ def check_fit_probe(fn: Callable) -> None:
 
 
 def grade_fit_probe(fn: Callable) -> None:
-    refuse_reference(fn, "fit_probe")
+    fn = own_work(fn, "fit_probe")
     _check_probe(fn, _probe_cases([(1, 200, 16, 300, 0.05, 1e-3, torch.bool), (2, 100, 32, 120, 0.1, 1e-2,
                                                                                torch.int64),
                                    (3, 500, 8, 300, 0.02, 0.0, torch.float32)]))
@@ -777,7 +777,7 @@ def check_auroc(fn: Callable) -> None:
 
 
 def grade_auroc(fn: Callable) -> None:
-    refuse_reference(fn, "auroc")
+    fn = own_work(fn, "auroc")
     cases = [_AUROC_HAND, *_auroc_cases([(1, 200, 0.5, False), (2, 60, 1.0, True), (3, 9, -1.0, False),
                                          (4, 500, 3.0, True)])]
     compare_function(fn, ref.auroc, cases, name="auroc", mistakes=_AUROC_MISTAKES, hint="return a Python float.")

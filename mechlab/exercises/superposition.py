@@ -23,7 +23,7 @@ import torch
 
 from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, checked_array,
-    compare_function, passed, randn, refuse_reference, seeded,
+    compare_function, passed, randn, own_work, seeded,
 )
 from mechlab.reference import superposition as ref
 
@@ -65,7 +65,7 @@ def check_toy_forward(fn: Callable) -> None:
 
 
 def grade_toy_forward(fn: Callable) -> None:
-    refuse_reference(fn, "toy_forward")
+    fn = own_work(fn, "toy_forward")
     cases = [_TOY_HAND, *_toy_cases([(1, 16, 3, 2, 5), (2, 8, 4, 3, 3), (3, 1, 1, 1, 1), (4, 32, 2, 6, 4)])]
     W, b, _ = cases[1].args
     cases.append(Case("all-zero input (output should be ReLU(b))", (W, b, torch.zeros(5, 3, 5))))
@@ -126,7 +126,7 @@ def check_generate_batch(fn: Callable) -> None:
 
 
 def grade_generate_batch(fn: Callable) -> None:
-    refuse_reference(fn, "generate_batch")
+    fn = own_work(fn, "generate_batch")
     _generate_properties(fn, 4000, [0.05, 0.3, 1.0, 0.0, 0.7], 10, seed=1)
     _generate_properties(fn, 3000, [0.5], 1, seed=2)  # one instance, one feature
     _generate_properties(fn, 1, [0.0, 1.0], 3, seed=3)  # batch of one
@@ -171,7 +171,7 @@ def check_importance_weighted_loss(fn: Callable) -> None:
 
 
 def grade_importance_weighted_loss(fn: Callable) -> None:
-    refuse_reference(fn, "importance_weighted_loss")
+    fn = own_work(fn, "importance_weighted_loss")
     cases = [_LOSS_HAND, *_loss_cases([(1, 32, 3, 5), (2, 1, 1, 1), (3, 7, 5, 2), (4, 64, 1, 20)])]
     x = torch.rand(8, 2, 4, generator=seeded(9))
     cases.append(Case("perfect reconstruction (loss 0)", (x, x.clone(), torch.ones(2, 4))))
@@ -285,7 +285,7 @@ def check_train_toy_models(fn: Callable) -> None:
 
 
 def grade_train_toy_models(fn: Callable) -> None:
-    refuse_reference(fn, "train_toy_models")
+    fn = own_work(fn, "train_toy_models")
     for config in _TRAIN_GRADE:
         _check_train_toy(fn, config)
     passed(f"train_toy_models reaches the reference loop's loss on {len(_TRAIN_GRADE)} configurations")
@@ -337,7 +337,7 @@ def check_feature_norms_and_interference(fn: Callable) -> None:
 
 
 def grade_feature_norms_and_interference(fn: Callable) -> None:
-    refuse_reference(fn, "feature_norms_and_interference")
+    fn = own_work(fn, "feature_norms_and_interference")
     cases = [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
     compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
              mistakes=_NORM_MISTAKES, hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
@@ -366,7 +366,7 @@ def check_feature_dimensionality(fn: Callable) -> None:
 
 
 def grade_feature_dimensionality(fn: Callable) -> None:
-    refuse_reference(fn, "feature_dimensionality")
+    fn = own_work(fn, "feature_dimensionality")
     cases = [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
                                                                      (14, 3, 10, 40)])]
     compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
@@ -428,7 +428,7 @@ def check_feature_phase(fn: Callable) -> None:
 
 
 def grade_feature_phase(fn: Callable) -> None:
-    refuse_reference(fn, "feature_phase")
+    fn = own_work(fn, "feature_phase")
     cases = [_PHASE_HAND, *_phase_cases([
         (1, 40, 1, 2, 1, {}), (2, 40, 2, 5, 3, {}), (3, 30, 3, 4, 0, {"norm_threshold": 0.8}),
         (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
@@ -484,7 +484,7 @@ def check_sae_forward(fn: Callable) -> None:
 
 
 def grade_sae_forward(fn: Callable) -> None:
-    refuse_reference(fn, "sae_forward")
+    fn = own_work(fn, "sae_forward")
     cases = [_SAE_HAND, *_sae_cases([(1, 16, 4, 8), (2, 1, 1, 1), (3, 32, 6, 3), (4, 8, 10, 40)])]
     args = _sae_cases([(5, 5, 4, 8)])[0].args
     cases.append(Case("all-zero h", (torch.zeros(5, 4), *args[1:])))
@@ -521,7 +521,7 @@ def check_sae_loss(fn: Callable) -> None:
 
 
 def grade_sae_loss(fn: Callable) -> None:
-    refuse_reference(fn, "sae_loss")
+    fn = own_work(fn, "sae_loss")
     cases = [_SAE_LOSS_HAND, *_sae_loss_cases([(1, 16, 4, 8, 0.1), (2, 1, 1, 1, 1.0), (3, 32, 6, 20, 0.0),
                                                (4, 8, 10, 5, 3.0)])]
     h = randn(5, 6, 3)
@@ -617,7 +617,7 @@ def check_train_sae(fn: Callable) -> None:
 
 
 def grade_train_sae(fn: Callable) -> None:
-    refuse_reference(fn, "train_sae")
+    fn = own_work(fn, "train_sae")
     for config in _SAE_GRADE:
         _check_train_sae(fn, config)
     passed(f"train_sae reaches the reference loop's loss with unit-norm decoder columns on {len(_SAE_GRADE)} configurations")
@@ -666,7 +666,7 @@ def check_feature_recovery_score(fn: Callable) -> None:
 
 
 def grade_feature_recovery_score(fn: Callable) -> None:
-    refuse_reference(fn, "feature_recovery_score")
+    fn = own_work(fn, "feature_recovery_score")
     random_cases = _recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])
     W_true = random_cases[0].args[1]  # 6 features
     perfect = Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
