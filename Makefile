@@ -1,6 +1,6 @@
 # The course's commands. Each target installs what it needs first (into .venv).
 #   make lab     set up, then open JupyterLab on chapters/
-#   make test    set up, then run the whole test suite (what CI runs; installs chromium where it can)
+#   make test    set up, then run the whole test suite (what CI runs; installs bubblewrap and chromium where it can)
 #   make build   regenerate chapters/ and mechlab/reference/ from solutions/*.py
 #   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
 #   make test-browser  run every solution notebook in JupyterLab in headless Chromium (installs chromium)
@@ -12,7 +12,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup lab test browser-deps test-browser test-colab build check grade bench constraints clean
+.PHONY: setup lab test system-deps test-browser test-colab build check grade bench constraints clean
 
 setup: $(STAMP)
 
@@ -27,23 +27,25 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 lab: setup  # (--allow-root only where make runs as root: containers, VMs)
 	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: setup browser-deps
+test: setup system-deps
 	$(PY) -m pytest -n 2 --durations=15
 
-# Debian's chromium and chromium-driver for the browser tests, installed with apt where
-# make runs as root or with password-less sudo (CI, containers); elsewhere this says what
-# to install and goes on, and the browser tests say they were skipped.
-browser-deps:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+# Debian's bubblewrap (the sandbox each submission's kernel runs in) and chromium with
+# chromium-driver (the browser tests), installed with apt where make runs as root or with
+# password-less sudo (CI, containers); elsewhere this says what to install and goes on:
+# grading then warns that it runs without a sandbox, and the browser tests are skipped.
+SYSTEM_PACKAGES = bubblewrap chromium chromium-driver
+system-deps:
+	@if [ -x /usr/bin/bwrap ] && [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; \
-	else echo "browser tests will be skipped: sudo apt-get install chromium chromium-driver to run them" >&2; exit 0; fi; \
+	else echo "sudo apt-get install $(SYSTEM_PACKAGES) for the sandbox and the browser tests" >&2; exit 0; fi; \
 	if command -v apt-get >/dev/null; then \
-	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	  || echo "could not install chromium: the browser tests will be skipped" >&2; \
-	else echo "no apt-get: install chromium and chromedriver to run the browser tests" >&2; fi
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+	  || echo "could not install $(SYSTEM_PACKAGES): no sandbox, and the browser tests will be skipped" >&2; \
+	else echo "no apt-get: install bubblewrap, chromium and chromedriver" >&2; fi
 
 # Only the browser tests (they need chromium; `make test` runs them too when it is there).
-test-browser: setup browser-deps
+test-browser: setup system-deps
 	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
 	  (echo "test-browser needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1)
 	$(PY) -m pytest -m browser -n 2 --durations=0 tests/test_browser.py
@@ -59,13 +61,14 @@ build: setup
 check: setup
 	$(PY) -m autograder build --check
 
-grade: setup
+grade: setup system-deps
 	@test -n "$(FILE)" || (echo "usage: make grade FILE=submission.ipynb|folder|class.zip" >&2; exit 2)
 	$(PY) -m autograder grade "$(FILE)"
 
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/grading_throughput.py
+	$(PY) benchmarks/sandbox_cost.py
 	$(PY) benchmarks/sae_throughput.py   # makes benchmarks/.venv-saelens for the SAELens side
 
 constraints: setup

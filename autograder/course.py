@@ -31,9 +31,10 @@ from traitlets.config import Config
 
 from autograder.chapters import Chapter
 from autograder.execute import ResilientExecute
+from autograder.sandbox import SandboxedKernelManager
 from autograder.preprocessors import (
-    AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, PrepareTestCells, HideHiddenTests,
-    RecoverCellMetadata, RestoreHiddenTests,
+    AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, HideHiddenTests, PrepareTestCells,
+    ProvideReferences, RecoverCellMetadata, RestoreHiddenTests,
 )
 
 COURSE_ID = "mechlab"
@@ -57,7 +58,8 @@ class NbgraderFailed(RuntimeError):
     """An nbgrader step did not succeed; the message carries nbgrader's log."""
 
 
-def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
+def course_config(root: Path, timeout: int, db: Path | None = None, *, sandbox: bool = False,
+                  hidden: tuple[Path, ...] = (), verbose: bool = False) -> Config:
     c = Config()
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = COURSE_ID
@@ -66,12 +68,16 @@ def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
     c.Execute.timeout = timeout  # per cell; nbgrader's default of 30 s cannot train a model
     c.Execute.interrupt_on_timeout = True
     c.Execute.startup_timeout = 120
+    c.Execute.kernel_manager_class = SandboxedKernelManager  # see sandbox.py
+    c.SandboxedKernelManager.sandbox = sandbox
+    c.SandboxedKernelManager.hidden = [str(h) for h in hidden]
+    c.SandboxedKernelManager.verbose = verbose
     c.OverwriteCells.add_missing_cells = True  # a deleted test cell is restored, not skipped
     c.LimitOutput.max_lines = 500
     # nbgrader's own lists, with the course's preprocessors put in (see preprocessors.py).
     c.Autograde.sanitize_preprocessors = [
         ClearOutput, RecoverCellMetadata, DeduplicateGradeIds, OverwriteKernelspec, RestoreHiddenTests,
-        AppendMissingGradeCells, PrepareTestCells, CheckCellMetadata,
+        AppendMissingGradeCells, PrepareTestCells, ProvideReferences, CheckCellMetadata,
     ]
     c.Autograde.autograde_preprocessors = [
         ResilientExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, CapOutputSize,
@@ -84,11 +90,12 @@ def course_config(root: Path, timeout: int, db: Path | None = None) -> Config:
 class ThrowawayCourse:
     """One chapter as an nbgrader assignment under `root` (a temporary directory)."""
 
-    def __init__(self, chapter: Chapter, root: Path, timeout: int, db: Path | None = None) -> None:
+    def __init__(self, chapter: Chapter, root: Path, timeout: int, db: Path | None = None,
+                 **execution) -> None:
         self.chapter = chapter
         self.root = Path(root)
         (self.root / "exchange").mkdir(parents=True, exist_ok=True)
-        config = course_config(self.root, timeout, db)
+        config = course_config(self.root, timeout, db, **execution)
         self.api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
         self.db_url = config.CourseDirectory.db_url
 

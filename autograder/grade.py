@@ -17,6 +17,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import re
 import resource
 import shutil
@@ -143,6 +144,10 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
             if _timed_out(solution):
                 return (f"your solution cell timed out after {timeout} s (an endless loop?), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
+            raised = _error(solution)
+            if raised is not None and "course's reference" in error_summary(error):
+                return (f"your solution cell raised {error_summary(raised)}, so the test got the course's "
+                        f"reference in its place: {error_summary(error)}")[:MAX_MESSAGE]
         stdout = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
         which = "hidden tests failed" if VISIBLE_PASSED in stdout else "visible checks failed"
         return f"{which}: {error_summary(error)}"[:MAX_MESSAGE]
@@ -236,10 +241,28 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
+def default_feedback_dir(submission: Path, root: Path) -> Path:
+    """Next to the submission, unless that is inside the course: grading leaves the
+    course's checkout as it found it, so feedback then goes to the temp folder."""
+    inside = submission.resolve().is_relative_to(root.resolve())
+    return Path(tempfile.gettempdir()) / "mechlab-feedback" if inside else submission.parent
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a submission's kernel runs: sandboxed (sandbox.py), the folders it must not
+    see, and whether its own output reaches the terminal."""
+
+    sandbox: bool = False
+    hidden: tuple[Path, ...] = ()
+    verbose: bool = False
+
+
 def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None,
-               releases: ReleaseCache | None = None) -> GradeResult:
+               releases: ReleaseCache | None = None, execution: Execution = Execution()) -> GradeResult:
     """Grade `submission` against the matching chapter; always returns a result."""
-    feedback_path = (feedback_dir or submission.parent) / f"{submission.stem}.feedback.html"
+    root = chapters[0].root
+    feedback_path = (feedback_dir or default_feedback_dir(submission, root)) / f"{submission.stem}.feedback.html"
     try:
         nb = nbformat.read(submission, as_version=4)
         if not isinstance(nb.get("cells"), list):
@@ -249,7 +272,9 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
     else:
         problem = None
     chapter = source = None
-    root = chapters[0].root
+    # the kernel imports this course's reference modules (for a course other than the
+    # installed one, from its root: see mechlab/reference/__init__.py)
+    os.environ["MECHLAB_COURSE_ROOT"] = str(root)
     trusted = course_digests(root)
     try:
         chapter = identify_chapter(nb, submission.name, chapters)
@@ -258,12 +283,13 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
             status = problem or "not a chapter of this course: no graded cell or file name matches one"
             result = _zero_result(chapter, source, status, status)
         else:
-            result = _autograde(sanitize(nb, source.notebook), chapter, source, feedback_path, releases)
+            result = _autograde(sanitize(nb, source.notebook), chapter, source, feedback_path, releases, execution)
     except Exception as e:  # a submission the grader could not handle: it costs that submission only
         log.exception("grading %s failed", submission)
         status = f"grader error: {_first_line(e)}"
         result = _zero_result(chapter, source, status, f"not graded: {status}")
-    changed = changed_files(trusted, course_digests(root))
+    # what the grader itself wrote (the feedback, when it goes into the course) is not tampering
+    changed = [f for f in changed_files(trusted, course_digests(root)) if Path(f) != feedback_path.resolve()]
     if changed:  # the submission wrote into the course itself: nothing it earned counts
         log.error("the course's files changed while %s was graded: %s. Restore them (git checkout -- %s) "
                   "before grading anything else.", submission, ", ".join(changed), " ".join(COURSE_CODE))
@@ -360,21 +386,23 @@ class ReleaseCache:
 
 
 def released_course(chapter: Chapter, source: SourceNotebook, root: Path,
-                    releases: ReleaseCache | None = None) -> ThrowawayCourse:
+                    releases: ReleaseCache | None = None, execution: Execution = Execution()) -> ThrowawayCourse:
     """A throwaway course at `root` with the chapter generated (gradebook, release)."""
+    options = dict(timeout=source.meta.timeout, sandbox=execution.sandbox, hidden=execution.hidden,
+                   verbose=execution.verbose)
     if releases is not None and releases.copy_to(chapter, source, root):
-        return ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
-    course = ThrowawayCourse(chapter, root, timeout=source.meta.timeout)
+        return ThrowawayCourse(chapter, root, **options)
+    course = ThrowawayCourse(chapter, root, **options)
     course.generate_assignment(notebook_text(source.notebook))
     return course
 
 
 def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
-               feedback_path: Path, releases: ReleaseCache | None) -> GradeResult:
+               feedback_path: Path, releases: ReleaseCache | None, execution: Execution) -> GradeResult:
     timeout = source.meta.timeout
     with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
         tmp = Path(tmp)
-        course = released_course(chapter, source, tmp / "course", releases)
+        course = released_course(chapter, source, tmp / "course", releases, execution)
         submitted = tmp / "submitted.ipynb"
         nbformat.write(nb, submitted)
         course.submit(submitted, STUDENT)

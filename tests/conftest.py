@@ -24,10 +24,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 FIXTURE_SOURCE = Path(__file__).parent / "fixtures" / "00_fixture.py"
 
 
-def run_cli(*args: str, root: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, root: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m autograder ...` in a subprocess, as an instructor would run it."""
     cmd = [sys.executable, "-m", "autograder"] + (["--root", str(root)] if root else []) + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {})})
 
 
 def grade(path: Path, root: Path | None = None, *extra: str) -> dict:

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
+import pytest
 
+import mechlab.checks as checks_module
 from autograder.course import ThrowawayCourse
+from autograder.sandbox import unavailable
 from autograder.source import read_source
 from conftest import grade, messages, run_cli, scores, solution_cell
 
@@ -58,6 +64,15 @@ def test_one_wrong_exercise_loses_exactly_its_points(fixture_course, tmp_path):
     assert messages(result)["scale"].startswith("visible checks failed: CheckFailed: scale(k=2): 3 of 3 entries differ")
 
 
+def test_a_wrong_exercise_1_costs_nothing_to_the_exercise_that_uses_it(fixture_course, tmp_path):
+    """count_positive's default `combine=add` is the learner's wrong add; graded on its own
+    (visible checks and hidden tests), count_positive keeps its points."""
+    wrong = "def add(a, b):\n    return a - b\n"
+    result = grade(submit(fixture_course, tmp_path, "wrongadd.ipynb", set_solution("add", wrong)),
+                   fixture_course.root)
+    assert scores(result) == {**FULL, "add": 0.0}, result["exercises"]
+
+
 def test_message_says_when_only_the_hidden_tests_failed(fixture_course, tmp_path):
     sneaky = "def scale(x, k):\n    return k * x if k == 2.0 else x\n"  # right on the visible case only
     result = grade(submit(fixture_course, tmp_path, "sneaky.ipynb", set_solution("scale", sneaky)),
@@ -66,13 +81,23 @@ def test_message_says_when_only_the_hidden_tests_failed(fixture_course, tmp_path
     assert messages(result)["scale"].startswith("hidden tests failed: CheckFailed: scale(k=0.0)")
 
 
-def test_syntax_error_costs_only_its_exercise(fixture_course, tmp_path):
-    broken = "def add(a, b)\n    return a + b\n"
-    result = grade(submit(fixture_course, tmp_path, "syntax.ipynb", set_solution("add", broken)),
-                   fixture_course.root)
-    assert scores(result) == {**FULL, "add": 0.0}
-    assert "NameError" in messages(result)["add"]
-    assert any("SyntaxError" in e for e in result["cell_errors"])
+@pytest.mark.parametrize("way, code", [
+    ("pass", "pass\n"),
+    ("syntax error", "def add(a, b)\n    return a + b\n"),
+    ("endless loop", "while True:\n    pass\n"),
+    ("os._exit", "import os\nos._exit(1)\n"),
+])
+def test_each_way_of_losing_exercise_1_costs_only_its_points(fixture_course, tmp_path, way, code):
+    """count_positive's definition uses `add` as a default (as chapter 1's training loop
+    uses toy_forward): under grading the missing name is the reference, so it is defined,
+    and graded on its own."""
+    result = grade(submit(fixture_course, tmp_path, "lost.ipynb", set_solution("add", code)), fixture_course.root)
+    assert scores(result) == {**FULL, "add": 0.0}, result["exercises"]
+    message = messages(result)["add"]
+    assert {"pass": "course's reference implementation", "syntax error": "raised SyntaxError",
+            "endless loop": "solution cell timed out", "os._exit": "killed the kernel"}[way] in message
+    if way == "syntax error":
+        assert any("SyntaxError" in e for e in result["cell_errors"])
 
 
 def test_raising_code_costs_only_its_exercise(fixture_course, tmp_path):
@@ -90,7 +115,9 @@ def test_endless_loops_cost_their_exercise_after_the_timeout(fixture_course, tmp
     result = grade(submit(fixture_course, tmp_path, "loops.ipynb", edit), fixture_course.root)
     assert scores(result) == {**FULL, "add": 0.0, "scale": 0.0}
     assert "solution cell timed out" in messages(result)["add"]
-    assert result["status"] == "timeout in exercise 1 (add); timeout in exercise 2 (scale)"
+    # the ordinary cell after them calls scale too (with the reference add in place of the missing one)
+    assert result["status"] == ("timeout in exercise 1 (add); timeout in exercise 2 (scale); "
+                                "timeout in cell 13 (outside the exercises)")
     assert "timed out" in messages(result)["scale"]
 
 
@@ -184,14 +211,44 @@ def test_rebinding_the_course_check_helpers_gains_nothing(fixture_course, tmp_pa
     assert "entries differ" in messages(result)["scale"]
 
 
-def test_reference_implementation_earns_no_points(fixture_course, tmp_path):
-    # what `from mechlab.reference.fixture import add` gives (the fixture's reference module
-    # lives in its tmp root, not in the installed package, so it is imitated here)
-    stuck = "def add(a, b):\n    return a + b\nadd.__module__ = 'mechlab.reference.fixture'\n"
-    result = grade(submit(fixture_course, tmp_path, "stuck.ipynb", set_solution("add", stuck)),
+REFERENCE_ROUTES = {  # exercise 1's reference reached at run time, each a different way
+    "the reference itself": "from mechlab.reference.fixture import add\n",
+    "a wrapper": "from mechlab.reference import fixture as _ref\ndef add(a, b):\n    return _ref.add(a, b)\n",
+    "a lambda": "import mechlab.reference.fixture as _ref\nadd = lambda a, b: _ref.add(a, b)\n",
+    "a partial": "import functools\nfrom mechlab.reference.fixture import add as _ref\nadd = functools.partial(_ref)\n",
+    "getattr(importlib)": ("import importlib\n"
+                           "def add(a, b):\n    return getattr(importlib.import_module('mechlab.reference.fixture'), "
+                           "'add')(a, b)\n"),
+    "a copied __code__": ("from mechlab.reference.fixture import add as _ref\ndef add(a, b):\n    pass\n"
+                          "add.__code__ = _ref.__code__\n"),
+    "a method": ("from mechlab.reference.fixture import add as _ref\nclass Adder:\n"
+                 "    def __call__(self, a, b):\n        return _ref(a, b)\nadd = Adder()\n"),
+    "a thread": ("import threading\nfrom mechlab.reference.fixture import add as _ref\ndef add(a, b):\n"
+                 "    out = []\n    t = threading.Thread(target=lambda: out.append(_ref(a, b)))\n"
+                 "    t.start(); t.join()\n    return out[0]\n"),
+    "the profiler turned off": ("import sys\nfrom mechlab.reference.fixture import add as _ref\ndef add(a, b):\n"
+                                "    sys.setprofile(None)\n    return _ref(a, b)\n"),
+}
+
+
+@pytest.mark.parametrize("route", REFERENCE_ROUTES)
+def test_reaching_the_exercises_own_reference_earns_nothing(fixture_course, tmp_path, route):
+    """The reference ships as the stuck learner's escape hatch; reached by any route at run
+    time, it earns that exercise nothing, and the grade says why."""
+    result = grade(submit(fixture_course, tmp_path, "stuck.ipynb", set_solution("add", REFERENCE_ROUTES[route])),
                    fixture_course.root)
-    assert scores(result)["add"] == 0.0
-    assert "reference implementation" in messages(result)["add"]
+    assert scores(result) == {**FULL, "add": 0.0}, result["exercises"]
+    assert ("reference implementation" if route == "the reference itself" else
+            "uses the course's reference for exercise 1 (add)") in messages(result)["add"]
+
+
+def test_calling_another_exercises_reference_keeps_the_points(fixture_course, tmp_path):
+    """How a learner who skipped exercise 1 still does exercise 3: allowed, and graded."""
+    code = ("from mechlab.reference.fixture import add as ref_add\n"
+            "def count_positive(x, combine=ref_add):\n    return int((combine(x, x) > 0).sum().item())\n")
+    result = grade(submit(fixture_course, tmp_path, "other.ipynb", set_solution("count_positive", code)),
+                   fixture_course.root)
+    assert scores(result) == FULL, result["exercises"]
 
 
 def test_file_that_is_not_a_notebook_gets_a_clear_zero(fixture_course, tmp_path):
@@ -248,7 +305,7 @@ def test_feedback_shows_messages_but_never_hidden_tests(fixture_course, tmp_path
     assert "entries differ" in html  # the failing check's message
     assert "4 / 6 points</h2>" in html  # the summary table on top
     assert "hidden tests: they decide the grade" in html
-    for hidden in ("refuse_reference", "BEGIN HIDDEN TESTS", "k=-1.5"):
+    for hidden in ("own_work", "BEGIN HIDDEN TESTS", "k=-1.5"):
         assert hidden not in html
 
 
@@ -343,21 +400,22 @@ def test_changing_the_course_files_costs_the_submission_and_is_reported(fixture_
     target = root / "solutions" / "00_fixture.py"
     writes = f"def add(a, b):\n    return a + b\nopen({str(target)!r}, 'a').write('# changed\\n')\n"
     proc = run_cli("grade", str(submit(fixture_course, tmp_path, "w.ipynb", set_solution("add", writes))),
-                   "--json", root=root)
+                   "--json", "--sandbox", "off", root=root)  # the digests: the line behind the sandbox
     result = json.loads(proc.stdout)
     assert proc.returncode == 3 and result["score"] == 0.0
     assert result["status"].startswith("changed the course's own files during grading")
     assert "00_fixture.py" in result["status"] and "git checkout" in proc.stderr
 
 
-def test_processes_a_submission_starts_do_not_outlive_its_grading(fixture_course, tmp_path):
+def test_processes_a_submission_starts_do_not_outlive_its_grading_even_unsandboxed(fixture_course, tmp_path):
     """nbclient shuts a kernel down by killing its process group, which takes along what
-    the learner's code started (not what escapes it with setsid: see the README)."""
+    the learner's code started (not what escapes it with setsid: that takes the sandbox)."""
     pid_file = tmp_path / "pid"
     spawn = (f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
              "def add(a, b):\n    return a + b\n")
-    result = grade(submit(fixture_course, tmp_path, "spawn.ipynb", set_solution("add", spawn)), fixture_course.root)
+    result = grade(submit(fixture_course, tmp_path, "spawn.ipynb", set_solution("add", spawn)), fixture_course.root,
+                   "--sandbox", "off")
     assert result["score"] == 6.0
     pid = int(pid_file.read_text())
     for _ in range(50):  # killed with the kernel's process group; give the OS a moment
@@ -370,3 +428,77 @@ def test_processes_a_submission_starts_do_not_outlive_its_grading(fixture_course
         time.sleep(0.1)
     os.kill(pid, 9)
     raise AssertionError(f"process {pid}, started by the submission, outlived its grading")
+
+
+# ---------------------------------------------------------------- the sandbox (bubblewrap)
+
+needs_bwrap = pytest.mark.skipif(unavailable() is not None, reason=f"no sandbox here: {unavailable()}")
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@needs_bwrap
+def test_sandboxed_submission_keeps_its_points_and_leaves_nothing_behind(fixture_course, tmp_path):
+    """A detached sleeper (setsid), an append to an installed course file, a write to
+    another student's feedback and a connection out: the correct code keeps its marks, and
+    afterwards no process of it is left and nothing outside its scratch folder changed."""
+    marker = f"mechlab-sleeper-{uuid.uuid4().hex}"
+    course_file = Path(checks_module.__file__)  # the installed course, which grading trusts
+    others = tmp_path / "other-student.feedback.html"
+    others.write_text("alice's feedback")
+    listener = socket.create_server(("127.0.0.1", 0))  # a service on this machine's loopback
+    listener.setblocking(False)
+    hostile = (
+        "import socket, subprocess, sys\n"
+        f"subprocess.Popen(['setsid', sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}],\n"
+        "                 start_new_session=True)\n"
+        "tried = []\n"
+        f"for target in [{str(course_file)!r}, {str(others)!r}]:\n"
+        "    try:\n        open(target, 'a').write('# changed')\n        tried.append('written')\n"
+        "    except OSError as e:\n        tried.append(type(e).__name__)\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=2)\n"
+        "    tried.append('connected')\nexcept OSError as e:\n    tried.append(type(e).__name__)\n"
+        "print('TRIED', *tried)\n"
+        "def add(a, b):\n    return a + b\n")
+    before = course_file.read_bytes()
+    result = grade(submit(fixture_course, tmp_path, "hostile.ipynb", set_solution("add", hostile)),
+                   fixture_course.root, "--feedback", str(tmp_path / "fb"), "--sandbox", "required")
+    assert result["score"] == 6.0 and result["status"] == "ok", result
+    assert course_file.read_bytes() == before and others.read_text() == "alice's feedback"
+    tried = re.search(r"TRIED ([\w ]+)", Path(result["feedback"]).read_text())[1].split()
+    # read-only (the course), not there (the other feedback, outside its private /tmp), refused
+    assert tried == ["OSError", "FileNotFoundError", "ConnectionRefusedError"], tried
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing ever reached it
+    listener.close()
+    assert _processes_with(marker) == []
+
+
+def test_without_bubblewrap_grading_warns_once_or_refuses_when_required(fixture_course, tmp_path):
+    path = submit(fixture_course, tmp_path, "s.ipynb")
+    env = {"MECHLAB_BWRAP": str(tmp_path / "no-bwrap-here")}
+    proc = run_cli("grade", str(path), "--json", "--feedback", str(tmp_path), root=fixture_course.root, env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["score"] == 6.0
+    warnings = [line for line in proc.stderr.splitlines() if "without a sandbox" in line]
+    assert len(warnings) == 1 and "bubblewrap is not installed" in warnings[0], proc.stderr
+    proc = run_cli("grade", str(path), "--sandbox", "required", root=fixture_course.root, env=env)
+    assert proc.returncode == 2 and "--sandbox required" in proc.stderr and proc.stdout == ""
+
+
+def test_grading_is_quiet_on_the_console(fixture_course, tmp_path):
+    """No kernel or nbconvert warnings for an instructor to mistake for errors; -v shows them."""
+    proc = run_cli("grade", str(submit(fixture_course, tmp_path, "q.ipynb")), "--feedback", str(tmp_path),
+                   root=fixture_course.root)
+    assert proc.returncode == 0 and "6 / 6 points" in proc.stdout
+    assert proc.stderr.strip() == "" or "without a sandbox" in proc.stderr, proc.stderr
