@@ -3,6 +3,7 @@
     out/grades.csv                  one row per student and chapter
     out/gradebook.db                nbgrader's gradebook (assignments, students, scores)
     out/feedback/STUDENT/NN_topic.html
+    out/integrity.csv               copies of the reference and near-identical pairs, for a person
     out/results/KEY.json, KEY.html  one result and its feedback per submission (KEY: student,
                                     path and content hash), so a re-run grades only what is new
 
@@ -38,9 +39,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import nbformat
 from nbgrader.api import Gradebook
 from tqdm import tqdm
 
+from autograder import integrity
 from autograder.chapters import Chapter
 from autograder.course import COURSE_ID, ThrowawayCourse
 from autograder.grade import COURSE_CODE, TAMPERED, ReleaseCache, changed_files, course_digests, failure_cause
@@ -94,6 +97,11 @@ class StudentRule:
     roster: dict[str, str] | None = None  # lower-cased alias -> student id
 
     def __call__(self, where: str) -> str:
+        return self.named(where) or PurePosixPath(where).stem
+
+    def named(self, where: str) -> str | None:
+        """The student id, or None when the path names no one (a file called just like its
+        chapter, at the top)."""
         if self.roster:
             lowered = where.lower()
             hits = [(len(alias), sid) for alias, sid in self.roster.items() if alias and alias in lowered]
@@ -110,8 +118,7 @@ class StudentRule:
         stem = COLAB_COPY.sub("", PurePosixPath(where).stem)
         for name in self.chapters:
             stem = re.sub(re.escape(name), "", stem, flags=re.IGNORECASE)
-        stem = stem.strip(" _-.")
-        return stem or PurePosixPath(where).stem
+        return stem.strip(" _-.") or None
 
 
 def read_roster(path: Path) -> dict[str, str]:
@@ -151,8 +158,20 @@ def _extract(path: Path, root: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def _shared_top_folder(wheres: list[str], rule: StudentRule) -> str | None:
+    """The folder every file sits in (`zip -r class.zip class/`, an LMS export wrapped in
+    one folder), when leaving it out tells more than one student apart; a zip of one
+    student's own folder keeps it, since it names that student."""
+    parts = [PurePosixPath(w).parts for w in wheres]
+    if not parts or any(len(p) < 2 for p in parts) or len({p[0] for p in parts}) != 1:
+        return None
+    inner = [PurePosixPath(*p[1:]).as_posix() for p in parts]
+    return parts[0][0] if len({rule.named(w) for w in inner} - {None}) > 1 else None
+
+
 def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
-    """Every .ipynb under a folder or in a zip (extracted safely into workdir)."""
+    """Every .ipynb under a folder or in a zip (extracted safely into workdir), with its
+    path as the instructor knows it, less the folders every file shares."""
     if path.suffix.lower() == ".zip":
         root = workdir / "submissions"
         _extract(path, root)
@@ -163,7 +182,53 @@ def collect(path: Path, workdir: Path, rule: StudentRule) -> list[Submission]:
                        if _is_submission(p.relative_to(path).parts) and not p.is_relative_to(workdir))  # --out inside
     else:
         root, files = path.parent, [path]
-    return [Submission(f, f.relative_to(root).as_posix(), rule(f.relative_to(root).as_posix())) for f in files]
+    wheres = [f.relative_to(root).as_posix() for f in files]
+    while (top := _shared_top_folder(wheres, rule)) is not None:
+        log.info("every file is in %s/: the student is read from the path inside it", top)
+        wheres = [PurePosixPath(w).relative_to(top).as_posix() for w in wheres]
+    submissions = [Submission(f, w, rule(w)) for f, w in zip(files, wheres)]
+    for student, folders in mixed_folders(submissions).items():
+        log.warning("LOOK: student %r is made of files from %d different folders (%s): if these are different "
+                    "students, pass --student-pattern or --roster (check with --list)",
+                    student, len(folders), ", ".join(sorted(folders)))
+    return submissions
+
+
+def mixed_folders(submissions: list[Submission]) -> dict[str, set[str]]:
+    """Students whose files come from more than one top folder: the rule may have merged
+    several students into one."""
+    folders: dict[str, set[str]] = {}
+    for sub in submissions:
+        parts = PurePosixPath(sub.where).parts
+        folders.setdefault(sub.student, set()).add(parts[0] + "/" if len(parts) > 1 else "(top level)")
+    return {student: f for student, f in folders.items() if len(f) > 1}
+
+
+def who_is_who(path: Path, rule: StudentRule, chapters: list[Chapter]) -> str:
+    """`--list`: one line per file (student, chapter read from its content, path), and the
+    warnings a grading run would give, before anything is graded."""
+    from autograder.grade import identify_chapter
+
+    with tempfile.TemporaryDirectory(prefix="mechlab-list-") as tmp:
+        submissions = collect(path, Path(tmp), rule)
+        lines = []
+        for sub in submissions:
+            try:
+                nb = nbformat.read(sub.path, as_version=4)
+                chapter = identify_chapter(nb, sub.path.name, chapters)
+                what = chapter.name if chapter else "? (no chapter of this course)"
+            except Exception as e:  # noqa: BLE001 (whatever the file is, --list shows it)
+                what = f"? (not a notebook: {type(e).__name__})"
+            lines.append((sub.student, what, sub.where))
+    width = max([len(s) for s, _, _ in lines] + [7])
+    table = [f"{'student':<{width}}  {'chapter':<32} file"]
+    table += [f"{s:<{width}}  {c:<32} {w}" for s, c, w in lines]
+    students = len({s for s, _, _ in lines})
+    table.append(f"{students} student(s), {len(lines)} file(s)")
+    for student, folders in mixed_folders(submissions).items():
+        table.append(f"LOOK: {student!r} is made of files from {len(folders)} different folders: "
+                     f"{', '.join(sorted(folders))}")
+    return "\n".join(table)
 
 
 # ------------------------------------------------------------------ grading
@@ -175,14 +240,15 @@ def _no_result(status: str) -> dict:
 
 
 def grade_one(sub: Submission, root: Path, results_dir: Path, releases: ReleaseCache, *, memory_gb: float,
-              wall_seconds: float, threads: int) -> dict:
+              wall_seconds: float, threads: int, sandbox: str = "auto", hidden: tuple[Path, ...] = ()) -> dict:
     """Grade one submission in its own process; a result dict whatever happens. Its
     feedback goes to results_dir/KEY.html, its log (when it failed) to KEY.log."""
     workdir = results_dir / f"{sub.key}.tmp"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path), "--json",
-           "--feedback", str(workdir), "--memory-gb", str(memory_gb), "--release-cache", releases.to_json()]
+           "--feedback", str(workdir), "--memory-gb", str(memory_gb), "--release-cache", releases.to_json(),
+           "--sandbox", sandbox, *(arg for folder in hidden for arg in ("--hide", str(folder)))]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     # its own session (process group), so that killing the group takes its kernel, and
     # whatever the learner's code started, with it
@@ -220,6 +286,7 @@ def grade_one(sub: Submission, root: Path, results_dir: Path, releases: ReleaseC
 class ClassResult:
     rows: list[dict]
     graded: int  # submissions graded in this run (the rest were already graded)
+    flagged: int = 0  # rows of integrity.csv
 
 
 class CourseFilesChanged(RuntimeError):
@@ -228,7 +295,7 @@ class CourseFilesChanged(RuntimeError):
 
 def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRule, *, jobs: int,
                 memory_gb: float = 6.0, wall_seconds: float = 1800, force: bool = False,
-                progress: bool = True) -> ClassResult:
+                progress: bool = True, sandbox: str = "auto") -> ClassResult:
     out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "results"
     results_dir.mkdir(exist_ok=True)
@@ -243,8 +310,11 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     with tempfile.TemporaryDirectory(prefix="mechlab-releases-") as cache, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
         releases = ReleaseCache.build(chapters, Path(cache)) if todo else None
+        # a kernel sees neither the class's hand-ins nor its grades (see sandbox.py)
+        hidden = (path.resolve(), out.resolve()) if path.is_dir() else (out.resolve(),)
         futures = {pool.submit(grade_one, s, root, results_dir, releases, memory_gb=memory_gb,
-                               wall_seconds=wall_seconds, threads=threads): s for s in todo}
+                               wall_seconds=wall_seconds, threads=threads, sandbox=sandbox, hidden=hidden): s
+                   for s in todo}
         bar = tqdm(as_completed(futures), total=len(futures), desc="grading", unit="notebook",
                    disable=not progress or not futures, file=sys.stderr)
         for future in bar:
@@ -261,7 +331,32 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     publish_feedback(rows, out)
     write_csv(rows, chapters, out / "grades.csv")
     record_in_gradebook(rows, chapters, out)
-    return ClassResult(rows, len(todo))
+    try:
+        flagged = integrity_report(submissions, stored, chapters, out / "integrity.csv")
+    except Exception:  # a report for a person: it never costs the grades that are written
+        log.exception("could not write %s", out / "integrity.csv")
+        flagged = 0
+    return ClassResult(rows, len(todo), flagged)
+
+
+def integrity_report(submissions: list[Submission], results: list[dict], chapters: list[Chapter],
+                     path: Path) -> int:
+    """integrity.csv (see integrity.py): flags for a person to read; returns how many."""
+    rows = []
+    for chapter in chapters:
+        handins = []
+        for sub, result in zip(submissions, results):
+            if result.get("chapter") != chapter.name:
+                continue
+            try:
+                handins.append(integrity.Handin(sub.student, sub.where, nbformat.read(sub.path, as_version=4)))
+            except Exception:  # noqa: BLE001 (graded as not a notebook already)
+                continue
+        if handins:
+            release = nbformat.read(chapter.release_notebook, as_version=4)
+            rows += integrity.flags(chapter.name, read_source(chapter), release, handins)
+    integrity.write(rows, path)
+    return len(rows)
 
 
 def _stop_on_changed_course(pool, futures, done, sub: Submission, result: dict, changed: list[str],

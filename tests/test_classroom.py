@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_gradebook_and_feedback_for_everyone(graded_class):
             assert gb.find_submission("00_fixture", student).score == float(row["score"])
     for student in STUDENT_WORK:
         html = (out / "feedback" / student / "00_fixture.html").read_text()
-        assert "BEGIN HIDDEN TESTS" not in html and "refuse_reference" not in html
+        assert "BEGIN HIDDEN TESTS" not in html and "own_work" not in html
 
 
 def test_rerun_is_idempotent_and_resumes(graded_class, fixture_course):
@@ -191,8 +192,93 @@ def test_class_grading_stops_when_a_submission_changes_the_course(fixture_course
         (folder / student).mkdir(parents=True)
         nbformat.write(nb, folder / student / "00_fixture.ipynb")
     out = tmp_path / "out"
-    proc = run_cli("grade", str(folder), "--out", str(out), "--jobs", "1", root=root)
+    proc = run_cli("grade", str(folder), "--out", str(out), "--jobs", "1", "--sandbox", "off", root=root)
     assert proc.returncode == 3 and "STOPPED" in proc.stderr and "a_mallory/00_fixture.ipynb" in proc.stderr
     stored = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
     assert [(r["student"], r["score"]) for r in stored] == [("a_mallory", 0.0)]
     assert stored[0]["status"].startswith("changed the course's own files")
+
+
+# ---------------------------------------------------------------- a class zip as instructors make it
+
+
+def _class_folder(fixture_course, folder: Path) -> Path:
+    """class/alice/Copy of 00_fixture (2).ipynb (the solution), class/bob/00_fixture.ipynb
+    (the untouched release), class/carol/00_fixture.ipynb (a text file)."""
+    for student in ("alice", "bob", "carol"):
+        (folder / "class" / student).mkdir(parents=True)
+    shutil.copy(fixture_course.solution_notebook, folder / "class" / "alice" / "Copy of 00_fixture (2).ipynb")
+    shutil.copy(fixture_course.release_notebook, folder / "class" / "bob" / "00_fixture.ipynb")
+    (folder / "class" / "carol" / "00_fixture.ipynb").write_text("my answers are in the pdf\n")
+    return folder / "class"
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="needs the zip program")
+def test_a_zip_of_a_class_folder_made_with_zip_r_is_read_student_by_student(fixture_course, tmp_path):
+    """Zipping the folder you collected into is the commonest class zip: its shared top
+    folder is not a student. --list says who is who before anything is graded."""
+    _class_folder(fixture_course, tmp_path)
+    subprocess.run(["zip", "-qr", "class.zip", "class/"], cwd=tmp_path, check=True)
+    listing = run_cli("grade", str(tmp_path / "class.zip"), "--list", root=fixture_course.root)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert any(re.match(r"alice\s+00_fixture\s+alice/Copy of 00_fixture \(2\)\.ipynb$", line) for line in lines)
+    assert any(re.match(r"bob\s+00_fixture\s+bob/00_fixture\.ipynb$", line) for line in lines)
+    assert any(re.match(r"carol\s+\? \(not a notebook", line) for line in lines)
+    assert "3 student(s), 3 file(s)" in listing.stdout and not (tmp_path / "class-grades").exists()
+    out = tmp_path / "grades"
+    proc = run_cli("grade", str(tmp_path / "class.zip"), "--out", str(out), "--jobs", "2", root=fixture_course.root)
+    assert proc.returncode == 0, proc.stderr
+    grades = read_grades(out)
+    assert {s: float(r["score"]) for s, r in grades.items()} == {"alice": 6.0, "bob": 0.0, "carol": 0.0}
+    assert grades["carol"]["status"].startswith("not a notebook")
+
+
+def test_files_of_different_folders_under_one_student_are_said_loudly(fixture_course, tmp_path):
+    folder = _class_folder(fixture_course, tmp_path)
+    listing = run_cli("grade", str(folder), "--list", "--student-pattern", r"(00_fixture)", root=fixture_course.root)
+    assert listing.returncode == 0
+    assert "LOOK: '00_fixture' is made of files from 3 different folders" in listing.stdout
+    from autograder.classroom import collect
+    rule = StudentRule(("00_fixture",))
+    one = tmp_path / "alice.zip"  # a zip of one student's own folder: that folder names her
+    with zipfile.ZipFile(one, "w") as archive:
+        archive.write(folder / "alice" / "Copy of 00_fixture (2).ipynb", "alice/Copy of 00_fixture (2).ipynb")
+        archive.write(folder / "bob" / "00_fixture.ipynb", "alice/old/00_fixture.ipynb")
+    assert [s.student for s in collect(one, tmp_path / "out", rule)] == ["alice", "alice"]
+    assert [s.student for s in collect(folder, tmp_path / "out2", rule)] == ["alice", "bob", "carol"]
+
+
+def test_integrity_report_flags_copies_and_near_identical_pairs_for_a_person(fixture_course, tmp_path):
+    """Copies of the reference and near-identical pairs are listed (with a score); no grade
+    changes, and different honest solutions are not flagged."""
+    loop = ("def count_positive(x, combine=add):\n    {total} = 0\n    for {value} in combine(x, x).flatten():\n"
+            "        if {value} > 0:\n            {total} += 1\n    return int({total})\n")
+    work = {
+        "alice": None,  # the solution notebook: every exercise is the reference's code
+        "bob": loop.format(total="total", value="v"),
+        "carol": loop.format(total="n", value="entry") + "# my own, honestly\n",  # bob's, renamed
+        "dave": "def count_positive(x, combine=add):\n    return int(sum(1 for e in combine(x, x).tolist() if e > 0))\n",
+    }
+    folder = tmp_path / "class"
+    for student, code in work.items():
+        nb = nbformat.read(fixture_course.solution_notebook, as_version=4)
+        for exercise in ("add", "scale"):  # not copies: written differently from the reference
+            if student != "alice":
+                solution_cell(nb, exercise).source = {"add": "def add(a, b):\n    return b + a\n",
+                                                      "scale": "def scale(x, k):\n    return x * k\n"}[exercise]
+        if code:
+            solution_cell(nb, "count_positive").source = code
+        (folder / student).mkdir(parents=True)
+        nbformat.write(nb, folder / student / "00_fixture.ipynb")
+    out = tmp_path / "out"
+    proc = run_cli("grade", str(folder), "--out", str(out), "--jobs", "2", root=fixture_course.root)
+    assert proc.returncode == 0, proc.stderr
+    assert {s: float(r["score"]) for s, r in read_grades(out).items()} == {s: 6.0 for s in work}
+    with open(out / "integrity.csv", newline="") as f:
+        flags = [(r["exercise"], r["kind"], r["students"]) for r in csv.DictReader(f)]
+    assert flags == [("add", "copy of the reference", "alice"),
+                     ("count_positive", "copy of the reference", "alice"),
+                     ("count_positive", "near-identical pair", "bob; carol"),
+                     ("scale", "copy of the reference", "alice")], flags
+    assert f"integrity: {len(flags)} flag(s) for a person to read" in proc.stdout
