@@ -86,9 +86,8 @@ def bwrap_command(cmd: list[str], *, writable: list[Path], readable: list[Path] 
     needed = [*readable, Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in sys.path if p)]
     needed = sorted({p.resolve() for p in needed if p.exists()} - {Path("/")})
     hidden = sorted({Path(h).resolve() for h in hidden if Path(h).is_dir()} - {Path("/")})
-    for folder in hidden:
-        if not any(w == folder or w.is_relative_to(folder) for w in writable):
-            args += ["--tmpfs", str(folder)]
+    for folder in hidden:  # (a writable folder inside one is bound back below)
+        args += ["--tmpfs", str(folder)]
     for path in needed:
         if any(path.is_relative_to(h) for h in [*hidden, Path("/tmp")]):  # covered by a tmpfs
             args += ["--ro-bind", str(path), str(path)]
@@ -98,9 +97,10 @@ def bwrap_command(cmd: list[str], *, writable: list[Path], readable: list[Path] 
 
 
 class SandboxedKernelManager(AsyncKernelManager):
-    """An AsyncKernelManager (what nbclient expects) whose kernel runs under bwrap when `sandbox` is on. Either way the
-    kernel's own output (its warnings, a crash's last words) goes to a log file in its
-    runtime folder, not the instructor's terminal, unless `verbose`."""
+    """An AsyncKernelManager (what nbclient expects) whose kernel runs under bwrap when
+    `sandbox` is on. Either way the kernel's own output (its warnings, a crash's last
+    words) goes to a log file in its runtime folder, not the instructor's terminal,
+    unless `verbose`."""
 
     sandbox = Bool(False, help="Run the kernel under bubblewrap.").tag(config=True)
     hidden = List(Unicode(), help="Folders the kernel must not see (the class being graded).").tag(config=True)
