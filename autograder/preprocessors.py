@@ -206,9 +206,14 @@ class PrepareTestCells(CoursePreprocessor):
         if cell.cell_type == "code" and is_graded(cell) and not cell.source.startswith(FRESH_MODULES):
             marked = cell.source.replace("### BEGIN HIDDEN TESTS", f"print({VISIBLE_PASSED!r})\n### BEGIN HIDDEN TESTS", 1)
             name = cell.metadata["nbgrader"]["grade_id"].removesuffix("_test")
-            topic = CHAPTER_NAME.match(resources["nbgrader"]["notebook"])["topic"]
+            topic = _topic(resources)
             cell.source = FRESH_MODULES + ISOLATE.format(name=name, topic=topic) + marked
         return cell, resources
+
+
+def _topic(resources) -> str:
+    """The chapter's topic (`superposition` of `01_superposition`), as nbgrader names the notebook."""
+    return CHAPTER_NAME.match(resources["nbgrader"]["notebook"])["topic"]
 
 
 PROVIDE_REFERENCES = """\
@@ -229,7 +234,7 @@ class ProvideReferences(CoursePreprocessor):
     def preprocess(self, nb, resources):
         if any(c.get("id") == PROVIDE_REFERENCES_ID for c in nb.cells):
             return nb, resources
-        topic = CHAPTER_NAME.match(resources["nbgrader"]["notebook"])["topic"]
+        topic = _topic(resources)
         setup = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
                       and ("setup" in c.metadata.get("tags", []) or "mechlab.setup(" in c.source)), -1)
         cell = new_code_cell(PROVIDE_REFERENCES.format(topic=topic))

@@ -267,8 +267,12 @@ def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Call
         return fn
     module, reference = found
     number = list(module.POINTS).index(name) + 1
-    others = {other: getattr(module, other) for other in module.POINTS if other != name}
-    return _watched(fn, _ReferenceWatch(reference), name, number, others)
+    return _watched(fn, _ReferenceWatch(reference), name, number, _other_references(module, name))
+
+
+def _other_references(module: types.ModuleType, name: str) -> dict[str, Callable]:
+    """The chapter's other exercises, by name, as the reference module has them."""
+    return {other: getattr(module, other) for other in getattr(module, "POINTS", {}) if other != name}
 
 
 @contextlib.contextmanager
@@ -318,8 +322,7 @@ def isolate_test_cell(namespace: dict, name: str, topic: str) -> None:
         shell = get_ipython()  # noqa: F821 (a kernel's builtin)
     except (ImportError, NameError):
         return
-    others = {n: getattr(module, n) for n in getattr(module, "POINTS", {}) if n != name}
-    swapped = _other_exercises_as_reference(namespace.get(name), others, namespace)
+    swapped = _other_exercises_as_reference(namespace.get(name), _other_references(module, name), namespace)
     swapped.__enter__()
 
     def restore(*_) -> None:
