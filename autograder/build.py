@@ -3,7 +3,7 @@
 For each chapter: the nbgrader source notebook (`solutions/NN_topic.ipynb`), the
 release (`chapters/NN_topic.ipynb`, written by nbgrader's generate_assignment,
 which clears solutions and hidden tests and locks the graded cells), and the
-reference module (`mechlab/reference/topic.py`). With `check=True` nothing is
+reference module (`mechlab/topic/reference.py`). With `check=True` nothing is
 written: every file that differs from what the build would write is named.
 """
 

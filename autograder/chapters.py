@@ -3,9 +3,12 @@
 A chapter is named `NN_topic` (two digits, then snake_case). Its one source is
 `solutions/NN_topic.py`, a jupytext percent script; everything else is derived:
 
-    solutions/NN_topic.py  --build-->  solutions/NN_topic.ipynb   (nbgrader source notebook)
-                                       chapters/NN_topic.ipynb    (release, via nbgrader)
-                                       mechlab/reference/topic.py (reference solutions)
+    solutions/NN_topic.py  --build-->  solutions/NN_topic.ipynb     (nbgrader source notebook)
+                                       chapters/NN_topic.ipynb      (release, via nbgrader)
+                                       mechlab/topic/reference.py   (reference solutions)
+
+The chapter's package `mechlab/topic/` (helpers, plots, `checks.py`) is written by hand;
+the build only writes `reference.py` into it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,13 @@ class Chapter:
         return self.root / "chapters" / f"{self.name}.ipynb"
 
     @property
+    def package(self) -> Path:
+        """`mechlab/<topic>/`: the chapter's helpers, plots, checks and reference."""
+        return self.root / "mechlab" / self.topic
+
+    @property
     def reference_module(self) -> Path:
-        return self.root / "mechlab" / "reference" / f"{self.topic}.py"
+        return self.package / "reference.py"
 
 
 def discover(root: Path = REPO_ROOT) -> list[Chapter]:

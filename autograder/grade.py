@@ -273,7 +273,7 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
         problem = None
     chapter = source = None
     # the kernel imports this course's reference modules (for a course other than the
-    # installed one, from its root: see mechlab/reference/__init__.py)
+    # installed one, from its root: see mechlab/__init__.py)
     os.environ["MECHLAB_COURSE_ROOT"] = str(root)
     trusted = course_digests(root)
     try:

@@ -21,8 +21,8 @@
   source at the end of the notebook, where every function is defined.
 - `PrepareTestCells` (autograde, sanitizing), three things before a test cell runs:
   it prints VISIBLE_PASSED between the visible checks and the hidden tests, so
-  the grade says which of the two failed; it drops `mechlab.checks`,
-  `mechlab.exercises` and `mechlab.reference` from `sys.modules`, so the cell's
+  the grade says which of the two failed; it drops `mechlab.checks` and the
+  chapter's `checks` and `reference` modules from `sys.modules`, so the cell's
   imports load them again from disk and a learner cell that rebound a check
   helper (`checks.grade_toy_forward = lambda f: None`) gains nothing (they compare
   with `mechlab.pristine`, which is never reloaded); and it sends stderr to
@@ -182,11 +182,11 @@ class DeduplicateGradeIds(DeduplicateIds):
         return cell, resources
 
 
-_RELOADED = ("checks", "exercises", "reference")
+# mechlab.checks, and every chapter's mechlab.<topic>.checks and mechlab.<topic>.reference
 FRESH_MODULES = (
-    "import sys as _g; [_g.modules.pop(_m) for _m in [*_g.modules] if _m.split('.')[:2] in "
-    f"{[['mechlab', name] for name in _RELOADED]!r}]; "
-    f"[vars(_g.modules['mechlab']).pop(_n, None) for _n in {_RELOADED!r} if 'mechlab' in _g.modules]; "
+    "import sys as _g; [(_g.modules.pop(_m), getattr(_g.modules.get(_m.rpartition('.')[0]), '__dict__', {})"
+    ".pop(_m.rpartition('.')[2], None)) for _m in [*_g.modules] if _m == 'mechlab.checks' or "
+    "_m.startswith('mechlab.') and _m.count('.') == 2 and _m.endswith(('.checks', '.reference'))]; "
     "_g.stderr = _g.stdout  # added by the grader\n")
 
 
@@ -221,7 +221,7 @@ PROVIDE_REFERENCES = """\
 # exercise that is missing or broken in this notebook costs its own points only (the
 # reference earns nothing). Your own definitions below replace these.
 import importlib as _grader_importlib
-_grader_reference = _grader_importlib.import_module("mechlab.reference.{topic}")
+_grader_reference = _grader_importlib.import_module("mechlab.{topic}.reference")
 globals().update({{_name: getattr(_grader_reference, _name) for _name in _grader_reference.POINTS}})
 del _grader_importlib, _grader_reference
 """

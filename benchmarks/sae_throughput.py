@@ -36,8 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mechlab import activations, zoo  # noqa: E402
-from mechlab.reference.sparse_autoencoders import SAE, SAEConfig, train_sae  # noqa: E402
+from mechlab import zoo  # noqa: E402
+from mechlab.sparse_autoencoders import activations  # noqa: E402
+from mechlab.sparse_autoencoders.reference import SAE, SAEConfig, train_sae  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SAELENS_PYTHON = Path(__file__).with_name(".venv-saelens") / "bin" / "python"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import importlib
 import math
 import sys
 import types
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechlab import runtime
+from mechlab import chapters, runtime
 from mechlab.pristine import (
     Parameter as _Parameter, Tensor as _Tensor, detach as _detach, getprofile as _getprofile,
     isinstance_ as _isinstance, np_abs as _np_abs, np_argwhere as _np_argwhere, np_isinf as _np_isinf,
@@ -165,15 +164,11 @@ def self_grading() -> Iterator[None]:
 
 def _reference_of(name: str, caller: str) -> tuple[types.ModuleType, Callable] | None:
     """The reference module and function of exercise `name`: the chapter of the calling
-    `mechlab.exercises.<topic>` module, else the first reference module that grades it."""
-    import mechlab.reference as package
-    import pkgutil
-
-    topics = ([caller.rsplit(".", 1)[1]] if caller.startswith("mechlab.exercises.")
-              else [m.name for m in pkgutil.iter_modules(package.__path__)])
-    for topic in topics:
+    `mechlab.<topic>.checks` module, else the first chapter whose reference grades it."""
+    topic = chapters.topic_of(caller)
+    for topic in [topic] if topic else chapters.topics():
         try:
-            module = importlib.import_module(f"mechlab.reference.{topic}")
+            module = chapters.reference(topic)
         except ImportError:
             continue
         if name in getattr(module, "POINTS", {}) and callable(getattr(module, name, None)):
@@ -255,7 +250,7 @@ def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Call
     it returns, such as a hook), the call fails with "uses the course's reference".
     Other exercises' references stay allowed: that is how a learner who skipped one
     exercise still does the next. `chapter_module` (default: the caller's module) is the
-    chapter's `mechlab.exercises.<topic>`, which names the reference module."""
+    chapter's `mechlab.<topic>.checks`, which names the reference module."""
     if is_reference(fn):
         raise CheckFailed(f"{name} is the course's reference implementation (from {fn.__module__}): "
                           "imported with the escape hatch, or, under grading, put in place of a missing or "
@@ -318,7 +313,7 @@ def isolate_test_cell(namespace: dict, name: str, topic: str) -> None:
     wrong or missing exercise costs no other, in the visible checks as in the hidden
     tests. IPython's post_run_cell event puts the learner's own back, error or not."""
     try:
-        module = importlib.import_module(f"mechlab.reference.{topic}")
+        module = chapters.reference(topic)
         shell = get_ipython()  # noqa: F821 (a kernel's builtin)
     except (ImportError, NameError):
         return
@@ -380,7 +375,7 @@ def compare_function(
     """Call `fn` and `reference` on each case (on separate copies of the inputs, so an
     in-place edit by either cannot leak into the other) and compare the results.
     `copy_inputs=False` passes the inputs as they are, for inputs too big to copy (a
-    model): then the caller guards them (see `mechlab.exercises.induction_heads`).
+    model): then the caller guards them (see `mechlab.induction_heads.checks`).
     `report=False` leaves the ✓ line to the caller, when more checks follow.
 
     When they differ, the known mistakes (`(hint, wrong_function)` pairs) are tried on
@@ -462,7 +457,7 @@ def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[C
     def check(fn: Callable) -> None:
         run(fn, False)
 
-    chapter_module = sys._getframe(1).f_globals["__name__"]  # the chapter's mechlab.exercises.<topic>
+    chapter_module = sys._getframe(1).f_globals["__name__"]  # the chapter's mechlab.<topic>.checks
 
     def grade(fn: Callable) -> None:
         run(own_work(fn, name, chapter_module), True)

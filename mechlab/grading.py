@@ -12,7 +12,6 @@ The table format is shared with `python -m autograder grade`.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import io
 from collections.abc import Mapping
@@ -64,8 +63,9 @@ def grade_me(chapter: str | None = None, namespace: Mapping | None = None) -> li
     if namespace is None:
         namespace = inspect.currentframe().f_back.f_globals
     topic = chapter.split("_", 1)[1]
-    reference = importlib.import_module(f"mechlab.reference.{topic}")
-    tests = importlib.import_module(f"mechlab.exercises.{topic}")
+    from mechlab import chapters
+
+    reference, tests = chapters.reference(topic), chapters.checks(topic)
     results = []
     for exercise, points in reference.POINTS.items():
         fn = namespace.get(exercise)

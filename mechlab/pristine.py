@@ -3,7 +3,7 @@
 The chapter's setup cell imports mechlab before any learner code runs, so these are
 the real torch and NumPy functions: a learner cell that later rebinds
 `torch.Tensor.detach` or `numpy.abs` changes nothing here. The grader reloads
-`mechlab.checks`, `mechlab.exercises` and `mechlab.reference` from disk before
+`mechlab.checks` and the chapter's `checks` and `reference` modules from disk before
 every test cell (so rebinding the course's own check helpers gains nothing either),
 and they take their references from this module, which it never reloads.
 """

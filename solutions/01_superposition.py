@@ -50,7 +50,7 @@
 # course's inputs, so a mistake costs only that exercise's points.
 #
 # **Stuck?** Every exercise ends with a one-line escape hatch such as
-# `from mechlab.reference.superposition import toy_forward`. Run it and carry on with
+# `from mechlab.superposition.reference import toy_forward`. Run it and carry on with
 # the course's version: the rest of the chapter works, you just don't earn that
 # exercise's points. Hints are folded away under each exercise: open one at a time.
 
@@ -71,8 +71,8 @@ from torch import Tensor
 from mechlab.runtime import progress
 
 # %%
-from mechlab import superposition as sp
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import toy_models as sp
+from mechlab.superposition import checks
 
 # Sizes of the experiments. The defaults finish in about a minute on a 2-core CPU;
 # on a GPU you can raise SCALE (e.g. to 4) for longer training and cleaner pictures.
@@ -127,7 +127,7 @@ SCALE = 1
 # against `[batch, instance, feature]` as it is. Then `torch.relu`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import toy_forward` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import toy_forward` and carry on (no points for this exercise).
 
 # %%
 def toy_forward(
@@ -144,7 +144,7 @@ def toy_forward(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_toy_forward(toy_forward)
 ### BEGIN HIDDEN TESTS
 checks.grade_toy_forward(toy_forward)
@@ -197,7 +197,7 @@ checks.grade_toy_forward(toy_forward)
 # against `[batch, instance, feature]`), then `torch.where(active, values, 0.0)`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import generate_batch` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import generate_batch` and carry on (no points for this exercise).
 
 # %%
 def generate_batch(
@@ -217,7 +217,7 @@ def generate_batch(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_generate_batch(generate_batch)
 ### BEGIN HIDDEN TESTS
 checks.grade_generate_batch(generate_batch)
@@ -251,7 +251,7 @@ checks.grade_generate_batch(generate_batch)
 # squared errors, `.sum(-1)` over features, then `.mean(0)` over the batch.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import importance_weighted_loss` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import importance_weighted_loss` and carry on (no points for this exercise).
 
 # %%
 def importance_weighted_loss(
@@ -266,7 +266,7 @@ def importance_weighted_loss(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_importance_weighted_loss(importance_weighted_loss)
 ### BEGIN HIDDEN TESTS
 checks.grade_importance_weighted_loss(importance_weighted_loss)
@@ -316,7 +316,7 @@ checks.grade_importance_weighted_loss(importance_weighted_loss)
 # $k$'s own loss: one backward pass trains every model independently.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import train_toy_models` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import train_toy_models` and carry on (no points for this exercise).
 
 # %%
 def train_toy_models(
@@ -352,7 +352,7 @@ def train_toy_models(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_train_toy_models(train_toy_models)
 ### BEGIN HIDDEN TESTS
 checks.grade_train_toy_models(train_toy_models)
@@ -447,7 +447,7 @@ sp.plot_gram_matrices(W_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
 # by `1 - torch.eye(n_features)` before summing.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import feature_norms_and_interference` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import feature_norms_and_interference` and carry on (no points for this exercise).
 
 # %%
 def feature_norms_and_interference(
@@ -465,7 +465,7 @@ def feature_norms_and_interference(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_feature_norms_and_interference(feature_norms_and_interference)
 ### BEGIN HIDDEN TESTS
 checks.grade_feature_norms_and_interference(feature_norms_and_interference)
@@ -524,7 +524,7 @@ sp.explore_toy_models(W_5_2.detach(), p_5_2, feature_norms_and_interference)
 # `torch.where(norms > 1e-8, ratio, torch.zeros_like(ratio))`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import feature_dimensionality` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import feature_dimensionality` and carry on (no points for this exercise).
 
 # %%
 def feature_dimensionality(
@@ -541,7 +541,7 @@ def feature_dimensionality(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_feature_dimensionality(feature_dimensionality)
 ### BEGIN HIDDEN TESTS
 checks.grade_feature_dimensionality(feature_dimensionality)
@@ -638,7 +638,7 @@ sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detac
 # then `.long()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import feature_phase` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import feature_phase` and carry on (no points for this exercise).
 
 # %%
 def feature_phase(
@@ -663,7 +663,7 @@ def feature_phase(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_feature_phase(feature_phase)
 ### BEGIN HIDDEN TESTS
 checks.grade_feature_phase(feature_phase)
@@ -765,7 +765,7 @@ sp.plot_phase_diagram(phases, grid_p, grid_r);
 # `"batch latent, hidden latent -> batch hidden"`, then add `b_dec`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import sae_forward` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import sae_forward` and carry on (no points for this exercise).
 
 # %%
 def sae_forward(
@@ -785,7 +785,7 @@ def sae_forward(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_sae_forward(sae_forward)
 ### BEGIN HIDDEN TESTS
 checks.grade_sae_forward(sae_forward)
@@ -817,7 +817,7 @@ checks.grade_sae_forward(sae_forward)
 # `abs` makes the L1 norm explicit). Add them with the coefficient, then `.mean()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import sae_loss` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import sae_loss` and carry on (no points for this exercise).
 
 # %%
 def sae_loss(
@@ -835,7 +835,7 @@ def sae_loss(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_sae_loss(sae_loss)
 ### BEGIN HIDDEN TESTS
 checks.grade_sae_loss(sae_loss)
@@ -886,7 +886,7 @@ checks.grade_sae_loss(sae_loss)
 # nothing about, and the caller's `W_dec` would not change.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import train_sae` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import train_sae` and carry on (no points for this exercise).
 
 # %%
 def train_sae(
@@ -925,7 +925,7 @@ def train_sae(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_train_sae(train_sae)
 ### BEGIN HIDDEN TESTS
 checks.grade_train_sae(train_sae)
@@ -989,7 +989,7 @@ sp.plot_loss_history(sae_history[:, None], labels=["SAE"]);
 # `.item()` to get a float.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.superposition import feature_recovery_score` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.superposition.reference import feature_recovery_score` and carry on (no points for this exercise).
 
 # %%
 def feature_recovery_score(
@@ -1006,7 +1006,7 @@ def feature_recovery_score(
 
 
 # %%
-from mechlab.exercises import superposition as checks
+from mechlab.superposition import checks
 checks.check_feature_recovery_score(feature_recovery_score)
 ### BEGIN HIDDEN TESTS
 checks.grade_feature_recovery_score(feature_recovery_score)

@@ -75,9 +75,9 @@ from mechlab.zoo import BOS_ID, FIRST_WORD_ID
 # %%
 import matplotlib.pyplot as plt
 
-from mechlab import induction as plots
+from mechlab.induction_heads import plots
 from mechlab import zoo
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 
 # %% [markdown]
 # ## 1. The model and its cache
@@ -143,7 +143,7 @@ print("logits:", tuple(logits.shape), "  pattern of layer 0:", tuple(cache["patt
 # dimension of the result with `[..., 0]`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import correct_log_probs` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import correct_log_probs` and carry on (no points for this exercise).
 
 # %%
 def correct_log_probs(
@@ -158,7 +158,7 @@ def correct_log_probs(
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_correct_log_probs(correct_log_probs)
 ### BEGIN HIDDEN TESTS
 checks.grade_correct_log_probs(correct_log_probs)
@@ -208,7 +208,7 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 # `torch.cat` the three pieces along `dim=1`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import generate_repeated_tokens` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import generate_repeated_tokens` and carry on (no points for this exercise).
 
 # %%
 def generate_repeated_tokens(
@@ -223,7 +223,7 @@ def generate_repeated_tokens(
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_generate_repeated_tokens(generate_repeated_tokens)
 ### BEGIN HIDDEN TESTS
 checks.grade_generate_repeated_tokens(generate_repeated_tokens)
@@ -264,7 +264,7 @@ print(" ".join(model.to_str_tokens(rep_tokens[0])))
 # results into one tensor of shape `[2]`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import loss_by_half` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import loss_by_half` and carry on (no points for this exercise).
 
 # %%
 def loss_by_half(log_probs: Float[Tensor, "batch two_seq_len"], seq_len: int) -> Float[Tensor, "2"]:
@@ -275,7 +275,7 @@ def loss_by_half(log_probs: Float[Tensor, "batch two_seq_len"], seq_len: int) ->
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_loss_by_half(loss_by_half)
 ### BEGIN HIDDEN TESTS
 checks.grade_loss_by_half(loss_by_half)
@@ -331,7 +331,7 @@ for layer in range(cfg.n_layers):
 # `pattern.diagonal(offset=-1, dim1=-2, dim2=-1)` has shape `[batch, head, query - 1]`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import previous_token_score` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import previous_token_score` and carry on (no points for this exercise).
 
 # %%
 def previous_token_score(pattern: Float[Tensor, "batch head query key"]) -> Float[Tensor, "head"]:
@@ -342,7 +342,7 @@ def previous_token_score(pattern: Float[Tensor, "batch head query key"]) -> Floa
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_previous_token_score(previous_token_score)
 ### BEGIN HIDDEN TESTS
 checks.grade_previous_token_score(previous_token_score)
@@ -375,7 +375,7 @@ checks.grade_previous_token_score(previous_token_score)
 # Mind the device: make `q` on `pattern.device`, or the indexing fails on a GPU.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import repeat_scores` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import repeat_scores` and carry on (no points for this exercise).
 
 # %%
 def repeat_scores(pattern: Float[Tensor, "batch head query key"], seq_len: int) -> Float[Tensor, "2 head"]:
@@ -389,7 +389,7 @@ def repeat_scores(pattern: Float[Tensor, "batch head query key"], seq_len: int) 
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_repeat_scores(repeat_scores)
 ### BEGIN HIDDEN TESTS
 checks.grade_repeat_scores(repeat_scores)
@@ -509,7 +509,7 @@ plt.show()
 # `torch.no_grad()`: nothing here needs gradients.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import ablation_losses` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import ablation_losses` and carry on (no points for this exercise).
 
 # %%
 def ablation_losses(
@@ -535,7 +535,7 @@ def ablation_losses(
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_ablation_losses(ablation_losses)
 ### BEGIN HIDDEN TESTS
 checks.grade_ablation_losses(ablation_losses)
@@ -592,7 +592,7 @@ plt.show()
 # has inner size `d_head`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import full_ov_circuit` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import full_ov_circuit` and carry on (no points for this exercise).
 
 # %%
 def full_ov_circuit(model, layer: int, head: int) -> FactoredMatrix:
@@ -603,7 +603,7 @@ def full_ov_circuit(model, layer: int, head: int) -> FactoredMatrix:
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_full_ov_circuit(full_ov_circuit)
 ### BEGIN HIDDEN TESTS
 checks.grade_full_ov_circuit(full_ov_circuit)
@@ -634,7 +634,7 @@ checks.grade_full_ov_circuit(full_ov_circuit)
 # same device).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import copying_scores` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import copying_scores` and carry on (no points for this exercise).
 
 # %%
 def copying_scores(circuit: FactoredMatrix) -> tuple[float, float]:
@@ -649,7 +649,7 @@ def copying_scores(circuit: FactoredMatrix) -> tuple[float, float]:
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_copying_scores(copying_scores)
 ### BEGIN HIDDEN TESTS
 checks.grade_copying_scores(copying_scores)
@@ -709,7 +709,7 @@ with torch.no_grad():
 # `FactoredMatrix(A, K.T)`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import induction_qk_circuit` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import induction_qk_circuit` and carry on (no points for this exercise).
 
 # %%
 def induction_qk_circuit(model, prev_head: int, induction_head: int) -> FactoredMatrix:
@@ -724,7 +724,7 @@ def induction_qk_circuit(model, prev_head: int, induction_head: int) -> Factored
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_induction_qk_circuit(induction_qk_circuit)
 ### BEGIN HIDDEN TESTS
 checks.grade_induction_qk_circuit(induction_qk_circuit)
@@ -790,7 +790,7 @@ with torch.no_grad():
 # product by hand.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.induction_heads import composition_scores` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.induction_heads.reference import composition_scores` and carry on (no points for this exercise).
 
 # %%
 def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
@@ -811,7 +811,7 @@ def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
 
 
 # %%
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 checks.check_composition_scores(composition_scores)
 ### BEGIN HIDDEN TESTS
 checks.grade_composition_scores(composition_scores)

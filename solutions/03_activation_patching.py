@@ -74,9 +74,9 @@ Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> a 0-dimen
 # %%
 import matplotlib.pyplot as plt
 
-from mechlab import patching as plots
+from mechlab.activation_patching import plots
 from mechlab import zoo
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 
 # %% [markdown]
 # ## 1. The model and the task
@@ -151,7 +151,7 @@ print(ioi.labels)
 # `corrupted = tokens.clone()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import replace_subject` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import replace_subject` and carry on (no points for this exercise).
 
 # %%
 def replace_subject(
@@ -169,7 +169,7 @@ def replace_subject(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_replace_subject(replace_subject)
 ### BEGIN HIDDEN TESTS
 checks.grade_replace_subject(replace_subject)
@@ -204,7 +204,7 @@ print("corrupted:", " ".join(model.to_str_tokens(corrupted_tokens[0])))
 # `gather`).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import logit_diff` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import logit_diff` and carry on (no points for this exercise).
 
 # %%
 def logit_diff(
@@ -219,7 +219,7 @@ def logit_diff(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_logit_diff(logit_diff)
 ### BEGIN HIDDEN TESTS
 checks.grade_logit_diff(logit_diff)
@@ -253,7 +253,7 @@ print(f"logit difference, clean: {clean_diff:+.2f}   corrupted: {corrupted_diff:
 # computed from `logits`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import patching_metric` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import patching_metric` and carry on (no points for this exercise).
 
 # %%
 def patching_metric(
@@ -270,7 +270,7 @@ def patching_metric(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_patching_metric(patching_metric)
 ### BEGIN HIDDEN TESTS
 checks.grade_patching_metric(patching_metric)
@@ -328,7 +328,7 @@ print(f"clean: {metric(clean_logits).item():.2f}, corrupted: {metric(corrupted_l
 # created: `def patch(resid, hook, pos=pos, name=name): ...`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import patch_residual_stream` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import patch_residual_stream` and carry on (no points for this exercise).
 
 # %%
 def patch_residual_stream(
@@ -353,7 +353,7 @@ def patch_residual_stream(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_patch_residual_stream(patch_residual_stream)
 ### BEGIN HIDDEN TESTS
 checks.grade_patch_residual_stream(patch_residual_stream)
@@ -393,7 +393,7 @@ plt.show()
 # writing `z[:, :, head] = clean_cache[name][:, :, head]`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import patch_head_outputs` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import patch_head_outputs` and carry on (no points for this exercise).
 
 # %%
 def patch_head_outputs(
@@ -417,7 +417,7 @@ def patch_head_outputs(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_patch_head_outputs(patch_head_outputs)
 ### BEGIN HIDDEN TESTS
 checks.grade_patch_head_outputs(patch_head_outputs)
@@ -441,7 +441,7 @@ plt.show()
 # `z[:, pos, head] = clean_cache[name][:, pos, head]` (bind `pos` in the hook too).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import patch_head_outputs_by_position` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import patch_head_outputs_by_position` and carry on (no points for this exercise).
 
 # %%
 def patch_head_outputs_by_position(
@@ -468,7 +468,7 @@ def patch_head_outputs_by_position(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_patch_head_outputs_by_position(patch_head_outputs_by_position)
 ### BEGIN HIDDEN TESTS
 checks.grade_patch_head_outputs_by_position(patch_head_outputs_by_position)
@@ -520,7 +520,7 @@ for i in top.tolist():
 # `v[:, :, head] = clean_cache[name][:, :, head]`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import patch_pattern_and_value` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import patch_pattern_and_value` and carry on (no points for this exercise).
 
 # %%
 def patch_pattern_and_value(
@@ -550,7 +550,7 @@ def patch_pattern_and_value(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_patch_pattern_and_value(patch_pattern_and_value)
 ### BEGIN HIDDEN TESTS
 checks.grade_patch_pattern_and_value(patch_pattern_and_value)
@@ -661,7 +661,7 @@ for label, cache in [("clean", clean_cache), ("third name at S2", third_cache)]:
 # `[:, :, head]` for each receiver head of that layer. Everything else runs as corrupted.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import path_patch` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import path_patch` and carry on (no points for this exercise).
 
 # %%
 def path_patch(
@@ -718,7 +718,7 @@ def path_patch(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_path_patch(path_patch)
 ### BEGIN HIDDEN TESTS
 checks.grade_path_patch(path_patch)
@@ -877,7 +877,7 @@ print(f"head outputs, largest difference from yours:         {(tl_heads - head_r
 # layer. Then `((z_clean - z_corr) * grad).sum(dim=(0, 1, 3))` per layer, stacked.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.activation_patching import attribution_patch_heads` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.activation_patching.reference import attribution_patch_heads` and carry on (no points for this exercise).
 
 # %%
 def attribution_patch_heads(
@@ -908,7 +908,7 @@ def attribution_patch_heads(
 
 
 # %%
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 checks.check_attribution_patch_heads(attribution_patch_heads)
 ### BEGIN HIDDEN TESTS
 checks.grade_attribution_patch_heads(attribution_patch_heads)

@@ -44,7 +44,7 @@
 # **Time budget:** about 3¾ hours for the exercises (the table below adds them up),
 # plus time to play with the latent browser. The notebook runs in about 3 minutes on a
 # laptop CPU: one SAE trains live, the others (a sweep of sizes and sparsities) come
-# from checkpoints committed with the course, and `python -m mechlab.sae_zoo train NAME`
+# from checkpoints committed with the course, and `python -m mechlab.sparse_autoencoders.zoo train NAME`
 # retrains any of them.
 #
 # **How the exercises work.** As before: write your code where it says `YOUR CODE HERE`,
@@ -73,8 +73,9 @@ from mechlab.runtime import progress
 # %%
 import matplotlib.pyplot as plt
 
-from mechlab import activations, sae_plots as plots, sae_zoo, zoo
-from mechlab.exercises import sparse_autoencoders as checks
+from mechlab import zoo
+from mechlab.sparse_autoencoders import activations, plots, zoo as sae_zoo
+from mechlab.sparse_autoencoders import checks
 
 HOOK = "blocks.1.hook_resid_pre"  # the residual stream between the two layers
 # Sizes of the live experiments. The defaults run in about 3 minutes on a 2-core CPU; on a
@@ -117,7 +118,7 @@ print(" ".join(windows.words(0)[:40]), "...")
 # in `torch.no_grad()` (or `torch.inference_mode()`), then `.float().cpu()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import collect_activations` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import collect_activations` and carry on (no points for this exercise).
 
 # %%
 def collect_activations(model, tokens: Int[Tensor, "batch pos"], hook_name: str) -> Float[Tensor, "batch pos d_model"]:
@@ -163,7 +164,7 @@ checks.grade_collect_activations(collect_activations)
 # numbers, or `.item()` on a 0-dimensional tensor.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import normalisation_scale` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import normalisation_scale` and carry on (no points for this exercise).
 
 # %%
 def normalisation_scale(acts: Float[Tensor, "... d_model"]) -> float:
@@ -368,7 +369,7 @@ class SAE(nn.Module):
 # then take the mean over the batch.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import relu_sae_loss` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import relu_sae_loss` and carry on (no points for this exercise).
 
 # %%
 def relu_sae_loss(
@@ -416,7 +417,7 @@ checks.grade_relu_sae_loss(relu_sae_loss)
 # tracks it).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import topk_activation` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import topk_activation` and carry on (no points for this exercise).
 
 # %%
 def topk_activation(pre: Float[Tensor, "batch d_sae"], k: int) -> Float[Tensor, "batch d_sae"]:
@@ -476,7 +477,7 @@ checks.grade_topk_activation(topk_activation)
 # `k = min(k_aux, int(dead_mask.sum()))`; if it is 0, `return pre.new_zeros(())`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import auxk_loss` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import auxk_loss` and carry on (no points for this exercise).
 
 # %%
 def auxk_loss(
@@ -568,7 +569,7 @@ checks.grade_auxk_loss(auxk_loss)
 # `grad_output * in_window` over the batch first, then scale.)
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import jumprelu` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import jumprelu` and carry on (no points for this exercise).
 
 # %%
 class JumpReLUFunction(torch.autograd.Function):
@@ -629,7 +630,7 @@ checks.grade_jumprelu(jumprelu)
 # (`.sum(-1)`) and averages over the batch.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import jumprelu_l0` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import jumprelu_l0` and carry on (no points for this exercise).
 
 # %%
 class StepFunction(torch.autograd.Function):
@@ -724,7 +725,7 @@ checks.grade_jumprelu_l0(jumprelu_l0)
 # build the tensors at the end with `torch.tensor(values, dtype=torch.float32)`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import train_sae` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import train_sae` and carry on (no points for this exercise).
 
 # %%
 def train_sae(
@@ -816,7 +817,7 @@ plots.training_curves(history);
 # `d_in`. Finish each with `.item()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import reconstruction_metrics` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import reconstruction_metrics` and carry on (no points for this exercise).
 
 # %%
 def reconstruction_metrics(
@@ -886,7 +887,7 @@ checks.grade_reconstruction_metrics(reconstruction_metrics)
 # Run everything under `torch.no_grad()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import ce_loss_recovered` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import ce_loss_recovered` and carry on (no points for this exercise).
 
 # %%
 def ce_loss_recovered(
@@ -924,7 +925,7 @@ checks.grade_ce_loss_recovered(ce_loss_recovered)
 # ### Where each architecture lands
 #
 # The course ships a small sweep, trained with the same loop and store recipe (see
-# `mechlab/sae_zoo.py`): each architecture at width 1024 with three sparsity settings.
+# `mechlab/sparse_autoencoders/zoo.py`): each architecture at width 1024 with three sparsity settings.
 # `plots.evaluate` runs your `reconstruction_metrics` and `ce_loss_recovered` on
 # held-out windows for each, along with the fractions of **dead** latents (never firing
 # on the evaluation set) and **dense** ones (firing on more than 10% of inputs: a latent
@@ -999,7 +1000,7 @@ plots.density_histogram(saes, eval_store);
 # batch, divide, `.item()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import relative_reconstruction_bias` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import relative_reconstruction_bias` and carry on (no points for this exercise).
 
 # %%
 def relative_reconstruction_bias(x: Float[Tensor, "batch d_in"], reconstruction: Float[Tensor, "batch d_in"]) -> float:
@@ -1052,7 +1053,7 @@ shrinkage
 # and the position `index % pos`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import top_activations` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import top_activations` and carry on (no points for this exercise).
 
 # %%
 def top_activations(acts: Float[Tensor, "batch pos"], k: int
@@ -1123,7 +1124,7 @@ plots.latent_browser(browser_data, top_activations)
 # to keep 0/0 at 0 (the `clamp_min` only keeps the unused branch free of NaN).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.sparse_autoencoders import detection_scores` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import detection_scores` and carry on (no points for this exercise).
 
 # %%
 def detection_scores(fires: Bool[Tensor, "n d_sae"], labels: Bool[Tensor, "n"]
@@ -1270,5 +1271,5 @@ splitting
 #   towards inputs the SAE reconstructs worst. Compare with the auxiliary loss.
 # - Score an OR of a few latents for a label that splits (names, say), and see how F1
 #   grows with the number of latents.
-# - `python -m mechlab.sae_zoo train topk_k8_w1024` retrains the chapter 5 SAE and
+# - `python -m mechlab.sparse_autoencoders.zoo train topk_k8_w1024` retrains the chapter 5 SAE and
 #   checks that it reaches the committed one's metrics.

@@ -77,11 +77,12 @@ FwdHooks = Sequence[tuple[str, Hook]]  # [(hook name, hook function)], as model.
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mechlab import activations, corpus, ground_truth, sae_zoo, zoo
-from mechlab import steering as st
+from mechlab import corpus, zoo
+from mechlab.sparse_autoencoders import activations, ground_truth, zoo as sae_zoo
+from mechlab.steering import experiments as st
 from mechlab.checks import seeded  # seeded(s): a CPU torch.Generator seeded with s
-from mechlab.exercises import steering as checks
-from mechlab.reference.sparse_autoencoders import normalisation_scale  # chapter 4's
+from mechlab.steering import checks
+from mechlab.sparse_autoencoders.reference import normalisation_scale  # chapter 4's
 
 
 def activations_at(tokens: Tensor, site: str, hooks: Sequence = ()) -> Tensor:
@@ -142,7 +143,7 @@ print(f"{model.cfg.n_layers} layers, d_model={model.cfg.d_model}, context of {mo
 # `[batch, 1]`: `torch.cat([tokens, next_token.to(tokens.device)], dim=1)`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import generate` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import generate` and carry on (no points for this exercise).
 
 # %%
 def generate(
@@ -244,7 +245,7 @@ print("label of 'bread':", topic_labels[model.to_single_token("bread")].item(),
 # counts with the target's column removed (or set to -1).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import success_rate` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import success_rate` and carry on (no points for this exercise).
 
 # %%
 def success_rate(
@@ -316,7 +317,7 @@ for row in range(2):
 # the last: `acts.reshape(-1, acts.shape[-1]).mean(0)` works in both cases.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import contrast_vector` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import contrast_vector` and carry on (no points for this exercise).
 
 # %%
 def contrast_vector(
@@ -362,7 +363,7 @@ checks.grade_contrast_vector(contrast_vector)
 # then the mean of those: the norm of the mean vector would be much smaller.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import residual_norm` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import residual_norm` and carry on (no points for this exercise).
 
 # %%
 def residual_norm(model, tokens: Int[Tensor, "batch pos"], hook_name: str) -> float:
@@ -423,7 +424,7 @@ pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, 
 # activation's device and dtype (`vector.to(activation)`).
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import steering_hook` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import steering_hook` and carry on (no points for this exercise).
 
 # %%
 def steering_hook(vector: Float[Tensor, "d_model"], coefficient: float, positions: int | slice | None = None) -> Hook:
@@ -510,7 +511,7 @@ print(f"about {TARGET}: {success_rate(steered, topic_labels, target_id, 1):.0%} 
 # Run the model twice, once plainly and once inside `with model.hooks(fwd_hooks=list(fwd_hooks)):`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import extra_loss` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import extra_loss` and carry on (no points for this exercise).
 
 # %%
 def extra_loss(model, tokens: Int[Tensor, "batch pos"], fwd_hooks: FwdHooks) -> float:
@@ -548,7 +549,7 @@ checks.grade_extra_loss(extra_loss)
 # distinct values per row with `torch.unique(row).numel()`; a loop over rows is fine.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import repetition` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import repetition` and carry on (no points for this exercise).
 
 # %%
 def repetition(tokens: Int[Tensor, "batch pos"], prompt_length: int) -> float:
@@ -693,7 +694,7 @@ print("tokens it promotes most:", model.to_str_tokens(logit_lens.topk(10).indice
 # leading dimensions. Put BOS back with `torch.cat([activation[:, :1], steered], dim=1)`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import clamp_latent_hook` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import clamp_latent_hook` and carry on (no points for this exercise).
 
 # %%
 def clamp_latent_hook(sae, latent: int, value: float, scale: float) -> Hook:
@@ -829,7 +830,7 @@ pd.DataFrame([{"coefficient": c,
 # turned gradients off, wrap the loop in `torch.enable_grad()`.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import fit_probe` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import fit_probe` and carry on (no points for this exercise).
 
 # %%
 def fit_probe(
@@ -986,7 +987,7 @@ print("unknown:", [" ".join(n) for n in names.unknown_train[:4]], "...")
 # `==`; add half its mean.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import auroc` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import auroc` and carry on (no points for this exercise).
 
 # %%
 def auroc(scores: Float[Tensor, "n"], labels: Tensor) -> float:
@@ -1051,7 +1052,7 @@ st.plot_scores(entity_scores, [group_of[n] for n in test_names],
 # `[batch, n]`. Sum over the cities first, then average over the batch.
 # </details>
 #
-# Stuck? Run `from mechlab.reference.steering import answer_probabilities` and carry on (no points for this exercise).
+# Stuck? Run `from mechlab.steering.reference import answer_probabilities` and carry on (no points for this exercise).
 
 # %%
 def answer_probabilities(

@@ -29,11 +29,11 @@ def test_check_names_a_stale_file(fixture_course, tmp_path):
     shutil.copytree(fixture_course.root, root)
     release = root / "chapters" / "00_fixture.ipynb"
     release.write_text(release.read_text().replace("Exercise 2", "Exercise Two"))
-    (root / "mechlab" / "reference" / "fixture.py").unlink()
+    (root / "mechlab" / "fixture" / "reference.py").unlink()
     proc = run_cli("build", "--check", root=root)
     assert proc.returncode == 1
     assert "stale: chapters/00_fixture.ipynb" in proc.stderr
-    assert "stale: mechlab/reference/fixture.py" in proc.stderr
+    assert "stale: mechlab/fixture/reference.py" in proc.stderr
     assert "Exercise Two" in release.read_text()  # --check writes nothing
 
 
@@ -82,7 +82,7 @@ def test_exercise_metadata_and_budget(chapter: Chapter):
     for cell, ex in zip(headers, source.exercises):
         assert f"about {ex.minutes} minutes" in cell.source  # rendered from the metadata
         assert "<details>" in cell.source, f"{ex.id}: hints belong in collapsed <details> blocks"
-        assert f"from mechlab.reference.{chapter.topic} import" in cell.source, f"{ex.id}: no stuck line"
+        assert f"from mechlab.{chapter.topic}.reference import" in cell.source, f"{ex.id}: no stuck line"
     table = next(c for c in release.cells if c.source.startswith("## Exercises in this chapter"))
     assert f"**{sum(e.minutes for e in source.exercises)}**" in table.source
 
@@ -98,7 +98,7 @@ def test_setup_cell_uses_the_one_repository_url():
 def test_reference_modules_import_without_side_effects(capsys):
     import importlib
     for chapter in CHAPTERS:
-        module = importlib.import_module(f"mechlab.reference.{chapter.topic}")
+        module = importlib.import_module(f"mechlab.{chapter.topic}.reference")
         assert set(module.__all__) == {e.id for e in read_source(chapter).exercises}
     assert capsys.readouterr().out == ""
 

@@ -102,7 +102,7 @@ def test_own_work_watches_for_the_exercises_reference_when_grading():
     learner's own code and another exercise's reference pass."""
     import types
 
-    from mechlab.reference import superposition as ref
+    from mechlab.superposition import reference as ref
 
     W, b, x = torch.randn(3, 2, 5), torch.randn(3, 5), torch.rand(4, 3, 5)
     wrapper = lambda W, b, x: ref.toy_forward(W, b, x)  # noqa: E731
@@ -113,11 +113,11 @@ def test_own_work_watches_for_the_exercises_reference_when_grading():
     other = lambda W, b, x: ref.generate_batch(1, torch.ones(3), 5, torch.Generator())  # noqa: E731
     with checks.self_grading():
         for cheat in (wrapper, recompiled):
-            fails_with(lambda: checks.own_work(cheat, "toy_forward", "mechlab.exercises.superposition")(W, b, x),
+            fails_with(lambda: checks.own_work(cheat, "toy_forward", "mechlab.superposition.checks")(W, b, x),
                        "uses the course's reference for exercise 1")
-        checks.own_work(honest, "toy_forward", "mechlab.exercises.superposition")(W, b, x)
-        checks.own_work(other, "toy_forward", "mechlab.exercises.superposition")(W, b, x)
+        checks.own_work(honest, "toy_forward", "mechlab.superposition.checks")(W, b, x)
+        checks.own_work(other, "toy_forward", "mechlab.superposition.checks")(W, b, x)
         factory = lambda: (lambda W, b, x: ref.toy_forward(W, b, x))  # noqa: E731  (a hook maker)
-        made = checks.own_work(factory, "toy_forward", "mechlab.exercises.superposition")()
+        made = checks.own_work(factory, "toy_forward", "mechlab.superposition.checks")()
         fails_with(lambda: made(W, b, x), "uses the course's reference")
-    assert checks.own_work(wrapper, "toy_forward", "mechlab.exercises.superposition") is wrapper  # not grading
+    assert checks.own_work(wrapper, "toy_forward", "mechlab.superposition.checks") is wrapper  # not grading

@@ -7,7 +7,7 @@ import torch
 
 import mechlab
 import mechlab.runtime
-from mechlab.reference import superposition as ref
+from mechlab.superposition import reference as ref
 from conftest import as_learner
 
 

@@ -212,21 +212,21 @@ def test_rebinding_the_course_check_helpers_gains_nothing(fixture_course, tmp_pa
 
 
 REFERENCE_ROUTES = {  # exercise 1's reference reached at run time, each a different way
-    "the reference itself": "from mechlab.reference.fixture import add\n",
-    "a wrapper": "from mechlab.reference import fixture as _ref\ndef add(a, b):\n    return _ref.add(a, b)\n",
-    "a lambda": "import mechlab.reference.fixture as _ref\nadd = lambda a, b: _ref.add(a, b)\n",
-    "a partial": "import functools\nfrom mechlab.reference.fixture import add as _ref\nadd = functools.partial(_ref)\n",
+    "the reference itself": "from mechlab.fixture.reference import add\n",
+    "a wrapper": "from mechlab.fixture import reference as _ref\ndef add(a, b):\n    return _ref.add(a, b)\n",
+    "a lambda": "import mechlab.fixture.reference as _ref\nadd = lambda a, b: _ref.add(a, b)\n",
+    "a partial": "import functools\nfrom mechlab.fixture.reference import add as _ref\nadd = functools.partial(_ref)\n",
     "getattr(importlib)": ("import importlib\n"
-                           "def add(a, b):\n    return getattr(importlib.import_module('mechlab.reference.fixture'), "
+                           "def add(a, b):\n    return getattr(importlib.import_module('mechlab.fixture.reference'), "
                            "'add')(a, b)\n"),
-    "a copied __code__": ("from mechlab.reference.fixture import add as _ref\ndef add(a, b):\n    pass\n"
+    "a copied __code__": ("from mechlab.fixture.reference import add as _ref\ndef add(a, b):\n    pass\n"
                           "add.__code__ = _ref.__code__\n"),
-    "a method": ("from mechlab.reference.fixture import add as _ref\nclass Adder:\n"
+    "a method": ("from mechlab.fixture.reference import add as _ref\nclass Adder:\n"
                  "    def __call__(self, a, b):\n        return _ref(a, b)\nadd = Adder()\n"),
-    "a thread": ("import threading\nfrom mechlab.reference.fixture import add as _ref\ndef add(a, b):\n"
+    "a thread": ("import threading\nfrom mechlab.fixture.reference import add as _ref\ndef add(a, b):\n"
                  "    out = []\n    t = threading.Thread(target=lambda: out.append(_ref(a, b)))\n"
                  "    t.start(); t.join()\n    return out[0]\n"),
-    "the profiler turned off": ("import sys\nfrom mechlab.reference.fixture import add as _ref\ndef add(a, b):\n"
+    "the profiler turned off": ("import sys\nfrom mechlab.fixture.reference import add as _ref\ndef add(a, b):\n"
                                 "    sys.setprofile(None)\n    return _ref(a, b)\n"),
 }
 
@@ -244,7 +244,7 @@ def test_reaching_the_exercises_own_reference_earns_nothing(fixture_course, tmp_
 
 def test_calling_another_exercises_reference_keeps_the_points(fixture_course, tmp_path):
     """How a learner who skipped exercise 1 still does exercise 3: allowed, and graded."""
-    code = ("from mechlab.reference.fixture import add as ref_add\n"
+    code = ("from mechlab.fixture.reference import add as ref_add\n"
             "def count_positive(x, combine=ref_add):\n    return int((combine(x, x) > 0).sum().item())\n")
     result = grade(submit(fixture_course, tmp_path, "other.ipynb", set_solution("count_positive", code)),
                    fixture_course.root)

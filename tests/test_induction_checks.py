@@ -11,9 +11,9 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from mechlab.checks import CheckFailed
-from mechlab.exercises import induction_heads as checks
+from mechlab.induction_heads import checks
 from conftest import as_learner, check_tests
-from mechlab.reference import induction_heads as ref
+from mechlab.induction_heads import reference as ref
 from mechlab.zoo import BOS_ID, FIRST_WORD_ID
 
 EXERCISES = ref.__all__

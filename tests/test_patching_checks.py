@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mechlab.checks import CheckFailed
-from mechlab.exercises import activation_patching as checks
+from mechlab.activation_patching import checks
 from conftest import as_learner, check_tests
-from mechlab.reference import activation_patching as ref
+from mechlab.activation_patching import reference as ref
 
 EXERCISES = ref.__all__
 
@@ -223,7 +223,8 @@ test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, 
 
 
 def test_ioi_batch_positions_line_up_with_their_labels():
-    from mechlab import patching, zoo
+    from mechlab import zoo
+    from mechlab.activation_patching import plots as patching
     batch = patching.ioi_batch(12, seed=0, template=0)
     assert batch.tokens.shape == (12, len(batch.labels))
     s2 = batch.labels.index("S2 (subject again)")

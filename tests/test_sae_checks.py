@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import check_tests
-from mechlab.exercises import sparse_autoencoders as checks
-from mechlab.reference import sparse_autoencoders as ref
+from mechlab.sparse_autoencoders import checks
+from mechlab.sparse_autoencoders import reference as ref
 
 EXERCISES = ref.__all__
 
@@ -396,7 +396,7 @@ def test_jumprelu_threshold_learns_through_the_straight_through_estimator():
 
 
 def test_store_on_disk_matches_memory_and_batches_are_shuffled_and_normalised(tmp_path):
-    from mechlab import activations
+    from mechlab.sparse_autoencoders import activations
     model = checks._course_model()
     tokens = checks._windows(20, 9)
     memory = activations.ActivationStore.collect(model, "blocks.1.hook_resid_pre", tokens, batch_size=8)

@@ -1,4 +1,4 @@
-"""Chapter 4's helpers (`mechlab.sae_plots`): the ground-truth scoring on cases whose
+"""Chapter 4's helpers (`mechlab.sparse_autoencoders.plots`): the ground-truth scoring on cases whose
 answer is known, the label sets against a brute-force reading of the corpus labels,
 `evaluate` against direct calls of the reference functions, and the latent browser
 in a real kernel (as in test_widgets.py)."""
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechlab import activations, corpus, ground_truth, sae_plots, zoo
-from mechlab.reference.sparse_autoencoders import (
+from mechlab import corpus, zoo
+from mechlab.sparse_autoencoders import activations, ground_truth, plots as sae_plots
+from mechlab.sparse_autoencoders.reference import (
     SAE, SAEConfig, ce_loss_recovered, detection_scores, reconstruction_metrics, relative_reconstruction_bias,
     top_activations,
 )
@@ -230,8 +231,8 @@ def test_latent_data_keeps_every_activation(windows):
 def test_latent_browser_redraws_in_a_kernel():
     nb = run(
         "import types, torch\n"
-        "from mechlab import activations, sae_plots\n"
-        "from mechlab.reference.sparse_autoencoders import SAE, SAEConfig, top_activations\n"
+        "from mechlab.sparse_autoencoders import activations, plots as sae_plots\n"
+        "from mechlab.sparse_autoencoders.reference import SAE, SAEConfig, top_activations\n"
         "windows = activations.corpus_windows(n_tokens=3_000, seed=3)\n"
         "g = torch.Generator().manual_seed(0)\n"
         "store = activations.ActivationStore(torch.randn(len(windows), 63, 16, generator=g), 'hook')\n"

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from autograder.chapters import REPO_ROOT
-from mechlab import sae_zoo, zoo
+from mechlab import zoo
+from mechlab.sparse_autoencoders import zoo as sae_zoo
 
 
 @pytest.mark.parametrize("name", list(sae_zoo.SAE_ZOO))
@@ -47,7 +48,7 @@ RETRAIN_MARGINS = {"explained_variance": 0.01, "ce_increase": 0.003, "dead_fract
 
 def test_retraining_from_scratch_reproduces_the_committed_sae(tmp_path):
     name = "topk_k8_w256"  # the quickest; every SAE trains with the same code
-    proc = subprocess.run([sys.executable, "-m", "mechlab.sae_zoo", "train", name, "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "mechlab.sparse_autoencoders.zoo", "train", name, "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "targets: all met" in proc.stdout

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mechlab import corpus, zoo
-from mechlab import steering as st
+from mechlab.steering import experiments as st
 from test_widgets import SHOWN_HTML, run, text
 
 VOCAB = corpus.vocabulary()
@@ -120,7 +120,7 @@ def test_generation_loss_is_the_models_loss_on_the_new_tokens():
 
 def test_steering_panel_redraws_in_a_kernel():
     nb = run(
-        "from mechlab import steering as st\n"
+        "from mechlab.steering import experiments as st\n"
         "model = None\n"
         "steers = {'up': lambda c: [('up', c)], 'down': lambda c: [('down', -c)]}\n"
         "measure = lambda hooks: {'push': hooks[0][1]}\n"

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from conftest import check_tests
-from mechlab.exercises import steering as checks
-from mechlab.reference import steering as ref
+from mechlab.steering import checks
+from mechlab.steering import reference as ref
 
 EXERCISES = ref.__all__
 

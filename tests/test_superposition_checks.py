@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mechlab.checks import CheckFailed
-from mechlab.exercises import superposition as checks
-from mechlab.reference import superposition as ref
+from mechlab.superposition import checks
+from mechlab.superposition import reference as ref
 from conftest import check_tests
 
 EXERCISES = ref.__all__  # generated from the chapter's source

@@ -35,8 +35,8 @@ def text(cell: nbformat.NotebookNode) -> str:
 def test_superposition_slider_redraws_the_chosen_model():
     nb = run(
         "import torch\n"
-        "from mechlab import superposition as sp\n"
-        "from mechlab.reference.superposition import feature_norms_and_interference\n"
+        "from mechlab.superposition import toy_models as sp\n"
+        "from mechlab.superposition.reference import feature_norms_and_interference\n"
         "W = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0))\n"
         "panel = sp.explore_toy_models(W, torch.tensor([1.0, 0.1, 0.01]), feature_norms_and_interference)\n"
         "panel",

@@ -1,6 +1,6 @@
 """Checks for chapter 5 (steering): `check_x` visible, `grade_x` hidden.
 
-Every exercise is compared with `mechlab.reference.steering` on inputs built here:
+Every exercise is compared with `mechlab.steering.reference` on inputs built here:
 contrast pairs and name prompts from the course corpus (`mechlab.steering`), random
 tokens, activations and labels, and models: the course model `corpus_2l` and, in the
 hidden tests, untrained models of other shapes (`zoo.other_shapes`), so code that
@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mechlab import steering as st
+from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
     Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_on_models, randn, own_work,
     seeded,
 )
-from mechlab.reference import sparse_autoencoders as sae_ref
-from mechlab.reference import steering as ref
+from mechlab.sparse_autoencoders import reference as sae_ref
+from mechlab.steering import reference as ref
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-3)
 COURSE_SITE = "blocks.1.hook_resid_pre"
@@ -547,7 +547,7 @@ def grade_repetition(fn: Callable) -> None:
 
 @functools.cache
 def _course_sae():
-    from mechlab import sae_zoo
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
 
     return sae_zoo.load("topk_k8_w1024")
 

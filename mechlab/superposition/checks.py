@@ -1,7 +1,7 @@
 """Checks for chapter 1 (toy models of superposition): `check_x` visible, `grade_x` hidden.
 
 Every exercise is tested on inputs this module builds itself (seeded CPU
-generators), against `mechlab.reference.superposition`. Deterministic functions
+generators), against `mechlab.superposition.reference`. Deterministic functions
 are compared entry by entry (float32, atol 1e-5, rtol 1e-4 unless stated); a
 wrong answer is also compared with the outputs of the known mistakes, so the
 message can say which one it looks like. Random and trained outputs are graded
@@ -25,7 +25,7 @@ from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, checked_array,
     compare_function, passed, randn, own_work, seeded,
 )
-from mechlab.reference import superposition as ref
+from mechlab.superposition import reference as ref
 
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, clone as _clone, detach as _detach
 from mechlab.pristine import numpy as _numpy, to as _to, type_ as _type

@@ -16,14 +16,13 @@ trained live, uses `store.scale`). Store position `p` of window `r` is token pos
 SAEs and models may live on a GPU. Tables are pandas DataFrames, figures matplotlib
 `Figure`s; progress bars and warnings stay quiet under the autograder.
 
-The ground truth's label sets and yardsticks are in `mechlab.ground_truth`.
+The ground truth's label sets and yardsticks are in `mechlab.sparse_autoencoders.ground_truth`.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,26 +35,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mechlab import corpus
-from mechlab.activations import ActivationStore, Windows
-from mechlab.ground_truth import GROUPS, LabelSet, _f1, best_raw_dimension, fit_probe, label_sets, window_halves
 from mechlab.plotting import as_numpy
 from mechlab.runtime import progress
+from mechlab.sparse_autoencoders.activations import ActivationStore, Windows
+from mechlab.sparse_autoencoders.ground_truth import (
+    GROUPS, LabelSet, _f1, best_raw_dimension, fit_probe, label_sets, window_halves,
+)
+from mechlab.sparse_autoencoders.metrics import (
+    CE, DENSE, Metrics, _check_hook, _device, _normalised, _stats, encode, measure, sae_scale,
+)
 
-DENSE = 0.1  # a latent firing on more than this fraction of inputs counts as dense
 ARCH_STYLE = {"relu": ("tab:blue", "o"), "topk": ("tab:orange", "s"), "jumprelu": ("tab:green", "^")}
-
-Metrics = Callable[..., tuple[float, float, float]]  # (x, x_hat, z) -> (l0, mse, explained variance)
-CE = Callable[..., tuple[float, float, float, float]]  # (model, tokens, hook, reconstruct) -> 4 floats
 Detection = Callable[..., tuple[Tensor, Tensor, Tensor]]  # (fires [n, d_sae], labels [n]) -> p, r, f1 [d_sae]
-
-
-# ---------------------------------------------------------------- running SAEs over a store
-
-
-def sae_scale(sae, store: ActivationStore) -> float:
-    """The factor that normalises the store's raw activations for `sae`: its own
-    `scale` (committed SAEs), else the store's."""
-    return float(getattr(sae, "scale", None) or store.scale)
 
 
 def setting(cfg) -> str:
@@ -66,74 +57,6 @@ def setting(cfg) -> str:
     if cfg.architecture == "topk":
         return f"k={cfg.k}"
     return f"λ₀={cfg.l0_coeff:g}"
-
-
-def _check_hook(sae, store: ActivationStore) -> None:
-    if sae.cfg.hook_name != store.hook_name:
-        raise ValueError(f"this SAE reads {sae.cfg.hook_name!r} but the store holds {store.hook_name!r}: "
-                         f"collect a store at the SAE's hook")
-
-
-def _device(module) -> torch.device:
-    return next(module.parameters()).device
-
-
-@torch.no_grad()
-def encode(sae, x: Float[Tensor, "batch d_model"], chunk: int = 8192, decode: bool = True
-           ) -> tuple[Float[Tensor, "batch d_sae"], Float[Tensor, "batch d_model"] | None]:  # fmt: skip
-    """Latents (and reconstructions) of normalised activations `x`, chunk by chunk on the
-    SAE's device; both returned on the CPU."""
-    device = _device(sae)
-    z = torch.empty(len(x), sae.cfg.d_sae)
-    x_hat = torch.empty(len(x), x.shape[-1]) if decode else None
-    for start in range(0, len(x), chunk):
-        zc = sae.encode(x[start:start + chunk].to(device).float())
-        z[start:start + chunk] = zc.cpu()
-        if decode:
-            x_hat[start:start + chunk] = sae.decode(zc).cpu()
-    return z, x_hat
-
-
-@dataclass
-class _Stats:
-    """What several plots need from one pass of an SAE over a whole store."""
-
-    density: Float[Tensor, "d_sae"]  # fraction of activations on which each latent fires
-    x_hat: Float[Tensor, "batch d_model"]  # reconstructions (normalised, the SAE's scale)
-    scale: float
-
-
-_STATS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # sae -> {store -> (fingerprint, _Stats)}
-
-
-def _fingerprint(sae, store: ActivationStore) -> tuple:
-    """Changes whenever the SAE's weights (trained, loaded, moved) or the store's scale change."""
-    params = tuple((p.data_ptr(), p._version, str(p.device)) for p in sae.parameters())
-    return params, store.scale, sae_scale(sae, store)
-
-
-def _normalised(store: ActivationStore, scale: float) -> Float[Tensor, "batch d_model"]:
-    """Every activation of the store, normalised with `scale` instead of the store's own."""
-    return store.flat() / store.scale * scale
-
-
-def _stats(sae, store: ActivationStore, x: Tensor | None = None, z: Tensor | None = None,
-           x_hat: Tensor | None = None) -> _Stats:  # fmt: skip
-    """Density and reconstructions of `sae` on every activation of `store` (cached per SAE
-    and store until either changes)."""
-    key = _fingerprint(sae, store)
-    per_sae = _STATS.setdefault(sae, weakref.WeakKeyDictionary())
-    hit = per_sae.get(store)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    if z is None:
-        _check_hook(sae, store)
-        x = _normalised(store, sae_scale(sae, store))
-        z, x_hat = encode(sae, x)
-    stats = _Stats((z > 0).float().mean(0), x_hat, sae_scale(sae, store))
-    per_sae[store] = (key, stats)
-    return stats
-
 
 # ---------------------------------------------------------------- training and evaluation
 
@@ -154,36 +77,6 @@ def training_curves(history: dict[str, Float[Tensor, "step"]]) -> Figure:
     return fig
 
 
-def measure(sae, model, store: ActivationStore, tokens: Int[Tensor, "batch pos"], *, metrics: Metrics, ce: CE,
-            bias: Callable[..., float] | None = None, ce_windows: int = 256) -> dict[str, float]:  # fmt: skip
-    """One SAE's numbers, unrounded: L0, MSE and explained variance on every activation of
-    `store` (from `metrics`), the CE numbers on the first `ce_windows` windows of `tokens`
-    (from `ce`, with the SAE spliced in around its normalisation), the fractions of dead
-    (never firing on the store) and dense (firing on more than 10%) latents, and, given
-    `bias`, the relative reconstruction bias. `sae_zoo` records these in each checkpoint."""
-    _check_hook(sae, store)
-    scale = sae_scale(sae, store)
-    x = _normalised(store, scale)
-    z, x_hat = encode(sae, x)
-    l0, mse, ev = metrics(x, x_hat, z)
-    stats = _stats(sae, store, x, z, x_hat)
-    del z
-    sae_device = _device(sae)
-
-    def reconstruct(a: Tensor) -> Tensor:
-        with torch.no_grad():
-            return (sae(a.to(sae_device) * scale) / scale).to(a.device)
-
-    ce_clean, ce_sae, _, recovered = ce(model, tokens[:ce_windows].to(_device(model)), sae.cfg.hook_name, reconstruct)
-    row = {"l0": l0, "mse": mse, "explained_variance": ev, "ce_clean": ce_clean, "ce_sae": ce_sae,
-           "ce_increase": ce_sae - ce_clean, "ce_loss_recovered": recovered,
-           "dead_fraction": float((stats.density == 0).float().mean()),
-           "dense_fraction": float((stats.density > DENSE).float().mean())}
-    if bias is not None:
-        row["relative_reconstruction_bias"] = bias(x, x_hat)
-    return row
-
-
 def evaluate(saes: dict, model, store: ActivationStore, tokens: Int[Tensor, "batch pos"], *,
              metrics: Metrics, ce: CE, ce_windows: int = 256) -> pd.DataFrame:  # fmt: skip
     """One row per SAE: its architecture and sparsity setting, and what `measure` gives."""
@@ -196,7 +89,7 @@ def evaluate(saes: dict, model, store: ActivationStore, tokens: Int[Tensor, "bat
 
 
 def _is_checkpoint(name: str) -> bool:
-    from mechlab import sae_zoo
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
 
     return name in sae_zoo.SAE_ZOO
 
@@ -490,7 +383,7 @@ class LatentData:
 
 def _best_latents(sae, store: ActivationStore, windows: Windows) -> dict[str, tuple[int, float]]:
     """Each label's best latent by F1 on all of its group's positions (for the browser's menu)."""
-    from mechlab.reference.sparse_autoencoders import detection_scores
+    from mechlab.sparse_autoencoders.reference import detection_scores
 
     sets = label_sets(windows)
     data = _group_data(sae, store, sets)

@@ -97,7 +97,7 @@ class ActivationStore:
         first `SCALE_SAMPLE` activations (defaults: the chapter's reference
         `collect_activations` and `normalisation_scale`). With `path`, activations go to a
         float32 file written chunk by chunk and memory-mapped, never all in memory at once."""
-        from mechlab.reference import sparse_autoencoders as ref
+        from mechlab.sparse_autoencoders import reference as ref
 
         collect = collect or ref.collect_activations
         normalise = normalise or ref.normalisation_scale

@@ -1,6 +1,6 @@
 """Checks for chapter 4 (training sparse autoencoders): `check_x` visible, `grade_x` hidden.
 
-Every exercise is compared with `mechlab.reference.sparse_autoencoders` on inputs built
+Every exercise is compared with `mechlab.sparse_autoencoders.reference` on inputs built
 here: seeded random tensors (with hand-computable cases among them), the course model
 `corpus_2l` on held-out corpus windows and, for the model-taking exercises, untrained
 models of other shapes (so hard-coded sizes fail). Losses and activations that feed
@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mechlab import activations, zoo
+from mechlab import zoo
+from mechlab.sparse_autoencoders import activations
 from mechlab.checks import (
     Case, CheckFailed, call_learner, checked_array, compare_function, compare_gradients,
     compare_on_models, passed, randn, own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
-from mechlab.reference import sparse_autoencoders as ref
+from mechlab.sparse_autoencoders import reference as ref
 from mechlab.runtime import quiet
 
 def _values_and_gradients(fn: Callable, reference: Callable, cases: Sequence[Case], gradient_cases: Sequence[Case],

@@ -1,6 +1,6 @@
 """Chapter 4's ground truth: which positions of the corpus windows carry which label, and
 the yardsticks a latent is scored against (a linear probe, the best raw dimension).
-`mechlab.sae_plots.ground_truth_table` puts them together with an SAE's latents.
+`mechlab.sparse_autoencoders.plots.ground_truth_table` puts them together with an SAE's latents.
 
 The labels are scored where the model needs them, with the evidence inside the model's
 64-token window:
@@ -30,7 +30,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechlab import corpus, zoo
-from mechlab.activations import Windows
+from mechlab.sparse_autoencoders.activations import Windows
 
 GROUPS = ("topic", "subtopic", "sentiment", "known person")
 

@@ -185,7 +185,7 @@ def borrowed_city(name: tuple[str, str], city: str) -> bool:
 
 def ordinary_text(n_windows: int = 32, seed: int = 3) -> Int[Tensor, "n 64"]:
     """Held-out corpus windows (never trained on) to measure what steering breaks."""
-    from mechlab.activations import corpus_windows
+    from mechlab.sparse_autoencoders.activations import corpus_windows
 
     return corpus_windows(n_windows * 64, seed=seed).tokens[:n_windows]
 

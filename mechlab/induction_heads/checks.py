@@ -1,6 +1,6 @@
 """Checks for chapter 2 (induction heads): `check_x` visible, `grade_x` hidden.
 
-Every exercise is compared with `mechlab.reference.induction_heads` on inputs built
+Every exercise is compared with `mechlab.induction_heads.reference` on inputs built
 here: seeded CPU tensors, the course model `attn_only_2l` (loaded on the CPU,
 whatever device the notebook uses) and, in the hidden tests, randomly initialised
 models of other shapes (three layers of two heads; two layers of three heads with
@@ -28,7 +28,7 @@ from mechlab.checks import (
     own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
-from mechlab.reference import induction_heads as ref
+from mechlab.induction_heads import reference as ref
 
 # ---------------------------------------------------------------- models the checks use
 

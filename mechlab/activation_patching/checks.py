@@ -1,6 +1,6 @@
 """Checks for chapter 3 (activation patching): `check_x` visible, `grade_x` hidden.
 
-Every exercise is compared with `mechlab.reference.activation_patching` on inputs
+Every exercise is compared with `mechlab.activation_patching.reference` on inputs
 built here: IOI prompts from the course corpus (`mechlab.patching.ioi_batch`), random
 token tensors, and models: the course model `corpus_2l` (on the CPU, with the
 normalised metric) and, in the hidden tests, untrained models of other shapes (three
@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mechlab import patching, zoo
+from mechlab import zoo
+from mechlab.activation_patching import plots as patching
 from mechlab.checks import (
     Case, CheckFailed, call_learner, compare_function, compare_on_models, guard_model, own_work, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
-from mechlab.reference import activation_patching as ref
+from mechlab.activation_patching import reference as ref
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-3)
 

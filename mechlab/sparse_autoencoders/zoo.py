@@ -1,7 +1,7 @@
 """The course's trained sparse autoencoders: chapter 4 loads them instead of training a
 sweep live, and chapter 5 steers with one.
 
-    from mechlab import sae_zoo
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
     sae = sae_zoo.load("topk_k8_w1024")   # chapter 4's SAE class, eval mode
     sae_zoo.info("topk_k8_w1024")["scale"]  # the normalisation factor it was trained with
 
@@ -9,15 +9,15 @@ Every SAE is described once, in `SAE_ZOO` below: its `SAEConfig`, the training r
 (steps, batch, learning rate, warm-up, dead-latent window) and the metrics it must
 reach. All are trained on `corpus_2l`'s activations at their hook over
 `TRAIN_TOKENS` tokens of held-out corpus text (corpus seed 1), with chapter 4's
-reference code (`mechlab.reference.sparse_autoencoders`: the same `train_sae` and
+reference code (`mechlab.sparse_autoencoders.reference`: the same `train_sae` and
 `SAE` a learner writes), and evaluated on other text (corpus seed 2).
 
-    python -m mechlab.sae_zoo list
-    python -m mechlab.sae_zoo train topk_k8_w1024   # retrain from scratch, print metrics, overwrite it
-    python -m mechlab.sae_zoo train all
-    python -m mechlab.sae_zoo eval topk_k8_w1024    # measure the committed checkpoint
+    python -m mechlab.sparse_autoencoders.zoo list
+    python -m mechlab.sparse_autoencoders.zoo train topk_k8_w1024   # retrain from scratch, print metrics, overwrite it
+    python -m mechlab.sparse_autoencoders.zoo train all
+    python -m mechlab.sparse_autoencoders.zoo eval topk_k8_w1024    # measure the committed checkpoint
 
-Checkpoints are safetensors in `checkpoints/saes/`, weights stored as float16 (half the
+Checkpoints are safetensors in `checkpoints/` beside this module, weights stored as float16 (half the
 size; the metrics are measured after that rounding) and loaded as float32, with the
 config, normalisation scale, metrics and a thinned training history in the metadata.
 """
@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from mechlab import activations, zoo
+from mechlab import zoo
+from mechlab.sparse_autoencoders import activations, metrics
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints" / "saes"
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
 MODEL = "corpus_2l"
 TRAIN_TOKENS = 1_000_000  # about 15.8k windows, 990k activations
 TRAIN_SEED, EVAL_SEED = 1, 2  # corpus seeds: never corpus_2l's training text (seed 0)
@@ -63,7 +64,7 @@ class SAESpec:
         return CHECKPOINTS / f"{self.name}.safetensors"
 
     def sae_config(self):
-        from mechlab.reference.sparse_autoencoders import SAEConfig
+        from mechlab.sparse_autoencoders.reference import SAEConfig
 
         return SAEConfig(d_in=zoo.ZOO[MODEL].config["d_model"], **self.config)
 
@@ -115,7 +116,7 @@ def info(name: str) -> dict[str, Any]:
 
     path = _spec(name).path
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.sae_zoo train {name}`")
+        raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.sparse_autoencoders.zoo train {name}`")
     with safe_open(str(path), framework="pt") as f:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
@@ -125,7 +126,7 @@ def load(name: str, device: str | torch.device = "cpu"):
     Its normalisation scale is `info(name)["scale"]`, also kept as `sae.scale`."""
     from safetensors.torch import load_file
 
-    from mechlab.reference.sparse_autoencoders import SAE
+    from mechlab.sparse_autoencoders.reference import SAE
 
     spec = _spec(name)
     meta = info(name)
@@ -134,7 +135,7 @@ def load(name: str, device: str | torch.device = "cpu"):
         diffs = [f"{k}: checkpoint {meta['config'].get(k)!r}, zoo {v!r}" for k, v in asdict(cfg).items()
                  if meta["config"].get(k) != v]
         raise zoo.CheckpointMismatch(f"{spec.path.name} does not match SAE_ZOO[{name!r}]:\n  " + "\n  ".join(diffs)
-                                     + f"\nRetrain it with `python -m mechlab.sae_zoo train {name}`.")
+                                     + f"\nRetrain it with `python -m mechlab.sparse_autoencoders.zoo train {name}`.")
     sae = SAE(cfg)
     sae.load_state_dict({k: v.float() for k, v in load_file(str(spec.path)).items()}, strict=True)
     sae.scale = float(meta["scale"])
@@ -163,23 +164,22 @@ def _eval_data(hook_name: str) -> tuple[activations.Windows, activations.Activat
 
 def evaluate(sae, scale: float) -> dict[str, float]:
     """The chapter's metrics on the held-out evaluation set (corpus seed 2), measured by the
-    chapter's own table code (`sae_plots.measure`) with the reference functions; `scale` is
+    chapter's own table code (`metrics.measure`) with the reference functions; `scale` is
     the normalisation the SAE was trained with."""
-    from mechlab import sae_plots
-    from mechlab.reference.sparse_autoencoders import (
+    from mechlab.sparse_autoencoders.reference import (
         ce_loss_recovered, reconstruction_metrics, relative_reconstruction_bias,
     )
 
     windows, store = _eval_data(sae.cfg.hook_name)
     sae.scale = scale
-    return sae_plots.measure(sae, _model(), store, windows.tokens, metrics=reconstruction_metrics,
+    return metrics.measure(sae, _model(), store, windows.tokens, metrics=reconstruction_metrics,
                              ce=ce_loss_recovered, bias=relative_reconstruction_bias)
 
 
 def train(name: str) -> tuple[Any, dict[str, Any]]:
     """Train `name` from scratch with its fixed seeds; returns the SAE (float16-rounded, as it
     will be saved) and its metadata."""
-    from mechlab.reference.sparse_autoencoders import SAE, train_sae
+    from mechlab.sparse_autoencoders.reference import SAE, train_sae
 
     spec = _spec(name)
     cfg = spec.sae_config()
@@ -221,7 +221,7 @@ def _report(name: str, meta: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechlab.sae_zoo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mechlab.sparse_autoencoders.zoo", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the zoo's SAEs")
     t = sub.add_parser("train", help="retrain SAEs from scratch (fixed seeds) and write their checkpoints")

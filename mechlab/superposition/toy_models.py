@@ -1,7 +1,7 @@
 """Chapter 1's library: fixtures and plots for the toy models of superposition.
 
 Not exercises: the learner's functions (and their reference versions in
-`mechlab.reference.superposition`) do the modelling; this module builds the
+`mechlab.superposition.reference`) do the modelling; this module builds the
 configurations, starting weights and sweeps they are run on, and draws the
 paper's figures from what they return (Elhage et al. 2022,
 https://transformer-circuits.pub/2022/toy_model/index.html).
