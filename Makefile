@@ -1,7 +1,7 @@
 # The course's commands. Each target installs what it needs first (into .venv).
 #   make lab     set up, then open JupyterLab on chapters/
 #   make test    set up, then run the whole test suite (what CI runs; installs bubblewrap and chromium where it can)
-#   make build   regenerate chapters/ and mechlab/reference/ from solutions/*.py
+#   make build   regenerate chapters/ and mechlab/*/reference.py from solutions/*.py
 #   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
 #   make test-browser  run every solution notebook in JupyterLab in headless Chromium (installs chromium)
 #   make test-colab    run every chapter's setup cell and the chapter in a Colab-like fresh runtime

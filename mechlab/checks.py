@@ -451,6 +451,25 @@ def compare_gradients(fn: Callable, reference: Callable, case: Case, wrt: Sequen
             raise
 
 
+@functools.cache
+def course_model(name: str):
+    """The zoo's model `name`, loaded once per process for the checks (under grading, once
+    per test cell: the grader reloads this module, so a learner's function that changed
+    the model's weights in one cell changes nothing in the next)."""
+    from mechlab import zoo
+
+    return zoo.load(name)
+
+
+@functools.cache
+def other_models(seed: int) -> tuple[tuple[str, object], ...]:
+    """Untrained models of other shapes (`zoo.other_shapes`), once per seed: what
+    hard-coded sizes or layer indices trip on."""
+    from mechlab import zoo
+
+    return zoo.other_shapes(seed=seed)
+
+
 def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
     """The visible check and the hidden test of an exercise whose two differ only in their
     cases: `run(fn, hidden)`. The hidden test also refuses the reference (see `own_work`)."""

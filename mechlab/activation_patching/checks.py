@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mechlab import zoo
 from mechlab.activation_patching import plots as patching
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, compare_function, compare_on_models, guard_model, own_work, seeded,
+    call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
+    guard_model, other_models, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.activation_patching import reference as ref
@@ -31,20 +31,10 @@ TOLERANCE = dict(atol=1e-4, rtol=1e-3)
 
 
 @functools.cache
-def _course_model():
-    return zoo.load("corpus_2l")
-
-
-@functools.cache
-def _other_models() -> tuple[tuple[str, object], ...]:
-    return zoo.other_shapes(seed=21)
-
-
-@functools.cache
 def _setup(which: int, n: int, seed: int):
     """(description, model, clean tokens, corrupted tokens, clean cache, corrupted cache, metric, correct,
     distractor) for model `which` (0: the course model, 1-2: untrained ones)."""
-    desc, model = (("course model corpus_2l", _course_model()), *_other_models())[which]
+    desc, model = (("course model corpus_2l", course_model("corpus_2l")), *other_models(21))[which]
     batch = patching.ioi_batch(n, seed=seed, template=seed % 6)
     clean = batch.tokens
     corrupted = ref.replace_subject(clean, batch.distractor, batch.correct)
@@ -124,17 +114,14 @@ def _leaves_input_alone(fn: Callable) -> None:
                           "(start from tokens.clone()) and keep the clean prompts clean")
 
 
-def check_replace_subject(fn: Callable) -> None:
+def _check_replace_subject(fn: Callable, hidden: bool) -> None:
     _leaves_input_alone(fn)
-    compare_function(fn, ref.replace_subject, [_ioi_subject_case(4, 0), *_subject_cases([(0, 3, 8)])],
-                     name="replace_subject", mistakes=_SUBJECT_MISTAKES)
-
-
-def grade_replace_subject(fn: Callable) -> None:
-    fn = own_work(fn, "replace_subject")
-    _leaves_input_alone(fn)
-    cases = [_ioi_subject_case(16, 1), _ioi_subject_case(8, 3), *_subject_cases([(1, 6, 12), (2, 1, 3), (3, 20, 30)])]
+    ioi, random = ([(16, 1), (8, 3)], [(1, 6, 12), (2, 1, 3), (3, 20, 30)]) if hidden else ([(4, 0)], [(0, 3, 8)])
+    cases = [*(_ioi_subject_case(n, seed) for n, seed in ioi), *_subject_cases(random)]
     compare_function(fn, ref.replace_subject, cases, name="replace_subject", mistakes=_SUBJECT_MISTAKES)
+
+
+check_replace_subject, grade_replace_subject = check_and_grade("replace_subject", _check_replace_subject)
 
 
 # ---------------------------------------------------------------- 2. logit_diff
@@ -166,15 +153,13 @@ _LOGIT_MISTAKES = [
 ]
 
 
-def check_logit_diff(fn: Callable) -> None:
-    compare_function(fn, ref.logit_diff, [_LOGIT_HAND, *_logit_cases([(0, 3, 4, 10)])], name="logit_diff",
+def _check_logit_diff(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 8, 15, 272), (2, 1, 1, 2), (3, 32, 5, 50)] if hidden else [(0, 3, 4, 10)]
+    compare_function(fn, ref.logit_diff, [_LOGIT_HAND, *_logit_cases(specs)], name="logit_diff",
                      mistakes=_LOGIT_MISTAKES)
 
 
-def grade_logit_diff(fn: Callable) -> None:
-    fn = own_work(fn, "logit_diff")
-    cases = [_LOGIT_HAND, *_logit_cases([(1, 8, 15, 272), (2, 1, 1, 2), (3, 32, 5, 50)])]
-    compare_function(fn, ref.logit_diff, cases, name="logit_diff", mistakes=_LOGIT_MISTAKES)
+check_logit_diff, grade_logit_diff = check_and_grade("logit_diff", _check_logit_diff)
 
 
 # ---------------------------------------------------------------- 3. patching_metric
@@ -206,17 +191,17 @@ def _keeps_gradient(fn: Callable) -> None:
                           "(no .item() or float() inside), so exercise 9 can take its gradient")
 
 
-def check_patching_metric(fn: Callable) -> None:
-    compare_function(fn, ref.patching_metric, _metric_cases([(0, 4.0, -3.0)]), name="patching_metric",
+def _check_patching_metric(fn: Callable, hidden: bool) -> None:
+    if hidden:  # the hidden test asks for the gradient before the values, the visible check after them
+        _keeps_gradient(fn)
+    specs = [(1, 5.5, -5.0), (2, 0.5, 0.25), (3, -1.0, 2.0)] if hidden else [(0, 4.0, -3.0)]
+    compare_function(fn, ref.patching_metric, _metric_cases(specs), name="patching_metric",
                      mistakes=_METRIC_MISTAKES)
-    _keeps_gradient(fn)
+    if not hidden:
+        _keeps_gradient(fn)
 
 
-def grade_patching_metric(fn: Callable) -> None:
-    fn = own_work(fn, "patching_metric")
-    _keeps_gradient(fn)
-    compare_function(fn, ref.patching_metric, _metric_cases([(1, 5.5, -5.0), (2, 0.5, 0.25), (3, -1.0, 2.0)]),
-                     name="patching_metric", mistakes=_METRIC_MISTAKES)
+check_patching_metric, grade_patching_metric = check_and_grade("patching_metric", _check_patching_metric)
 
 
 # ---------------------------------------------------------------- 4-7. patching grids
@@ -247,15 +232,13 @@ _RESID_MISTAKES = [
 ]
 
 
-def check_patch_residual_stream(fn: Callable) -> None:
-    compare_on_models(fn, ref.patch_residual_stream, _patch_cases(False), "patch_residual_stream",
+def _check_patch_residual_stream(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.patch_residual_stream, _patch_cases(hidden), "patch_residual_stream",
                       _RESID_MISTAKES, **TOLERANCE)
 
 
-def grade_patch_residual_stream(fn: Callable) -> None:
-    fn = own_work(fn, "patch_residual_stream")
-    compare_on_models(fn, ref.patch_residual_stream, _patch_cases(True), "patch_residual_stream",
-                      _RESID_MISTAKES, **TOLERANCE)
+check_patch_residual_stream, grade_patch_residual_stream = \
+    check_and_grade("patch_residual_stream", _check_patch_residual_stream)
 
 
 def _heads_at_last_position(model, corrupted, clean_cache, metric):
@@ -267,15 +250,12 @@ _HEAD_MISTAKES = [
 ]
 
 
-def check_patch_head_outputs(fn: Callable) -> None:
-    compare_on_models(fn, ref.patch_head_outputs, _patch_cases(False), "patch_head_outputs", _HEAD_MISTAKES,
+def _check_patch_head_outputs(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.patch_head_outputs, _patch_cases(hidden), "patch_head_outputs", _HEAD_MISTAKES,
                       **TOLERANCE)
 
 
-def grade_patch_head_outputs(fn: Callable) -> None:
-    fn = own_work(fn, "patch_head_outputs")
-    compare_on_models(fn, ref.patch_head_outputs, _patch_cases(True), "patch_head_outputs", _HEAD_MISTAKES,
-                      **TOLERANCE)
+check_patch_head_outputs, grade_patch_head_outputs = check_and_grade("patch_head_outputs", _check_patch_head_outputs)
 
 
 def _by_position_all_heads(model, corrupted, clean_cache, metric):
@@ -300,15 +280,13 @@ _BY_POSITION_MISTAKES = [
 ]
 
 
-def check_patch_head_outputs_by_position(fn: Callable) -> None:
-    compare_on_models(fn, ref.patch_head_outputs_by_position, _patch_cases(False), "patch_head_outputs_by_position",
-                      _BY_POSITION_MISTAKES, **TOLERANCE)
+def _check_patch_head_outputs_by_position(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.patch_head_outputs_by_position, _patch_cases(hidden),
+                      "patch_head_outputs_by_position", _BY_POSITION_MISTAKES, **TOLERANCE)
 
 
-def grade_patch_head_outputs_by_position(fn: Callable) -> None:
-    fn = own_work(fn, "patch_head_outputs_by_position")
-    compare_on_models(fn, ref.patch_head_outputs_by_position, _patch_cases(True), "patch_head_outputs_by_position",
-                      _BY_POSITION_MISTAKES, **TOLERANCE)
+check_patch_head_outputs_by_position, grade_patch_head_outputs_by_position = \
+    check_and_grade("patch_head_outputs_by_position", _check_patch_head_outputs_by_position)
 
 
 def _pattern_query_dim(model, corrupted, clean_cache, metric):
@@ -334,15 +312,13 @@ _PATTERN_MISTAKES = [
 ]
 
 
-def check_patch_pattern_and_value(fn: Callable) -> None:
-    compare_on_models(fn, ref.patch_pattern_and_value, _patch_cases(False), "patch_pattern_and_value",
+def _check_patch_pattern_and_value(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.patch_pattern_and_value, _patch_cases(hidden), "patch_pattern_and_value",
                       _PATTERN_MISTAKES, **TOLERANCE)
 
 
-def grade_patch_pattern_and_value(fn: Callable) -> None:
-    fn = own_work(fn, "patch_pattern_and_value")
-    compare_on_models(fn, ref.patch_pattern_and_value, _patch_cases(True), "patch_pattern_and_value",
-                      _PATTERN_MISTAKES, **TOLERANCE)
+check_patch_pattern_and_value, grade_patch_pattern_and_value = \
+    check_and_grade("patch_pattern_and_value", _check_patch_pattern_and_value)
 
 
 # ---------------------------------------------------------------- 8. path_patch
@@ -427,14 +403,13 @@ def _rejects_bad_paths(fn: Callable) -> None:
         raise CheckFailed(f"path_patch with {what} returned a result; raise a ValueError")
 
 
-def check_path_patch(fn: Callable) -> None:
-    compare_on_models(fn, ref.path_patch, _path_cases(False), "path_patch", _PATH_MISTAKES, **TOLERANCE)
+def _check_path_patch(fn: Callable, hidden: bool) -> None:
+    if hidden:
+        _rejects_bad_paths(fn)
+    compare_on_models(fn, ref.path_patch, _path_cases(hidden), "path_patch", _PATH_MISTAKES, **TOLERANCE)
 
 
-def grade_path_patch(fn: Callable) -> None:
-    fn = own_work(fn, "path_patch")
-    _rejects_bad_paths(fn)
-    compare_on_models(fn, ref.path_patch, _path_cases(True), "path_patch", _PATH_MISTAKES, **TOLERANCE)
+check_path_patch, grade_path_patch = check_and_grade("path_patch", _check_path_patch)
 
 
 # ---------------------------------------------------------------- 9. attribution_patch_heads
@@ -478,12 +453,10 @@ _ATTRIBUTION_MISTAKES = [
 ]
 
 
-def check_attribution_patch_heads(fn: Callable) -> None:
-    compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(False), "attribution_patch_heads",
+def _check_attribution_patch_heads(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(hidden), "attribution_patch_heads",
                       _ATTRIBUTION_MISTAKES, **TOLERANCE)
 
 
-def grade_attribution_patch_heads(fn: Callable) -> None:
-    fn = own_work(fn, "attribution_patch_heads")
-    compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(True), "attribution_patch_heads",
-                      _ATTRIBUTION_MISTAKES, **TOLERANCE)
+check_attribution_patch_heads, grade_attribution_patch_heads = \
+    check_and_grade("attribution_patch_heads", _check_attribution_patch_heads)

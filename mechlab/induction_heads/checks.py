@@ -24,18 +24,13 @@ import torch
 
 from mechlab import zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, checked_array, compare_function, compare_on_models, guard_model, passed, randn,
-    own_work, seeded,
+    call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_on_models,
+    course_model, guard_model, passed, randn, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.induction_heads import reference as ref
 
 # ---------------------------------------------------------------- models the checks use
-
-
-@functools.cache
-def _course_model():
-    return zoo.load("attn_only_2l")
 
 
 @functools.cache
@@ -50,7 +45,7 @@ def _other_models() -> tuple[tuple[str, object], ...]:
 
 
 def _models(hidden: bool) -> list[tuple[str, object]]:
-    course = [("course model attn_only_2l", _course_model())]
+    course = [("course model attn_only_2l", course_model("attn_only_2l"))]
     return course + list(_other_models()) if hidden else course
 
 
@@ -62,8 +57,8 @@ def _repeated(seed: int, batch: int, seq_len: int, d_vocab: int = 272) -> torch.
 def _course_patterns(seq_len: int, seed: int) -> tuple[torch.Tensor, ...]:
     tokens = _repeated(seed, 4, seq_len)
     with torch.no_grad():
-        _, cache = _course_model().run_with_cache(tokens)
-    return tuple(cache["pattern", layer] for layer in range(_course_model().cfg.n_layers))
+        _, cache = course_model("attn_only_2l").run_with_cache(tokens)
+    return tuple(cache["pattern", layer] for layer in range(course_model("attn_only_2l").cfg.n_layers))
 
 
 def _random_pattern(seed: int, batch: int, heads: int, pos: int) -> torch.Tensor:
@@ -102,19 +97,19 @@ _LOG_PROB_MISTAKES = [
 def _course_log_prob_case() -> Case:
     tokens = _repeated(3, 2, 9)
     with torch.no_grad():
-        logits = _course_model()(tokens)
+        logits = course_model("attn_only_2l")(tokens)
     return Case("the course model on repeated words (batch 2, 19 tokens)", (logits, tokens))
 
 
-def check_correct_log_probs(fn: Callable) -> None:
-    compare_function(fn, ref.correct_log_probs, [_LOG_PROB_HAND, *_log_prob_cases([(0, 2, 5, 7)])],
-                     name="correct_log_probs", mistakes=_LOG_PROB_MISTAKES)
-
-
-def grade_correct_log_probs(fn: Callable) -> None:
-    fn = own_work(fn, "correct_log_probs")
-    cases = [_LOG_PROB_HAND, *_log_prob_cases([(1, 3, 8, 11), (2, 1, 2, 5), (4, 5, 30, 272)]), _course_log_prob_case()]
+def _check_correct_log_probs(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 3, 8, 11), (2, 1, 2, 5), (4, 5, 30, 272)] if hidden else [(0, 2, 5, 7)]
+    cases = [_LOG_PROB_HAND, *_log_prob_cases(shapes)]
+    if hidden:
+        cases.append(_course_log_prob_case())
     compare_function(fn, ref.correct_log_probs, cases, name="correct_log_probs", mistakes=_LOG_PROB_MISTAKES)
+
+
+check_correct_log_probs, grade_correct_log_probs = check_and_grade("correct_log_probs", _check_correct_log_probs)
 
 
 # ---------------------------------------------------------------- 2. generate_repeated_tokens
@@ -156,13 +151,11 @@ def _repeated_properties(fn: Callable, batch: int, seq_len: int, d_vocab: int, s
     return x
 
 
-def check_generate_repeated_tokens(fn: Callable) -> None:
-    _repeated_properties(fn, 300, 10, 50, seed=0)
-    passed("generate_repeated_tokens has the right shape, BOS, repeat, range and uniform words")
-
-
-def grade_generate_repeated_tokens(fn: Callable) -> None:
-    fn = own_work(fn, "generate_repeated_tokens")
+def _check_generate_repeated_tokens(fn: Callable, hidden: bool) -> None:
+    if not hidden:
+        _repeated_properties(fn, 300, 10, 50, seed=0)
+        passed("generate_repeated_tokens has the right shape, BOS, repeat, range and uniform words")
+        return
     _repeated_properties(fn, 400, 25, 272, seed=1)
     _repeated_properties(fn, 1, 1, 10, seed=2)
     _repeated_properties(fn, 64, 40, 4, seed=3)  # a single word to draw from
@@ -172,6 +165,10 @@ def grade_generate_repeated_tokens(fn: Callable) -> None:
         raise CheckFailed("generate_repeated_tokens gave the same tokens for generators with different seeds\n"
                           "Hint: draw all randomness from `generator`.")
     passed("generate_repeated_tokens passes the property tests on 6 configurations")
+
+
+check_generate_repeated_tokens, grade_generate_repeated_tokens = check_and_grade("generate_repeated_tokens",
+                                                                                 _check_generate_repeated_tokens)
 
 
 # ---------------------------------------------------------------- 3. loss_by_half
@@ -198,15 +195,13 @@ _HALF_MISTAKES = [
 ]
 
 
-def check_loss_by_half(fn: Callable) -> None:
-    compare_function(fn, ref.loss_by_half, [_HALF_HAND, *_half_cases([(0, 3, 4)])],
-                     name="loss_by_half", mistakes=_HALF_MISTAKES)
+def _check_loss_by_half(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 5, 7), (2, 1, 1), (3, 16, 25)] if hidden else [(0, 3, 4)]
+    compare_function(fn, ref.loss_by_half, [_HALF_HAND, *_half_cases(shapes)], name="loss_by_half",
+                     mistakes=_HALF_MISTAKES)
 
 
-def grade_loss_by_half(fn: Callable) -> None:
-    fn = own_work(fn, "loss_by_half")
-    cases = [_HALF_HAND, *_half_cases([(1, 5, 7), (2, 1, 1), (3, 16, 25)])]
-    compare_function(fn, ref.loss_by_half, cases, name="loss_by_half", mistakes=_HALF_MISTAKES)
+check_loss_by_half, grade_loss_by_half = check_and_grade("loss_by_half", _check_loss_by_half)
 
 
 # ---------------------------------------------------------------- 4. previous_token_score
@@ -244,15 +239,15 @@ _PREV_MISTAKES = [
 ]
 
 
-def check_previous_token_score(fn: Callable) -> None:
-    compare_function(fn, ref.previous_token_score, [*_pattern_cases([(0, 2, 3, 6)]), *_course_pattern_cases(8, 0)],
-                     name="previous_token_score", mistakes=_PREV_MISTAKES)
-
-
-def grade_previous_token_score(fn: Callable) -> None:
-    fn = own_work(fn, "previous_token_score")
-    cases = [*_pattern_cases([(1, 3, 5, 9), (2, 1, 1, 2), (3, 4, 2, 40)]), *_course_pattern_cases(13, 1)]
+def _check_previous_token_score(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 3, 5, 9), (2, 1, 1, 2), (3, 4, 2, 40)] if hidden else [(0, 2, 3, 6)]
+    seq_len, seed = (13, 1) if hidden else (8, 0)
+    cases = [*_pattern_cases(shapes), *_course_pattern_cases(seq_len, seed)]
     compare_function(fn, ref.previous_token_score, cases, name="previous_token_score", mistakes=_PREV_MISTAKES)
+
+
+check_previous_token_score, grade_previous_token_score = check_and_grade("previous_token_score",
+                                                                         _check_previous_token_score)
 
 
 # ---------------------------------------------------------------- 5. repeat_scores
@@ -302,17 +297,14 @@ _REPEAT_MISTAKES = [
 ]
 
 
-def check_repeat_scores(fn: Callable) -> None:
-    compare_function(fn, ref.repeat_scores, [_REPEAT_HAND, *_repeat_pattern_cases([(0, 2, 3, 4)]),
-                                             *_course_pattern_cases(8, 0, 8)],
-                     name="repeat_scores", mistakes=_REPEAT_MISTAKES)
-
-
-def grade_repeat_scores(fn: Callable) -> None:
-    fn = own_work(fn, "repeat_scores")
-    cases = [_REPEAT_HAND, *_repeat_pattern_cases([(1, 3, 5, 6), (2, 1, 1, 1), (3, 2, 2, 20)]),
-             *_course_pattern_cases(13, 1, 13)]
+def _check_repeat_scores(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 3, 5, 6), (2, 1, 1, 1), (3, 2, 2, 20)] if hidden else [(0, 2, 3, 4)]
+    seq_len, seed = (13, 1) if hidden else (8, 0)
+    cases = [_REPEAT_HAND, *_repeat_pattern_cases(shapes), *_course_pattern_cases(seq_len, seed, seq_len)]
     compare_function(fn, ref.repeat_scores, cases, name="repeat_scores", mistakes=_REPEAT_MISTAKES)
+
+
+check_repeat_scores, grade_repeat_scores = check_and_grade("repeat_scores", _check_repeat_scores)
 
 
 # ---------------------------------------------------------------- 6. ablation_losses
@@ -367,15 +359,12 @@ def _ablation_cases(hidden: bool) -> list[Case]:
     return cases
 
 
-def check_ablation_losses(fn: Callable) -> None:
-    compare_on_models(fn, ref.ablation_losses, _ablation_cases(False), "ablation_losses", _ABLATION_MISTAKES,
+def _check_ablation_losses(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.ablation_losses, _ablation_cases(hidden), "ablation_losses", _ABLATION_MISTAKES,
                        atol=1e-4, rtol=1e-3)
 
 
-def grade_ablation_losses(fn: Callable) -> None:
-    fn = own_work(fn, "ablation_losses")
-    compare_on_models(fn, ref.ablation_losses, _ablation_cases(True), "ablation_losses", _ABLATION_MISTAKES,
-                       atol=1e-4, rtol=1e-3)
+check_ablation_losses, grade_ablation_losses = check_and_grade("ablation_losses", _check_ablation_losses)
 
 
 # ---------------------------------------------------------------- 7. full_ov_circuit, 9. induction_qk_circuit
@@ -437,15 +426,12 @@ def _circuit_cases(hidden: bool, pairs: Callable[[object], list[tuple[int, int]]
     return [Case(f"{desc}, heads {a}, {b}", (model, a, b)) for desc, model in _models(hidden) for a, b in pairs(model)]
 
 
-def check_full_ov_circuit(fn: Callable) -> None:
-    cases = _circuit_cases(False, lambda m: [(1, 0), (0, 2)])
-    _compare_circuits(fn, ref.full_ov_circuit, cases, "full_ov_circuit", _OV_MISTAKES)
+def _check_full_ov_circuit(fn: Callable, hidden: bool) -> None:
+    heads = (lambda m: [(m.cfg.n_layers - 1, m.cfg.n_heads - 1), (0, 1)]) if hidden else (lambda m: [(1, 0), (0, 2)])
+    _compare_circuits(fn, ref.full_ov_circuit, _circuit_cases(hidden, heads), "full_ov_circuit", _OV_MISTAKES)
 
 
-def grade_full_ov_circuit(fn: Callable) -> None:
-    fn = own_work(fn, "full_ov_circuit")
-    cases = _circuit_cases(True, lambda m: [(m.cfg.n_layers - 1, m.cfg.n_heads - 1), (0, 1)])
-    _compare_circuits(fn, ref.full_ov_circuit, cases, "full_ov_circuit", _OV_MISTAKES)
+check_full_ov_circuit, grade_full_ov_circuit = check_and_grade("full_ov_circuit", _check_full_ov_circuit)
 
 
 def _qk_mistake(which: str) -> Callable:
@@ -470,15 +456,14 @@ _QK_MISTAKES = [
 ]
 
 
-def check_induction_qk_circuit(fn: Callable) -> None:
-    cases = _circuit_cases(False, lambda m: [(0, 1), (2, 3)])
-    _compare_circuits(fn, ref.induction_qk_circuit, cases, "induction_qk_circuit", _QK_MISTAKES)
+def _check_induction_qk_circuit(fn: Callable, hidden: bool) -> None:
+    heads = (lambda m: [(0, m.cfg.n_heads - 1), (m.cfg.n_heads - 1, 0)]) if hidden else (lambda m: [(0, 1), (2, 3)])
+    _compare_circuits(fn, ref.induction_qk_circuit, _circuit_cases(hidden, heads), "induction_qk_circuit",
+                      _QK_MISTAKES)
 
 
-def grade_induction_qk_circuit(fn: Callable) -> None:
-    fn = own_work(fn, "induction_qk_circuit")
-    cases = _circuit_cases(True, lambda m: [(0, m.cfg.n_heads - 1), (m.cfg.n_heads - 1, 0)])
-    _compare_circuits(fn, ref.induction_qk_circuit, cases, "induction_qk_circuit", _QK_MISTAKES)
+check_induction_qk_circuit, grade_induction_qk_circuit = check_and_grade("induction_qk_circuit",
+                                                                         _check_induction_qk_circuit)
 
 
 # ---------------------------------------------------------------- 8. copying_scores
@@ -500,7 +485,7 @@ def _factored_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
 def _course_ov_cases(heads: Sequence[tuple[int, int]]) -> list[Case]:
     with torch.no_grad():
         return [Case(f"course model, full OV circuit of head {layer}.{head}",
-                     (ref.full_ov_circuit(_course_model(), layer, head),)) for layer, head in heads]
+                     (ref.full_ov_circuit(course_model("attn_only_2l"), layer, head),)) for layer, head in heads]
 
 
 def _copying_mistake(which: str) -> Callable:
@@ -529,7 +514,11 @@ _COPYING_MISTAKES = [
 ]
 
 
-def _check_copying(fn: Callable, cases: list[Case]) -> None:
+def _check_copying(fn: Callable, hidden: bool) -> None:
+    shapes = [(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)] if hidden \
+        else [(0, 12, 3, 1.0), (2, 10, 4, -1.0)]
+    heads = [(0, 0), (0, 3), (1, 2)] if hidden else [(1, 1)]
+    cases = [*_factored_cases(shapes), *_course_ov_cases(heads)]
     for case in cases:
         out = call_learner(fn, "copying_scores", case.description, case.args)
         if _type(out) not in (tuple, list) or len(out) != 2 or any(_type(v) not in (float, int) for v in out):
@@ -540,14 +529,7 @@ def _check_copying(fn: Callable, cases: list[Case]) -> None:
                      atol=2e-3, rtol=1e-3)
 
 
-def check_copying_scores(fn: Callable) -> None:
-    _check_copying(fn, [*_factored_cases([(0, 12, 3, 1.0), (2, 10, 4, -1.0)]), *_course_ov_cases([(1, 1)])])
-
-
-def grade_copying_scores(fn: Callable) -> None:
-    fn = own_work(fn, "copying_scores")
-    _check_copying(fn, [*_factored_cases([(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)]),
-                        *_course_ov_cases([(0, 0), (0, 3), (1, 2)])])
+check_copying_scores, grade_copying_scores = check_and_grade("copying_scores", _check_copying)
 
 
 # ---------------------------------------------------------------- 10. composition_scores
@@ -591,7 +573,7 @@ def _composition_cases(hidden: bool) -> list[Case]:
 
 
 def _rejects_bad_kind(fn: Callable) -> None:
-    model = _course_model()
+    model = course_model("attn_only_2l")
     try:
         guard_model(fn, "composition_scores")(model, "O")
     except ValueError:
@@ -605,13 +587,11 @@ def _rejects_bad_kind(fn: Callable) -> None:
                       "than 'Q', 'K', 'V'")
 
 
-def check_composition_scores(fn: Callable) -> None:
-    compare_on_models(fn, ref.composition_scores, _composition_cases(False), "composition_scores",
+def _check_composition_scores(fn: Callable, hidden: bool) -> None:
+    if hidden:
+        _rejects_bad_kind(fn)
+    compare_on_models(fn, ref.composition_scores, _composition_cases(hidden), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
 
 
-def grade_composition_scores(fn: Callable) -> None:
-    fn = own_work(fn, "composition_scores")
-    _rejects_bad_kind(fn)
-    compare_on_models(fn, ref.composition_scores, _composition_cases(True), "composition_scores",
-                       _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
+check_composition_scores, grade_composition_scores = check_and_grade("composition_scores", _check_composition_scores)

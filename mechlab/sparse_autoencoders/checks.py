@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mechlab import zoo
 from mechlab.sparse_autoencoders import activations
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, checked_array, compare_function, compare_gradients,
-    compare_on_models, passed, randn, own_work, seeded,
+    call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients,
+    compare_on_models, course_model, other_models, passed, randn, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.sparse_autoencoders import reference as ref
@@ -43,27 +42,17 @@ def _values_and_gradients(fn: Callable, reference: Callable, cases: Sequence[Cas
 
 
 @functools.cache
-def _course_model():
-    return zoo.load("corpus_2l")
-
-
-@functools.cache
-def _other_models() -> tuple[tuple[str, object], ...]:
-    return zoo.other_shapes(seed=41)
-
-
-@functools.cache
 def _windows(n: int, seed: int) -> torch.Tensor:
     """`n` windows of held-out corpus text (BOS first), seed >= 3: never the chapter's own."""
     return activations.corpus_windows(n * 64, seed=seed).tokens[:n]
 
 
 def _model_cases(hidden: bool, hooks: Sequence[str], extra_hooks: Sequence[str]) -> list[tuple[str, object, str]]:
-    cases = [("course model corpus_2l", _course_model(), h) for h in hooks]
+    cases = [("course model corpus_2l", course_model("corpus_2l"), h) for h in hooks]
     if hidden:
-        desc, deep = _other_models()[0]
+        desc, deep = other_models(41)[0]
         cases += [(desc, deep, h) for h in extra_hooks]
-        desc, attn_only = _other_models()[1]
+        desc, attn_only = other_models(41)[1]
         cases += [(desc, attn_only, "blocks.1.hook_resid_pre")]
     return cases
 
@@ -96,15 +85,12 @@ _COLLECT_MISTAKES = [("return the activations at the hook you are given (`hook_n
                       _collect_last_layer)]
 
 
-def check_collect_activations(fn: Callable) -> None:
-    compare_on_models(fn, ref.collect_activations, _collect_cases(False), "collect_activations", _COLLECT_MISTAKES)
-    _detached_output(fn, "collect_activations", (_course_model(), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
+def _check_collect(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.collect_activations, _collect_cases(hidden), "collect_activations", _COLLECT_MISTAKES)
+    _detached_output(fn, "collect_activations", (course_model("corpus_2l"), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
 
 
-def grade_collect_activations(fn: Callable) -> None:
-    fn = own_work(fn, "collect_activations")
-    compare_on_models(fn, ref.collect_activations, _collect_cases(True), "collect_activations", _COLLECT_MISTAKES)
-    _detached_output(fn, "collect_activations", (_course_model(), _windows(2, 3)[:, :8], "blocks.1.hook_resid_pre"))
+check_collect_activations, grade_collect_activations = check_and_grade("collect_activations", _check_collect)
 
 
 # ---------------------------------------------------------------- 2. normalisation_scale
@@ -127,16 +113,13 @@ _SCALE_MISTAKES = [
 ]
 
 
-def check_normalisation_scale(fn: Callable) -> None:
-    compare_function(fn, ref.normalisation_scale, [_SCALE_HAND, *_scale_cases([(0, (64, 16), 3.0)])],
-                     name="normalisation_scale", mistakes=_SCALE_MISTAKES, hint="return a Python float (.item()).")
+def _check_scale(fn: Callable, hidden: bool) -> None:
+    specs = [(1, (500, 128), 0.1), (2, (4, 16, 32), 25.0), (3, (1, 1, 1, 8), 1.0)] if hidden else [(0, (64, 16), 3.0)]
+    compare_function(fn, ref.normalisation_scale, [_SCALE_HAND, *_scale_cases(specs)], name="normalisation_scale",
+                     mistakes=_SCALE_MISTAKES, hint="return a Python float (.item()).")
 
 
-def grade_normalisation_scale(fn: Callable) -> None:
-    fn = own_work(fn, "normalisation_scale")
-    cases = [_SCALE_HAND, *_scale_cases([(1, (500, 128), 0.1), (2, (4, 16, 32), 25.0), (3, (1, 1, 1, 8), 1.0)])]
-    compare_function(fn, ref.normalisation_scale, cases, name="normalisation_scale", mistakes=_SCALE_MISTAKES,
-                     hint="return a Python float (.item()).")
+check_normalisation_scale, grade_normalisation_scale = check_and_grade("normalisation_scale", _check_scale)
 
 
 # ---------------------------------------------------------------- 3. relu_sae_loss
@@ -174,18 +157,15 @@ _RELU_MISTAKES = [
 ]
 
 
-def check_relu_sae_loss(fn: Callable) -> None:
-    cases = [_RELU_HAND, *_relu_loss_cases([(0, 8, 6, 10, 0.3)])]
-    _values_and_gradients(fn, ref.relu_sae_loss, cases, _relu_loss_cases([(0, 8, 6, 10, 0.3)], positive=True),
-                          (1, 2, 3), "relu_sae_loss", _RELU_MISTAKES, hint="return a 0-dimensional tensor.")
+def _check_relu_loss(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 64, 16, 40, 5.0), (2, 1, 3, 7, 0.0), (3, 256, 128, 512, 1.5)] if hidden else [(0, 8, 6, 10, 0.3)]
+    wrt, tolerance = ((0, 1, 2, 3), {"rtol": 1e-4, "atol": 1e-4}) if hidden else ((1, 2, 3), {})
+    _values_and_gradients(fn, ref.relu_sae_loss, [_RELU_HAND, *_relu_loss_cases(specs)],
+                          _relu_loss_cases(specs[:1], positive=True), wrt, "relu_sae_loss", _RELU_MISTAKES,
+                          hint="return a 0-dimensional tensor.", **tolerance)
 
 
-def grade_relu_sae_loss(fn: Callable) -> None:
-    fn = own_work(fn, "relu_sae_loss")
-    cases = [_RELU_HAND, *_relu_loss_cases([(1, 64, 16, 40, 5.0), (2, 1, 3, 7, 0.0), (3, 256, 128, 512, 1.5)])]
-    _values_and_gradients(fn, ref.relu_sae_loss, cases, _relu_loss_cases([(1, 64, 16, 40, 5.0)], positive=True),
-                          (0, 1, 2, 3), "relu_sae_loss", _RELU_MISTAKES, hint="return a 0-dimensional tensor.",
-                          rtol=1e-4, atol=1e-4)
+check_relu_sae_loss, grade_relu_sae_loss = check_and_grade("relu_sae_loss", _check_relu_loss)
 
 
 # ---------------------------------------------------------------- 4. topk_activation
@@ -209,15 +189,18 @@ _TOPK_MISTAKES = [
 ]
 
 
-def check_topk_activation(fn: Callable) -> None:
-    cases = [_TOPK_HAND, *_topk_cases([(0, 5, 12, 3)])]
-    _values_and_gradients(fn, ref.topk_activation, cases, cases[1:], (0,), "topk_activation", _TOPK_MISTAKES)
+def _check_topk(fn: Callable, hidden: bool) -> None:
+    if hidden:
+        cases = [_TOPK_HAND, _TOPK_ALL,
+                 *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
+        gradient_cases = cases[2:4]
+    else:
+        cases = [_TOPK_HAND, *_topk_cases([(0, 5, 12, 3)])]
+        gradient_cases = cases[1:]
+    _values_and_gradients(fn, ref.topk_activation, cases, gradient_cases, (0,), "topk_activation", _TOPK_MISTAKES)
 
 
-def grade_topk_activation(fn: Callable) -> None:
-    fn = own_work(fn, "topk_activation")
-    cases = [_TOPK_HAND, _TOPK_ALL, *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
-    _values_and_gradients(fn, ref.topk_activation, cases, cases[2:4], (0,), "topk_activation", _TOPK_MISTAKES)
+check_topk_activation, grade_topk_activation = check_and_grade("topk_activation", _check_topk)
 
 
 # ---------------------------------------------------------------- 5. auxk_loss
@@ -257,18 +240,16 @@ _AUXK_MISTAKES = [
 ]
 
 
-def check_auxk_loss(fn: Callable) -> None:
-    cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases([(0, 6, 5, 16, 6, 3)])]
-    _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:], (1, 2), "auxk_loss", _AUXK_MISTAKES,
-                          hint="return a 0-dimensional tensor (also when no latent is dead).")
+def _check_auxk(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 32, 16, 128, 40, 8), (2, 8, 8, 64, 3, 16), (3, 64, 128, 1024, 700, 64), (4, 1, 4, 10, 10, 10)] \
+        if hidden else [(0, 6, 5, 16, 6, 3)]
+    cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases(specs)]
+    _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:4] if hidden else cases[2:], (1, 2), "auxk_loss",
+                          _AUXK_MISTAKES, hint="return a 0-dimensional tensor (also when no latent is dead).",
+                          **({"atol": 1e-4} if hidden else {}))
 
 
-def grade_auxk_loss(fn: Callable) -> None:
-    fn = own_work(fn, "auxk_loss")
-    cases = [_AUXK_HAND, _AUXK_NONE, *_auxk_cases([(1, 32, 16, 128, 40, 8), (2, 8, 8, 64, 3, 16),
-                                                   (3, 64, 128, 1024, 700, 64), (4, 1, 4, 10, 10, 10)])]
-    _values_and_gradients(fn, ref.auxk_loss, cases, cases[2:4], (1, 2), "auxk_loss", _AUXK_MISTAKES,
-                          hint="return a 0-dimensional tensor (also when no latent is dead).", atol=1e-4)
+check_auxk_loss, grade_auxk_loss = check_and_grade("auxk_loss", _check_auxk)
 
 
 # ---------------------------------------------------------------- 6-7. jumprelu, jumprelu_l0
@@ -357,33 +338,28 @@ _L0_MISTAKES = [
 ]
 
 
-def _jump_check(fn: Callable, reference: Callable, name: str, cases: Sequence[Case], mistakes, hint=None) -> None:
+def _jump_check(fn: Callable, reference: Callable, name: str, hand: Case, hidden: bool, mistakes,
+                hint=None) -> None:  # fmt: skip
+    cases = [hand, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)] if hidden
+                                else [(0, 6, 5, 0.2)])]
     _values_and_gradients(fn, reference, cases, cases, (0, 1), name, mistakes, hint=hint)
 
 
-def check_jumprelu(fn: Callable) -> None:
-    _jump_check(fn, ref.jumprelu, "jumprelu", [_JUMP_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _JUMPRELU_MISTAKES)
+def _check_jumprelu(fn: Callable, hidden: bool) -> None:
+    _jump_check(fn, ref.jumprelu, "jumprelu", _JUMP_HAND, hidden, _JUMPRELU_MISTAKES)
 
 
-def grade_jumprelu(fn: Callable) -> None:
-    fn = own_work(fn, "jumprelu")
-    _jump_check(fn, ref.jumprelu, "jumprelu",
-                [_JUMP_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _JUMPRELU_MISTAKES)
+check_jumprelu, grade_jumprelu = check_and_grade("jumprelu", _check_jumprelu)
 
 
 _L0_HINT = "return a 0-dimensional tensor: the mean over the batch of the number of latents above threshold."
 
 
-def check_jumprelu_l0(fn: Callable) -> None:
-    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", [_L0_HAND, *_jump_cases([(0, 6, 5, 0.2)])], _L0_MISTAKES,
-                _L0_HINT)
+def _check_jumprelu_l0(fn: Callable, hidden: bool) -> None:
+    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", _L0_HAND, hidden, _L0_MISTAKES, _L0_HINT)
 
 
-def grade_jumprelu_l0(fn: Callable) -> None:
-    fn = own_work(fn, "jumprelu_l0")
-    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0",
-                [_L0_HAND, *_jump_cases([(1, 64, 32, 0.1), (2, 1, 3, 1.0), (3, 256, 128, 0.05)])], _L0_MISTAKES,
-                _L0_HINT)
+check_jumprelu_l0, grade_jumprelu_l0 = check_and_grade("jumprelu_l0", _check_jumprelu_l0)
 
 
 # ---------------------------------------------------------------- 8. train_sae
@@ -513,17 +489,16 @@ def _check_train(fn: Callable, config: tuple) -> None:
                           f"reference loop reaches {reference_loss:.4f} (allowed: 5% more)\nHint: {_TRAIN_HINTS['loss']}")
 
 
-def check_train_sae(fn: Callable) -> None:
-    for config in _TRAIN_CHECK:
+def _check_train_sae(fn: Callable, hidden: bool) -> None:
+    for config in _TRAIN_GRADE if hidden else _TRAIN_CHECK:
         _check_train(fn, config)
-    passed("train_sae retraces the reference loop (loss, mse, l0, dead fraction) and trains as well")
+    if hidden:
+        passed(f"train_sae retraces the reference loop on {len(_TRAIN_GRADE)} SAEs (TopK, ReLU, JumpReLU)")
+    else:
+        passed("train_sae retraces the reference loop (loss, mse, l0, dead fraction) and trains as well")
 
 
-def grade_train_sae(fn: Callable) -> None:
-    fn = own_work(fn, "train_sae")
-    for config in _TRAIN_GRADE:
-        _check_train(fn, config)
-    passed(f"train_sae retraces the reference loop on {len(_TRAIN_GRADE)} SAEs (TopK, ReLU, JumpReLU)")
+check_train_sae, grade_train_sae = check_and_grade("train_sae", _check_train_sae)
 
 
 # ---------------------------------------------------------------- 9. reconstruction_metrics
@@ -557,17 +532,15 @@ _METRICS_MISTAKES = [
 ]
 
 
-def check_reconstruction_metrics(fn: Callable) -> None:
-    compare_function(fn, ref.reconstruction_metrics, [_METRICS_HAND, *_metric_cases([(0, 16, 4, 10, 0.3)])],
+def _check_metrics(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 512, 128, 1024, 0.5), (2, 3, 2, 5, 2.0), (3, 64, 16, 64, 0.0)] if hidden else [(0, 16, 4, 10, 0.3)]
+    compare_function(fn, ref.reconstruction_metrics, [_METRICS_HAND, *_metric_cases(specs)],
                      name="reconstruction_metrics", mistakes=_METRICS_MISTAKES,
                      hint="return a tuple of three Python floats (l0, mse, explained_variance).")
 
 
-def grade_reconstruction_metrics(fn: Callable) -> None:
-    fn = own_work(fn, "reconstruction_metrics")
-    cases = [_METRICS_HAND, *_metric_cases([(1, 512, 128, 1024, 0.5), (2, 3, 2, 5, 2.0), (3, 64, 16, 64, 0.0)])]
-    compare_function(fn, ref.reconstruction_metrics, cases, name="reconstruction_metrics",
-                     mistakes=_METRICS_MISTAKES, hint="return a tuple of three Python floats (l0, mse, explained_variance).")
+check_reconstruction_metrics, grade_reconstruction_metrics = check_and_grade("reconstruction_metrics",
+                                                                             _check_metrics)
 
 
 # ---------------------------------------------------------------- 10. ce_loss_recovered
@@ -586,7 +559,7 @@ def _noisy(a: torch.Tensor) -> torch.Tensor:
 def _small_sae():
     """A tiny TopK SAE on corpus_2l's resid_pre, trained here (seconds), for a realistic case."""
     with quiet():
-        store = activations.ActivationStore.collect(_course_model(), "blocks.1.hook_resid_pre", _windows(64, 4),
+        store = activations.ActivationStore.collect(course_model("corpus_2l"), "blocks.1.hook_resid_pre", _windows(64, 4),
                                                     collect=ref.collect_activations)
     sae = ref.SAE(ref.SAEConfig(d_in=128, d_sae=256, architecture="topk", k=8, seed=7))
     with quiet():
@@ -603,16 +576,16 @@ def _sae_reconstruct(a: torch.Tensor) -> torch.Tensor:
 
 def _ce_cases(hidden: bool) -> list[Case]:
     cases = [Case("course model corpus_2l, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: halve",
-                  (_course_model(), _windows(4, 5), "blocks.1.hook_resid_pre", _halve))]
+                  (course_model("corpus_2l"), _windows(4, 5), "blocks.1.hook_resid_pre", _halve))]
     if hidden:
         _small_sae()  # trained now, not lazily inside a hook of the same model
         cases += [
             Case("course model, 8 windows, hook 'blocks.1.hook_resid_pre', reconstruct: a small trained TopK SAE",
-                 (_course_model(), _windows(8, 6), "blocks.1.hook_resid_pre", _sae_reconstruct)),
+                 (course_model("corpus_2l"), _windows(8, 6), "blocks.1.hook_resid_pre", _sae_reconstruct)),
             Case("course model, 6 windows, hook 'blocks.0.hook_resid_post', reconstruct: input-dependent noise",
-                 (_course_model(), _windows(6, 7)[:, :40], "blocks.0.hook_resid_post", _noisy)),
+                 (course_model("corpus_2l"), _windows(6, 7)[:, :40], "blocks.0.hook_resid_post", _noisy)),
         ]
-        for desc, model in _other_models():
+        for desc, model in other_models(41):
             cases.append(Case(f"{desc}, 4 windows, hook 'blocks.1.hook_resid_pre', reconstruct: input-dependent noise",
                               (model, _windows(4, 8)[:, :32], "blocks.1.hook_resid_pre", _noisy)))
     return cases
@@ -636,15 +609,12 @@ _CE_MISTAKES = [
 ]
 
 
-def check_ce_loss_recovered(fn: Callable) -> None:
-    compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(False), "ce_loss_recovered", _CE_MISTAKES,
+def _check_ce(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(hidden), "ce_loss_recovered", _CE_MISTAKES,
                       atol=1e-4, rtol=1e-4)
 
 
-def grade_ce_loss_recovered(fn: Callable) -> None:
-    fn = own_work(fn, "ce_loss_recovered")
-    compare_on_models(fn, ref.ce_loss_recovered, _ce_cases(True), "ce_loss_recovered", _CE_MISTAKES,
-                      atol=1e-4, rtol=1e-4)
+check_ce_loss_recovered, grade_ce_loss_recovered = check_and_grade("ce_loss_recovered", _check_ce)
 
 
 # ---------------------------------------------------------------- 11. relative_reconstruction_bias
@@ -663,16 +633,14 @@ _BIAS_MISTAKES = [("γ = E[x̂·x̂] / E[x̂·x] (you have its inverse): below 1
                    lambda x, r: 1 / ref.relative_reconstruction_bias(x, r))]
 
 
-def check_relative_reconstruction_bias(fn: Callable) -> None:
-    compare_function(fn, ref.relative_reconstruction_bias, [_BIAS_HAND, *_bias_cases([(0, 32, 8, 0.7)])],
+def _check_bias(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 512, 128, 0.9), (2, 1, 3, 1.3), (3, 100, 16, 0.5)] if hidden else [(0, 32, 8, 0.7)]
+    compare_function(fn, ref.relative_reconstruction_bias, [_BIAS_HAND, *_bias_cases(specs)],
                      name="relative_reconstruction_bias", mistakes=_BIAS_MISTAKES, hint="return a Python float.")
 
 
-def grade_relative_reconstruction_bias(fn: Callable) -> None:
-    fn = own_work(fn, "relative_reconstruction_bias")
-    cases = [_BIAS_HAND, *_bias_cases([(1, 512, 128, 0.9), (2, 1, 3, 1.3), (3, 100, 16, 0.5)])]
-    compare_function(fn, ref.relative_reconstruction_bias, cases, name="relative_reconstruction_bias",
-                     mistakes=_BIAS_MISTAKES, hint="return a Python float.")
+check_relative_reconstruction_bias, grade_relative_reconstruction_bias = check_and_grade(
+    "relative_reconstruction_bias", _check_bias)
 
 
 # ---------------------------------------------------------------- 12. top_activations
@@ -696,16 +664,13 @@ _TOP_MISTAKES = [
 ]
 
 
-def check_top_activations(fn: Callable) -> None:
-    compare_function(fn, ref.top_activations, [_TOP_HAND, *_top_cases([(0, 4, 7, 5)])], name="top_activations",
+def _check_top(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 100, 63, 20), (2, 1, 9, 9), (3, 30, 5, 1), (4, 7, 200, 50)] if hidden else [(0, 4, 7, 5)]
+    compare_function(fn, ref.top_activations, [_TOP_HAND, *_top_cases(specs)], name="top_activations",
                      mistakes=_TOP_MISTAKES, hint="return a tuple of three tensors (values, rows, positions).")
 
 
-def grade_top_activations(fn: Callable) -> None:
-    fn = own_work(fn, "top_activations")
-    cases = [_TOP_HAND, *_top_cases([(1, 100, 63, 20), (2, 1, 9, 9), (3, 30, 5, 1), (4, 7, 200, 50)])]
-    compare_function(fn, ref.top_activations, cases, name="top_activations", mistakes=_TOP_MISTAKES,
-                     hint="return a tuple of three tensors (values, rows, positions).")
+check_top_activations, grade_top_activations = check_and_grade("top_activations", _check_top)
 
 
 # ---------------------------------------------------------------- 13. detection_scores
@@ -740,14 +705,11 @@ _DETECT_MISTAKES = [
 ]
 
 
-def check_detection_scores(fn: Callable) -> None:
-    compare_function(fn, ref.detection_scores, [_DETECT_HAND, *_detect_cases([(0, 50, 6)])], name="detection_scores",
-                     mistakes=_DETECT_MISTAKES,
-                     hint="return (precision, recall, f1): float32 tensors [d_sae], 0 where a denominator is 0.")
-
-
-def grade_detection_scores(fn: Callable) -> None:
-    fn = own_work(fn, "detection_scores")
-    cases = [_DETECT_HAND, _DETECT_NO_POSITIVES, *_detect_cases([(1, 2000, 256), (2, 7, 3), (3, 500, 1024)])]
+def _check_detection(fn: Callable, hidden: bool) -> None:
+    cases = [_DETECT_HAND, _DETECT_NO_POSITIVES, *_detect_cases([(1, 2000, 256), (2, 7, 3), (3, 500, 1024)])] \
+        if hidden else [_DETECT_HAND, *_detect_cases([(0, 50, 6)])]
     compare_function(fn, ref.detection_scores, cases, name="detection_scores", mistakes=_DETECT_MISTAKES,
                      hint="return (precision, recall, f1): float32 tensors [d_sae], 0 where a denominator is 0.")
+
+
+check_detection_scores, grade_detection_scores = check_and_grade("detection_scores", _check_detection)

@@ -20,8 +20,8 @@ import torch
 from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_on_models, randn, own_work,
-    seeded,
+    call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
+    other_models, randn, seeded,
 )
 from mechlab.sparse_autoencoders import reference as sae_ref
 from mechlab.steering import reference as ref
@@ -32,19 +32,9 @@ COURSE_SITE = "blocks.1.hook_resid_pre"
 # ---------------------------------------------------------------- models, SAEs and inputs
 
 
-@functools.cache
-def _course_model():
-    return zoo.load("corpus_2l")
-
-
-@functools.cache
-def _other_models() -> tuple[tuple[str, object], ...]:
-    return zoo.other_shapes(seed=51)
-
-
 def _models(hidden: bool) -> list[tuple[str, object]]:
-    course = [("course model corpus_2l", _course_model())]
-    return course + list(_other_models()) if hidden else course
+    course = [("course model corpus_2l", course_model("corpus_2l"))]
+    return course + list(other_models(51)) if hidden else course
 
 
 def _random_tokens(seed: int, batch: int, pos: int) -> torch.Tensor:
@@ -156,7 +146,7 @@ _GENERATE_HINT = ("sample with torch.multinomial(probs, 1, generator=generator) 
 
 
 def _generate_hook_check(fn: Callable) -> None:
-    model = _course_model()
+    model = course_model("corpus_2l")
     _leaves_no_hooks(fn, "generate", model,
                      lambda f: call_learner(f, "generate", "4 prompts with a steering hook", (
                          model, st.start_prompts(4), 3, seeded(0), 1.0, _vector_hooks(model, 0))))
@@ -223,25 +213,21 @@ _SUCCESS_MISTAKES = [
 ]
 
 
-def check_success_rate(fn: Callable) -> None:
-    compare_function(fn, ref.success_rate,
-                     [_SUCCESS_HAND, *_success_cases([(0, 48, 10, 5, 1, 1), (5, 40, 12, 3, 2, 2)])],
-                     name="success_rate", mistakes=_SUCCESS_MISTAKES, hint="return a Python float.")
+def _check_success_rate(fn: Callable, hidden: bool) -> None:
+    shapes = ([(1, 64, 25, 5, 0, 1), (2, 32, 12, 2, 1, 3), (3, 16, 8, 3, 2, 0), (4, 50, 30, 5, 4, 5)] if hidden
+              else [(0, 48, 10, 5, 1, 1), (5, 40, 12, 3, 2, 2)])
+    compare_function(fn, ref.success_rate, [_SUCCESS_HAND, *_success_cases(shapes)], name="success_rate",
+                     mistakes=_SUCCESS_MISTAKES, hint="return a Python float.")
 
 
-def grade_success_rate(fn: Callable) -> None:
-    fn = own_work(fn, "success_rate")
-    cases = [_SUCCESS_HAND, *_success_cases([(1, 64, 25, 5, 0, 1), (2, 32, 12, 2, 1, 3), (3, 16, 8, 3, 2, 0),
-                                             (4, 50, 30, 5, 4, 5)])]
-    compare_function(fn, ref.success_rate, cases, name="success_rate", mistakes=_SUCCESS_MISTAKES,
-                     hint="return a Python float.")
+check_success_rate, grade_success_rate = check_and_grade("success_rate", _check_success_rate)
 
 
 # ---------------------------------------------------------------- 3. contrast_vector
 
 
 def _contrast_cases(hidden: bool) -> list[Case]:
-    model = _course_model()
+    model = course_model("corpus_2l")
     food, other = _pairs("topic", "food", 16 if hidden else 8, 1)
     pos, neg = _pairs("sentiment", "positive", 12, 2)
     known = st.name_prompts(st.entity_split().known_train)
@@ -259,7 +245,7 @@ def _contrast_cases(hidden: bool) -> list[Case]:
             Case("course model, 16 topic pairs (food), blocks.1.hook_resid_post, all positions",
                  (model, food, other, "blocks.1.hook_resid_post")),
         ]
-        for i, (desc, m) in enumerate(_other_models()):
+        for i, (desc, m) in enumerate(other_models(51)):
             site = _site(m, i)
             cases.append(Case(f"{desc}, 5 against 3 random prompts of 9 tokens, {site}, all positions",
                               (m, _random_tokens(i, 5, 9), _random_tokens(i + 5, 3, 9), site)))
@@ -311,11 +297,11 @@ check_contrast_vector, grade_contrast_vector = check_and_grade("contrast_vector"
 
 def _norm_cases(hidden: bool) -> list[Case]:
     text = st.ordinary_text(4, seed=5)
-    cases = [Case("course model, 4 corpus windows, blocks.1.hook_resid_pre", (_course_model(), text, COURSE_SITE))]
+    cases = [Case("course model, 4 corpus windows, blocks.1.hook_resid_pre", (course_model("corpus_2l"), text, COURSE_SITE))]
     if hidden:
         cases.append(Case("course model, 4 corpus windows, blocks.0.hook_resid_pre",
-                          (_course_model(), text, "blocks.0.hook_resid_pre")))
-        for i, (desc, m) in enumerate(_other_models()):
+                          (course_model("corpus_2l"), text, "blocks.0.hook_resid_pre")))
+        for i, (desc, m) in enumerate(other_models(51)):
             site = _site(m, i + 2)
             cases.append(Case(f"{desc}, 3 random prompts of 10 tokens, {site}", (m, _random_tokens(i, 3, 10), site)))
     return cases
@@ -441,7 +427,7 @@ def _loss_cases(hidden: bool) -> list[Case]:
             cases.append(Case(f"{desc}, random vector at {c} x the residual norm at {hooks[0][0]}",
                               (model, tokens, hooks)))
     if hidden:
-        cases.append(Case("course model, no hooks (0)", (_course_model(), text, [])))
+        cases.append(Case("course model, no hooks (0)", (course_model("corpus_2l"), text, [])))
     return cases
 
 
@@ -473,7 +459,7 @@ _LOSS_MISTAKES = [
 
 
 def _check_extra_loss(fn: Callable, hidden: bool) -> None:
-    model = _course_model()
+    model = course_model("corpus_2l")
     _leaves_no_hooks(fn, "extra_loss", model, lambda f: call_learner(
         f, "extra_loss", "2 windows with a steering hook",
         (model, st.ordinary_text(2, seed=6), _vector_hooks(model, 0))))
@@ -527,19 +513,13 @@ _REPETITION_MISTAKES = [
 ]
 
 
-def check_repetition(fn: Callable) -> None:
-    compare_function(fn, ref.repetition, 
-                     [_REPETITION_HAND, _REPETITION_BIG_IDS, *_repetition_cases([(0, 4, 12, 6, 1)])],
+def _check_repetition(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0), (4, 3, 4, 2, 1)] if hidden else [(0, 4, 12, 6, 1)]
+    compare_function(fn, ref.repetition, [_REPETITION_HAND, _REPETITION_BIG_IDS, *_repetition_cases(shapes)],
                      name="repetition", mistakes=_REPETITION_MISTAKES, hint="return a Python float.")
 
 
-def grade_repetition(fn: Callable) -> None:
-    fn = own_work(fn, "repetition")
-    cases = [_REPETITION_HAND, _REPETITION_BIG_IDS,
-             *_repetition_cases([(1, 32, 25, 5, 1), (2, 8, 40, 300, 3), (3, 5, 9, 3, 0),
-                                 (4, 3, 4, 2, 1)])]
-    compare_function(fn, ref.repetition, cases, name="repetition", mistakes=_REPETITION_MISTAKES,
-                     hint="return a Python float.")
+check_repetition, grade_repetition = check_and_grade("repetition", _check_repetition)
 
 
 # ---------------------------------------------------------------- 8. clamp_latent_hook
@@ -567,7 +547,7 @@ def _random_sae(architecture: str, d_in: int, d_sae: int, seed: int):
 def _clamp_cases(hidden: bool) -> list[Case]:
     sae = _course_sae()
     with torch.no_grad():
-        _, cache = _course_model().run_with_cache(st.ordinary_text(2, seed=7), names_filter=COURSE_SITE)
+        _, cache = course_model("corpus_2l").run_with_cache(st.ordinary_text(2, seed=7), names_filter=COURSE_SITE)
     course_acts = cache[COURSE_SITE]
     cases = [Case(f"course SAE topk_k8_w1024 on 2 corpus windows at {COURSE_SITE}, latent 5 clamped to 20",
                   (course_acts, sae, 5, 20.0, sae.scale))]
@@ -630,7 +610,7 @@ _CLAMP_MISTAKES = [
 def _clamp_model_case(hidden: bool) -> list[Case]:
     sae = _course_sae()
     return [Case(f"course model: logits with latent {latent} clamped to {value} at {COURSE_SITE}",
-                 (_course_model(), st.ordinary_text(2, seed=8), sae, latent, value))
+                 (course_model("corpus_2l"), st.ordinary_text(2, seed=8), sae, latent, value))
             for latent, value in ([(5, 20.0), (300, 0.0)] if hidden else [(5, 20.0)])]
 
 
@@ -716,15 +696,13 @@ def _check_probe(fn: Callable, cases: list[Case]) -> None:
                      hint="return a tuple (w, b): w of shape [d], b 0-dimensional.", **TOLERANCE)
 
 
-def check_fit_probe(fn: Callable) -> None:
-    _check_probe(fn, _probe_cases([(0, 64, 8, 50, 0.05, 1e-3, torch.float32)]))
+def _check_fit_probe(fn: Callable, hidden: bool) -> None:
+    _check_probe(fn, _probe_cases([(1, 200, 16, 300, 0.05, 1e-3, torch.bool), (2, 100, 32, 120, 0.1, 1e-2, torch.int64),
+                                   (3, 500, 8, 300, 0.02, 0.0, torch.float32)] if hidden
+                                  else [(0, 64, 8, 50, 0.05, 1e-3, torch.float32)]))
 
 
-def grade_fit_probe(fn: Callable) -> None:
-    fn = own_work(fn, "fit_probe")
-    _check_probe(fn, _probe_cases([(1, 200, 16, 300, 0.05, 1e-3, torch.bool), (2, 100, 32, 120, 0.1, 1e-2,
-                                                                               torch.int64),
-                                   (3, 500, 8, 300, 0.02, 0.0, torch.float32)]))
+check_fit_probe, grade_fit_probe = check_and_grade("fit_probe", _check_fit_probe)
 
 
 # ---------------------------------------------------------------- 10. auroc
@@ -771,16 +749,14 @@ _AUROC_MISTAKES = [
 ]
 
 
-def check_auroc(fn: Callable) -> None:
-    compare_function(fn, ref.auroc, [_AUROC_HAND, *_auroc_cases([(0, 20, 1.0, False)])], name="auroc",
-                     mistakes=_AUROC_MISTAKES, hint="return a Python float.")
+def _check_auroc(fn: Callable, hidden: bool) -> None:
+    shapes = [(1, 200, 0.5, False), (2, 60, 1.0, True), (3, 9, -1.0, False), (4, 500, 3.0, True)] if hidden \
+        else [(0, 20, 1.0, False)]
+    compare_function(fn, ref.auroc, [_AUROC_HAND, *_auroc_cases(shapes)], name="auroc", mistakes=_AUROC_MISTAKES,
+                     hint="return a Python float.")
 
 
-def grade_auroc(fn: Callable) -> None:
-    fn = own_work(fn, "auroc")
-    cases = [_AUROC_HAND, *_auroc_cases([(1, 200, 0.5, False), (2, 60, 1.0, True), (3, 9, -1.0, False),
-                                         (4, 500, 3.0, True)])]
-    compare_function(fn, ref.auroc, cases, name="auroc", mistakes=_AUROC_MISTAKES, hint="return a Python float.")
+check_auroc, grade_auroc = check_and_grade("auroc", _check_auroc)
 
 
 # ---------------------------------------------------------------- 11. answer_probabilities
@@ -789,7 +765,7 @@ def grade_auroc(fn: Callable) -> None:
 def _answer_cases(hidden: bool) -> list[Case]:
     hedge, cities = st.answer_tokens()
     names = st.entity_split()
-    model = _course_model()
+    model = course_model("corpus_2l")
     unknown = st.name_prompts(names.unknown_test[:12], "lives in")
     known = st.name_prompts(names.known_test[:8], "lives in")
     cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities))]
@@ -800,7 +776,7 @@ def _answer_cases(hidden: bool) -> list[Case]:
             Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
                  (model, unknown, hedge, cities, hooks)),
         ]
-        for i, (desc, m) in enumerate(_other_models()):
+        for i, (desc, m) in enumerate(other_models(51)):
             cases.append(Case(f"{desc}, 4 random prompts, a random vector", (
                 m, _random_tokens(i, 4, 6), hedge, cities[:5], _vector_hooks(m, i, 1.0))))
     return cases
@@ -833,7 +809,7 @@ _ANSWER_MISTAKES = [
 
 
 def _check_answers(fn: Callable, hidden: bool) -> None:
-    model = _course_model()
+    model = course_model("corpus_2l")
     hedge, cities = st.answer_tokens()
     _leaves_no_hooks(fn, "answer_probabilities", model, lambda f: call_learner(
         f, "answer_probabilities", "4 prompts with a steering hook",

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from mechlab.checks import (
-    Case, CheckFailed, CountedCalls, call_learner, checked_array,
-    compare_function, passed, randn, own_work, seeded,
+    Case, CheckFailed, CountedCalls, call_learner, check_and_grade, checked_array,
+    compare_function, passed, randn, seeded,
 )
 from mechlab.superposition import reference as ref
 
@@ -59,17 +59,16 @@ _TOY_MISTAKES = [
 ]
 
 
-def check_toy_forward(fn: Callable) -> None:
-    compare_function(fn, ref.toy_forward, [_TOY_HAND, *_toy_cases([(0, 4, 2, 2, 5)])],
-             name="toy_forward", mistakes=_TOY_MISTAKES)
-
-
-def grade_toy_forward(fn: Callable) -> None:
-    fn = own_work(fn, "toy_forward")
-    cases = [_TOY_HAND, *_toy_cases([(1, 16, 3, 2, 5), (2, 8, 4, 3, 3), (3, 1, 1, 1, 1), (4, 32, 2, 6, 4)])]
-    W, b, _ = cases[1].args
-    cases.append(Case("all-zero input (output should be ReLU(b))", (W, b, torch.zeros(5, 3, 5))))
+def _check_toy_forward(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 16, 3, 2, 5), (2, 8, 4, 3, 3), (3, 1, 1, 1, 1), (4, 32, 2, 6, 4)] if hidden else [(0, 4, 2, 2, 5)]
+    cases = [_TOY_HAND, *_toy_cases(specs)]
+    if hidden:
+        W, b, _ = cases[1].args
+        cases.append(Case("all-zero input (output should be ReLU(b))", (W, b, torch.zeros(5, 3, 5))))
     compare_function(fn, ref.toy_forward, cases, name="toy_forward", mistakes=_TOY_MISTAKES)
+
+
+check_toy_forward, grade_toy_forward = check_and_grade("toy_forward", _check_toy_forward)
 
 
 # ---------------------------------------------------------------- 2. generate_batch
@@ -120,24 +119,32 @@ def _generate_properties(fn: Callable, batch: int, p: list[float], n_features: i
                           "Hint: draw all randomness from `generator` (torch.rand(..., generator=generator)).")
 
 
-def check_generate_batch(fn: Callable) -> None:
-    _generate_properties(fn, 2000, [1.0, 0.5, 0.0], 8, seed=0)
-    passed("generate_batch has the right shape, range, sparsity and mean (statistical check)")
+# (batch_size, feature_probability, n_features, seed)
+_GENERATE_CHECK = [(2000, [1.0, 0.5, 0.0], 8, 0)]
+_GENERATE_GRADE = [
+    (4000, [0.05, 0.3, 1.0, 0.0, 0.7], 10, 1),
+    (3000, [0.5], 1, 2),  # one instance, one feature
+    (1, [0.0, 1.0], 3, 3),  # batch of one
+    (20000, [0.02], 4, 4),  # very sparse
+]
 
 
-def grade_generate_batch(fn: Callable) -> None:
-    fn = own_work(fn, "generate_batch")
-    _generate_properties(fn, 4000, [0.05, 0.3, 1.0, 0.0, 0.7], 10, seed=1)
-    _generate_properties(fn, 3000, [0.5], 1, seed=2)  # one instance, one feature
-    _generate_properties(fn, 1, [0.0, 1.0], 3, seed=3)  # batch of one
-    _generate_properties(fn, 20000, [0.02], 4, seed=4)  # very sparse
+def _check_generate_batch(fn: Callable, hidden: bool) -> None:
+    for batch, p, n_features, seed in _GENERATE_GRADE if hidden else _GENERATE_CHECK:
+        _generate_properties(fn, batch, p, n_features, seed=seed)
+    if not hidden:
+        passed("generate_batch has the right shape, range, sparsity and mean (statistical check)")
+        return
     desc = "two different seeds"
     a = call_learner(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, seeded(5)))
     b = call_learner(fn, "generate_batch", desc, (64, torch.tensor([0.5, 0.5]), 4, seeded(6)))
     if np.array_equal(checked_array(a, "generate_batch", (64, 2, 4)), checked_array(b, "generate_batch", (64, 2, 4))):
         raise CheckFailed("generate_batch gave the same batch for generators with different seeds\n"
                           "Hint: draw all randomness from `generator`.")
-    passed("generate_batch passes the statistical tests on 4 configurations")
+    passed(f"generate_batch passes the statistical tests on {len(_GENERATE_GRADE)} configurations")
+
+
+check_generate_batch, grade_generate_batch = check_and_grade("generate_batch", _check_generate_batch)
 
 
 # ---------------------------------------------------------------- 3. importance_weighted_loss
@@ -165,17 +172,17 @@ _LOSS_MISTAKES = [
 ]
 
 
-def check_importance_weighted_loss(fn: Callable) -> None:
-    compare_function(fn, ref.importance_weighted_loss, [_LOSS_HAND, *_loss_cases([(0, 4, 2, 3)])],
-             name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
-
-
-def grade_importance_weighted_loss(fn: Callable) -> None:
-    fn = own_work(fn, "importance_weighted_loss")
-    cases = [_LOSS_HAND, *_loss_cases([(1, 32, 3, 5), (2, 1, 1, 1), (3, 7, 5, 2), (4, 64, 1, 20)])]
-    x = torch.rand(8, 2, 4, generator=seeded(9))
-    cases.append(Case("perfect reconstruction (loss 0)", (x, x.clone(), torch.ones(2, 4))))
+def _check_importance_weighted_loss(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 32, 3, 5), (2, 1, 1, 1), (3, 7, 5, 2), (4, 64, 1, 20)] if hidden else [(0, 4, 2, 3)]
+    cases = [_LOSS_HAND, *_loss_cases(specs)]
+    if hidden:
+        x = torch.rand(8, 2, 4, generator=seeded(9))
+        cases.append(Case("perfect reconstruction (loss 0)", (x, x.clone(), torch.ones(2, 4))))
     compare_function(fn, ref.importance_weighted_loss, cases, name="importance_weighted_loss", mistakes=_LOSS_MISTAKES)
+
+
+check_importance_weighted_loss, grade_importance_weighted_loss = check_and_grade("importance_weighted_loss",
+                                                                                 _check_importance_weighted_loss)
 
 
 # ---------------------------------------------------------------- 4. train_toy_models
@@ -243,7 +250,7 @@ def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
     return _reference_runs[config]
 
 
-def _check_train_toy(fn: Callable, config: tuple) -> None:
+def _check_toy_run(fn: Callable, config: tuple) -> None:
     name = "train_toy_models"
     seed, inst, feat, hidden, steps, batch, lr = config
     desc = f"instance={inst}, feature={feat}, hidden={hidden}, steps={steps}, batch_size={batch}, lr={lr}"
@@ -279,16 +286,16 @@ def _check_train_toy(fn: Callable, config: tuple) -> None:
     _follows_reference(h, ref_history, label)
 
 
-def check_train_toy_models(fn: Callable) -> None:
-    _check_train_toy(fn, _TRAIN_CHECK)
-    passed("train_toy_models trains: its loss comes within tolerance of the reference loop's")
+def _check_train_toy_models(fn: Callable, hidden: bool) -> None:
+    for config in _TRAIN_GRADE if hidden else [_TRAIN_CHECK]:
+        _check_toy_run(fn, config)
+    if hidden:
+        passed(f"train_toy_models reaches the reference loop's loss on {len(_TRAIN_GRADE)} configurations")
+    else:
+        passed("train_toy_models trains: its loss comes within tolerance of the reference loop's")
 
 
-def grade_train_toy_models(fn: Callable) -> None:
-    fn = own_work(fn, "train_toy_models")
-    for config in _TRAIN_GRADE:
-        _check_train_toy(fn, config)
-    passed(f"train_toy_models reaches the reference loop's loss on {len(_TRAIN_GRADE)} configurations")
+check_train_toy_models, grade_train_toy_models = check_and_grade("train_toy_models", _check_train_toy_models)
 
 
 # ---------------------------------------------------------------- 5. feature_norms_and_interference
@@ -330,17 +337,17 @@ _NORM_MISTAKES = [
 ]
 
 
-def check_feature_norms_and_interference(fn: Callable) -> None:
-    compare_function(fn, ref.feature_norms_and_interference, [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN],
-             name="feature_norms_and_interference", mistakes=_NORM_MISTAKES,
-             hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
-
-
-def grade_feature_norms_and_interference(fn: Callable) -> None:
-    fn = own_work(fn, "feature_norms_and_interference")
-    cases = [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN, *_geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])]
+def _check_feature_norms_and_interference(fn: Callable, hidden: bool) -> None:
+    cases = [_GEOMETRY_HAND, _UNEQUAL, _ZERO_COLUMN]
+    if hidden:
+        cases += _geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])
     compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
-             mistakes=_NORM_MISTAKES, hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+                     mistakes=_NORM_MISTAKES,
+                     hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+
+
+check_feature_norms_and_interference, grade_feature_norms_and_interference = check_and_grade(
+    "feature_norms_and_interference", _check_feature_norms_and_interference)
 
 
 # ---------------------------------------------------------------- 6. feature_dimensionality
@@ -360,17 +367,16 @@ _DIM_MISTAKES = [
 ]
 
 
-def check_feature_dimensionality(fn: Callable) -> None:
-    compare_function(fn, ref.feature_dimensionality, [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN], name="feature_dimensionality",
-             mistakes=_DIM_MISTAKES, hint="a zero column has dimensionality 0 (use torch.where on the norm).")
-
-
-def grade_feature_dimensionality(fn: Callable) -> None:
-    fn = own_work(fn, "feature_dimensionality")
-    cases = [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN, *_geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3),
-                                                                     (14, 3, 10, 40)])]
+def _check_feature_dimensionality(fn: Callable, hidden: bool) -> None:
+    cases = [_DIM_HAND, _UNEQUAL, _PENTAGON, _ZERO_COLUMN]
+    if hidden:
+        cases += _geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3), (14, 3, 10, 40)])
     compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
-             hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+                     hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+
+
+check_feature_dimensionality, grade_feature_dimensionality = check_and_grade("feature_dimensionality",
+                                                                             _check_feature_dimensionality)
 
 
 # ---------------------------------------------------------------- 7. feature_phase
@@ -422,20 +428,18 @@ _PHASE_MISTAKES = [
 ]
 
 
-def check_feature_phase(fn: Callable) -> None:
-    compare_function(fn, ref.feature_phase, [_PHASE_HAND, *_phase_cases([(0, 6, 2, 3, 0, {})])], name="feature_phase",
-             mistakes=_PHASE_MISTAKES, hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
-
-
-def grade_feature_phase(fn: Callable) -> None:
-    fn = own_work(fn, "feature_phase")
+def _check_feature_phase(fn: Callable, hidden: bool) -> None:
     cases = [_PHASE_HAND, *_phase_cases([
         (1, 40, 1, 2, 1, {}), (2, 40, 2, 5, 3, {}), (3, 30, 3, 4, 0, {"norm_threshold": 0.8}),
         (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
-    ])]
-    cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
+    ] if hidden else [(0, 6, 2, 3, 0, {})])]
+    if hidden:
+        cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
     compare_function(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
-             hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
+                     hint="return a torch.long tensor with one phase (0, 1 or 2) per instance.")
+
+
+check_feature_phase, grade_feature_phase = check_and_grade("feature_phase", _check_feature_phase)
 
 
 # ---------------------------------------------------------------- 8. sae_forward
@@ -478,18 +482,17 @@ _SAE_MISTAKES = [
 ]
 
 
-def check_sae_forward(fn: Callable) -> None:
-    compare_function(fn, ref.sae_forward, [_SAE_HAND, *_sae_cases([(0, 4, 3, 6)])], name="sae_forward",
-             mistakes=_SAE_MISTAKES, hint="return the tuple (latents, reconstruction).")
-
-
-def grade_sae_forward(fn: Callable) -> None:
-    fn = own_work(fn, "sae_forward")
-    cases = [_SAE_HAND, *_sae_cases([(1, 16, 4, 8), (2, 1, 1, 1), (3, 32, 6, 3), (4, 8, 10, 40)])]
-    args = _sae_cases([(5, 5, 4, 8)])[0].args
-    cases.append(Case("all-zero h", (torch.zeros(5, 4), *args[1:])))
+def _check_sae_forward(fn: Callable, hidden: bool) -> None:
+    specs = [(1, 16, 4, 8), (2, 1, 1, 1), (3, 32, 6, 3), (4, 8, 10, 40)] if hidden else [(0, 4, 3, 6)]
+    cases = [_SAE_HAND, *_sae_cases(specs)]
+    if hidden:
+        args = _sae_cases([(5, 5, 4, 8)])[0].args
+        cases.append(Case("all-zero h", (torch.zeros(5, 4), *args[1:])))
     compare_function(fn, ref.sae_forward, cases, name="sae_forward", mistakes=_SAE_MISTAKES,
-             hint="return the tuple (latents, reconstruction).")
+                     hint="return the tuple (latents, reconstruction).")
+
+
+check_sae_forward, grade_sae_forward = check_and_grade("sae_forward", _check_sae_forward)
 
 
 # ---------------------------------------------------------------- 9. sae_loss
@@ -515,19 +518,17 @@ _SAE_LOSS_MISTAKES = [
 ]
 
 
-def check_sae_loss(fn: Callable) -> None:
-    compare_function(fn, ref.sae_loss, [_SAE_LOSS_HAND, *_sae_loss_cases([(0, 4, 3, 6, 0.5)])], name="sae_loss",
-             mistakes=_SAE_LOSS_MISTAKES, hint="return a 0-dimensional tensor (a scalar), not a Python float.")
-
-
-def grade_sae_loss(fn: Callable) -> None:
-    fn = own_work(fn, "sae_loss")
+def _check_sae_loss(fn: Callable, hidden: bool) -> None:
     cases = [_SAE_LOSS_HAND, *_sae_loss_cases([(1, 16, 4, 8, 0.1), (2, 1, 1, 1, 1.0), (3, 32, 6, 20, 0.0),
-                                               (4, 8, 10, 5, 3.0)])]
-    h = randn(5, 6, 3)
-    cases.append(Case("perfect reconstruction, all latents zero (loss 0)", (h, torch.zeros(6, 4), h.clone(), 0.5)))
+                                               (4, 8, 10, 5, 3.0)] if hidden else [(0, 4, 3, 6, 0.5)])]
+    if hidden:
+        h = randn(5, 6, 3)
+        cases.append(Case("perfect reconstruction, all latents zero (loss 0)", (h, torch.zeros(6, 4), h.clone(), 0.5)))
     compare_function(fn, ref.sae_loss, cases, name="sae_loss", mistakes=_SAE_LOSS_MISTAKES,
-             hint="return a 0-dimensional tensor (a scalar), not a Python float.")
+                     hint="return a 0-dimensional tensor (a scalar), not a Python float.")
+
+
+check_sae_loss, grade_sae_loss = check_and_grade("sae_loss", _check_sae_loss)
 
 
 # ---------------------------------------------------------------- 10. train_sae
@@ -574,7 +575,7 @@ def _reference_sae_run(config: tuple) -> tuple[float, np.ndarray]:
     return _reference_sae_runs[config]
 
 
-def _check_train_sae(fn: Callable, config: tuple) -> None:
+def _check_sae_run(fn: Callable, config: tuple) -> None:
     name = "train_sae"
     seed, feat, hidden, latent, steps, batch, lr, l1 = config
     desc = f"hidden={hidden}, latent={latent}, steps={steps}, batch_size={batch}, lr={lr}, l1_coeff={l1}"
@@ -611,16 +612,17 @@ def _check_train_sae(fn: Callable, config: tuple) -> None:
     _follows_reference(h, ref_history, label)
 
 
-def check_train_sae(fn: Callable) -> None:
-    _check_train_sae(fn, _SAE_CHECK)
-    passed("train_sae trains, keeps decoder columns at unit norm, and reaches the reference loop's loss")
+def _check_train_sae(fn: Callable, hidden: bool) -> None:
+    for config in _SAE_GRADE if hidden else [_SAE_CHECK]:
+        _check_sae_run(fn, config)
+    if hidden:
+        passed(f"train_sae reaches the reference loop's loss with unit-norm decoder columns on {len(_SAE_GRADE)} "
+               "configurations")
+    else:
+        passed("train_sae trains, keeps decoder columns at unit norm, and reaches the reference loop's loss")
 
 
-def grade_train_sae(fn: Callable) -> None:
-    fn = own_work(fn, "train_sae")
-    for config in _SAE_GRADE:
-        _check_train_sae(fn, config)
-    passed(f"train_sae reaches the reference loop's loss with unit-norm decoder columns on {len(_SAE_GRADE)} configurations")
+check_train_sae, grade_train_sae = check_and_grade("train_sae", _check_train_sae)
 
 
 # ---------------------------------------------------------------- 11. feature_recovery_score
@@ -659,18 +661,17 @@ _RECOVERY_MISTAKES = [
 ]
 
 
-def check_feature_recovery_score(fn: Callable) -> None:
-    compare_function(fn, ref.feature_recovery_score, [_RECOVERY_HAND, _RECOVERY_SCALED, _RECOVERY_OPPOSITE],
-             name="feature_recovery_score",
-             mistakes=_RECOVERY_MISTAKES, hint="return a Python float (`.item()`).")
-
-
-def grade_feature_recovery_score(fn: Callable) -> None:
-    fn = own_work(fn, "feature_recovery_score")
-    random_cases = _recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])
-    W_true = random_cases[0].args[1]  # 6 features
-    perfect = Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
-                   (W_true[:, [3, 1, 0, 5, 2, 4]] * 3.0, W_true))
-    cases = [_RECOVERY_HAND, _RECOVERY_SCALED, _RECOVERY_OPPOSITE, *random_cases, perfect]
+def _check_feature_recovery_score(fn: Callable, hidden: bool) -> None:
+    cases = [_RECOVERY_HAND, _RECOVERY_SCALED, _RECOVERY_OPPOSITE]
+    if hidden:
+        random_cases = _recovery_cases([(1, 4, 6, 12), (2, 1, 1, 1), (3, 10, 20, 40), (4, 6, 8, 5)])
+        W_true = random_cases[0].args[1]  # 6 features
+        perfect = Case("a perfect dictionary (the true features, rescaled and shuffled) -> 1",
+                       (W_true[:, [3, 1, 0, 5, 2, 4]] * 3.0, W_true))
+        cases += [*random_cases, perfect]
     compare_function(fn, ref.feature_recovery_score, cases, name="feature_recovery_score", mistakes=_RECOVERY_MISTAKES,
-             hint="return a Python float (`.item()`).")
+                     hint="return a Python float (`.item()`).")
+
+
+check_feature_recovery_score, grade_feature_recovery_score = check_and_grade("feature_recovery_score",
+                                                                             _check_feature_recovery_score)

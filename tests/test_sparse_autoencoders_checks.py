@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import check_tests
+from mechlab.checks import course_model
 from mechlab.sparse_autoencoders import checks
 from mechlab.sparse_autoencoders import reference as ref
 
@@ -397,7 +398,7 @@ def test_jumprelu_threshold_learns_through_the_straight_through_estimator():
 
 def test_store_on_disk_matches_memory_and_batches_are_shuffled_and_normalised(tmp_path):
     from mechlab.sparse_autoencoders import activations
-    model = checks._course_model()
+    model = course_model("corpus_2l")
     tokens = checks._windows(20, 9)
     memory = activations.ActivationStore.collect(model, "blocks.1.hook_resid_pre", tokens, batch_size=8)
     disk = activations.ActivationStore.collect(model, "blocks.1.hook_resid_pre", tokens, batch_size=8,

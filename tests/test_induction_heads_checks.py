@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformer_lens import FactoredMatrix
 
-from mechlab.checks import CheckFailed
+from mechlab.checks import CheckFailed, course_model
 from mechlab.induction_heads import checks
 from conftest import as_learner, check_tests
 from mechlab.induction_heads import reference as ref
@@ -214,7 +214,7 @@ MUTANTS = [
 
 
 def test_a_function_that_edits_the_model_leaves_it_intact_for_the_next_check():
-    model = checks._course_model()
+    model = course_model("attn_only_2l")
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(CheckFailed, match="changed the model's weights"):
         checks.check_ablation_losses(as_learner(ablation_edits_weights))
