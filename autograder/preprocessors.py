@@ -22,7 +22,7 @@
 - `PrepareTestCells` (autograde, sanitizing), three things before a test cell runs:
   it prints VISIBLE_PASSED between the visible checks and the hidden tests, so
   the grade says which of the two failed; it drops `mechlab.checks` and the
-  chapter's `checks` and `reference` modules from `sys.modules`, so the cell's
+  chapter packages with their `checks` and `reference` from `sys.modules`, so the cell's
   imports load them again from disk and a learner cell that rebound a check
   helper (`checks.grade_toy_forward = lambda f: None`) gains nothing (they compare
   with `mechlab.pristine`, which is never reloaded); and it sends stderr to
@@ -182,12 +182,22 @@ class DeduplicateGradeIds(DeduplicateIds):
         return cell, resources
 
 
-# mechlab.checks, and every chapter's mechlab.<topic>.checks and mechlab.<topic>.reference
+# The course-wide modules that are never reloaded: they hold the kernel's state (the
+# device, whether it is graded, the pristine torch functions, the loaded corpus and models).
+KEPT_MODULES = ("runtime", "pristine", "corpus", "zoo", "grading", "plotting")
+# Before each test cell: drop mechlab.checks, every chapter package mechlab.<topic> and
+# its checks and reference (whatever a learner cell put in their place in sys.modules or
+# on the packages), import each chapter package again from disk with the helper modules
+# it had (toy_models, plots, ...), and send stderr to stdout.
 FRESH_MODULES = (
-    "import sys as _g; [(_g.modules.pop(_m), getattr(_g.modules.get(_m.rpartition('.')[0]), '__dict__', {})"
-    ".pop(_m.rpartition('.')[2], None)) for _m in [*_g.modules] if _m == 'mechlab.checks' or "
-    "_m.startswith('mechlab.') and _m.count('.') == 2 and _m.endswith(('.checks', '.reference'))]; "
-    "_g.stderr = _g.stdout  # added by the grader\n")
+    "import sys as _g, importlib as _i  # added by the grader\n"
+    "[(_g.modules.pop(_m), getattr(_g.modules.get(_m.rpartition('.')[0]), '__dict__', {}).pop(_m.rpartition('.')[2],"
+    " None)) for _m in sorted([_n for _n in _g.modules if _n.startswith('mechlab.') and (_n.count('.') == 1 and "
+    f"_n[8:] not in {KEPT_MODULES!r} or _n.count('.') == 2 and _n.endswith(('.checks', '.reference')))], key=len, "
+    "reverse=True)]  # added by the grader\n"
+    "[setattr(_i.import_module(_m.rpartition('.')[0]), _m.rpartition('.')[2], _g.modules[_m]) for _m in "
+    "[_n for _n in _g.modules if _n.startswith('mechlab.') and _n.count('.') == 2]]  # added by the grader\n"
+    "_g.stderr = _g.stdout; del _i  # added by the grader\n")
 
 
 VISIBLE_PASSED = "visible checks passed; now the hidden tests"

@@ -211,6 +211,40 @@ def test_rebinding_the_course_check_helpers_gains_nothing(fixture_course, tmp_pa
     assert "entries differ" in messages(result)["scale"]
 
 
+FAKE_CHAPTER_CHECKS = """
+import sys, types
+import mechlab, mechlab.superposition.checks, mechlab.superposition.toy_models, mechlab.steering.checks
+real_helpers = mechlab.superposition.toy_models
+fake = types.ModuleType("fake")
+sys.modules.pop("mechlab.superposition.checks")
+mechlab.superposition.checks = fake                     # on the package, out of sys.modules
+fake_package = types.ModuleType("mechlab.steering")
+fake_package.checks, fake_package.__path__ = fake, []
+sys.modules["mechlab.steering"] = mechlab.steering = fake_package   # the package itself
+mechlab.chapters.reference = lambda topic: fake        # where own_work looks for the reference
+exec(FRESH_MODULES)
+from mechlab.superposition import checks as ch1
+from mechlab.steering import checks as ch5
+import mechlab.chapters, mechlab.superposition.toy_models
+print(ch1.__file__.endswith("superposition/checks.py"), ch5.__file__.endswith("steering/checks.py"),
+      mechlab.chapters.reference("superposition").__name__, mechlab.superposition.toy_models is real_helpers)
+"""
+
+
+def test_each_test_cell_imports_the_chapters_checks_from_disk_whatever_was_put_in_their_place():
+    """What the grader runs before every test cell (FRESH_MODULES), in a fresh process:
+    a fake checks module on the chapter package, a fake chapter package and a patched
+    chapter lookup are all gone, and the chapter's helper modules are still there."""
+    import subprocess
+    import sys
+
+    from autograder.preprocessors import FRESH_MODULES
+
+    code = f"FRESH_MODULES = {FRESH_MODULES!r}\n" + FAKE_CHAPTER_CHECKS
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "True", "mechlab.superposition.reference", "True"], out.stderr
+
+
 REFERENCE_ROUTES = {  # exercise 1's reference reached at run time, each a different way
     "the reference itself": "from mechlab.fixture.reference import add\n",
     "a wrapper": "from mechlab.fixture import reference as _ref\ndef add(a, b):\n    return _ref.add(a, b)\n",

@@ -1,7 +1,7 @@
 """Checks for chapter 3 (activation patching): `check_x` visible, `grade_x` hidden.
 
 Every exercise is compared with `mechlab.activation_patching.reference` on inputs
-built here: IOI prompts from the course corpus (`mechlab.patching.ioi_batch`), random
+built here: IOI prompts from the course corpus (`mechlab.activation_patching.plots.ioi_batch`), random
 token tensors, and models: the course model `corpus_2l` (on the CPU, with the
 normalised metric) and, in the hidden tests, untrained models of other shapes (three
 layers of two heads with MLPs; two layers of three heads, attention only), so code that hard-codes this model's sizes, or

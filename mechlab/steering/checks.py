@@ -1,7 +1,7 @@
 """Checks for chapter 5 (steering): `check_x` visible, `grade_x` hidden.
 
 Every exercise is compared with `mechlab.steering.reference` on inputs built here:
-contrast pairs and name prompts from the course corpus (`mechlab.steering`), random
+contrast pairs and name prompts from the course corpus (`mechlab.steering.experiments`), random
 tokens, activations and labels, and models: the course model `corpus_2l` and, in the
 hidden tests, untrained models of other shapes (`zoo.other_shapes`), so code that
 hard-codes this model's sizes fails. Generation is compared token for token from the
