@@ -230,10 +230,10 @@ PROVIDE_REFERENCES = """\
 # Added by the grader: every exercise's function starts as the course's reference, so an
 # exercise that is missing or broken in this notebook costs its own points only (the
 # reference earns nothing). Your own definitions below replace these.
-import importlib as _grader_importlib
-_grader_reference = _grader_importlib.import_module("mechlab.{topic}.reference")
+from mechlab import chapters as _grader_chapters
+_grader_reference = _grader_chapters.reference({topic!r})
 globals().update({{_name: getattr(_grader_reference, _name) for _name in _grader_reference.POINTS}})
-del _grader_importlib, _grader_reference
+del _grader_chapters, _grader_reference
 """
 PROVIDE_REFERENCES_ID = "grader-provides-references"
 
