@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="a class: print which file is whose (student, chapter) and grade nothing")
     p_grade.add_argument("--release-cache", default=None, help=argparse.SUPPRESS)  # set by class grading
     p_grade.add_argument("--hide", type=Path, action="append", default=[], help=argparse.SUPPRESS)  # ditto
+    p_grade.add_argument("--graded-notebook", type=Path, default=None,
+                         help="one file: also write the executed notebook there, with its outputs and the hidden "
+                              "tests (for you, never for the learner)")
     p_grade.add_argument("--force", action="store_true", help="a class: regrade submissions already graded")
 
     args = parser.parse_args(argv)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if path.is_file() and path.suffix.lower() != ".zip":
         limit_memory(args.memory_gb)
         releases = ReleaseCache.from_json(args.release_cache) if args.release_cache else None
-        result = grade_file(path, chapters, args.feedback, releases, execution)
+        result = grade_file(path, chapters, args.feedback, releases, execution, args.graded_notebook)
         print(result.to_json() if args.json else result.table())
         return 3 if result.status.startswith(TAMPERED) else 0
     out = (args.out or path.parent / f"{path.stem}-grades").resolve()

@@ -259,8 +259,11 @@ class Execution:
 
 
 def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | None = None,
-               releases: ReleaseCache | None = None, execution: Execution = Execution()) -> GradeResult:
-    """Grade `submission` against the matching chapter; always returns a result."""
+               releases: ReleaseCache | None = None, execution: Execution = Execution(),
+               graded_copy: Path | None = None) -> GradeResult:
+    """Grade `submission` against the matching chapter; always returns a result.
+    `graded_copy`: also write the executed, graded notebook there (hidden tests and all:
+    for the instructor and the course's tests, never for learners)."""
     root = chapters[0].root
     feedback_path = (feedback_dir or default_feedback_dir(submission, root)) / f"{submission.stem}.feedback.html"
     try:
@@ -283,7 +286,8 @@ def grade_file(submission: Path, chapters: list[Chapter], feedback_dir: Path | N
             status = problem or "not a chapter of this course: no graded cell or file name matches one"
             result = _zero_result(chapter, source, status, status)
         else:
-            result = _autograde(sanitize(nb, source.notebook), chapter, source, feedback_path, releases, execution)
+            result = _autograde(sanitize(nb, source.notebook), chapter, source, feedback_path, releases, execution,
+                                graded_copy)
     except Exception as e:  # a submission the grader could not handle: it costs that submission only
         log.exception("grading %s failed", submission)
         status = f"grader error: {_first_line(e)}"
@@ -398,7 +402,8 @@ def released_course(chapter: Chapter, source: SourceNotebook, root: Path,
 
 
 def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
-               feedback_path: Path, releases: ReleaseCache | None, execution: Execution) -> GradeResult:
+               feedback_path: Path, releases: ReleaseCache | None, execution: Execution,
+               graded_copy: Path | None = None) -> GradeResult:
     timeout = source.meta.timeout
     with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
         tmp = Path(tmp)
@@ -412,6 +417,9 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
             log.warning("nbgrader autograde failed:\n%s", outcome.get("log", ""))
             return _zero_result(chapter, source, *_failure(outcome))
         graded = nbformat.read(course.autograded_notebook(STUDENT), as_version=4)
+        if graded_copy is not None:
+            graded_copy.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(graded, graded_copy)
         cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in graded.cells}
         scores = course.scores(STUDENT)
         exercises = []

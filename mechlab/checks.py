@@ -20,6 +20,7 @@ import contextlib
 import copy
 import functools
 import math
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,15 @@ class CheckFailed(AssertionError):
     True when the output had the right kind, dtype and shape but other values."""
 
     values_differ = False
+
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows a failed check: the message, the learner's cell and the
+        learner's own frames, without the frames of the checks (which learners are asked
+        not to read). The cell still fails as before; only the display is shorter."""
+        from IPython.core.getipython import get_ipython  # only ever called by IPython
+
+        _for_the_learner(self)
+        return get_ipython().InteractiveTB.structured_traceback(_type(self), self, self.__traceback__)
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,15 @@ def self_grading() -> Iterator[None]:
         _SELF_GRADING[0] -= 1
 
 
+def _reference_module_of(name: str, caller: str) -> types.ModuleType | None:
+    """The reference module of the chapter whose `mechlab.<topic>.checks` is `caller`."""
+    topic = chapters.topic_of(caller)
+    try:
+        return chapters.reference(topic) if topic else None
+    except ImportError:
+        return None
+
+
 def _reference_of(name: str, caller: str) -> tuple[types.ModuleType, Callable] | None:
     """The reference module and function of exercise `name`: the chapter of the calling
     `mechlab.<topic>.checks` module, else the first chapter whose reference grades it."""
@@ -255,7 +274,13 @@ def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Call
         raise CheckFailed(f"{name} is the course's reference implementation (from {fn.__module__}): "
                           "imported with the escape hatch, or, under grading, put in place of a missing or "
                           "broken definition; write your own to earn these points.")
-    if not callable(fn) or not (runtime.under_grading() or _SELF_GRADING[0]):
+    if not callable(fn):  # an investigation's answer (a dict, a list): the reference's own object earns 0
+        module = _reference_module_of(name, chapter_module or sys._getframe(1).f_globals.get("__name__", ""))
+        if module is not None and fn is getattr(module, name, None) and fn is not None:
+            raise CheckFailed(f"{name} is the course's own answer (from {module.__name__}): "
+                              "find your own to earn these points.")
+        return fn
+    if not (runtime.under_grading() or _SELF_GRADING[0]):
         return fn
     found = _reference_of(name, chapter_module or sys._getframe(1).f_globals.get("__name__", ""))
     if found is None or not _isinstance(getattr(found[1], "__code__", None), types.CodeType):
@@ -468,6 +493,33 @@ def other_models(seed: int) -> tuple[tuple[str, object], ...]:
     from mechlab import zoo
 
     return zoo.other_shapes(seed=seed)
+
+
+_COURSE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # mechlab/
+
+
+def _without_course_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback less the frames of mechlab's own files: a learner sees the line of
+    their cell and of their own function where it broke, not the checks' code."""
+    kept = []
+    while tb is not None:
+        if not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_COURSE_DIR):
+            kept.append(tb)
+        tb = tb.tb_next
+    trimmed = None
+    for t in reversed(kept):
+        trimmed = types.TracebackType(trimmed, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return trimmed
+
+
+def _for_the_learner(error: BaseException) -> BaseException:
+    """`error` and the errors it was raised from, with the course's frames left out."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = _without_course_frames(e.__traceback__)
+        e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
+    return error
 
 
 def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:

@@ -10,6 +10,7 @@ import pytest
 
 from pathlib import Path
 
+from autograder import claims
 from autograder.chapters import REPO_ROOT, discover
 from autograder.grade import changed_files, course_digests
 from autograder.source import read_source
@@ -41,17 +42,20 @@ def _perturbed(fn):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
-def test_solution_executes_cleanly_and_gets_full_marks(chapter):
+def test_solution_executes_cleanly_and_gets_full_marks(chapter, tmp_path):
     """Graded in place, as an instructor trying the grader would: the feedback goes
-    outside the course, and the course's own files are as they were."""
+    outside the course, and the course's own files are as they were. Every number the
+    text quotes with an `<!-- out: ... -->` marker is what the graded run printed."""
     before = course_digests(REPO_ROOT)
-    result = grade(chapter.solution_notebook)
+    result = grade(chapter.solution_notebook, None, "--graded-notebook", str(tmp_path / "graded.ipynb"))
     assert not Path(result["feedback"]).resolve().is_relative_to(REPO_ROOT) and result["status"] == "ok"
     assert changed_files(before, course_digests(REPO_ROOT)) == []
     assert result["cell_errors"] == [], result["cell_errors"]
     failed = {e["id"]: e["message"] for e in result["exercises"] if e["score"] != e["max_score"]}
     assert failed == {}
     assert result["score"] == result["max_score"] > 0
+    graded = nbformat.read(tmp_path / "graded.ipynb", as_version=4)
+    assert claims.disagreements(graded) == []
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)

@@ -121,3 +121,21 @@ def test_own_work_watches_for_the_exercises_reference_when_grading():
         made = checks.own_work(factory, "toy_forward", "mechlab.superposition.checks")()
         fails_with(lambda: made(W, b, x), "uses the course's reference")
     assert checks.own_work(wrapper, "toy_forward", "mechlab.superposition.checks") is wrapper  # not grading
+
+
+def test_a_failed_check_shows_the_learners_frames_not_the_checks_code(capsys):
+    """In IPython (the kernel), a failed check shows the learner's cell, the learner's own
+    function where it raised, and the message; none of mechlab's frames."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(colors="nocolor")
+    result = shell.run_cell(
+        "from mechlab.superposition import checks\n"
+        "def toy_forward(W, b, x):\n"
+        "    return x.view(-1, 7)\n"
+        "checks.check_toy_forward(toy_forward)\n")
+    shown = capsys.readouterr().out
+    assert type(result.error_in_exec).__name__ == "CheckFailed"  # the cell still fails
+    assert "----> 3     return x.view(-1, 7)" in shown and "----> 4 checks.check_toy_forward" in shown
+    assert "raised RuntimeError: shape '[-1, 7]' is invalid" in shown
+    assert "mechlab/" not in shown and "compare_function" not in shown
