@@ -384,6 +384,10 @@ def call_learner(fn: Callable, name: str, description: str, args: tuple, kwargs:
         raise CheckFailed(f"{name}({description}) raised {_type(e).__name__}: {e}") from e
 
 
+UNKNOWN_CAUSE = ("No known mistake gives this output: work the case above through by hand, or print "
+                 "your intermediate tensors on it and compare each step with the exercise's text.")
+
+
 def compare_function(
     fn: Callable,
     reference: Callable,
@@ -407,7 +411,8 @@ def compare_function(
     the same case: if the learner's output matches one, its hint is added to the message.
     The general `hint` is about the output's form (type, dtype, shape, NaN): it is added
     only when the form is what differs, never to a plain difference in values, where
-    it would point the learner the wrong way.
+    it would point the learner the wrong way; values that differ in a way no known
+    mistake explains say so (`UNKNOWN_CAUSE`).
     """
     if not callable(fn):
         _fail(f"{name} should be a function, but it is a {_type(fn).__name__}", None)
@@ -428,6 +433,8 @@ def compare_function(
                 raise CheckFailed(f"{failure}\nHint: {mistake_hint}") from None
             if hint and not failure.values_differ:
                 raise CheckFailed(f"{failure}\nHint: {hint}") from None
+            if failure.values_differ:  # say plainly that no cause is known, rather than guess one
+                raise CheckFailed(f"{failure}\n{UNKNOWN_CAUSE}") from None
             raise
     if report:
         passed(f"{name} matches the reference on {len(cases)} case{'s' * (len(cases) != 1)}")

@@ -139,3 +139,16 @@ def test_a_failed_check_shows_the_learners_frames_not_the_checks_code(capsys):
     assert "----> 3     return x.view(-1, 7)" in shown and "----> 4 checks.check_toy_forward" in shown
     assert "raised RuntimeError: shape '[-1, 7]' is invalid" in shown
     assert "mechlab/" not in shown and "compare_function" not in shown
+
+
+def test_a_difference_no_known_mistake_explains_says_so_and_a_known_one_names_its_cause():
+    from mechlab.checks import UNKNOWN_CAUSE, Case, CheckFailed, compare_function
+
+    cases = [Case("x=[1, 2]", (torch.tensor([1.0, 2.0]),))]
+    mistakes = [("you doubled instead of squaring.", lambda x: 2 * x)]
+    with pytest.raises(CheckFailed) as unknown:
+        compare_function(lambda x: x + 1, lambda x: x ** 2, cases, name="square", mistakes=mistakes)
+    assert UNKNOWN_CAUSE in str(unknown.value) and "Hint" not in str(unknown.value)
+    with pytest.raises(CheckFailed) as known:
+        compare_function(lambda x: x * 2, lambda x: x ** 2, cases, name="square", mistakes=mistakes)
+    assert "Hint: you doubled" in str(known.value) and UNKNOWN_CAUSE not in str(known.value)
