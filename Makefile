@@ -67,7 +67,8 @@ grade: setup system-deps
 
 bench: setup
 	$(PY) benchmarks/run.py
-	$(PY) benchmarks/grading_throughput.py
+	$(PY) benchmarks/grading_throughput.py --workers 2
+	$(PY) benchmarks/catch_rate.py --record
 	$(PY) benchmarks/sandbox_cost.py
 	$(PY) benchmarks/sae_throughput.py   # makes benchmarks/.venv-saelens for the SAELens side
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from autograder.build import build
 from autograder.chapters import REPO_ROOT, discover
 from autograder.classroom import CourseFilesChanged, StudentRule, grade_class, read_roster, who_is_who
+from autograder.cluster import InfrastructureError
 from autograder.grade import TAMPERED, Execution, ReleaseCache, grade_file, limit_memory
 from autograder.sandbox import MODES, unavailable
 
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p_grade.add_argument("--graded-notebook", type=Path, default=None,
                          help="one file: also write the executed notebook there, with its outputs and the hidden "
                               "tests (for you, never for the learner)")
+    p_grade.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                         help="a class: grade on this Dask cluster's workers instead of --jobs here (README: large classes)")
+    p_grade.add_argument("--retries", type=int, default=2,
+                         help="with --scheduler: lost workers a submission may cost before it is reported as not graded")
     p_grade.add_argument("--force", action="store_true", help="a class: regrade submissions already graded")
 
     args = parser.parse_args(argv)
@@ -113,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     rule = rule_from(args, chapters)
     try:
         graded = grade_class(path, chapters, out, rule, jobs=max(1, args.jobs), memory_gb=args.memory_gb,
-                             force=args.force, sandbox="required" if sandbox else "off")
+                             force=args.force, sandbox="required" if sandbox else "off",
+                             scheduler=args.scheduler, retries=args.retries)
     except CourseFilesChanged as e:
         print(f"STOPPED: {e}", file=sys.stderr)
         return 3
+    except InfrastructureError as e:
+        print(f"STOPPED: {e}", file=sys.stderr)
+        return 4
     print(class_table(graded.rows))
     print(f"{len(graded.rows)} row(s), {graded.graded} submission(s) graded in this run; "
           f"grades: {out / 'grades.csv'}, gradebook: {out / 'gradebook.db'}, feedback: {out / 'feedback'}")
+    not_graded = [r for r in graded.rows if r.get("not_graded")]
+    if not_graded:
+        print(f"NOT GRADED: {len(not_graded)} submission(s) the cluster could not grade (their rows say why; no "
+              "grade was recorded for them): run the same command again to grade them", file=sys.stderr)
     print(f"integrity: {graded.flagged} flag(s) for a person to read (they change no grade): "
           f"{out / 'integrity.csv'}")
     return 0

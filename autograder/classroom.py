@@ -295,7 +295,11 @@ class CourseFilesChanged(RuntimeError):
 
 def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRule, *, jobs: int,
                 memory_gb: float = 6.0, wall_seconds: float = 1800, force: bool = False,
-                progress: bool = True, sandbox: str = "auto") -> ClassResult:
+                progress: bool = True, sandbox: str = "auto", scheduler: str | None = None,
+                retries: int = 2) -> ClassResult:
+    """Grade every submission not graded yet: here, `jobs` at a time, or on the Dask
+    cluster at `scheduler` (cluster.py). A submission the cluster could not grade is
+    reported, not stored, so that the same command grades it next time."""
     out.mkdir(parents=True, exist_ok=True)
     results_dir = out / "results"
     results_dir.mkdir(exist_ok=True)
@@ -307,25 +311,46 @@ def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRul
     root = chapters[0].root
     trusted = course_digests(root)
     results: dict[str, dict] = {}  # this run's results, as graded (never re-read from disk)
+    cluster = None
+    if scheduler and todo:
+        from autograder.cluster import Cluster
+
+        cluster = Cluster(scheduler, retries)
+        cluster.check_workers(root)
     with tempfile.TemporaryDirectory(prefix="mechlab-releases-") as cache, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
-        releases = ReleaseCache.build(chapters, Path(cache)) if todo else None
-        # a kernel sees neither the class's hand-ins nor its grades (see sandbox.py)
-        hidden = (path.resolve(), out.resolve()) if path.is_dir() else (out.resolve(),)
-        futures = {pool.submit(grade_one, s, root, results_dir, releases, memory_gb=memory_gb,
-                               wall_seconds=wall_seconds, threads=threads, sandbox=sandbox, hidden=hidden): s
-                   for s in todo}
-        bar = tqdm(as_completed(futures), total=len(futures), desc="grading", unit="notebook",
+        if cluster is not None:
+            futures = cluster.submit_all(todo, root, memory_gb=memory_gb, wall_seconds=wall_seconds,
+                                         sandbox=sandbox)
+            finished = cluster.completed(futures)
+        else:
+            releases = ReleaseCache.build(chapters, Path(cache)) if todo else None
+            # a kernel sees neither the class's hand-ins nor its grades (see sandbox.py)
+            hidden = (path.resolve(), out.resolve()) if path.is_dir() else (out.resolve(),)
+            futures = {pool.submit(grade_one, s, root, results_dir, releases, memory_gb=memory_gb,
+                                   wall_seconds=wall_seconds, threads=threads, sandbox=sandbox, hidden=hidden): s
+                       for s in todo}
+            finished = as_completed(futures)
+        bar = tqdm(finished, total=len(futures), desc="grading", unit="notebook",
                    disable=not progress or not futures, file=sys.stderr)
-        for future in bar:
-            sub = futures[future]
-            result = {**future.result(), "student": sub.student, "file": sub.where}
-            changed = changed_files(trusted, course_digests(root))
-            if changed:
-                _stop_on_changed_course(pool, futures, future, sub, result, changed, results_dir, jobs)
-            results[sub.key] = result
-            (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
-            bar.set_postfix_str(f"{sub.student}: {result['score']:g}/{result['max_score']:g}")
+        try:
+            for future in bar:
+                sub = futures[future]
+                graded = cluster.outcome(future, sub, results_dir) if cluster else future.result()
+                result = {**graded, "student": sub.student, "file": sub.where}
+                changed = changed_files(trusted, course_digests(root))
+                if changed:
+                    if cluster is not None:
+                        cluster.cancel(futures)
+                    _stop_on_changed_course(pool, futures, future, sub, result, changed, results_dir,
+                                            jobs if cluster is None else 2)
+                results[sub.key] = result
+                if not result.get("not_graded"):
+                    (results_dir / f"{sub.key}.json").write_text(json.dumps(result, indent=1))
+                bar.set_postfix_str(f"{sub.student}: {result['score']:g}/{result['max_score']:g}")
+        finally:
+            if cluster is not None:
+                cluster.close()
     stored = [results.get(s.key) or json.loads((results_dir / f"{s.key}.json").read_text()) for s in submissions]
     rows = _one_row_per_student_and_chapter(_attribute_unknown(stored, chapters))
     publish_feedback(rows, out)
@@ -363,7 +388,8 @@ def _stop_on_changed_course(pool, futures, done, sub: Submission, result: dict, 
                             results_dir: Path, jobs: int) -> None:
     """A submission changed the course's files: record it (when it was graded alone, it
     gets 0), grade nothing more, and tell the instructor what to restore."""
-    running = [] if jobs == 1 else [s for f, s in futures.items() if f is not done and f.running()]
+    running = [] if jobs == 1 else [s for f, s in futures.items() if f is not done and (
+        f.running() if hasattr(f, "running") else f.status == "pending")]  # a local or a Dask future
     for f in futures:
         f.cancel()
     status = f"{TAMPERED}: {', '.join(changed)[:300]}"
@@ -388,7 +414,7 @@ def _attribute_unknown(results: list[dict], chapters: list[Chapter]) -> list[dic
     exercises = read_source(next(c for c in chapters if c.name == name)).exercises
     attributed = []
     for r in results:
-        if r["chapter"] is None:
+        if r["chapter"] is None and not r.get("not_graded"):  # (the cluster could not grade it: no 0)
             r = {**r, "chapter": name, "max_score": float(sum(e.points for e in exercises)),
                  "exercises": [{"id": e.id, "score": 0.0, "max_score": float(e.points), "message": r["status"]}
                                for e in exercises]}
@@ -436,8 +462,9 @@ def write_csv(rows: list[dict], chapters: list[Chapter], path: Path) -> None:
         writer.writerow(["student", "chapter", "file", "status", "score", "max_score", *exercise_columns])
         for r in rows:
             points = {e["id"]: e["score"] for e in r["exercises"]}
-            writer.writerow([r["student"], r["chapter"] or "", r["file"], r["status"], f"{r['score']:g}",
-                             f"{r['max_score']:g}", *(f"{points[c]:g}" if c in points else "" for c in exercise_columns)])
+            score, max_score = ("", "") if r.get("not_graded") else (f"{r['score']:g}", f"{r['max_score']:g}")
+            writer.writerow([r["student"], r["chapter"] or "", r["file"], r["status"], score, max_score,
+                             *(f"{points[c]:g}" if c in points else "" for c in exercise_columns)])
 
 
 def record_in_gradebook(rows: list[dict], chapters: list[Chapter], out: Path) -> None:

@@ -1,13 +1,15 @@
 """Submissions graded per minute: the course's grader against plain `nbgrader autograde`
 on the same class of chapter-1 submissions. Appends a section to RESULTS.md.
 
-    .venv/bin/python benchmarks/grading_throughput.py [--submissions 4]
+    .venv/bin/python benchmarks/grading_throughput.py [--submissions 4] [--workers 2]
 
 Plain nbgrader (`autograde`, then `generate_feedback`) grades one submission after
 another in one course directory, with nbgrader's defaults except the per-cell
 timeout (its 30 s default cannot run the chapter). The course's grader is run with --jobs 1 (the same work, to measure the
 hardening's overhead: its own process, memory limit, fresh check modules,
-feedback) and with --jobs equal to the number of cores.
+feedback) and with --jobs equal to the number of cores; with --workers N, also through
+a Dask scheduler and N local workers (`--scheduler`, autograder/cluster.py), which on
+the same machine measures what going through the cluster costs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autograder.chapters import REPO_ROOT, Chapter  # noqa: E402
+from autograder.cluster import LocalCluster  # noqa: E402
 from autograder.course import ThrowawayCourse  # noqa: E402
 from autograder.source import read_source  # noqa: E402
 
@@ -67,18 +70,20 @@ def plain_nbgrader(paths: list[Path], timeout: int) -> float:
         return time.perf_counter() - start
 
 
-def ours(folder: Path, jobs: int) -> float:
-    out = folder.parent / f"out-{jobs}"
+def ours(folder: Path, jobs: int, scheduler: str | None = None) -> float:
+    out = folder.parent / f"out-{jobs}-{bool(scheduler)}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "autograder", "grade", str(folder), "--out", str(out),
-                    "--jobs", str(jobs)], check=True, capture_output=True)
+                    "--jobs", str(jobs), *(["--scheduler", scheduler] if scheduler else [])],
+                   check=True, capture_output=True)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=0, help="also grade through a local Dask cluster of N workers")
     args = parser.parse_args()
     timeout = read_source(CHAPTER).meta.timeout
     cores = os.cpu_count() or 1
@@ -88,8 +93,13 @@ def main() -> None:
         plain = plain_nbgrader(paths, timeout)
         one = ours(folder, 1)
         many = ours(folder, cores)
+        if args.workers:
+            with LocalCluster(Path(tmp), workers=args.workers) as cluster:
+                remote = ours(folder, cores, cluster.address)
     n = args.submissions
     rows = [("plain `nbgrader autograde` + `generate_feedback` (serial)", plain), ("ours, --jobs 1", one), (f"ours, --jobs {cores}", many)]
+    if args.workers:
+        rows.append((f"ours, --scheduler with {args.workers} local Dask workers", remote))
     lines = [f"\n## {date.today().isoformat()}: grading throughput, {n} chapter-1 submissions, {cores} cores\n",
              "| grader | seconds | submissions per minute |", "|---|---|---|"]
     lines += [f"| {name} | {secs:.1f} | {60 * n / secs:.2f} |" for name, secs in rows]
