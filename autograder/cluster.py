@@ -142,8 +142,15 @@ class Cluster:
         from distributed import Client
 
         self.client = Client(self.address, timeout="30s")
-        # a submission whose grading keeps killing workers is given up after this many
-        self.client.run_on_scheduler(_set_allowed_failures, self.retries)
+
+        def allowed_failures(n: int, dask_scheduler=None) -> None:  # (sent by value: the scheduler
+            dask_scheduler.allowed_failures = n                        # needs no course installed)
+
+        try:  # a submission whose grading keeps killing workers is given up after this many
+            self.client.run_on_scheduler(allowed_failures, self.retries)
+        except Exception as e:
+            log.warning("could not set the scheduler's allowed failures to --retries %d (%s): it keeps its "
+                        "own (distributed.scheduler.allowed-failures, 3 by default)", self.retries, e)
 
     def check_workers(self, root: Path) -> None:
         """Refuse to start when a worker's course differs from this machine's (a worker that
@@ -214,10 +221,6 @@ class Cluster:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _set_allowed_failures(n: int, dask_scheduler=None) -> None:
-    dask_scheduler.allowed_failures = n
 
 
 def _differences_on_worker(expected: dict[str, str], root: str) -> list[str]:
