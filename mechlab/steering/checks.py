@@ -21,9 +21,10 @@ from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    other_models, randn, seeded,
+    guard_model, other_models, passed, randn, seeded,
 )
 from mechlab.sparse_autoencoders import reference as sae_ref
+from mechlab.steering import investigation as inv
 from mechlab.steering import reference as ref
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-3)
@@ -819,3 +820,44 @@ def _check_answers(fn: Callable, hidden: bool) -> None:
 
 
 check_answer_probabilities, grade_answer_probabilities = check_and_grade("answer_probabilities", _check_answers)
+
+
+# ---------------------------------------------------------------- 12. investigate_steering (the investigation)
+
+
+def _investigation_hint(result) -> str:
+    """Which way the measurement missed, never where the answer is."""
+    if result.success < inv.MIN_SUCCESS and result.extra_loss > inv.MAX_EXTRA_LOSS:
+        return ("it moves the topic too little for what it costs: is the vector about the target (a contrast "
+                f"between {inv.TARGET} stories and others)?")
+    if result.success < inv.MIN_SUCCESS:
+        return "push harder, or find a site or method where the same damage buys more."
+    return ("it steers, but costs more than the budget: push less, or find a site or method where the same "
+            "success costs less. Measure on more generations than 32 and leave a margin on both bars.")
+
+
+def _check_investigate_steering(fn: Callable, hidden: bool) -> None:
+    name = "investigate_steering"
+    model, sae = course_model("corpus_2l"), _course_sae()
+    sae_before = [p.detach().clone() for p in sae.parameters()]
+    try:
+        answer = call_learner(guard_model(fn, name), name, "the course model and chapter 4's SAE", (model, sae))
+    finally:
+        if any(not torch.equal(p, q) for p, q in zip(sae.parameters(), sae_before)):
+            with torch.no_grad():
+                for p, q in zip(sae.parameters(), sae_before):
+                    p.copy_(q)
+            raise CheckFailed(f"{name} changed the SAE's weights; leave the SAE as it was")
+    setting = inv.validate(answer, model, sae)
+    if not hidden:
+        passed(f"{name}'s answer is well formed: {setting.describe()} (whether it steers well enough is what the "
+               "grader measures, on generations and text you have not seen)")
+        return
+    result = inv.measure(model, sae, setting)
+    if not result.passes:
+        raise CheckFailed(f"{name}: {setting.describe()} gives {result.report()}.\nHint: {_investigation_hint(result)}")
+    passed(f"{name}: {setting.describe()} gives {result.report()}")
+
+
+check_investigate_steering, grade_investigate_steering = check_and_grade("investigate_steering",
+                                                                         _check_investigate_steering)
