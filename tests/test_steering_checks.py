@@ -42,6 +42,11 @@ def success_counts_ties(tokens, labels, target, prompt_length):
     return checks._success_ties_win(tokens, labels, target, prompt_length)
 
 
+def success_at_least(tokens, labels, target, prompt_length):
+    """`>=` instead of `>`: ties, and rows with no labelled token, count as successes."""
+    return checks._success_at_least(tokens, labels, target, prompt_length)
+
+
 def success_includes_prompt(tokens, labels, target, prompt_length):
     return ref.success_rate(tokens, labels, target, 0)
 
@@ -189,6 +194,7 @@ MUTANTS = [
     ("generate", generate_new_tokens_only, "shape"),
     ("generate", generate_greedy_always, "differ"),
     ("success_rate", success_counts_ties, "strictly"),
+    ("success_rate", success_at_least, "no labelled token at all"),
     ("success_rate", success_includes_prompt, "prompt_length"),
     ("success_rate", success_as_tensor, "not a float"),
     ("contrast_vector", contrast_with_bos, "BOS"),

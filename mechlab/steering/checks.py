@@ -191,6 +191,13 @@ def _success_ties_win(tokens, labels, target, prompt_length):
     return ((counts[:, target] >= others) & (counts[:, target] > 0)).float().mean().item()
 
 
+def _success_at_least(tokens, labels, target, prompt_length):
+    generated = labels[tokens[:, prompt_length:]]
+    counts = torch.stack([(generated == k).sum(-1) for k in range(int(labels.max()) + 1)], -1)
+    others = torch.cat([counts[:, :target], counts[:, target + 1:]], -1).max(-1).values
+    return (counts[:, target] >= others).float().mean().item()
+
+
 def _success_with_prompt(tokens, labels, target, prompt_length):
     return ref.success_rate(tokens, labels, target, 0)
 
@@ -207,6 +214,8 @@ def _success_any(tokens, labels, target, prompt_length):
 
 _SUCCESS_MISTAKES = [
     ("a tie with another label is not a success: the target needs *strictly* more tokens.", _success_ties_win),
+    ("`>=` counts ties as successes, and a row with no labelled token at all ties at 0 against 0: the target "
+     "needs *strictly* more tokens than the best other label (`>`).", _success_at_least),
     ("count only the generated tokens, after the first `prompt_length`.", _success_with_prompt),
     ("argmax breaks ties (and all-zero rows) in favour of the first label; compare the target's count with the "
      "best other label's, strictly.", _success_argmax),
