@@ -242,14 +242,14 @@ def _contrast_cases(hidden: bool) -> list[Case]:
     pos, neg = _pairs("sentiment", "positive", 12, 2)
     known = st.name_prompts(st.entity_split().known_train)
     unknown = st.name_prompts(st.entity_split().unknown_train)
-    cases = [Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, all positions",
+    cases = [Case(f"course model, {len(food)} topic pairs (food), blocks.1.hook_resid_pre, all positions",
                   (model, food, other, COURSE_SITE)),
              Case("course model, 8 known against 16 unknown names, blocks.0.hook_resid_post, position=2",
-                  (model, known, unknown, "blocks.0.hook_resid_post", 2))]
+                  (model, known, unknown, "blocks.0.hook_resid_post", 2)),
+             Case(f"course model, {len(food)} topic pairs (food), blocks.1.hook_resid_pre, position=0 (BOS: the same "
+                  "in every prompt, so the difference is 0)", (model, food, other, COURSE_SITE, 0))]
     if hidden:
         cases += [
-            Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, position=0 (BOS: the same in every "
-                 "prompt, so the difference is 0)", (model, food, other, COURSE_SITE, 0)),
             Case("course model, 12 sentiment pairs, blocks.0.hook_resid_mid, position=-1",
                  (model, pos, neg, "blocks.0.hook_resid_mid", -1)),
             Case("course model, 16 topic pairs (food), blocks.1.hook_resid_post, all positions",
@@ -357,10 +357,9 @@ def _apply_hook(make: Callable) -> Callable:
 
 
 def _hook_cases(hidden: bool) -> list[Case]:
-    specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2)]
+    specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2), (5, 2, 6, 8, 2.0, 0)]  # 0 is a position, not None
     if hidden:
-        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2)),
-                  (5, 2, 6, 8, 2.0, 0)]
+        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2))]
     return [Case(f"activation [{b}, {p}, {d}], coefficient {c}, positions={pos}",
                  (randn(seed, b, p, d), randn(seed + 100, d), c, pos)) for seed, b, p, d, c, pos in specs]
 
@@ -778,14 +777,12 @@ def _answer_cases(hidden: bool) -> list[Case]:
     model = course_model("corpus_2l")
     unknown = st.name_prompts(names.unknown_test[:12], "lives in")
     known = st.name_prompts(names.known_test[:8], "lives in")
-    cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities))]
+    hooks = _vector_hooks(model, 3, 0.5)
+    cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities)),
+             Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
+                  (model, unknown, hedge, cities, hooks))]
     if hidden:
-        hooks = _vector_hooks(model, 3, 0.5)
-        cases += [
-            Case("course model, 8 known names + 'lives in', no hooks", (model, known, hedge, cities)),
-            Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
-                 (model, unknown, hedge, cities, hooks)),
-        ]
+        cases += [Case("course model, 8 known names + 'lives in', no hooks", (model, known, hedge, cities))]
         for i, (desc, m) in enumerate(other_models(51)):
             cases.append(Case(f"{desc}, 4 random prompts, a random vector", (
                 m, _random_tokens(i, 4, 6), hedge, cities[:5], _vector_hooks(m, i, 1.0))))
