@@ -390,7 +390,8 @@ norms = {site: residual_norm(model, text, site) for site in sites}
 vectors = {site: contrast_vector(model, food_tokens.to(device), other_tokens.to(device), site) for site in sites}
 for site in sites:
     print(f"food vector / residual norm at {st.short_site(site)}: {vectors[site].norm().item() / norms[site]:.3f}")
-print(f"the residual norm grows from the embedding to the last layer by a factor of {norms[sites[-1]] / norms[sites[0]]:.1f}")
+growth = norms[sites[-1]] / norms[sites[0]]
+print(f"the residual norm grows from the embedding to the last layer by a factor of {growth:.1f}")
 pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, v in vectors.items()},
               "vector / residual": {s: v.norm().item() / norms[s] for s, v in vectors.items()}}).round(3)
 
@@ -1366,8 +1367,9 @@ st.steering_panel(model, steers, panel_numbers, panel_samples)
 # an empty prompt, sampled from a seed the chapter never uses, and 32 held-out windows of
 # corpus text for the extra loss. Both bars must hold there. A setting that clears the
 # bars in your measurement by a hair may miss them on new samples: the success rate of 32
-# generations has a standard error of about 8 points, of 256 about 3. Many settings
-# pass, at more than one site; none needs luck. 5 points, about 40 minutes.
+# generations has a standard error of about 8 points, of 256 about 3. Settings at more
+# than one site pass, and the best clear both bars by several standard errors: none
+# needs luck. 5 points, about 40 minutes.
 #
 # <details><summary>Hint 1 (how to look)</summary>
 #

@@ -398,10 +398,13 @@ def test_investigation_measurement_of_the_wrong_findings_is_far_from_the_bars():
     from mechlab.checks import course_model
 
     model, sae = course_model("corpus_2l"), checks._course_sae()
+    def measured(finding):
+        return inv.measure(model, sae, inv.validate(finding(model, sae), model, sae))
+
     for finding in (investigation_same_setting_new_vector, investigation_too_large):
-        assert inv.measure(model, sae, inv.validate(finding(model, sae), model, sae)).extra_loss > inv.MAX_EXTRA_LOSS + 0.01
+        assert measured(finding).extra_loss > inv.MAX_EXTRA_LOSS + 0.01
     for finding in (investigation_the_chapters_recipe, investigation_too_small):
-        assert inv.measure(model, sae, inv.validate(finding(model, sae), model, sae)).success < inv.MIN_SUCCESS - 0.1
+        assert measured(finding).success < inv.MIN_SUCCESS - 0.1
 
 
 def other_site_passes(model, sae):
