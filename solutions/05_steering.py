@@ -1418,7 +1418,8 @@ checks.grade_investigate_steering(investigate_steering)
 # %% [markdown]
 # ### Your answer against the measurement
 #
-# The grader's measurement of your setting, and of a few others on the same held-out
+# Finish the exercise before you read on: what follows is the answer. The grader's
+# measurement of your setting, and of a few others on the same held-out
 # generations and text: the chapter's food recipe at `1.resid_pre`, the same recipe
 # with the weather vector, and the weather vector at other sites and sizes.
 
