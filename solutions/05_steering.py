@@ -46,8 +46,7 @@
 # is about the target topic, and what it costs, as the extra loss on ordinary text and
 # how repetitive the generations become.
 #
-# **Time budget:** about 2.5 hours for the exercises (the table below adds them up). The
-# notebook runs in about a minute on a laptop CPU.
+# **Time budget:** about 3¼ hours for the exercises (the table below adds them up).
 #
 # **How the exercises work.** As before: write your code where it says `YOUR CODE HERE`,
 # run the cell under it, and the visible check prints ✓ or says what differs. Hidden
@@ -270,13 +269,15 @@ checks.grade_success_rate(success_rate)
 
 # %% [markdown]
 # With no steering, how often is a generation about each topic? Many documents are facts
-# about people or IOI sentences, which name no topic, so the five rates add up to well
-# less than 1.
+# about people or IOI sentences, which name no topic, and a generation can tie between
+# two topics, so the five rates add up to less than 1: here to
+# 0.875<!-- out: sum of the five rates: -->.
 
 # %%
 unsteered = generate(model, st.start_prompts(N_GEN).to(device), GEN_LENGTH, seeded(0))
 baseline = {name: success_rate(unsteered, topic_labels, i, 1) for i, name in enumerate(corpus.TOPIC_NAMES)}
 print({k: round(v, 3) for k, v in baseline.items()})
+print(f"sum of the five rates: {sum(baseline.values()):.3f}")
 
 # %% [markdown]
 # ## 3. A steering vector from contrast pairs
@@ -387,11 +388,15 @@ text = text_windows.tokens[:32].to(device)  # 32 windows of 64 tokens (the same 
 sites = st.residual_sites(model)
 norms = {site: residual_norm(model, text, site) for site in sites}
 vectors = {site: contrast_vector(model, food_tokens.to(device), other_tokens.to(device), site) for site in sites}
+for site in sites:
+    print(f"food vector / residual norm at {st.short_site(site)}: {vectors[site].norm().item() / norms[site]:.3f}")
+growth = norms[sites[-1]] / norms[sites[0]]
+print(f"the residual norm grows from the embedding to the last layer by a factor of {growth:.1f}")
 pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, v in vectors.items()},
               "vector / residual": {s: v.norm().item() / norms[s] for s, v in vectors.items()}}).round(3)
 
 # %% [markdown]
-# The residual stream grows more than 20-fold from the embedding to the last layer: a
+# The residual stream grows 23<!-- out: the residual norm grows from the embedding to the last layer by a factor of ±1 -->-fold from the embedding to the last layer: a
 # vector of norm 8 would be five times the embedding's norm but a quarter of the last
 # layer's. So we give coefficients relative to the norm at the site. That is a
 # convention, not a law: the last column shows that the *natural* contrast between food
@@ -451,7 +456,7 @@ checks.grade_steering_hook(steering_hook)
 # Now steer. Add the food vector between the layers (`blocks.1.hook_resid_pre`) at half
 # the residual stream's norm, and generate from the same seed as the unsteered samples
 # above. We add it at every position **but the first**: the BOS position's residual
-# stream is unlike the others (at this site its norm is about three times the mean) and
+# stream is unlike the others (at this site its norm is about 3<!-- out: BOS residual norm at 1.resid_pre, in units of the mean: ±0.5 --> times the mean) and
 # every later position attends to it, so a push there changes everything at once, and
 # `contrast_vector` and `residual_norm` leave it out too.
 
@@ -469,6 +474,8 @@ def food_hooks(site: str, coefficient: float) -> list:
     return vector_hooks(site, vectors[site], coefficient)
 
 
+bos_norm = activations_at(text, SITE)[:, 0].norm(dim=-1).mean().item()
+print(f"BOS residual norm at {st.short_site(SITE)}, in units of the mean: {bos_norm / norms[SITE]:.1f}")
 steered = generate(model, st.start_prompts(N_GEN).to(device), GEN_LENGTH, seeded(0), fwd_hooks=food_hooks(SITE, 0.5))
 for row in steered[:5]:
     print("-", st.decode(model, row))
@@ -597,30 +604,56 @@ for budget in (0.05, 0.1, 0.25):
     print(f"best setting costing at most {budget} nats: {st.short_site(best.site)} at {best.coefficient} x the "
           f"residual norm: {best.success:.0%} about {TARGET}, extra loss {best.extra_loss:.3f} nats, "
           f"generations' loss {best.generation_loss:.2f} nats, repetition {best.repetition:.2f}")
+for site, rows in table.groupby("site", sort=False):
+    print(f"at {st.short_site(site)}, 75% about {TARGET} from {rows[rows.success >= 0.75].coefficient.min()} x the "
+          f"norm; at {st.short_site(site)}, the extra loss reaches 1 nat from "
+          f"{rows[rows.extra_loss >= 1].coefficient.min()} x the norm; at {st.short_site(site)} x 0.625, success "
+          f"{rows[rows.coefficient == 0.625].success.item():.3f}")
+at_half = table[(table.site == SITE) & (table.coefficient == 0.5)].iloc[0]
+print(f"{st.short_site(SITE)} x 0.5: success {at_half.success:.3f}; {st.short_site(SITE)} x 0.5: extra loss "
+      f"{at_half.extra_loss:.3f} nats")
+strongest = table[table.coefficient == COEFFICIENTS[-1]]
+print(f"generations' loss at {COEFFICIENTS[-1]} x the norm, lowest: {strongest.generation_loss.min():.1f}; "
+      f"highest of them: {strongest.generation_loss.max():.1f}")
+print(f"least repetition in the sweep: {table.repetition.min():.2f}; most repetition: {table.repetition.max():.2f}")
 table.pivot(index="coefficient", columns="site", values="success").rename(columns=st.short_site)
 
 # %% [markdown]
 # Read the four panels together.
 #
 # - **Every site steers**, and the success rate rises with the coefficient from the
-#   unsteered 6% to every generation. The same *relative* push does not do the same
-#   everywhere, though: at the embedding (`0.resid_pre`) 0.375 of the norm already makes
-#   81% of generations about food; at `0.resid_mid` it takes about 0.75. The table above
-#   says why: the natural food contrast is 7% of the residual norm at the embedding and
-#   22% at `0.resid_mid`, so the same relative push exaggerates it five-fold at the first
-#   site and less than twice at the second. The order of the curves follows that ratio.
+#   unsteered 6%<!-- out: (unsteered: ±4 --> to every generation. The same *relative* push does not do the same
+#   everywhere, though: at the embedding (`0.resid_pre`) three quarters of the generations
+#   are about food from 0.375<!-- out: at 0.resid_pre, 75% about food from --> of the norm; at `0.resid_mid`
+#   only from 1.0<!-- out: at 0.resid_mid, 75% about food from -->. The table above says why: the natural food
+#   contrast is 0.069<!-- out: food vector / residual norm at 0.resid_pre: --> of the residual norm at the
+#   embedding and 0.218<!-- out: food vector / residual norm at 0.resid_mid: --> at `0.resid_mid`, so a push of
+#   0.375 of the norm exaggerates it five-fold at the first site and less than twice at the
+#   second. That ratio does not order the other curves, though: the three sites of layer 1
+#   have almost the same ratio (0.147<!-- out: food vector / residual norm at 1.resid_pre: -->,
+#   0.144<!-- out: food vector / residual norm at 1.resid_mid: --> and 0.138<!-- out: food vector / residual norm at 1.resid_post: -->)
+#   and, at 0.625 of the norm, very different rates: 0.81<!-- out: at 1.resid_pre x 0.625, success ±0.04 -->,
+#   0.50<!-- out: at 1.resid_mid x 0.625, success ±0.04 --> and 0.94<!-- out: at 1.resid_post x 0.625, success ±0.04 -->.
+#   What comes after the site (an MLP that reads the push, or only the unembedding) matters
+#   as much as the push's relative size.
 # - **Damage grows as fast as the effect.** The extra loss on ordinary text passes 0.1
-#   nats about where success passes half (at 0.5 for `1.resid_pre`: 62% about food for
-#   0.105 nats), and reaches whole nats at the embedding from 0.5, at `1.resid_pre` and
-#   `1.resid_post` from 1, and inside the layers only at 1.5. The unsteered model's loss
-#   on the generations climbs from 1.4 nats to 7-13: the model writes a food-word salad ("the chef felt bad kitchen was terrible dinner
-#   ..."), which the topic count still calls a success. A success rate alone would pick
+#   nats about where success passes half (at 0.5 for `1.resid_pre`:
+#   0.625<!-- out: 1.resid_pre x 0.5: success ±0.04 --> about food for 0.105<!-- out: 1.resid_pre x 0.5: extra loss --> nats),
+#   and reaches whole nats at the embedding from 0.5<!-- out: at 0.resid_pre, the extra loss reaches 1 nat from -->,
+#   at `1.resid_pre` and `1.resid_post` from 1.0<!-- out: at 1.resid_pre, the extra loss reaches 1 nat from -->,
+#   and inside the layers only at 1.5<!-- out: at 0.resid_mid, the extra loss reaches 1 nat from -->.
+#   The unsteered model's loss on the generations climbs from 1.4<!-- out: of generations about food, generations' loss -->
+#   nats to between 7<!-- out: generations' loss at 1.5 x the norm, lowest: ±0.5 --> and
+#   13<!-- out: highest of them: ±0.5 --> nats at 1.5 times the norm: the model writes a food-word salad
+#   ("the chef felt bad kitchen was terrible dinner ..."), which the topic count still
+#   calls a success. A success rate alone would pick
 #   the most destructive setting. Always report effect and damage together; the printed
 #   lines give the best success within three damage budgets.
 # - **Repetition does not catch it.** Large language models pushed too hard fall into
 #   loops, and repeated bigrams catch that. This one falls into a salad instead: it stops
 #   writing the corpus's templates, whose ". the" and "was great ." repeat, so repeated
-#   bigrams mostly *fall* (noisily: 0.01 to 0.05). A damage measure can miss the failure
+#   bigrams mostly *fall* (noisily: between 0.01<!-- out: least repetition in the sweep: --> and
+#   0.05<!-- out: most repetition: -->). A damage measure can miss the failure
 #   your model actually has; look at the samples, and keep a measure (here the
 #   generations' loss) that sees the salad.
 # - **At the last site** (`1.resid_post`) the vector only biases the unembedding: it
@@ -629,22 +662,31 @@ table.pivot(index="coefficient", columns="site", values="success").rename(column
 #   budget that is the cheapest way to food words; it is not the most interesting.
 #
 # The same machinery steers sentiment: the contrast pairs are the same stories with
-# positive against negative words. Unsteered, half the generations that express a
-# sentiment are positive (the corpus is balanced).
+# positive against negative words.
 
 # %%
 sentiment_labels = st.word_labels("sentiment").to(device)
 pos_tokens, neg_tokens = st.contrast_pairs("sentiment", "positive", n=64, seed=0)
 sentiment_vector = contrast_vector(model, pos_tokens.to(device), neg_tokens.to(device), SITE)
-print("unsteered, positive:", measure([], target=1, labels=sentiment_labels))
+positive_share, negative_share = (success_rate(unsteered, sentiment_labels, k, 1) for k in (1, 0))
+print(f"unsteered: positive {positive_share:.3f}, negative {negative_share:.3f}; positive among the "
+      f"generations that lean one way: {positive_share / (positive_share + negative_share):.3f}")
 for c in (0.5, 1.0):
-    hooks = vector_hooks(SITE, sentiment_vector, c)
-    print(f"+{c} x norm, positive:", {k: round(v, 3) for k, v in measure(hooks, 1, sentiment_labels).items()})
+    steered_sentiment = measure(vector_hooks(SITE, sentiment_vector, c), 1, sentiment_labels)
+    print(f"sentiment vector at {c} x the norm: positive {steered_sentiment['success']:.3f}")
+    print(f"  sentiment vector at {c}, extra loss {steered_sentiment['extra_loss']:.3f} nats, generations' loss "
+          f"{steered_sentiment['generation_loss']:.2f}, repetition {steered_sentiment['repetition']:.2f}")
 
 # %% [markdown]
-# At half the residual norm, about two thirds of the generations are positive for 0.08
-# nats of extra loss; at the full norm all of them are, for 0.8 nats and a salad. The
-# trade-off has the same shape as for topics.
+# Unsteered, half the generations are positive (0.500<!-- out: unsteered: positive -->) and a quarter
+# negative (0.250<!-- out: unsteered: positive 0.500, negative -->); the rest have no sentiment word, or as many
+# of each. So of the generations that lean one way, two thirds
+# (0.667<!-- out: positive among the generations that lean one way: -->) are positive: the model leans
+# positive. At half the residual norm, 0.688<!-- out: sentiment vector at 0.5 x the norm: positive ±0.04 -->
+# of the generations are positive for 0.082<!-- out: sentiment vector at 0.5, extra loss --> nats of extra loss;
+# at the full norm all of them are (1.000<!-- out: sentiment vector at 1.0 x the norm: positive ±0.04 -->), for
+# 0.83<!-- out: sentiment vector at 1.0, extra loss --> nats and a salad. The trade-off has the same shape as
+# for topics.
 
 # %% [markdown]
 # ## 5. Feature steering with an SAE latent
@@ -755,6 +797,7 @@ st.plot_tradeoff({"contrast vector (1.resid_pre)": table[table.site == SITE],
                   f"clamp latent {food_latent}": clamp_table,
                   f"latent {food_latent}'s decoder direction": decoder_table,
                   "random direction (control)": random_table}, TARGET);
+print(f"random direction at {COEFFICIENTS[-1]} x the norm: success {random_table.success.iloc[-1]:.3f}")
 random_table.round(3)
 
 # %% [markdown]
@@ -766,30 +809,44 @@ random_table.round(3)
 
 # %%
 food_text = st.topic_text(TARGET, n=32).to(device)
-pd.DataFrame([{"coefficient": c,
-               "extra loss, ordinary text": extra_loss(model, text, food_hooks(SITE, c)),
-               "extra loss, food stories": extra_loss(model, food_text, food_hooks(SITE, c)),
-               "random direction, ordinary text": extra_loss(model, text, vector_hooks(SITE, random_vector, c))}
-              for c in (0.25, 0.5, 0.75, 1.0)]).round(3)
+loss_table = pd.DataFrame([{"coefficient": c,
+                            "extra loss, ordinary text": extra_loss(model, text, food_hooks(SITE, c)),
+                            "extra loss, food stories": extra_loss(model, food_text, food_hooks(SITE, c)),
+                            "random direction, ordinary text": extra_loss(model, text,
+                                                                          vector_hooks(SITE, random_vector, c))}
+                           for c in (0.25, 0.5, 0.75, 1.0)]).set_index("coefficient")
+times_less = (loss_table["extra loss, ordinary text"] / loss_table["random direction, ordinary text"]).loc[0.5:]
+for c in (0.25, 0.5):
+    print(f"food stories' extra loss at {c} x the norm: {loss_table.loc[c, 'extra loss, food stories']:.3f}")
+print(f"food stories' smallest extra loss from 0.75 x the norm on: "
+      f"{loss_table.loc[0.75:, 'extra loss, food stories'].min():.2f}")
+print(f"from half the norm on, the random direction costs less by a factor from {times_less.min():.1f}; "
+      f"by a factor up to {times_less.max():.1f}")
+loss_table.round(3)
 
 # %% [markdown]
-# At a quarter of the norm the food stories lose nothing; at half, they lose 0.03 nats
-# against 0.1 on ordinary text: two thirds of the "damage" there was the intended shift
+# At a quarter of the norm the food stories lose nothing
+# (0.000<!-- out: food stories' extra loss at 0.25 x the norm: ±0.002 -->); at half, they lose
+# 0.033<!-- out: food stories' extra loss at 0.5 x the norm: --> nats against 0.105<!-- out: 1.resid_pre x 0.5: extra loss -->
+# on ordinary text: two thirds of the "damage" there was the intended shift
 # towards food, showing up as a worse prediction of text that is not about food. From
-# three quarters of the norm on, even the food stories lose a third of a nat or more:
-# that is damage, the model writing food words where the story needs "the" and ".". The
-# random direction of the same size costs 7-9 times less: the model shrugs off pushes in
+# three quarters of the norm on, even the food stories lose a third of a nat or more
+# (0.34<!-- out: food stories' smallest extra loss from 0.75 x the norm on: -->):
+# that is damage, the model writing food words where the story needs "the" and ".". From
+# half the norm on, the random direction of the same size costs 7<!-- out: the random direction costs less by a factor from ±0.5 -->
+# to 9<!-- out: by a factor up to ±0.5 --> times less: the model shrugs off pushes in
 # directions it does not read, and the contrast vector is, by construction, a direction
-# it reads. (At 1.5 times the norm even the random direction makes two thirds of the
+# it reads. (At 1.5 times the norm even the random direction makes two thirds
+# (0.656<!-- out: random direction at 1.5 x the norm: success ±0.04 -->) of the
 # generations "about food". Not by magic: this random vector happens to have a cosine of
-# 0.2 with the food vector, printed above, where chance in 128 dimensions is about ±0.09,
+# 0.20<!-- out: cosine(random direction, food vector) = --> with the food vector, printed above, where chance in 128 dimensions is about ±0.09,
 # so at 1.5 times the norm its food component alone is a 0.3 push. A control is a
 # sample too; check what it contains.)
 
 # %% [markdown]
 # The three food directions trace similar curves, far above the random control, which
 # barely moves the topic until it costs a fifth of a nat. The TopK latent's decoder direction is close to the
-# contrast vector (cosine 0.83, printed above), and clamping adds (value − current
+# contrast vector (cosine 0.83<!-- out: cosine of its decoder direction with the food vector: -->, printed above), and clamping adds (value − current
 # activation) times that direction at each token, so it *is* a steering vector whose size
 # adapts per token. The contrast vector is a little better at low damage, which is no
 # surprise: it was built from exactly the contrast we measure. What the SAE buys is the
@@ -918,23 +975,31 @@ st.plot_probe(probe_table, TARGET);
 
 # %% [markdown]
 # First, the sanity check printed above: unsteered, the probe's mean P(food) at these
-# positions (0.14) matches the share that really is in food stories (0.13). Then two
-# lessons.
+# positions (0.14<!-- out: the unsteered probe's mean P(food) there: -->) matches the share that really is
+# in food stories (13%<!-- out: story positions in the ordinary text; -->). Then two lessons.
 #
 # **The probe saturates before behaviour does.** At half the norm the contrast vector
-# drives the probe to 0.98, while 62% of the generations are about food; the probe
-# direction drives it to 0.9 while only a fifth are. A probe reads a direction, and any
+# drives the probe to 0.98<!-- out: contrast vector at 0.5 x the norm, probe reading: -->, while
+# 0.625<!-- out: contrast vector at 0.5 x the norm, success: ±0.04 --> of the generations are about food; the
+# probe direction drives it to 0.9<!-- out: probe direction at 0.5 x the norm, probe reading: --> while only a
+# fifth (0.219<!-- out: probe direction at 0.5 x the norm, success: ±0.04 -->) are. A probe reads a direction, and any
 # push along it moves the reading; whether the model *acts* on it is a separate question
 # that only the generations answer. Use a probe to watch a property inside the model
 # while you steer, not as the measure of success.
 #
 # **Reading and causing are different jobs.** The probe's weights point only partly
-# along the contrast vector (cosine 0.73), and used as a steering vector they need more
-# push, and more damage, for the same effect: about 0.2 nats for two thirds of the
-# generations, against 0.1 nats for the contrast vector (the table below). The probe was
+# along the contrast vector (cosine 0.73<!-- out: cosine(probe weights, contrast vector) = -->), and used as a
+# steering vector they need more push, and more damage, for the same effect: about
+# 0.2<!-- out: probe direction at 0.75 x the norm, extra loss: --> nats for two thirds
+# (0.688<!-- out: probe direction at 0.75 x the norm, success: ±0.04 -->) of the generations, against
+# 0.1<!-- out: contrast vector at 0.5 x the norm, extra loss: --> nats for the contrast vector (the table below). The probe was
 # fitted to *separate* food at the last layer, not to *cause* it between the layers.
 
 # %%
+for row in probe_table[probe_table.coefficient.isin([0.5, 0.75])].itertuples():
+    print(f"{row.method} at {row.coefficient} x the norm, probe reading: {row.probe:.3f}")
+    print(f"{row.method} at {row.coefficient} x the norm, success: {row.success:.3f}")
+    print(f"{row.method} at {row.coefficient} x the norm, extra loss: {row.extra_loss:.3f}")
 probe_table.round(3)
 
 # %% [markdown]
@@ -1021,9 +1086,9 @@ st.plot_scores(entity_scores, [group_of[n] for n in test_names],
 
 # %% [markdown]
 # At the embedding (`0.resid_pre`, the last name's token embedding plus its position)
-# the direction is at chance: a last name like "smith" belongs to known and unknown
-# pairs alike. After one layer, which lets the last name attend to the first, the held-out
-# names separate perfectly, from 8 and 16 examples. Knowing the *pair* is a fact layer 0
+# the direction is at chance (AUROC 0.46<!-- out: {'0.resid_pre': -->): a last name like "smith" belongs to
+# known and unknown pairs alike. After one layer, which lets the last name attend to the
+# first, the held-out names separate perfectly (AUROC 1.0<!-- out: '0.resid_post': -->), from 8 and 16 examples. Knowing the *pair* is a fact layer 0
 # computes, and it is linear. The histogram shows more: the unknown names fall in two
 # heaps, the hedged pairs far below the pairs the corpus never describes. The direction
 # is not only "known or not"; it also carries "the corpus says it doesn't know".
@@ -1149,21 +1214,35 @@ st.plot_entity(entity_table);
 # %%
 summary = entity_table[entity_table.coefficient.isin([-0.5, 0.0, 0.5])].pivot_table(
     index=["names", "coefficient"], columns="direction", values=["hedge", "cities", "extra_loss"], sort=False)
+for group, sign in [("known", -0.5), ("hedged", 0.5)]:
+    row = entity_table[(entity_table.names == group) & (entity_table.coefficient == 0.0)].iloc[0]
+    print(f"{group} names unsteered: P(hedge) {row.hedge:.3f}")
+    for direction in ("entity", "random"):
+        row = entity_table[(entity_table.names == group) & (entity_table.direction == direction)
+                           & (entity_table.coefficient == sign)].iloc[0]
+        print(f"{group} names, {direction} direction at {sign:+}: P(hedge) {row.hedge:.3f}")
+for direction in ("entity", "random"):
+    for sign in (-0.5, 0.5):
+        cost = entity_table[(entity_table.direction == direction) & (entity_table.coefficient == sign)].extra_loss
+        print(f"extra loss of the {direction} direction at {sign:+}: {cost.iloc[0]:.3f}")
 summary.round(3)
 
 # %% [markdown]
 # Read the three panels.
 #
 # - **Known names** (left): *subtracting* the direction at half the residual norm makes
-#   the model hedge about people it knows (P(hedge) from 0.003 to 0.45). The random
-#   directions leave it at 0.01.
+#   the model hedge about people it knows (P(hedge) from 0.003<!-- out: known names unsteered: P(hedge) -->
+#   to 0.45<!-- out: known names, entity direction at -0.5: P(hedge) -->). The random
+#   directions leave it at 0.01<!-- out: known names, random direction at -0.5: P(hedge) -->.
 # - **Hedged pairs** (middle): *adding* it switches the model from hedging to answering
-#   a city (P(hedge) from 0.995 to 0.35): a hallucination, made to order. The random
-#   directions leave P(hedge) at 0.99.
+#   a city (P(hedge) from 0.995<!-- out: hedged names unsteered: P(hedge) --> to
+#   0.35<!-- out: hedged names, entity direction at +0.5: P(hedge) -->): a hallucination, made to order. The random
+#   directions leave P(hedge) at 0.99<!-- out: hedged names, random direction at +0.5: P(hedge) -->.
 # - **Never-described pairs** (right) already answered cities two times in three;
 #   adding makes that near certain, subtracting makes them hedge.
 # - **The cost**: added at every name in ordinary text at half the norm, the direction
-#   costs 0.03 nats (0.07 when subtracted), two to five times what a random direction of
+#   costs 0.03<!-- out: extra loss of the entity direction at +0.5: --> nats
+#   (0.07<!-- out: extra loss of the entity direction at -0.5: --> when subtracted), two to five times what a random direction of
 #   the same size costs, and far below what topic steering costs for a comparable effect:
 #   names are a small share of the text, and the push moves what the model says about
 #   them, not the rest.
@@ -1210,7 +1289,7 @@ print(f"latent {entity_latent}: AUROC {fit_aurocs[entity_latent]:.3f} on the fit
 # Read this beside chapter 4's finding. There, the best "known person" latent was a poor
 # *detector*: at "fires or not", it had precision 0.75 over every name in running text.
 # Here one latent *ranks* held-out known names above unknown ones perfectly, yet it still
-# fires on about a third of the unknown names: its size separates them, its firing does
+# fires on about a third (36%<!-- out: of held-out known names and -->) of the unknown names: its size separates them, its firing does
 # not. So is it a "known entity" feature? It is at least a feature whose strength tracks
 # knowing. Whether it *steers*
 # like the direction (clamp it at the last name's token and measure P(hedge) beside a
@@ -1248,6 +1327,153 @@ def panel_samples(hooks: list) -> list[str]:
 
 
 st.steering_panel(model, steers, panel_numbers, panel_samples)
+
+# %% [markdown]
+# ## 9. Investigation: steer towards weather, on a budget
+#
+# Everything so far steered towards food, and the sweep showed that the coefficient that
+# steers well is the one that costs too much. Now a target the chapter never touched:
+# **weather**. Unsteered, about one generation in seven is about weather (the
+# measurement below prints it). The task:
+#
+# > make **at least 35%** of the model's generations about weather, for **at most 0.06
+# > nats** of extra loss on ordinary text.
+#
+# You choose everything: the site, the method (a vector added at every position after
+# BOS, or an SAE latent clamped at `blocks.1.hook_resid_pre`), the direction and its
+# size. The chapter's own recipe, unchanged, is not guaranteed to do it.
+
+# %% [markdown] exercise={"id": "investigate_steering", "difficulty": 3, "importance": 4, "minutes": 40, "points": 5}
+# ### Exercise 12: Steer towards weather within the budget
+#
+# Explore first, with this chapter's tools: `st.contrast_pairs("topic", "weather", n)`,
+# your `contrast_vector`, `residual_norm`, `steering_hook`, `clamp_latent_hook`, and
+# `measure(hooks, target=st.label_index("topic", "weather"))`, `st.sweep` and
+# `st.best_setting` from section 4. Then write the setting you chose as a function
+# `investigate_steering(model, sae)` that returns one of
+#
+# ```python
+# {"site": hook_name, "vector": v}       # v ([d_model]) added as it is, at every position after BOS
+# {"latent": i, "value": x}              # SAE latent i (a Python int) clamped to x (a Python float)
+#                                        # at the SAE's site, error kept (your clamp_latent_hook)
+# ```
+#
+# `model` is the course model and `sae` chapter 4's `topk_k8_w1024` (the `sae` above).
+# Build the vector inside the function (it runs in a second or two); do not sweep there.
+#
+# **How it is graded.** The check under this exercise says only whether your answer is
+# well formed, not whether it works. The grader attaches the course's own hooks for your
+# setting and measures it on data you have not seen: 256 generations of 24 tokens from
+# an empty prompt, sampled from a seed the chapter never uses, and 32 held-out windows of
+# corpus text for the extra loss. Both bars must hold there. A setting that clears the
+# bars in your measurement by a hair may miss them on new samples: the success rate of 32
+# generations has a standard error of about 8 points, of 256 about 3. Settings at more
+# than one site pass, and the best clear both bars by several standard errors: none
+# needs luck. 5 points, about 40 minutes.
+#
+# <details><summary>Hint 1 (how to look)</summary>
+#
+# `measure` from section 4 takes a target and labels: a table of sites × coefficients
+# with the weather contrast vector takes one call of `st.sweep`. Use more generations
+# than 32 (and another seed) when you compare settings near the bars.
+# </details>
+#
+# <details><summary>Hint 2 (what to compare)</summary>
+#
+# Every site's success rises with the coefficient, and so does its damage. Comparing
+# sites at equal coefficients says little; compare the success each one reaches at the
+# *same extra loss*, the budget.
+# </details>
+#
+# <details><summary>Hint 3 (the answer's form)</summary>
+#
+# The grader adds `v` exactly as you return it: rescale the contrast vector to the size
+# you chose yourself (`st.relative(v, norm, coefficient)`), with the residual norm of the
+# site you add it at.
+# </details>
+#
+# Stuck? Run `from mechlab.steering.reference import investigate_steering` and carry on (no points for this exercise).
+
+# %%
+def investigate_steering(model, sae) -> dict:
+    """The setting that steers the course model towards weather within the budget."""
+    ### BEGIN SOLUTION
+    from mechlab.steering import experiments as st
+
+    site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # cheapest per unit of success in the sweep
+    device = model.W_U.device
+    weather, others = st.contrast_pairs("topic", "weather", n=64, seed=0)
+    vector = contrast_vector(model, weather.to(device), others.to(device), site)
+    norm = residual_norm(model, st.ordinary_text(32).to(device), site)
+    return {"site": site, "vector": st.relative(vector, norm, 0.35)}
+    ### END SOLUTION
+
+
+# %%
+checks.check_investigate_steering(investigate_steering)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_steering(investigate_steering)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Your answer against the measurement
+#
+# Finish the exercise before you read on: what follows is the answer. The grader's
+# measurement of your setting, and of a few others on the same held-out
+# generations and text: the chapter's food recipe at `1.resid_pre`, the same recipe
+# with the weather vector, and the weather vector at other sites and sizes.
+
+# %%
+from mechlab.steering import investigation as inv
+
+print(f"unsteered, held out: {inv.unsteered(model):.3f} of generations about {inv.TARGET}")
+try:
+    yours = inv.validate(investigate_steering(model, sae), model, sae)
+    mine = inv.measure(model, sae, yours)
+    print(f"your setting, {yours.describe()}: {mine.report()}: {'passes' if mine.passes else 'does not pass'}")
+except Exception as error:  # an unfinished exercise: show the measurements anyway
+    print(f"(your investigate_steering raised {type(error).__name__}: {error})")
+
+weather_pos, weather_neg = st.contrast_pairs("topic", inv.TARGET, n=64, seed=0)
+weather_vectors = {s: contrast_vector(model, weather_pos.to(device), weather_neg.to(device), s) for s in sites}
+settings = {"food vector, 1.resid_pre x 0.5 (the chapter's)":
+            inv.Setting(SITE, vector=st.relative(vectors[SITE], norms[SITE], 0.5))}
+for s, c in [(SITE, 0.5), (SITE, 0.45), ("blocks.0.hook_resid_mid", 0.58),
+             (sites[-1], 0.1), (sites[-1], 0.35), (sites[-1], 0.5)]:
+    settings[f"weather vector, {st.short_site(s)} x {c}"] = inv.Setting(
+        s, vector=st.relative(weather_vectors[s], norms[s], c))
+held_out = pd.DataFrame([{"setting": k, **vars(inv.measure(model, sae, s))} for k, s in settings.items()])
+held_out["passes"] = (held_out.success >= inv.MIN_SUCCESS) & (held_out.extra_loss <= inv.MAX_EXTRA_LOSS)
+for row in held_out.itertuples():
+    print(f"{row.setting}: success {row.success:.3f}; {row.setting}: extra loss {row.extra_loss:.3f}")
+
+# %% [markdown]
+# What the measurement says, on the grader's held-out generations and text (unsteered,
+# 0.137<!-- out: unsteered, held out: --> of them are about weather):
+#
+# - **The chapter's recipe, unchanged**, steers towards food: 0.023<!-- out: food vector, 1.resid_pre x 0.5 (the chapter's): success -->
+#   of the generations are about weather, for 0.111<!-- out: food vector, 1.resid_pre x 0.5 (the chapter's): extra loss --> nats.
+# - **The same site and size with the weather vector** steers: 0.496<!-- out: weather vector, 1.resid_pre x 0.5: success -->
+#   of the generations are about weather, but for 0.071<!-- out: weather vector, 1.resid_pre x 0.5: extra loss --> nats,
+#   over the budget: weather costs more than food at that size. At 0.45 of the norm the
+#   same site passes, narrowly: 0.379<!-- out: weather vector, 1.resid_pre x 0.45: success --> for
+#   0.043<!-- out: weather vector, 1.resid_pre x 0.45: extra loss --> nats.
+# - **Inside the first layer**, `0.resid_mid` at 0.58 of its norm passes too, also narrowly:
+#   0.395<!-- out: weather vector, 0.resid_mid x 0.58: success --> for 0.049<!-- out: weather vector, 0.resid_mid x 0.58: extra loss --> nats.
+# - **The last site**, `1.resid_post`, is the cheapest: at 0.35 of its norm,
+#   0.473<!-- out: weather vector, 1.resid_post x 0.35: success --> of the generations for
+#   0.031<!-- out: weather vector, 1.resid_post x 0.35: extra loss --> nats, with room on both bars
+#   (about four standard errors above the success bar). At 0.1 of its norm it moves the topic
+#   too little (0.215<!-- out: weather vector, 1.resid_post x 0.1: success -->); at 0.5 it steers
+#   0.781<!-- out: weather vector, 1.resid_post x 0.5: success --> of the generations, for
+#   0.123<!-- out: weather vector, 1.resid_post x 0.5: extra loss --> nats, twice the budget.
+#
+# The last site wins for the reason section 4 gave: there the vector only biases the
+# unembedding towards weather words. Ordinary text pays for that bias at every position,
+# but nothing downstream reads the push, so it disturbs nothing else. Under a tight budget
+# that is the cheapest way to weather *words*; whether a model "thinks about" weather is
+# better asked with a site inside it, which costs more here. A budget is a question, and
+# the answer to it depends on which damage you count.
 
 # %% [markdown]
 # ## Summary

@@ -4,10 +4,14 @@ accepts correct answers written differently (tests/test_exercise_checks.py cover
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import check_tests
+from conftest import as_learner, check_tests
+from mechlab.checks import CheckFailed
 from mechlab.steering import checks
+from mechlab.steering import experiments as st
+from mechlab.steering import investigation as inv
 from mechlab.steering import reference as ref
 
 EXERCISES = ref.__all__
@@ -36,6 +40,11 @@ def generate_greedy_always(model, prompt, n_new, generator, temperature=1.0, fwd
 
 def success_counts_ties(tokens, labels, target, prompt_length):
     return checks._success_ties_win(tokens, labels, target, prompt_length)
+
+
+def success_at_least(tokens, labels, target, prompt_length):
+    """`>=` instead of `>`: ties, and rows with no labelled token, count as successes."""
+    return checks._success_at_least(tokens, labels, target, prompt_length)
 
 
 def success_includes_prompt(tokens, labels, target, prompt_length):
@@ -185,6 +194,7 @@ MUTANTS = [
     ("generate", generate_new_tokens_only, "shape"),
     ("generate", generate_greedy_always, "differ"),
     ("success_rate", success_counts_ties, "strictly"),
+    ("success_rate", success_at_least, "no labelled token at all"),
     ("success_rate", success_includes_prompt, "prompt_length"),
     ("success_rate", success_as_tensor, "not a float"),
     ("contrast_vector", contrast_with_bos, "BOS"),
@@ -336,6 +346,132 @@ VARIANTS = [
     ("auroc", auroc_by_ranks),
     ("answer_probabilities", answers_log_softmax),
 ]
+
+
+
+# ---------------------------------------------------------------- the investigation: graded by measurement
+
+def _weather_setting(model, site: str, coefficient: float, target: str = "weather") -> dict:
+    """The chapter's recipe: a contrast vector for `target`, at `coefficient` times the residual norm at `site`."""
+    pos, neg = st.contrast_pairs("topic", target, n=64, seed=0)
+    vector = ref.contrast_vector(model, pos, neg, site)
+    return {"site": site, "vector": st.relative(vector, ref.residual_norm(model, st.ordinary_text(32), site),
+                                                coefficient)}
+
+
+def investigation_the_chapters_recipe(model, sae):
+    """The food setting of section 3, unchanged: steers towards food, not weather."""
+    return _weather_setting(model, "blocks.1.hook_resid_pre", 0.5, target="food")
+
+
+def investigation_same_setting_new_vector(model, sae):
+    """Half the norm at 1.resid_pre, as for food, with the weather vector: steers, over the budget."""
+    return _weather_setting(model, "blocks.1.hook_resid_pre", 0.5)
+
+
+def investigation_too_small(model, sae):
+    return _weather_setting(model, "blocks.1.hook_resid_post", 0.1)
+
+
+def investigation_too_large(model, sae):
+    return _weather_setting(model, "blocks.1.hook_resid_post", 0.5)
+
+
+def investigation_clamp_too_low(model, sae):
+    return {"latent": 197, "value": 4.5}  # the SAE's weather latent, clamped at 0.7 x its largest activation
+
+
+@pytest.mark.parametrize("finding, message", [
+    (investigation_the_chapters_recipe, r"[0-9]% of 256 held-out generations about weather .* at least 35%"),
+    (investigation_same_setting_new_vector, r"0\.07[0-9] nats .* at most 0\.06.*\nHint: it steers, but costs more"),
+    (investigation_too_small, r"\nHint: push harder"),
+    (investigation_too_large, r"at most 0\.06.*\nHint: it steers, but costs more"),
+    (investigation_clamp_too_low, r"latent 197 clamped to 4\.50 .*\nHint: push harder"),
+], ids=lambda x: getattr(x, "__name__", None))
+def test_investigation_earns_nothing_for_a_plausible_wrong_finding(finding, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.grade_investigate_steering(as_learner(finding))
+
+
+def test_investigation_measurement_of_the_wrong_findings_is_far_from_the_bars():
+    """The wrong findings miss by more than sampling noise (a standard error is about 0.03)."""
+    from mechlab.checks import course_model
+
+    model, sae = course_model("corpus_2l"), checks._course_sae()
+    def measured(finding):
+        return inv.measure(model, sae, inv.validate(finding(model, sae), model, sae))
+
+    for finding in (investigation_same_setting_new_vector, investigation_too_large):
+        assert measured(finding).extra_loss > inv.MAX_EXTRA_LOSS + 0.01
+    for finding in (investigation_the_chapters_recipe, investigation_too_small):
+        assert measured(finding).success < inv.MIN_SUCCESS - 0.1
+
+
+def other_site_passes(model, sae):
+    return _weather_setting(model, "blocks.0.hook_resid_mid", 0.58)
+
+
+def clamp_passes(model, sae):
+    return {"latent": 197, "value": 5.5}
+
+
+@pytest.mark.parametrize("finding", [ref.investigate_steering, other_site_passes, clamp_passes],
+                         ids=["solution", "other_site", "clamp"])
+def test_investigation_several_settings_earn_full_marks(finding, capsys):
+    checks.grade_investigate_steering(as_learner(finding))
+    assert capsys.readouterr().out.startswith("✓")
+
+
+@pytest.mark.parametrize("answer, message", [
+    ([("blocks.1.hook_resid_post", None)], "should be a dict"),
+    ({"site": "blocks.1.hook_resid_post", "vector": torch.zeros(64)}, r"shape \(64,\), expected \(128,\)"),
+    ({"site": "blocks.3.hook_resid_post", "vector": torch.zeros(128)}, "one of the residual sites"),
+    ({"site": "blocks.1.hook_resid_post", "vector": torch.full((128,), float("nan"))}, "NaN"),
+    ({"latent": 5000, "value": 3.0}, "from 0 to 1023"),
+    ({"latent": 3, "value": torch.tensor(3.0)}, "finite Python float"),
+    ({"site": "blocks.1.hook_resid_pre", "coefficient": 0.5}, "has the keys"),
+], ids=["list", "shape", "site", "nan", "latent", "value_tensor", "keys"])
+def test_investigation_malformed_answer_fails_the_visible_check(answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_investigate_steering(lambda model, sae: answer)
+
+
+def test_investigation_visible_check_says_nothing_about_success(capsys):
+    checks.check_investigate_steering(as_learner(investigation_the_chapters_recipe))
+    assert "well formed" in capsys.readouterr().out
+
+
+def test_investigation_refuses_the_reference_under_grading(monkeypatch):
+    with pytest.raises(CheckFailed, match="reference"):
+        checks.grade_investigate_steering(ref.investigate_steering)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_investigate_steering(as_learner(ref.investigate_steering))
+
+    def wrapped(model, sae):
+        return ref.investigate_steering(model, sae)
+    with pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_investigate_steering(as_learner(wrapped))
+
+
+def test_investigation_answer_that_edits_the_sae_fails_and_is_undone():
+    sae = checks._course_sae()
+    before = sae.W_dec.detach().clone()
+
+    def vandal(model, sae):
+        with torch.no_grad():
+            sae.W_dec.mul_(3)
+        return {"latent": 197, "value": 5.5}
+    with pytest.raises(CheckFailed, match="changed the SAE"):
+        checks.check_investigate_steering(vandal)
+    assert torch.equal(sae.W_dec, before)
+
+
+MUTANTS += [
+    ("investigate_steering", investigation_the_chapters_recipe, "about weather"),
+    ("investigate_steering", investigation_too_large, "costs more than the budget"),
+]
+VARIANTS += [("investigate_steering", other_site_passes)]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
     check_tests(checks, EXERCISES, MUTANTS, VARIANTS)

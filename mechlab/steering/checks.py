@@ -21,9 +21,10 @@ from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    other_models, randn, seeded,
+    guard_model, other_models, passed, randn, seeded,
 )
 from mechlab.sparse_autoencoders import reference as sae_ref
+from mechlab.steering import investigation as inv
 from mechlab.steering import reference as ref
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-3)
@@ -190,6 +191,13 @@ def _success_ties_win(tokens, labels, target, prompt_length):
     return ((counts[:, target] >= others) & (counts[:, target] > 0)).float().mean().item()
 
 
+def _success_at_least(tokens, labels, target, prompt_length):
+    generated = labels[tokens[:, prompt_length:]]
+    counts = torch.stack([(generated == k).sum(-1) for k in range(int(labels.max()) + 1)], -1)
+    others = torch.cat([counts[:, :target], counts[:, target + 1:]], -1).max(-1).values
+    return (counts[:, target] >= others).float().mean().item()
+
+
 def _success_with_prompt(tokens, labels, target, prompt_length):
     return ref.success_rate(tokens, labels, target, 0)
 
@@ -206,6 +214,8 @@ def _success_any(tokens, labels, target, prompt_length):
 
 _SUCCESS_MISTAKES = [
     ("a tie with another label is not a success: the target needs *strictly* more tokens.", _success_ties_win),
+    ("`>=` counts ties as successes, and a row with no labelled token at all ties at 0 against 0: the target "
+     "needs *strictly* more tokens than the best other label (`>`).", _success_at_least),
     ("count only the generated tokens, after the first `prompt_length`.", _success_with_prompt),
     ("argmax breaks ties (and all-zero rows) in favour of the first label; compare the target's count with the "
      "best other label's, strictly.", _success_argmax),
@@ -232,14 +242,14 @@ def _contrast_cases(hidden: bool) -> list[Case]:
     pos, neg = _pairs("sentiment", "positive", 12, 2)
     known = st.name_prompts(st.entity_split().known_train)
     unknown = st.name_prompts(st.entity_split().unknown_train)
-    cases = [Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, all positions",
+    cases = [Case(f"course model, {len(food)} topic pairs (food), blocks.1.hook_resid_pre, all positions",
                   (model, food, other, COURSE_SITE)),
              Case("course model, 8 known against 16 unknown names, blocks.0.hook_resid_post, position=2",
-                  (model, known, unknown, "blocks.0.hook_resid_post", 2))]
+                  (model, known, unknown, "blocks.0.hook_resid_post", 2)),
+             Case(f"course model, {len(food)} topic pairs (food), blocks.1.hook_resid_pre, position=0 (BOS: the same "
+                  "in every prompt, so the difference is 0)", (model, food, other, COURSE_SITE, 0))]
     if hidden:
         cases += [
-            Case("course model, 8 topic pairs (food), blocks.1.hook_resid_pre, position=0 (BOS: the same in every "
-                 "prompt, so the difference is 0)", (model, food, other, COURSE_SITE, 0)),
             Case("course model, 12 sentiment pairs, blocks.0.hook_resid_mid, position=-1",
                  (model, pos, neg, "blocks.0.hook_resid_mid", -1)),
             Case("course model, 16 topic pairs (food), blocks.1.hook_resid_post, all positions",
@@ -347,10 +357,9 @@ def _apply_hook(make: Callable) -> Callable:
 
 
 def _hook_cases(hidden: bool) -> list[Case]:
-    specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2)]
+    specs = [(0, 2, 5, 8, 1.5, None), (1, 3, 6, 8, -2.0, 2), (5, 2, 6, 8, 2.0, 0)]  # 0 is a position, not None
     if hidden:
-        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2)),
-                  (5, 2, 6, 8, 2.0, 0)]
+        specs += [(2, 4, 7, 16, 0.3, slice(1, 4)), (3, 1, 9, 4, 10.0, -1), (4, 5, 3, 128, 1.0, slice(None, None, 2))]
     return [Case(f"activation [{b}, {p}, {d}], coefficient {c}, positions={pos}",
                  (randn(seed, b, p, d), randn(seed + 100, d), c, pos)) for seed, b, p, d, c, pos in specs]
 
@@ -768,14 +777,12 @@ def _answer_cases(hidden: bool) -> list[Case]:
     model = course_model("corpus_2l")
     unknown = st.name_prompts(names.unknown_test[:12], "lives in")
     known = st.name_prompts(names.known_test[:8], "lives in")
-    cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities))]
+    hooks = _vector_hooks(model, 3, 0.5)
+    cases = [Case("course model, 12 unknown names + 'lives in', no hooks", (model, unknown, hedge, cities)),
+             Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
+                  (model, unknown, hedge, cities, hooks))]
     if hidden:
-        hooks = _vector_hooks(model, 3, 0.5)
-        cases += [
-            Case("course model, 8 known names + 'lives in', no hooks", (model, known, hedge, cities)),
-            Case(f"course model, 12 unknown names, a random vector at {hooks[0][0]}",
-                 (model, unknown, hedge, cities, hooks)),
-        ]
+        cases += [Case("course model, 8 known names + 'lives in', no hooks", (model, known, hedge, cities))]
         for i, (desc, m) in enumerate(other_models(51)):
             cases.append(Case(f"{desc}, 4 random prompts, a random vector", (
                 m, _random_tokens(i, 4, 6), hedge, cities[:5], _vector_hooks(m, i, 1.0))))
@@ -819,3 +826,44 @@ def _check_answers(fn: Callable, hidden: bool) -> None:
 
 
 check_answer_probabilities, grade_answer_probabilities = check_and_grade("answer_probabilities", _check_answers)
+
+
+# ---------------------------------------------------------------- 12. investigate_steering (the investigation)
+
+
+def _investigation_hint(result) -> str:
+    """Which way the measurement missed, never where the answer is."""
+    if result.success < inv.MIN_SUCCESS and result.extra_loss > inv.MAX_EXTRA_LOSS:
+        return ("it moves the topic too little for what it costs: is the vector about the target (a contrast "
+                f"between {inv.TARGET} stories and others)?")
+    if result.success < inv.MIN_SUCCESS:
+        return "push harder, or find a site or method where the same damage buys more."
+    return ("it steers, but costs more than the budget: push less, or find a site or method where the same "
+            "success costs less. Measure on more generations than 32 and leave a margin on both bars.")
+
+
+def _check_investigate_steering(fn: Callable, hidden: bool) -> None:
+    name = "investigate_steering"
+    model, sae = course_model("corpus_2l"), _course_sae()
+    sae_before = [p.detach().clone() for p in sae.parameters()]
+    try:
+        answer = call_learner(guard_model(fn, name), name, "the course model and chapter 4's SAE", (model, sae))
+    finally:
+        if any(not torch.equal(p, q) for p, q in zip(sae.parameters(), sae_before)):
+            with torch.no_grad():
+                for p, q in zip(sae.parameters(), sae_before):
+                    p.copy_(q)
+            raise CheckFailed(f"{name} changed the SAE's weights; leave the SAE as it was")
+    setting = inv.validate(answer, model, sae)
+    if not hidden:
+        passed(f"{name}'s answer is well formed: {setting.describe()} (whether it steers well enough is what the "
+               "grader measures, on generations and text you have not seen)")
+        return
+    result = inv.measure(model, sae, setting)
+    if not result.passes:
+        raise CheckFailed(f"{name}: {setting.describe()} gives {result.report()}.\nHint: {_investigation_hint(result)}")
+    passed(f"{name}: {setting.describe()} gives {result.report()}")
+
+
+check_investigate_steering, grade_investigate_steering = check_and_grade("investigate_steering",
+                                                                         _check_investigate_steering)

@@ -153,6 +153,18 @@ def answer_probabilities(
     return probs[:, hedge].mean().item(), probs[:, cities.to(probs.device)].sum(dim=-1).mean().item()
 
 
-__all__ = ['generate', 'success_rate', 'contrast_vector', 'residual_norm', 'steering_hook', 'extra_loss', 'repetition', 'clamp_latent_hook', 'fit_probe', 'auroc', 'answer_probabilities']
+def investigate_steering(model, sae) -> dict:
+    """The setting that steers the course model towards weather within the budget."""
+    from mechlab.steering import experiments as st
+
+    site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"  # cheapest per unit of success in the sweep
+    device = model.W_U.device
+    weather, others = st.contrast_pairs("topic", "weather", n=64, seed=0)
+    vector = contrast_vector(model, weather.to(device), others.to(device), site)
+    norm = residual_norm(model, st.ordinary_text(32).to(device), site)
+    return {"site": site, "vector": st.relative(vector, norm, 0.35)}
+
+
+__all__ = ['generate', 'success_rate', 'contrast_vector', 'residual_norm', 'steering_hook', 'extra_loss', 'repetition', 'clamp_latent_hook', 'fit_probe', 'auroc', 'answer_probabilities', 'investigate_steering']
 CHAPTER = '05_steering'
-POINTS = {'generate': 3, 'success_rate': 2, 'contrast_vector': 2, 'residual_norm': 1, 'steering_hook': 2, 'extra_loss': 1, 'repetition': 1, 'clamp_latent_hook': 3, 'fit_probe': 2, 'auroc': 2, 'answer_probabilities': 1}
+POINTS = {'generate': 3, 'success_rate': 2, 'contrast_vector': 2, 'residual_norm': 1, 'steering_hook': 2, 'extra_loss': 1, 'repetition': 1, 'clamp_latent_hook': 3, 'fit_probe': 2, 'auroc': 2, 'answer_probabilities': 1, 'investigate_steering': 5}
