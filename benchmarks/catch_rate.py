@@ -5,6 +5,9 @@ Every chapter's `tests/test_<topic>_checks.py` lists `MUTANTS`: plausible wrong 
 each of which that chapter's hidden test rejects (the test suite proves it). Here each
 mutant is handed to the exercise's *visible* check; the rate is the share it rejects.
 A miss is a ✓ that grading takes back. `--hidden` also runs each hidden test, to confirm.
+A chapter's graded investigation (`investigate_*`) is listed but left out of the rates:
+its visible check says only whether the answer is well formed, by design, so a wrong
+finding gets ✓ there and is caught only by the hidden measurement.
 
     .venv/bin/python benchmarks/catch_rate.py [--chapters 01_superposition ...] [--hidden] [--record]
 
@@ -75,11 +78,13 @@ def main() -> None:
             continue
         topic = chapter.name.split("_", 1)[1]
         rows = chapter_rates(topic, args.hidden)
-        n, caught = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        counted = [r for r in rows if not r[0].startswith("investigate_")]
+        n, caught = sum(r[1] for r in counted), sum(r[2] for r in counted)
         totals[0] += n
         totals[1] += caught
         for name, count, hit, missed in rows:
-            lines.append(f"| {chapter.name} | {name} | {count} | {hit} | {', '.join(missed) or '-'} |")
+            by_design = " (an investigation: by design, not counted)" if name.startswith("investigate_") else ""
+            lines.append(f"| {chapter.name} | {name} | {count} | {hit}{by_design} | {', '.join(missed) or '-'} |")
         lines.append(f"| **{chapter.name}** | all | {n} | {caught} ({caught / n:.0%}) | |")
     lines.append(f"| **course** | all | {totals[0]} | {totals[1]} ({totals[1] / max(totals[0], 1):.0%}) | |")
     table = "\n".join(lines)
