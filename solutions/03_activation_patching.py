@@ -43,9 +43,11 @@
 # 4. use path patching to test one edge of the circuit: does a head in layer 0 matter
 #    *because* a particular later head reads it?
 # 5. approximate all of this with one backward pass (**attribution patching**) and check
-#    the approximation against the real thing.
+#    the approximation against the real thing;
+# 6. then, on your own, find the circuit that recalls where a person lives: the grader
+#    measures how much of the recall your answer carries.
 #
-# **Time budget:** about 2.5 hours for the exercises (the table below adds them up).
+# **Time budget:** about 3 hours for the exercises (the table below adds them up).
 # The notebook runs in a couple of minutes on a laptop CPU.
 #
 # **How the exercises work.** As before: write your code where it says
@@ -932,6 +934,233 @@ print(f"correlation between attribution and activation patching over the {attrib
 # 2024, study the failure modes): attribution patching is an excellent, cheap *filter*
 # to decide what to patch for real, not a replacement for patching.
 #
+# ## 6. Investigation: where does the model keep a fact?
+#
+# Everything so far followed Wang et al.'s map of a task someone had already studied.
+# Now a task nobody walked you through. The corpus has 30 known people, and states each
+# one's city the same way every time ("mary smith lives in paris ."); other pairs of the
+# same first and last names never get a city. Meng et al. (2022) located such facts in
+# GPT's MLPs, at the subject's last token. Where does `corpus_2l` keep them?
+#
+# First, check that it knows them. `investigation.fact_batch(template, seed)` gives
+# every known person once, in one of the three ways the corpus states a city, cut before
+# the city ("FIRST LAST lives in", "FIRST LAST has a home in", "the city of FIRST LAST
+# is"), and a corrupted twin: the same template about another known person, with another
+# first name, another last name and another city. The two answers are the two cities.
+
+# %%
+from mechlab import corpus
+from mechlab.activation_patching import investigation
+
+facts = investigation.fact_batch(template=0, seed=0)
+print("clean:    ", " ".join(model.to_str_tokens(facts.clean[0])), "->", model.to_string(facts.correct[0]))
+print("corrupted:", " ".join(model.to_str_tokens(facts.corrupted[0])), "->", model.to_string(facts.distractor[0]))
+city_ids = torch.tensor(zoo.token_ids(list(corpus.CITIES)))
+for template in range(len(investigation.TEMPLATES)):
+    batch = investigation.fact_batch(template, seed=0)
+    with torch.no_grad():
+        last = model(batch.clean.to(device))[:, -1].cpu()
+    recalled = (city_ids[last[:, city_ids].argmax(-1)] == batch.correct).float().mean().item()
+    fact_metric, fact_clean_diff, fact_corrupted_diff = investigation.fact_metric(model, batch)
+    print(f"template {template} '{batch.template.format(p='FIRST LAST')}': right city (among the 12) for {recalled:.0%} of the people; "
+          f"logit difference clean {fact_clean_diff:+.2f}, corrupted {fact_corrupted_diff:+.2f}")
+
+# %% [markdown]
+# The model recalls every person's city, by a margin of several logits. Now the question.
+#
+# **Which components carry the city?** Answer with a **circuit**: at most 8 components,
+# each a head's output at one position, `("head", layer, head, position)`, or an MLP's
+# output at one position, `("mlp", layer, position)` (a negative position counts from
+# the end, as in Python: `("mlp", 1, -1)` is MLP1 at the final position).
+#
+# **How it is graded.** The grader keeps your circuit and corrupts everything else: it
+# runs the *clean* prompts with every head output (`hook_z`) and every MLP output
+# (`hook_mlp_out`) *outside* your circuit, at every position, replaced by its value on
+# the corrupted prompts, and reads the normalised logit difference of exercise 3. Keeping
+# every component gives exactly 1, keeping none exactly 0. Your circuit passes if it
+# keeps at least 0.75 of the clean logit difference on every graded batch. So it must be
+# complete, a route from the person's name to the answer, not just the components with
+# the largest single effects; and 8 is fewer than the 10 outputs at the final position
+# alone.
+#
+# You answer with a function, so the grader can ask on prompts you have not seen: it
+# calls `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)` on other
+# pairings of the people, in **all three templates**, which differ in length and in
+# where the name sits. Your function may measure (patch, cache, compare) or encode what
+# you found; either way, what it returns is what gets measured. The visible check only
+# says whether the answer is well formed.
+
+# %% [markdown] exercise={"id": "investigate_fact_recall", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
+# ### Exercise 10: Investigation: the fact-recall circuit
+#
+# Write `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)`
+# returning a list of at most 8 components (tuples as above) that carry the clean
+# person's city from the name to the answer. `metric` is the normalised logit difference
+# (0 as corrupted, 1 as clean); the prompts are one template, so positions line up
+# across the batch. Explore first with the batches above and this chapter's tools, then
+# write down what you found.
+#
+# <details><summary>Hint 1: where to start</summary>
+#
+# Your patching functions answer "which single activation, patched from clean into
+# corrupted, restores the answer?" for heads. Do the same for the MLP outputs
+# (`blocks.{layer}.hook_mlp_out`, `[batch, pos, d_model]`), position by position, and
+# look at every template, not just one.
+# </details>
+#
+# <details><summary>Hint 2: what a complete circuit needs</summary>
+#
+# A person is known only by both names together: every first name and every last name
+# also belongs to people the corpus never gives a city. For each name, ask at which
+# position its information is processed and which heads bring it to the final position.
+# A circuit with a gap (a component that reads something you corrupted) keeps little.
+# </details>
+#
+# <details><summary>Hint 3: checking your answer yourself</summary>
+#
+# The measurement is a dozen lines: cache the corrupted run, then run the clean tokens
+# with one hook per layer on `hook_z` and on `hook_mlp_out` returning
+# `torch.where(keep, activation, corrupted_cache[name])`, with `keep` a boolean mask
+# (`[1, pos, head, 1]` for `z`, `[1, pos, 1]` for the MLP) that is True on your circuit.
+# Run it on all three templates (`investigation.fact_batch(t, seed)` for `t` in 0, 1, 2).
+# Positions are where the batch says: the positions at which `clean_tokens` and
+# `corrupted_tokens` differ are the name's.
+# </details>
+#
+# Stuck? Run `from mechlab.activation_patching.reference import investigate_fact_recall` and carry on (no points for this exercise).
+
+# %%
+def investigate_fact_recall(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
+) -> list[tuple]:
+    """At most 8 components (("head", layer, head, pos) or ("mlp", layer, pos)) that carry the person's city."""
+    ### BEGIN SOLUTION
+    # Every head and MLP output at every position, patched alone from clean into corrupted;
+    # the 8 with the largest effects form a complete route here (measured on all three templates).
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        effects: dict[tuple, float] = {}
+        for layer in range(model.cfg.n_layers):
+            z_name, mlp_name = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"
+            for pos in range(clean_tokens.shape[1]):
+                def patch_mlp(out, hook, pos=pos, name=mlp_name):
+                    out = out.clone()
+                    out[:, pos] = clean_cache[name][:, pos]
+                    return out
+
+                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(mlp_name, patch_mlp)])
+                effects[("mlp", layer, pos)] = metric(logits).item()
+                for head in range(model.cfg.n_heads):
+                    def patch_head(z, hook, pos=pos, head=head, name=z_name):
+                        z = z.clone()
+                        z[:, pos, head] = clean_cache[name][:, pos, head]
+                        return z
+
+                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(z_name, patch_head)])
+                    effects[("head", layer, head, pos)] = metric(logits).item()
+    return sorted(effects, key=effects.get, reverse=True)[:8]
+    ### END SOLUTION
+
+
+# %%
+from mechlab.activation_patching import checks
+checks.check_investigate_fact_recall(investigate_fact_recall)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_fact_recall(investigate_fact_recall)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurement, on the three batches the grader uses, next to
+# the course's circuit and three plausible findings that are wrong:
+
+# %%
+from mechlab.activation_patching.reference import investigate_fact_recall as course_circuit
+
+final_heads = [("head", layer, head, -1) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+candidates = {
+    "your circuit": investigate_fact_recall,
+    "course circuit": course_circuit,
+    "IOI circuit (0.3, MLP0, layer 1, at the end)": lambda *_: [("head", 0, 3, -1), ("mlp", 0, -1), *final_heads[4:]],
+    "attention only (every head at the end)": lambda *_: final_heads,
+    "MLPs only (at both names and the end)": lambda model, clean, corrupted, metric: [
+        ("mlp", layer, int(pos)) for layer in range(cfg.n_layers)
+        for pos in [*(clean[0] != corrupted[0]).nonzero().flatten().tolist(), -1]],
+}
+for template, seed in checks._investigation_settings(hidden=True):
+    batch = investigation.fact_batch(template, seed)
+    batch_metric, _, _ = investigation.fact_metric(model, batch)
+    prompt = batch.template.format(p="FIRST LAST")
+    for label, finder in candidates.items():
+        circuit = finder(model, batch.clean.to(device), batch.corrupted.to(device), batch_metric)
+        print(f"{label}, on '{prompt}': {investigation.faithfulness(model, batch, circuit):.2f} "
+              f"({len(circuit)} components)")
+    print()
+
+# %% [markdown]
+# What is in the course's circuit, and why each part is there, on the first graded batch:
+
+# %%
+batch = investigation.fact_batch(0, 1)
+batch_metric, _, _ = investigation.fact_metric(model, batch)
+clean_facts, corrupted_facts = batch.clean.to(device), batch.corrupted.to(device)
+print("the course's circuit:", ", ".join(f"{c} at '{batch.labels[c[-1]]}'"
+                                         for c in course_circuit(model, clean_facts, corrupted_facts, batch_metric)))
+first, last_name = batch.labels.index("first name"), batch.labels.index("last name")
+with torch.no_grad():
+    _, fact_cache = model.run_with_cache(clean_facts)
+for layer, head in [(0, 2), (0, 3), (1, 1), (1, 3)]:
+    attention = fact_cache["pattern", layer][:, head, -1].mean(0)  # from the final position, mean over the batch
+    name, position = ("first name", first) if attention[first] > attention[last_name] else ("last name", last_name)
+    print(f"head {layer}.{head} reads from the end mostly the {name}: {attention[position]:.2f} of its attention")
+routes = {
+    "the last name's route alone": [("head", 0, 2, -1), ("head", 0, 3, -1), ("mlp", 0, -1), ("mlp", 1, -1)],
+    "the first name's route alone": [("mlp", 0, first), ("head", 1, 1, -1), ("head", 1, 3, -1), ("mlp", 1, -1)],
+}
+for label, circuit in routes.items():
+    print(f"{label} keeps {investigation.faithfulness(model, batch, circuit):.2f}")
+with torch.no_grad():
+    for layer in range(cfg.n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+
+        def patch_last_name(out, hook, name=name):
+            out = out.clone()
+            out[:, last_name] = fact_cache[name][:, last_name]
+            return out
+
+        restored = batch_metric(model.run_with_hooks(corrupted_facts, fwd_hooks=[(name, patch_last_name)])).item()
+        print(f"MLP{layer} patched alone at the last name restores {restored:.2f}")
+
+# %% [markdown]
+# The truth, measured: the recall runs along two routes that meet at the final position.
+#
+# - **The last name** travels to the end through layer-0 heads 0.2 and 0.3, which attend
+#   from the final position mostly to it (0.61<!-- out: head 0.2 reads from the end mostly the last name: -->
+#   and 0.55<!-- out: head 0.3 reads from the end mostly the last name: --> of their attention).
+# - **The first name** is processed where it stands, by MLP0 at the first name's position,
+#   and read from there by layer-1 heads 1.1 and 1.3 (0.70<!-- out: head 1.1 reads from the end mostly the first name: -->
+#   and 0.69<!-- out: head 1.3 reads from the end mostly the first name: --> of their attention).
+# - **MLP0 and MLP1 at the final position** combine the two into the city.
+#
+# Each route alone keeps less than half (the last name's 0.45<!-- out: the last name's route alone keeps -->,
+# the first name's 0.28<!-- out: the first name's route alone keeps -->): a person is known only by both
+# names, as the corpus was written. Together, the course's eight components keep
+# 0.89<!-- out: course circuit, on 'FIRST LAST lives in': --> of the clean logit difference on
+# "lives in" and 0.91<!-- out: course circuit, on 'the city of FIRST LAST is': --> on "the city of ... is",
+# where the name sits elsewhere and another layer-0 head (0.0) takes part: which is why the
+# grader asks on all three templates, and why a function that measures travels better than a
+# list of components found on one.
+#
+# The wrong findings keep almost nothing. The IOI circuit of sections 3-4 keeps
+# 0.09<!-- out: IOI circuit (0.3, MLP0, layer 1, at the end), on 'FIRST LAST lives in': -->: a different task
+# uses different heads. Attention alone keeps 0.04<!-- out: attention only (every head at the end), on 'FIRST LAST lives in': -->,
+# MLPs alone 0.00<!-- out: MLPs only (at both names and the end), on 'FIRST LAST lives in': -->: each needs the
+# other. And unlike Meng et al.'s GPT, this model does not look the fact up at the subject's
+# last token: MLP0 patched there alone restores
+# 0.02<!-- out: MLP0 patched alone at the last name restores -->. With two layers, the name's two tokens can
+# only meet at the position that reads both, the final one, so that is where the lookup
+# happens. A model's circuit for a task is a measured fact about that model, not a recipe
+# carried over from a paper.
+#
 # ## Summary
 #
 # - Activation patching asks a causal question: copy one activation from a clean run
@@ -946,6 +1175,9 @@ print(f"correlation between attribution and activation patching over the {attrib
 #   movers' queries mainly *through MLP0*, not directly.
 # - Attribution patching estimates every patch from one backward pass: it ranks heads
 #   well and underestimates large effects, so use it to choose what to patch.
+# - A circuit is tested by keeping it and corrupting everything else: the fact-recall
+#   circuit needs both of a person's names, on two routes, and shares almost nothing with
+#   the IOI circuit.
 #
 # **Going further.**
 #

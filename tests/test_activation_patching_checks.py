@@ -135,6 +135,42 @@ def attribution_mean_over_batch(model, clean_tokens, corrupted_tokens, metric):
     return ref.attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric) / clean_tokens.shape[0]
 
 
+def _final_heads(model):
+    return [("head", layer, head, -1) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+
+
+def circuit_of_ioi(model, clean_tokens, corrupted_tokens, metric):
+    """The IOI circuit of the chapter: head 0.3, MLP0 and the layer-1 heads, at the end."""
+    return [("head", 0, 3, -1), ("mlp", 0, -1), *[("head", 1, h, -1) for h in range(model.cfg.n_heads)]]
+
+
+def circuit_attention_only(model, clean_tokens, corrupted_tokens, metric):
+    return _final_heads(model)
+
+
+def circuit_mlps_only(model, clean_tokens, corrupted_tokens, metric):
+    names = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+    return [("mlp", layer, pos) for layer in range(model.cfg.n_layers) for pos in [*names, -1]]
+
+
+def circuit_found_on_one_template(model, clean_tokens, corrupted_tokens, metric):
+    """Right for "FIRST LAST lives in" (the first name's position written down from it), wrong where the
+    name sits elsewhere."""
+    return [("mlp", 1, -1), ("mlp", 0, -1), ("head", 0, 2, -1), ("mlp", 0, 1), ("head", 1, 3, -1), ("head", 0, 3, -1),
+            ("head", 1, 1, -1), ("head", 0, 1, -1)]
+
+
+def circuit_last_name_only(model, clean_tokens, corrupted_tokens, metric):
+    return [("head", 0, 2, -1), ("head", 0, 3, -1), ("mlp", 0, -1), ("mlp", 1, -1)]
+
+
+def circuit_largest_final_position(model, clean_tokens, corrupted_tokens, metric):
+    """The course's method restricted to the final position: misses the first name's MLP."""
+    circuit = ref.investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)
+    n_pos = clean_tokens.shape[1]
+    return [c for c in circuit if c[-1] == n_pos - 1] + [("head", 1, 2, -1)]
+
+
 MUTANTS = [
     ("replace_subject", replace_in_place, "changed the `tokens`"),
     ("replace_subject", replace_first, "last"),
@@ -158,6 +194,8 @@ MUTANTS = [
     ("attribution_patch_heads", attribution_reversed, "clean minus corrupted"),
     ("attribution_patch_heads", attribution_clean_gradient, "corrupted run"),
     ("attribution_patch_heads", attribution_mean_over_batch, "differ"),
+    ("investigate_fact_recall", circuit_of_ioi, "the bar is 0.75"),
+    ("investigate_fact_recall", circuit_found_on_one_template, "the city of FIRST LAST is"),
 ]
 
 
@@ -247,3 +285,72 @@ def test_a_path_patch_that_edits_the_cache_fails_and_the_cache_is_restored():
     with pytest.raises(CheckFailed, match="changed argument 4"):
         checks.check_path_patch(as_learner(path_edits_cache))
     assert torch.equal(corrupted_cache["blocks.0.attn.hook_z"], before)
+
+
+# ---------------------------------------------------------------- 10. the investigation, graded by measurement
+
+
+@pytest.mark.parametrize("wrong", [circuit_of_ioi, circuit_attention_only, circuit_mlps_only,
+                                   circuit_found_on_one_template, circuit_last_name_only,
+                                   circuit_largest_final_position], ids=lambda f: f.__name__)
+def test_investigation_wrong_findings_are_well_formed_but_earn_nothing(wrong, capsys):
+    checks.check_investigate_fact_recall(as_learner(wrong))  # the visible check says nothing about correctness
+    assert "well-formed" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match=r"keeps -?\d\.\d\d of the clean logit difference .* the bar is 0\.75"):
+        checks.grade_investigate_fact_recall(as_learner(wrong))
+
+
+def test_investigation_the_solution_and_a_correct_answer_written_differently_pass(capsys):
+    checks.grade_investigate_fact_recall(as_learner(ref.investigate_fact_recall))
+    assert capsys.readouterr().out.startswith("✓ investigate_fact_recall: your circuits keep 0.")
+
+    def by_the_names(model, clean_tokens, corrupted_tokens, metric):
+        """What a learner who read the routes off the patterns would write, positions from the batch."""
+        first, _ = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+        return [("head", 0, 2, -1), ("head", 0, 3, -1), ("head", 0, 0, -1), ("mlp", 0, -1), ("mlp", 1, -1),
+                ("mlp", 0, first), ("head", 1, 1, -1), ("head", 1, 3, -1)]
+
+    checks.grade_investigate_fact_recall(as_learner(by_the_names))
+
+
+@pytest.mark.parametrize("answer, message", [
+    ({"mlp": 0}, "list of components"),
+    ([("mlp", 0)], "an MLP"),
+    ([("resid", 1, 4)], "write"),
+    ([("head", 2, 0, 4)], "layer 2"),
+    ([("head", 0, 4, 4)], "head 4"),
+    ([("mlp", 0, 5)], "position 5"),
+    ([("mlp", 0, 4), ("mlp", 0, -1)], "named twice"),
+    ([("mlp", 0, torch.tensor(4))], "Python int"),
+    ([("head", 0, h, p) for h in range(4) for p in range(3)], "budget is 8"),
+    ([], "no component"),
+])
+def test_investigation_a_malformed_answer_fails_the_visible_check(answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_investigate_fact_recall(as_learner(lambda *args: answer))
+
+
+def test_investigation_the_reference_is_refused_under_grading(monkeypatch):
+    with pytest.raises(CheckFailed, match="reference"):
+        checks.grade_investigate_fact_recall(ref.investigate_fact_recall)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+
+    def wraps_the_reference(*args):
+        return ref.investigate_fact_recall(*args)
+
+    with pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_investigate_fact_recall(as_learner(wraps_the_reference))
+
+
+def test_investigation_faithfulness_is_one_for_everything_and_zero_for_nothing():
+    from mechlab.activation_patching import investigation
+    model = checks.course_model("corpus_2l")
+    batch = investigation.fact_batch(2, 3)
+    metric, cache = investigation._corrupted_run(model, batch)
+    n_pos = batch.clean.shape[1]
+    everything = [("head", l, h, p) for l in range(2) for h in range(4) for p in range(n_pos)] + \
+                 [("mlp", l, p) for l in range(2) for p in range(n_pos)]
+    assert investigation._keep_only(model, batch, everything, metric, cache) == pytest.approx(1.0, abs=1e-4)
+    assert investigation._keep_only(model, batch, [], metric, cache) == pytest.approx(0.0, abs=1e-4)
+    assert (batch.clean != batch.corrupted).sum(1).tolist() == [2] * len(batch.clean)  # both names, nothing else
+    assert not (batch.correct == batch.distractor).any()

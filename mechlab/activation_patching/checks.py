@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mechlab.activation_patching import plots as patching
+from mechlab.activation_patching import investigation, plots as patching
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    guard_model, other_models, seeded,
+    guard_model, other_models, passed, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.activation_patching import reference as ref
@@ -460,3 +460,47 @@ def _check_attribution_patch_heads(fn: Callable, hidden: bool) -> None:
 
 check_attribution_patch_heads, grade_attribution_patch_heads = \
     check_and_grade("attribution_patch_heads", _check_attribution_patch_heads)
+
+
+# ---------------------------------------------------------------- 10. the investigation: fact recall
+
+
+def _investigation_settings(hidden: bool) -> list[tuple[int, int]]:
+    """(template, seed) of the fact-recall batches: every template of the city fact in the hidden test."""
+    return [(0, 1), (1, 2), (2, 3)] if hidden else [(0, 0)]
+
+
+def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
+    model = course_model("corpus_2l")
+    call = guard_model(fn, "investigate_fact_recall")
+    kept = []
+    for template, seed in _investigation_settings(hidden):
+        batch = investigation.fact_batch(template, seed)
+        metric, corrupted_cache = investigation._corrupted_run(model, batch)
+        answer = call_learner(call, "investigate_fact_recall", batch.describe(),
+                              (model, batch.clean, batch.corrupted, metric))
+        try:
+            circuit = investigation.normalise_circuit(answer, model, batch.clean.shape[1])
+        except CheckFailed as e:
+            raise CheckFailed(f"investigate_fact_recall({batch.describe()}): {e}") from None
+        if not circuit:
+            raise CheckFailed(f"investigate_fact_recall({batch.describe()}) returned no component")
+        if not hidden:
+            passed(f"investigate_fact_recall returned a well-formed circuit of {len(circuit)} components (at most "
+                   f"{investigation.BUDGET}) on {batch.describe()}; the hidden test measures how much of the "
+                   "recall it carries")
+            return
+        score = investigation._keep_only(model, batch, circuit, metric, corrupted_cache)
+        if not score >= investigation.BAR:
+            names = ", ".join(map(str, circuit))
+            raise CheckFailed(
+                f"on {batch.describe()}, your circuit ({names}) keeps {score:.2f} of the clean logit difference "
+                f"when every other head and MLP output, at every position, takes its corrupted value; the bar is "
+                f"{investigation.BAR}. Something that carries the person's city is missing from it.")
+        kept.append(f"{score:.2f}")
+    passed(f"investigate_fact_recall: your circuits keep {', '.join(kept)} of the clean logit difference on the "
+           f"{len(kept)} graded batches (bar {investigation.BAR})")
+
+
+check_investigate_fact_recall, grade_investigate_fact_recall = \
+    check_and_grade("investigate_fact_recall", _check_investigate_fact_recall)
