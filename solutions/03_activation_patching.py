@@ -488,9 +488,9 @@ for i in top.tolist():
 
 # %% [markdown]
 # One layer-0 head carries nearly everything: in the course checkpoint, head 0.3
-# restores almost the whole logit difference on its own, and all of it from the final
-# position. Each layer-1 head restores a part (about a fifth), again only at the final
-# position. So a layer-0 head brings the information from S2 to the end, and the
+# restores almost the whole logit difference on its own (0.95<!-- out: head 0.3: -->), and all of it from
+# the final position. Layer-1 heads restore a part each (about a fifth: 0.23<!-- out: head 1.1: --> for
+# head 1.1, 0.21<!-- out: head 1.3: --> for head 1.3), again only at the final position. So a layer-0 head brings the information from S2 to the end, and the
 # layer-1 heads act on it there. (Patching a whole head is not the sum of patching its
 # positions, but here a head's effect sits at one position, so they agree.)
 #
@@ -570,13 +570,15 @@ plt.show()
 # The two kinds of heads matter in opposite ways.
 #
 # - **Head 0.3: its values.** Its pattern hardly changes between the runs: from the
-#   final position it attends to the S2 position (in both). What changes is the token
+#   final position it attends to the S2 position (0.88<!-- out: clean: head 0.3 -> S2 --> of its attention
+#   on clean prompts, about as much on corrupted ones). What changes is the token
 #   there, so its clean *values* restore everything and its clean pattern nothing. It
 #   is an **S2 mover**: it carries the name at S2 to the end. (Does it know that name was
 #   repeated? The next cell checks.)
 # - **Layer-1 heads: their patterns.** Their values are the same names in both runs;
 #   what changes is *where* they look. On clean prompts they attend from the final
-#   position mostly to the IO (0.5 to 0.85 of their attention) and copy it to the
+#   position mostly to the IO (0.66<!-- out: clean: layer-1 heads -> IO --> of their attention on average,
+#   0.19<!-- out: clean: layer-1 heads -> subject's first mention --> to the subject's first mention) and copy it to the
 #   output; on corrupted ones, to the other name. They are this model's **name movers**,
 #   like heads 9.6 and 9.9 of GPT-2 small in Wang et al.
 #
@@ -599,14 +601,16 @@ rows = torch.arange(len(io_pos), device=device)
 mover = int(head_results[0].argmax())
 for label, cache in [("clean", clean_cache), ("third name at S2", third_cache)]:
     layer_1 = cache["pattern", 1][:, :, -1]  # [batch, head, key]: attention from the final position
-    print(f"{label:>17}: head 0.{mover} -> S2 {cache['pattern', 0][:, mover, -1, s2].mean():.2f};  "
-          f"layer-1 heads -> IO {layer_1[rows, :, io_pos].mean():.2f}, -> subject's first mention "
-          f"{layer_1[rows, :, 6 - io_pos].mean():.2f}")
+    print(f"{label}: head 0.{mover} -> S2 {cache['pattern', 0][:, mover, -1, s2].mean():.2f}")
+    print(f"{label}: layer-1 heads -> IO {layer_1[rows, :, io_pos].mean():.2f}")
+    print(f"{label}: layer-1 heads -> subject's first mention {layer_1[rows, :, 6 - io_pos].mean():.2f}")
 
 # %% [markdown]
-# Head 0.3 attends to S2 just as much when the name there is new: it does not detect the
-# repetition, it moves whatever name stands at S2. The name movers then split their
-# attention between the two earlier names: their choice depends on *which* name arrived
+# Head 0.3 attends to S2 just as much when the name there is new
+# (0.87<!-- out: third name at S2: head 0.3 -> S2 -->): it does not detect the repetition, it moves whatever
+# name stands at S2. The name movers then split their attention between the two earlier
+# names (0.47<!-- out: third name at S2: layer-1 heads -> IO --> and
+# 0.43<!-- out: third name at S2: layer-1 heads -> subject's first mention -->): their choice depends on *which* name arrived
 # from S2. So the comparison, "which earlier name is the one at S2?", happens where the
 # layer-1 queries meet the names' keys. Path patching can test whether those queries get
 # their information from head 0.3.
@@ -756,14 +760,23 @@ def direct_effect(sender: tuple[int, int]) -> float:
 
 for sender in range(cfg.n_heads):
     print(f"head 0.{sender}: directly to the logits {direct_effect((0, sender)):+.2f}, "
-          f"through the layer-1 queries {paths[sender, 0]:+.2f}, all paths (head patching) "
-          f"{head_results[0, sender]:+.2f}")
+          f"through the layer-1 queries {paths[sender, 0]:+.2f}, keys {paths[sender, 1]:+.2f}, "
+          f"values {paths[sender, 2]:+.2f}, all paths (head patching) {head_results[0, sender]:+.2f}")
+strongest = int(head_results[0].argmax())
+for component, label in enumerate(["queries", "keys", "values"]):
+    print(f"head 0.{strongest} -> the layer-1 {label} only: {paths[strongest, component]:+.2f}")
+print(f"head 0.{strongest} -> the logits only: {direct_effect((0, strongest)):+.2f}")
 
 # %% [markdown]
-# Through the layer-1 queries directly, head 0.3 restores only about a fifth of what
-# patching it restores. Through keys and values it restores nothing, as it must: the
-# keys and values the final position reads sit at the name positions, before S2, where
-# the causal mask keeps any change from arriving. Straight to the logits, nothing either.
+# Through the layer-1 queries directly, head 0.3 restores only about a fifth
+# (0.18<!-- out: head 0.3 -> the layer-1 queries only: -->) of what patching it restores
+# (0.95<!-- out: head 0.3: -->). Through the keys and values it restores next to nothing
+# (0.00<!-- out: head 0.3 -> the layer-1 keys only: ±0.02 --> and 0.00<!-- out: head 0.3 -> the layer-1 values only: ±0.02 -->).
+# That is a measurement, not a necessity: the keys and values at the name positions, before
+# S2, cannot change (the causal mask keeps head 0.3's change from arriving there), but the
+# final position also reads keys and values at S2 and at itself, where the change does
+# arrive; the layer-1 heads just do not use them for this. Straight to the logits, nothing
+# either (0.01<!-- out: head 0.3 -> the logits only: -->).
 # Where is the rest? Our path patching froze the MLPs. Let them recompute, as Wang et al.
 # do (freeze only the other heads), so the path includes head 0.3 → MLP0 → layer-1 queries:
 
@@ -793,7 +806,7 @@ print(f"head {sender[0]}.{sender[1]} -> layer-1 queries, directly: {paths[sender
 
 # %% [markdown]
 # With MLP0 allowed to respond, the same head's signal reaches the name movers' queries
-# with most of its effect: the two definitions of a path differ here by exactly the
+# with most of its effect (0.81<!-- out: directly or through MLP0: --> of the 0.95<!-- out: head 0.3: -->): the two definitions of a path differ here by exactly the
 # route through MLP0. That is the circuit of this model, found with its own activations:
 #
 # 1. **head 0.3**, at the final position, attends to S2 and moves the name it finds
@@ -872,6 +885,13 @@ print(f"head outputs, largest difference from yours:         {(tl_heads - head_r
 # prompt yourself (one forward pass, no gradients), then the corrupted one with forward
 # hooks saving `z` and backward hooks saving its gradient.
 #
+# One trap of TransformerLens 4.x: inside a hook, `hook.name` is the bridge's *canonical*
+# name, and `hook_z` is an alias. A hook on `blocks.0.attn.hook_z` sees
+# `hook.name == "blocks.0.attn.o.hook_in"`, so activations saved under `hook.name` and
+# looked up as `"blocks.0.attn.hook_z"` raise `KeyError: 'blocks.0.attn.hook_z'`. Key what
+# you save by the name you hooked (bind it as in exercise 4, or with `functools.partial`).
+# (The cache answers to both names.)
+#
 # <details><summary>Hint</summary>
 #
 # Save activations with forward hooks that return nothing (a hook that returns `None`
@@ -923,11 +943,16 @@ plots.scatter_compare(attribution, head_results, f"Heads: correlation {correlati
 plt.show()
 print(f"correlation between attribution and activation patching over the {attribution.numel()} heads: "
       f"{correlation:.3f}")
+strongest = int(head_results.flatten().argmax())
+layer, head = divmod(strongest, cfg.n_heads)
+print(f"head {layer}.{head}: attribution patching estimates {attribution[layer, head]:.2f}, "
+      f"activation patching measures {head_results[layer, head]:.2f}")
 
 # %% [markdown]
-# Attribution patching ranks the heads like real patching (the correlation is high),
-# but it *underestimates* the strong effects: for head 0.3 it estimates roughly half of
-# the real restoration. The first-order estimate assumes the metric changes linearly
+# Attribution patching ranks the heads like real patching (the correlation is high,
+# 0.987<!-- out: correlation between attribution and activation patching over the 8 heads: -->),
+# but it *underestimates* the strong effects: for head 0.3 it estimates
+# 0.46<!-- out: head 0.3: attribution patching estimates --> of a real restoration of 0.95<!-- out: head 0.3: -->. The first-order estimate assumes the metric changes linearly
 # with the activation; between head 0.3 and the output sit an MLP, layer norms and the
 # layer-1 attention softmax, all nonlinear, and a large patch moves far along them.
 # That is the general lesson (Kramár et al., [*AtP\**](https://arxiv.org/abs/2403.00745),
@@ -1146,7 +1171,7 @@ with torch.no_grad():
 # names, as the corpus was written. Together, the course's eight components keep
 # 0.89<!-- out: course circuit, on 'FIRST LAST lives in': --> of the clean logit difference on
 # "lives in" and 0.91<!-- out: course circuit, on 'the city of FIRST LAST is': --> on "the city of ... is",
-# where the name sits elsewhere and another layer-0 head (0.0) takes part: which is why the
+# where the name sits elsewhere and a slightly different set of layer-0 heads takes part: which is why the
 # grader asks on all three templates, and why a function that measures travels better than a
 # list of components found on one.
 #

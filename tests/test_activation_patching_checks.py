@@ -131,6 +131,24 @@ def attribution_clean_gradient(*args):
     return checks._attribution_variant("clean_gradient")(*args)
 
 
+def attribution_by_hook_name(model, clean_tokens, corrupted_tokens, metric):
+    """Saves under hook.name (the bridge's canonical 'blocks.0.attn.o.hook_in') and looks up hook_z."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens, names_filter=names)
+    acts, grads = {}, {}
+
+    def save(z, hook):
+        acts[hook.name] = z.detach()
+
+    def save_grad(g, hook):
+        grads[hook.name] = g.detach()
+
+    with model.hooks(fwd_hooks=[(n, save) for n in names], bwd_hooks=[(n, save_grad) for n in names]):
+        metric(model(corrupted_tokens)).backward()
+    return torch.stack([((clean[n] - acts[n]) * grads[n]).sum(dim=(0, 1, 3)) for n in names]).cpu()
+
+
 def attribution_mean_over_batch(model, clean_tokens, corrupted_tokens, metric):
     return ref.attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric) / clean_tokens.shape[0]
 
@@ -194,6 +212,7 @@ MUTANTS = [
     ("attribution_patch_heads", attribution_reversed, "clean minus corrupted"),
     ("attribution_patch_heads", attribution_clean_gradient, "corrupted run"),
     ("attribution_patch_heads", attribution_mean_over_batch, "differ"),
+    ("attribution_patch_heads", attribution_by_hook_name, "canonical name"),
     ("investigate_fact_recall", circuit_of_ioi, "the bar is 0.75"),
     ("investigate_fact_recall", circuit_found_on_one_template, "the city of FIRST LAST is"),
 ]

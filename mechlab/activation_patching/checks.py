@@ -324,6 +324,31 @@ check_patch_pattern_and_value, grade_patch_pattern_and_value = \
 # ---------------------------------------------------------------- 8. path_patch
 
 
+def _explains_alias_keys(fn: Callable, name: str) -> Callable:
+    """`fn`, whose KeyError for a hook name says why: inside a hook, `hook.name` is the
+    TransformerLens 4.x bridge's canonical name ('blocks.0.attn.o.hook_in' for
+    'blocks.0.attn.hook_z'), so activations saved under `hook.name` are not found under
+    the name that was hooked."""
+    if not callable(fn):
+        return fn
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyError as e:
+            key = e.args[0] if e.args else None
+            if _type(key) is str and "hook_" in key:
+                raise CheckFailed(
+                    f"{name} raised KeyError: {key!r}. Inside a hook, `hook.name` is the bridge's canonical name, "
+                    "not the alias you hooked (for 'blocks.0.attn.hook_z' it is 'blocks.0.attn.o.hook_in'), so what "
+                    "you saved under hook.name is not found under the name you look up. Key what you save by the "
+                    "name you hooked: bind it, e.g. functools.partial(save, name=name).") from None
+            raise
+
+    return call
+
+
+
 def _path_cases(hidden: bool) -> list[Case]:
     cases = []
     for which, n, seed in _settings(hidden):
@@ -404,8 +429,8 @@ def _rejects_bad_paths(fn: Callable) -> None:
 
 
 def _check_path_patch(fn: Callable, hidden: bool) -> None:
-    if hidden:
-        _rejects_bad_paths(fn)
+    fn = _explains_alias_keys(fn, "path_patch")
+    _rejects_bad_paths(fn)  # visible too: a ValueError costs nothing to check
     compare_on_models(fn, ref.path_patch, _path_cases(hidden), "path_patch", _PATH_MISTAKES, **TOLERANCE)
 
 
@@ -454,6 +479,7 @@ _ATTRIBUTION_MISTAKES = [
 
 
 def _check_attribution_patch_heads(fn: Callable, hidden: bool) -> None:
+    fn = _explains_alias_keys(fn, "attribution_patch_heads")
     compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(hidden), "attribution_patch_heads",
                       _ATTRIBUTION_MISTAKES, **TOLERANCE)
 
