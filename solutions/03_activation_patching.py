@@ -44,7 +44,8 @@
 #    *because* a particular later head reads it?
 # 5. approximate all of this with one backward pass (**attribution patching**) and check
 #    the approximation against the real thing;
-# 6. then, on your own, find the circuit that recalls where a person lives: the grader
+# 6. compare noising with denoising, and two corruptions;
+# 7. then, on your own, find the circuit that recalls where a person lives: the grader
 #    measures how much of the recall your answer carries.
 #
 # **Time budget:** about 3 hours for the exercises (the table below adds them up).
@@ -959,7 +960,118 @@ print(f"head {layer}.{head}: attribution patching estimates {attribution[layer, 
 # 2024, study the failure modes): attribution patching is an excellent, cheap *filter*
 # to decide what to patch for real, not a replacement for patching.
 #
-# ## 6. Investigation: where does the model keep a fact?
+# ## 6. Noising, and another corruption
+#
+# Every patch so far went one way: clean activations into the corrupted run
+# (**denoising**), which asks whether an activation is *sufficient* to bring the answer
+# back. The other way, **noising**, runs the *clean* prompt and copies in one activation
+# from the *corrupted* run: if the answer breaks, that activation was *necessary*. The two
+# answer different questions, and in a model with redundant parts they disagree
+# (Heimersheim & Nanda, 2024).
+#
+# The corruption matters as much as the direction. Ours replaced S2 by the IO: it *flips*
+# which name is repeated, so the corrupted run confidently says the other name. Wang et
+# al.'s **ABC** corruption instead replaces both names, everywhere, by two unrelated
+# ones: "when alice and bob went to the store , bob gave a drink to". It *removes* the
+# information instead of flipping it: the logit difference between the clean names
+# drops to about 0<!-- out: logit difference on the ABC prompts: ±0.2 -->.
+
+# %% [markdown] exercise={"id": "noise_head_outputs", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# ### Exercise 10: Noising each head
+#
+# Write `noise_head_outputs(model, clean_tokens, corrupted_cache, metric)` returning a
+# CPU tensor `[n_layers, n_heads]`: the metric for a run on `clean_tokens` with head
+# `(layer, head)`'s `z` replaced by its value in `corrupted_cache`, at every position.
+# With the normalised metric, 1 means the head's corruption changed nothing and 0 that
+# it broke the answer as badly as corrupting everything.
+#
+# <details><summary>Hint</summary>
+#
+# Exercise 5 with the roles swapped: run `clean_tokens`, and patch from the corrupted
+# cache.
+# </details>
+#
+# Stuck? Run `from mechlab.activation_patching.reference import noise_head_outputs` and carry on (no points for this exercise).
+
+# %%
+def noise_head_outputs(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_cache, metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """metric after patching each head's corrupted z (all positions) into the clean run."""
+    ### BEGIN SOLUTION
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, :, head] = corrupted_cache[name][:, :, head]
+                    return z
+
+                out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+    ### END SOLUTION
+
+
+# %%
+from mechlab.activation_patching import checks
+checks.check_noise_head_outputs(noise_head_outputs)
+### BEGIN HIDDEN TESTS
+checks.grade_noise_head_outputs(noise_head_outputs)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Both directions, with both corruptions. The ABC prompts put two other names in place of
+# the IO and the subject, the same two in every mention:
+
+# %%
+name_ids = torch.tensor(zoo.token_ids(corpus.FIRST_NAMES), device=device)
+other_names = [name_ids[(name_ids != c) & (name_ids != d)] for c, d in zip(ioi.correct, ioi.distractor)]
+new_io = torch.stack([names[(2 * row) % len(names)] for row, names in enumerate(other_names)])
+new_s = torch.stack([names[(2 * row + 1) % len(names)] for row, names in enumerate(other_names)])
+abc_tokens = torch.where(clean_tokens == ioi.correct[:, None], new_io[:, None],
+                         torch.where(clean_tokens == ioi.distractor[:, None], new_s[:, None], clean_tokens))
+print("ABC:", " ".join(model.to_str_tokens(abc_tokens[0])))
+with torch.no_grad():
+    abc_logits, abc_cache = model.run_with_cache(abc_tokens)
+abc_diff = logit_diff(abc_logits, ioi.correct, ioi.distractor).item()
+abc_metric = functools.partial(patching_metric, correct=ioi.correct, distractor=ioi.distractor,
+                               clean_diff=clean_diff, corrupted_diff=abc_diff)
+print(f"logit difference on the ABC prompts: {abc_diff:+.2f}")
+grids = {
+    "S2 replaced, denoising": head_results,
+    "S2 replaced, noising": noise_head_outputs(model, clean_tokens, corrupted_cache, metric).cpu(),
+    "ABC, denoising": patch_head_outputs(model, abc_tokens, clean_cache, abc_metric).cpu(),
+    "ABC, noising": noise_head_outputs(model, clean_tokens, abc_cache, abc_metric).cpu(),
+}
+fig, axes = plt.subplots(1, 4, figsize=(16, 2.8), layout="constrained")
+for ax, (title, values) in zip(axes, grids.items()):
+    plots.heatmap(values, title, xlabel="head", ylabel="layer", ax=ax)
+plt.show()
+for title, values in grids.items():
+    print(f"{title}: head 0.{mover} {values[0, mover]:.2f}")
+    print(f"{title}, layer-1 heads, least: {values[1].min():.2f}")
+    print(f"{title}, layer-1 heads, most: {values[1].max():.2f}")
+
+# %% [markdown]
+# With the S2 corruption, both directions agree on head 0.3: its clean output alone
+# restores 0.95<!-- out: S2 replaced, denoising: head 0.3 -->, and its corrupted output alone breaks the answer
+# (0.05<!-- out: S2 replaced, noising: head 0.3 --> of it is left). Each layer-1 head is neither: it restores a
+# part, 0.13<!-- out: S2 replaced, denoising, layer-1 heads, least: --> to 0.23<!-- out: S2 replaced, denoising, layer-1 heads, most: -->,
+# and, corrupted alone, costs about as much (what remains is
+# 0.78<!-- out: S2 replaced, noising, layer-1 heads, least: --> to 0.86<!-- out: S2 replaced, noising, layer-1 heads, most: -->),
+# because the four share the work.
+#
+# The ABC corruption tells them apart. Noising still finds head 0.3 necessary
+# (0.04<!-- out: ABC, noising: head 0.3 --> left), but denoising it now restores only
+# 0.14<!-- out: ABC, denoising: head 0.3 -->: with both names replaced everywhere, the earlier
+# mentions that the layer-1 heads read are the *other* names, so moving the clean S2 to the
+# end gives them nothing to pick. Head 0.3 is necessary but, under this corruption, not
+# sufficient. Which question you ask (direction) and what you take away (corruption) are
+# part of the experiment, and a patching result is only as clear as both.
+#
+# ## 7. Investigation: where does the model keep a fact?
 #
 # Everything so far followed Wang et al.'s map of a task someone had already studied.
 # Now a task nobody walked you through. The corpus has 30 known people, and states each
@@ -1016,7 +1128,7 @@ for template in range(len(investigation.TEMPLATES)):
 # says whether the answer is well formed.
 
 # %% [markdown] exercise={"id": "investigate_fact_recall", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
-# ### Exercise 10: Investigation: the fact-recall circuit
+# ### Exercise 11: Investigation: the fact-recall circuit
 #
 # Write `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)`
 # returning a list of at most 8 components (tuples as above) that carry the clean
@@ -1200,18 +1312,17 @@ with torch.no_grad():
 #   movers' queries mainly *through MLP0*, not directly.
 # - Attribution patching estimates every patch from one backward pass: it ranks heads
 #   well and underestimates large effects, so use it to choose what to patch.
+# - Denoising asks what is sufficient, noising what is necessary; flipping the answer
+#   (S2 replaced) and removing the information (ABC) are different corruptions, and head
+#   0.3 is necessary under both but sufficient only under the first.
 # - A circuit is tested by keeping it and corrupting everything else: the fact-recall
 #   circuit needs both of a person's names, on two routes, and shares almost nothing with
 #   the IOI circuit.
 #
 # **Going further.**
 #
-# - *Noising instead of denoising.* Patch corrupted activations into the clean run
-#   (swap the two prompts' roles in your functions) and compare: which heads are
-#   *necessary* rather than *sufficient*?
-# - *Other corruptions.* Wang et al.'s "ABC" corruption replaces all three name
-#   mentions by unrelated names; it removes the information rather than flipping it.
-#   Build it with `replace_subject`'s tools and see whether the picture changes.
+# - *Noising and ABC everywhere.* Redo the residual-stream and by-position grids in the
+#   noising direction and with the ABC corruption: where do they disagree with section 2?
 # - *GPT-2.* Online (e.g. on Colab), `TransformerBridge.boot_transformers("gpt2")` gives
 #   GPT-2 small (a ~500 MB download; the course never downloads on its own), on which
 #   every function of this chapter runs unchanged: compare with Wang et al.'s name

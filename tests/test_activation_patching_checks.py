@@ -131,6 +131,18 @@ def attribution_clean_gradient(*args):
     return checks._attribution_variant("clean_gradient")(*args)
 
 
+def noise_reports_the_drop(model, clean_tokens, corrupted_cache, metric):
+    return 1 - ref.noise_head_outputs(model, clean_tokens, corrupted_cache, metric)
+
+
+def noise_last_position(model, clean_tokens, corrupted_cache, metric):
+    return checks._noise_last_position(model, clean_tokens, corrupted_cache, metric)
+
+
+def noise_whole_layer(model, clean_tokens, corrupted_cache, metric):
+    return checks._noise_layer_at_once(model, clean_tokens, corrupted_cache, metric)
+
+
 def attribution_by_hook_name(model, clean_tokens, corrupted_tokens, metric):
     """Saves under hook.name (the bridge's canonical 'blocks.0.attn.o.hook_in') and looks up hook_z."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
@@ -213,6 +225,9 @@ MUTANTS = [
     ("attribution_patch_heads", attribution_clean_gradient, "corrupted run"),
     ("attribution_patch_heads", attribution_mean_over_batch, "differ"),
     ("attribution_patch_heads", attribution_by_hook_name, "canonical name"),
+    ("noise_head_outputs", noise_reports_the_drop, "the metric itself"),
+    ("noise_head_outputs", noise_last_position, "every position"),
+    ("noise_head_outputs", noise_whole_layer, "one head at a time"),
     ("investigate_fact_recall", circuit_of_ioi, "the bar is 0.75"),
     ("investigate_fact_recall", circuit_found_on_one_template, "the city of FIRST LAST is"),
 ]
@@ -250,6 +265,11 @@ def by_position_with_transformer_lens(model, corrupted_tokens, clean_cache, metr
     return out.permute(0, 2, 1).cpu()  # TransformerLens: [layer, pos, head]
 
 
+def noise_with_transformer_lens(model, clean_tokens, corrupted_cache, metric):
+    from transformer_lens import patching
+    return patching.get_act_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_cache, metric).cpu()
+
+
 def attribution_in_one_hook_context(model, clean_tokens, corrupted_tokens, metric):
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     store = {}
@@ -273,6 +293,7 @@ VARIANTS = [
     ("patch_head_outputs", heads_with_transformer_lens),
     ("patch_head_outputs_by_position", by_position_with_transformer_lens),
     ("attribution_patch_heads", attribution_in_one_hook_context),
+    ("noise_head_outputs", noise_with_transformer_lens),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \

@@ -492,7 +492,60 @@ check_attribution_patch_heads, grade_attribution_patch_heads = \
     check_and_grade("attribution_patch_heads", _check_attribution_patch_heads)
 
 
-# ---------------------------------------------------------------- 10. the investigation: fact recall
+# ---------------------------------------------------------------- 10. noise_head_outputs
+
+
+def _noise_cases(hidden: bool) -> list[Case]:
+    cases = []
+    for which, n, seed in _settings(hidden):
+        desc, model, clean, _, _, corrupted_cache, metric = _setup(which, n, seed)
+        cases.append(Case(desc, (model, clean, corrupted_cache, metric)))
+    return cases
+
+
+def _noise_layer_at_once(model, clean, corrupted_cache, metric):
+    """Every head of the layer corrupted at once (z = corrupted z), repeated for each head."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            logits = model.run_with_hooks(clean, fwd_hooks=[(name, lambda z, hook, name=name: corrupted_cache[name].clone())])
+            out[layer] = metric(logits).item()
+    return out
+
+
+def _noise_last_position(model, clean, corrupted_cache, metric):
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, -1, head] = corrupted_cache[name][:, -1, head]
+                    return z
+                out[layer, head] = metric(model.run_with_hooks(clean, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
+_NOISE_MISTAKES = [
+    ("report the metric itself (1: unaffected, 0: as corrupted), not how much it dropped.",
+     lambda *args: 1 - ref.noise_head_outputs(*args)),
+    ("corrupt one head at a time (z[:, :, head]); replacing the whole z corrupts every head of the layer.",
+     _noise_layer_at_once),
+    ("corrupt the head's z at every position (z[:, :, head]), not only the last one.", _noise_last_position),
+]
+
+
+def _check_noise_head_outputs(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.noise_head_outputs, _noise_cases(hidden), "noise_head_outputs", _NOISE_MISTAKES,
+                      **TOLERANCE)
+
+
+check_noise_head_outputs, grade_noise_head_outputs = check_and_grade("noise_head_outputs", _check_noise_head_outputs)
+
+
+# ---------------------------------------------------------------- 11. the investigation: fact recall
 
 
 def _investigation_settings(hidden: bool) -> list[tuple[int, int]]:

@@ -204,6 +204,24 @@ def attribution_patch_heads(
                         for name in names]).cpu()
 
 
+def noise_head_outputs(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_cache, metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """metric after patching each head's corrupted z (all positions) into the clean run."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, :, head] = corrupted_cache[name][:, :, head]
+                    return z
+
+                out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
 def investigate_fact_recall(
     model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
 ) -> list[tuple]:
@@ -234,6 +252,6 @@ def investigate_fact_recall(
     return sorted(effects, key=effects.get, reverse=True)[:8]
 
 
-__all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads', 'investigate_fact_recall']
+__all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads', 'noise_head_outputs', 'investigate_fact_recall']
 CHAPTER = '03_activation_patching'
-POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3, 'investigate_fact_recall': 5}
+POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3, 'noise_head_outputs': 2, 'investigate_fact_recall': 5}
