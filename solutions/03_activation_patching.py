@@ -1103,7 +1103,11 @@ for template in range(len(investigation.TEMPLATES)):
           f"logit difference clean {fact_clean_diff:+.2f}, corrupted {fact_corrupted_diff:+.2f}")
 
 # %% [markdown]
-# The model recalls every person's city, by a margin of several logits. Now the question.
+# The model recalls every person's city in all three templates
+# (100%<!-- out: template 0 'FIRST LAST lives in': right city (among the 12) for -->,
+# 100%<!-- out: template 1 'FIRST LAST has a home in': right city (among the 12) for -->,
+# 100%<!-- out: template 2 'the city of FIRST LAST is': right city (among the 12) for -->), by a margin of
+# several logits. Now the question.
 #
 # **Which components carry the city?** Answer with a **circuit**: at most 8 components,
 # each a head's output at one position, `("head", layer, head, position)`, or an MLP's
@@ -1116,9 +1120,10 @@ for template in range(len(investigation.TEMPLATES)):
 # the corrupted prompts, and reads the normalised logit difference of exercise 3. Keeping
 # every component gives exactly 1, keeping none exactly 0. Your circuit passes if it
 # keeps at least 0.75 of the clean logit difference on every graded batch. So it must be
-# complete, a route from the person's name to the answer, not just the components with
-# the largest single effects; and 8 is fewer than the 10 outputs at the final position
-# alone.
+# complete, a route from the person's name to the answer: a component in it helps only if
+# what it reads is clean, and only the token embeddings and the circuit itself are (every
+# other output carries the corrupted person). And 8 is fewer than the 10 outputs at the
+# final position alone.
 #
 # You answer with a function, so the grader can ask on prompts you have not seen: it
 # calls `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)` on other
