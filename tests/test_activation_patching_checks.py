@@ -394,3 +394,26 @@ def test_investigation_faithfulness_is_one_for_everything_and_zero_for_nothing()
     assert investigation._keep_only(model, batch, [], metric, cache) == pytest.approx(0.0, abs=1e-4)
     assert (batch.clean != batch.corrupted).sum(1).tolist() == [2] * len(batch.clean)  # both names, nothing else
     assert not (batch.correct == batch.distractor).any()
+
+
+def test_investigation_a_function_that_tampers_with_its_inputs_gains_nothing():
+    """The measurement uses its own model, metric and cache, never the ones the learner's function was given."""
+    def edits_the_metric(model, clean_tokens, corrupted_tokens, metric):
+        metric.keywords["corrupted_diff"] = -1e6  # every run would read as 'clean'
+        return [("mlp", 0, -1)]
+
+    with pytest.raises(CheckFailed, match="keeps 0.00"):
+        checks.grade_investigate_fact_recall(as_learner(edits_the_metric))
+
+    def leaves_a_hook(model, clean_tokens, corrupted_tokens, metric):
+        with torch.no_grad():
+            city = model(clean_tokens)[:, -1].argmax(-1)
+
+        def favour_the_city(logits, hook):
+            return logits + 100.0 * torch.nn.functional.one_hot(city, logits.shape[-1])[:, None]
+
+        model.add_hook("unembed.hook_out", favour_the_city)
+        return [("mlp", 0, -1)]
+
+    with pytest.raises(CheckFailed, match="keeps 0.00"):
+        checks.grade_investigate_fact_recall(as_learner(leaves_a_hook))

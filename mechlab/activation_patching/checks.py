@@ -553,15 +553,24 @@ def _investigation_settings(hidden: bool) -> list[tuple[int, int]]:
     return [(0, 1), (1, 2), (2, 3)] if hidden else [(0, 0)]
 
 
+@functools.cache
+def _measuring_model():
+    """A copy of the course model that no learner function is ever given: what a learner's
+    function does to its model (hooks it leaves, weights it edits) cannot touch the measurement."""
+    from mechlab import zoo
+
+    return zoo.load("corpus_2l")
+
+
 def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
     model = course_model("corpus_2l")
     call = guard_model(fn, "investigate_fact_recall")
     kept = []
     for template, seed in _investigation_settings(hidden):
         batch = investigation.fact_batch(template, seed)
-        metric, corrupted_cache = investigation._corrupted_run(model, batch)
+        metric, _, _ = investigation.fact_metric(model, batch)  # the learner's own copy of the metric
         answer = call_learner(call, "investigate_fact_recall", batch.describe(),
-                              (model, batch.clean, batch.corrupted, metric))
+                              (model, batch.clean.clone(), batch.corrupted.clone(), metric))
         try:
             circuit = investigation.normalise_circuit(answer, model, batch.clean.shape[1])
         except CheckFailed as e:
@@ -573,7 +582,7 @@ def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
                    f"{investigation.BUDGET}) on {batch.describe()}; the hidden test measures how much of the "
                    "recall it carries")
             return
-        score = investigation._keep_only(model, batch, circuit, metric, corrupted_cache)
+        score = investigation.faithfulness(_measuring_model(), batch, circuit)  # metric and cache made afresh
         if not score >= investigation.BAR:
             names = ", ".join(map(str, circuit))
             raise CheckFailed(

@@ -98,7 +98,7 @@ def normalise_circuit(circuit, model, n_pos: int) -> list[tuple]:
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     out: list[tuple] = []
     for entry in list(circuit):
-        if _type(entry) is not tuple or not entry or entry[0] not in ("head", "mlp"):
+        if _type(entry) is not tuple or not entry or _type(entry[0]) is not str or entry[0] not in ("head", "mlp"):
             raise CheckFailed(f"component {entry!r}: write ('head', layer, head, position) or "
                               "('mlp', layer, position), as a tuple")
         if len(entry) != (4 if entry[0] == "head" else 3):
