@@ -43,9 +43,12 @@
 # 4. use path patching to test one edge of the circuit: does a head in layer 0 matter
 #    *because* a particular later head reads it?
 # 5. approximate all of this with one backward pass (**attribution patching**) and check
-#    the approximation against the real thing.
+#    the approximation against the real thing;
+# 6. compare noising with denoising, and two corruptions;
+# 7. then, on your own, find the circuit that recalls where a person lives: the grader
+#    measures how much of the recall your answer carries.
 #
-# **Time budget:** about 2.5 hours for the exercises (the table below adds them up).
+# **Time budget:** about 3 hours for the exercises (the table below adds them up).
 # The notebook runs in a couple of minutes on a laptop CPU.
 #
 # **How the exercises work.** As before: write your code where it says
@@ -486,9 +489,9 @@ for i in top.tolist():
 
 # %% [markdown]
 # One layer-0 head carries nearly everything: in the course checkpoint, head 0.3
-# restores almost the whole logit difference on its own, and all of it from the final
-# position. Each layer-1 head restores a part (about a fifth), again only at the final
-# position. So a layer-0 head brings the information from S2 to the end, and the
+# restores almost the whole logit difference on its own (0.95<!-- out: head 0.3: -->), and all of it from
+# the final position. Layer-1 heads restore a part each (about a fifth: 0.23<!-- out: head 1.1: --> for
+# head 1.1, 0.21<!-- out: head 1.3: --> for head 1.3), again only at the final position. So a layer-0 head brings the information from S2 to the end, and the
 # layer-1 heads act on it there. (Patching a whole head is not the sum of patching its
 # positions, but here a head's effect sits at one position, so they agree.)
 #
@@ -568,13 +571,15 @@ plt.show()
 # The two kinds of heads matter in opposite ways.
 #
 # - **Head 0.3: its values.** Its pattern hardly changes between the runs: from the
-#   final position it attends to the S2 position (in both). What changes is the token
+#   final position it attends to the S2 position (0.88<!-- out: clean: head 0.3 -> S2 --> of its attention
+#   on clean prompts, about as much on corrupted ones). What changes is the token
 #   there, so its clean *values* restore everything and its clean pattern nothing. It
 #   is an **S2 mover**: it carries the name at S2 to the end. (Does it know that name was
 #   repeated? The next cell checks.)
 # - **Layer-1 heads: their patterns.** Their values are the same names in both runs;
 #   what changes is *where* they look. On clean prompts they attend from the final
-#   position mostly to the IO (0.5 to 0.85 of their attention) and copy it to the
+#   position mostly to the IO (0.66<!-- out: clean: layer-1 heads -> IO --> of their attention on average,
+#   0.19<!-- out: clean: layer-1 heads -> subject's first mention --> to the subject's first mention) and copy it to the
 #   output; on corrupted ones, to the other name. They are this model's **name movers**,
 #   like heads 9.6 and 9.9 of GPT-2 small in Wang et al.
 #
@@ -597,14 +602,16 @@ rows = torch.arange(len(io_pos), device=device)
 mover = int(head_results[0].argmax())
 for label, cache in [("clean", clean_cache), ("third name at S2", third_cache)]:
     layer_1 = cache["pattern", 1][:, :, -1]  # [batch, head, key]: attention from the final position
-    print(f"{label:>17}: head 0.{mover} -> S2 {cache['pattern', 0][:, mover, -1, s2].mean():.2f};  "
-          f"layer-1 heads -> IO {layer_1[rows, :, io_pos].mean():.2f}, -> subject's first mention "
-          f"{layer_1[rows, :, 6 - io_pos].mean():.2f}")
+    print(f"{label}: head 0.{mover} -> S2 {cache['pattern', 0][:, mover, -1, s2].mean():.2f}")
+    print(f"{label}: layer-1 heads -> IO {layer_1[rows, :, io_pos].mean():.2f}")
+    print(f"{label}: layer-1 heads -> subject's first mention {layer_1[rows, :, 6 - io_pos].mean():.2f}")
 
 # %% [markdown]
-# Head 0.3 attends to S2 just as much when the name there is new: it does not detect the
-# repetition, it moves whatever name stands at S2. The name movers then split their
-# attention between the two earlier names: their choice depends on *which* name arrived
+# Head 0.3 attends to S2 just as much when the name there is new
+# (0.87<!-- out: third name at S2: head 0.3 -> S2 -->): it does not detect the repetition, it moves whatever
+# name stands at S2. The name movers then split their attention between the two earlier
+# names (0.47<!-- out: third name at S2: layer-1 heads -> IO --> and
+# 0.43<!-- out: third name at S2: layer-1 heads -> subject's first mention -->): their choice depends on *which* name arrived
 # from S2. So the comparison, "which earlier name is the one at S2?", happens where the
 # layer-1 queries meet the names' keys. Path patching can test whether those queries get
 # their information from head 0.3.
@@ -754,14 +761,23 @@ def direct_effect(sender: tuple[int, int]) -> float:
 
 for sender in range(cfg.n_heads):
     print(f"head 0.{sender}: directly to the logits {direct_effect((0, sender)):+.2f}, "
-          f"through the layer-1 queries {paths[sender, 0]:+.2f}, all paths (head patching) "
-          f"{head_results[0, sender]:+.2f}")
+          f"through the layer-1 queries {paths[sender, 0]:+.2f}, keys {paths[sender, 1]:+.2f}, "
+          f"values {paths[sender, 2]:+.2f}, all paths (head patching) {head_results[0, sender]:+.2f}")
+strongest = int(head_results[0].argmax())
+for component, label in enumerate(["queries", "keys", "values"]):
+    print(f"head 0.{strongest} -> the layer-1 {label} only: {paths[strongest, component]:+.2f}")
+print(f"head 0.{strongest} -> the logits only: {direct_effect((0, strongest)):+.2f}")
 
 # %% [markdown]
-# Through the layer-1 queries directly, head 0.3 restores only about a fifth of what
-# patching it restores. Through keys and values it restores nothing, as it must: the
-# keys and values the final position reads sit at the name positions, before S2, where
-# the causal mask keeps any change from arriving. Straight to the logits, nothing either.
+# Through the layer-1 queries directly, head 0.3 restores only about a fifth
+# (0.18<!-- out: head 0.3 -> the layer-1 queries only: -->) of what patching it restores
+# (0.95<!-- out: head 0.3: -->). Through the keys and values it restores next to nothing
+# (0.00<!-- out: head 0.3 -> the layer-1 keys only: ±0.02 --> and 0.00<!-- out: head 0.3 -> the layer-1 values only: ±0.02 -->).
+# That is a measurement, not a necessity: the keys and values at the name positions, before
+# S2, cannot change (the causal mask keeps head 0.3's change from arriving there), but the
+# final position also reads keys and values at S2 and at itself, where the change does
+# arrive; the layer-1 heads just do not use them for this. Straight to the logits, nothing
+# either (0.01<!-- out: head 0.3 -> the logits only: -->).
 # Where is the rest? Our path patching froze the MLPs. Let them recompute, as Wang et al.
 # do (freeze only the other heads), so the path includes head 0.3 → MLP0 → layer-1 queries:
 
@@ -791,7 +807,7 @@ print(f"head {sender[0]}.{sender[1]} -> layer-1 queries, directly: {paths[sender
 
 # %% [markdown]
 # With MLP0 allowed to respond, the same head's signal reaches the name movers' queries
-# with most of its effect: the two definitions of a path differ here by exactly the
+# with most of its effect (0.81<!-- out: directly or through MLP0: --> of the 0.95<!-- out: head 0.3: -->): the two definitions of a path differ here by exactly the
 # route through MLP0. That is the circuit of this model, found with its own activations:
 #
 # 1. **head 0.3**, at the final position, attends to S2 and moves the name it finds
@@ -870,6 +886,13 @@ print(f"head outputs, largest difference from yours:         {(tl_heads - head_r
 # prompt yourself (one forward pass, no gradients), then the corrupted one with forward
 # hooks saving `z` and backward hooks saving its gradient.
 #
+# One trap of TransformerLens 4.x: inside a hook, `hook.name` is the bridge's *canonical*
+# name, and `hook_z` is an alias. A hook on `blocks.0.attn.hook_z` sees
+# `hook.name == "blocks.0.attn.o.hook_in"`, so activations saved under `hook.name` and
+# looked up as `"blocks.0.attn.hook_z"` raise `KeyError: 'blocks.0.attn.hook_z'`. Key what
+# you save by the name you hooked (bind it as in exercise 4, or with `functools.partial`).
+# (The cache answers to both names.)
+#
 # <details><summary>Hint</summary>
 #
 # Save activations with forward hooks that return nothing (a hook that returns `None`
@@ -921,16 +944,364 @@ plots.scatter_compare(attribution, head_results, f"Heads: correlation {correlati
 plt.show()
 print(f"correlation between attribution and activation patching over the {attribution.numel()} heads: "
       f"{correlation:.3f}")
+strongest = int(head_results.flatten().argmax())
+layer, head = divmod(strongest, cfg.n_heads)
+print(f"head {layer}.{head}: attribution patching estimates {attribution[layer, head]:.2f}, "
+      f"activation patching measures {head_results[layer, head]:.2f}")
 
 # %% [markdown]
-# Attribution patching ranks the heads like real patching (the correlation is high),
-# but it *underestimates* the strong effects: for head 0.3 it estimates roughly half of
-# the real restoration. The first-order estimate assumes the metric changes linearly
+# Attribution patching ranks the heads like real patching (the correlation is high,
+# 0.987<!-- out: correlation between attribution and activation patching over the 8 heads: -->),
+# but it *underestimates* the strong effects: for head 0.3 it estimates
+# 0.46<!-- out: head 0.3: attribution patching estimates --> of a real restoration of 0.95<!-- out: head 0.3: -->. The first-order estimate assumes the metric changes linearly
 # with the activation; between head 0.3 and the output sit an MLP, layer norms and the
 # layer-1 attention softmax, all nonlinear, and a large patch moves far along them.
 # That is the general lesson (Kramár et al., [*AtP\**](https://arxiv.org/abs/2403.00745),
 # 2024, study the failure modes): attribution patching is an excellent, cheap *filter*
 # to decide what to patch for real, not a replacement for patching.
+#
+# ## 6. Noising, and another corruption
+#
+# Every patch so far went one way: clean activations into the corrupted run
+# (**denoising**), which asks whether an activation is *sufficient* to bring the answer
+# back. The other way, **noising**, runs the *clean* prompt and copies in one activation
+# from the *corrupted* run: if the answer breaks, that activation was *necessary*. The two
+# answer different questions, and in a model with redundant parts they disagree
+# (Heimersheim & Nanda, 2024).
+#
+# The corruption matters as much as the direction. Ours replaced S2 by the IO: it *flips*
+# which name is repeated, so the corrupted run confidently says the other name. Wang et
+# al.'s **ABC** corruption instead replaces both names, everywhere, by two unrelated
+# ones: "when alice and bob went to the store , bob gave a drink to". It *removes* the
+# information instead of flipping it: the logit difference between the clean names
+# drops to about 0<!-- out: logit difference on the ABC prompts: ±0.2 -->.
+
+# %% [markdown] exercise={"id": "noise_head_outputs", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# ### Exercise 10: Noising each head
+#
+# Write `noise_head_outputs(model, clean_tokens, corrupted_cache, metric)` returning a
+# CPU tensor `[n_layers, n_heads]`: the metric for a run on `clean_tokens` with head
+# `(layer, head)`'s `z` replaced by its value in `corrupted_cache`, at every position.
+# With the normalised metric, 1 means the head's corruption changed nothing and 0 that
+# it broke the answer as badly as corrupting everything.
+#
+# <details><summary>Hint</summary>
+#
+# Exercise 5 with the roles swapped: run `clean_tokens`, and patch from the corrupted
+# cache.
+# </details>
+#
+# Stuck? Run `from mechlab.activation_patching.reference import noise_head_outputs` and carry on (no points for this exercise).
+
+# %%
+def noise_head_outputs(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_cache, metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """metric after patching each head's corrupted z (all positions) into the clean run."""
+    ### BEGIN SOLUTION
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, :, head] = corrupted_cache[name][:, :, head]
+                    return z
+
+                out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+    ### END SOLUTION
+
+
+# %%
+from mechlab.activation_patching import checks
+checks.check_noise_head_outputs(noise_head_outputs)
+### BEGIN HIDDEN TESTS
+checks.grade_noise_head_outputs(noise_head_outputs)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Both directions, with both corruptions. The ABC prompts put two other names in place of
+# the IO and the subject, the same two in every mention:
+
+# %%
+name_ids = torch.tensor(zoo.token_ids(corpus.FIRST_NAMES), device=device)
+other_names = [name_ids[(name_ids != c) & (name_ids != d)] for c, d in zip(ioi.correct, ioi.distractor)]
+new_io = torch.stack([names[(2 * row) % len(names)] for row, names in enumerate(other_names)])
+new_s = torch.stack([names[(2 * row + 1) % len(names)] for row, names in enumerate(other_names)])
+abc_tokens = torch.where(clean_tokens == ioi.correct[:, None], new_io[:, None],
+                         torch.where(clean_tokens == ioi.distractor[:, None], new_s[:, None], clean_tokens))
+print("ABC:", " ".join(model.to_str_tokens(abc_tokens[0])))
+with torch.no_grad():
+    abc_logits, abc_cache = model.run_with_cache(abc_tokens)
+abc_diff = logit_diff(abc_logits, ioi.correct, ioi.distractor).item()
+abc_metric = functools.partial(patching_metric, correct=ioi.correct, distractor=ioi.distractor,
+                               clean_diff=clean_diff, corrupted_diff=abc_diff)
+print(f"logit difference on the ABC prompts: {abc_diff:+.2f}")
+grids = {
+    "S2 replaced, denoising": head_results,
+    "S2 replaced, noising": noise_head_outputs(model, clean_tokens, corrupted_cache, metric).cpu(),
+    "ABC, denoising": patch_head_outputs(model, abc_tokens, clean_cache, abc_metric).cpu(),
+    "ABC, noising": noise_head_outputs(model, clean_tokens, abc_cache, abc_metric).cpu(),
+}
+fig, axes = plt.subplots(1, 4, figsize=(16, 2.8), layout="constrained")
+for ax, (title, values) in zip(axes, grids.items()):
+    plots.heatmap(values, title, xlabel="head", ylabel="layer", ax=ax)
+plt.show()
+for title, values in grids.items():
+    print(f"{title}: head 0.{mover} {values[0, mover]:.2f}")
+    print(f"{title}, layer-1 heads, least: {values[1].min():.2f}")
+    print(f"{title}, layer-1 heads, most: {values[1].max():.2f}")
+
+# %% [markdown]
+# With the S2 corruption, both directions agree on head 0.3: its clean output alone
+# restores 0.95<!-- out: S2 replaced, denoising: head 0.3 -->, and its corrupted output alone breaks the answer
+# (0.05<!-- out: S2 replaced, noising: head 0.3 --> of it is left). Each layer-1 head is neither: it restores a
+# part, 0.13<!-- out: S2 replaced, denoising, layer-1 heads, least: --> to 0.23<!-- out: S2 replaced, denoising, layer-1 heads, most: -->,
+# and, corrupted alone, costs about as much (what remains is
+# 0.78<!-- out: S2 replaced, noising, layer-1 heads, least: --> to 0.86<!-- out: S2 replaced, noising, layer-1 heads, most: -->),
+# because the four share the work.
+#
+# The ABC corruption tells them apart. Noising still finds head 0.3 necessary
+# (0.04<!-- out: ABC, noising: head 0.3 --> left), but denoising it now restores only
+# 0.14<!-- out: ABC, denoising: head 0.3 -->: with both names replaced everywhere, the earlier
+# mentions that the layer-1 heads read are the *other* names, so moving the clean S2 to the
+# end gives them nothing to pick. Head 0.3 is necessary but, under this corruption, not
+# sufficient. Which question you ask (direction) and what you take away (corruption) are
+# part of the experiment, and a patching result is only as clear as both.
+#
+# ## 7. Investigation: where does the model keep a fact?
+#
+# Everything so far followed Wang et al.'s map of a task someone had already studied.
+# Now a task nobody walked you through. The corpus has 30 known people, and states each
+# one's city the same way every time ("mary smith lives in paris ."); other pairs of the
+# same first and last names never get a city. Meng et al. (2022) located such facts in
+# GPT's MLPs, at the subject's last token. Where does `corpus_2l` keep them?
+#
+# First, check that it knows them. `investigation.fact_batch(template, seed)` gives
+# every known person once, in one of the three ways the corpus states a city, cut before
+# the city ("FIRST LAST lives in", "FIRST LAST has a home in", "the city of FIRST LAST
+# is"), and a corrupted twin: the same template about another known person, with another
+# first name, another last name and another city. The two answers are the two cities.
+
+# %%
+from mechlab import corpus
+from mechlab.activation_patching import investigation
+
+facts = investigation.fact_batch(template=0, seed=0)
+print("clean:    ", " ".join(model.to_str_tokens(facts.clean[0])), "->", model.to_string(facts.correct[0]))
+print("corrupted:", " ".join(model.to_str_tokens(facts.corrupted[0])), "->", model.to_string(facts.distractor[0]))
+city_ids = torch.tensor(zoo.token_ids(list(corpus.CITIES)))
+for template in range(len(investigation.TEMPLATES)):
+    batch = investigation.fact_batch(template, seed=0)
+    with torch.no_grad():
+        last = model(batch.clean.to(device))[:, -1].cpu()
+    recalled = (city_ids[last[:, city_ids].argmax(-1)] == batch.correct).float().mean().item()
+    fact_metric, fact_clean_diff, fact_corrupted_diff = investigation.fact_metric(model, batch)
+    print(f"template {template} '{batch.template.format(p='FIRST LAST')}': right city (among the 12) for {recalled:.0%} of the people; "
+          f"logit difference clean {fact_clean_diff:+.2f}, corrupted {fact_corrupted_diff:+.2f}")
+
+# %% [markdown]
+# The model recalls every person's city in all three templates
+# (100%<!-- out: template 0 'FIRST LAST lives in': right city (among the 12) for -->,
+# 100%<!-- out: template 1 'FIRST LAST has a home in': right city (among the 12) for -->,
+# 100%<!-- out: template 2 'the city of FIRST LAST is': right city (among the 12) for -->), by a margin of
+# several logits. Now the question.
+#
+# **Which components carry the city?** Answer with a **circuit**: at most 8 components,
+# each a head's output at one position, `("head", layer, head, position)`, or an MLP's
+# output at one position, `("mlp", layer, position)` (a negative position counts from
+# the end, as in Python: `("mlp", 1, -1)` is MLP1 at the final position).
+#
+# **How it is graded.** The grader keeps your circuit and corrupts everything else: it
+# runs the *clean* prompts with every head output (`hook_z`) and every MLP output
+# (`hook_mlp_out`) *outside* your circuit, at every position, replaced by its value on
+# the corrupted prompts, and reads the normalised logit difference of exercise 3. Keeping
+# every component gives exactly 1, keeping none exactly 0. Your circuit passes if it
+# keeps at least 0.75 of the clean logit difference on every graded batch. So it must be
+# complete, a route from the person's name to the answer: a component in it helps only if
+# what it reads is clean, and only the token embeddings and the circuit itself are (every
+# other output carries the corrupted person). And 8 is fewer than the 10 outputs at the
+# final position alone.
+#
+# You answer with a function, so the grader can ask on prompts you have not seen: it
+# calls `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)` on other
+# pairings of the people, in **all three templates**, which differ in length and in
+# where the name sits. Your function may measure (patch, cache, compare) or encode what
+# you found; either way, what it returns is what gets measured. The visible check only
+# says whether the answer is well formed.
+
+# %% [markdown] exercise={"id": "investigate_fact_recall", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
+# ### Exercise 11: Investigation: the fact-recall circuit
+#
+# Write `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)`
+# returning a list of at most 8 components (tuples as above) that carry the clean
+# person's city from the name to the answer. `metric` is the normalised logit difference
+# (0 as corrupted, 1 as clean); the prompts are one template, so positions line up
+# across the batch. Explore first with the batches above and this chapter's tools, then
+# write down what you found.
+#
+# <details><summary>Hint 1: where to start</summary>
+#
+# Your patching functions answer "which single activation, patched from clean into
+# corrupted, restores the answer?" for heads. Do the same for the MLP outputs
+# (`blocks.{layer}.hook_mlp_out`, `[batch, pos, d_model]`), position by position, and
+# look at every template, not just one.
+# </details>
+#
+# <details><summary>Hint 2: what a complete circuit needs</summary>
+#
+# A person is known only by both names together: every first name and every last name
+# also belongs to people the corpus never gives a city. For each name, ask at which
+# position its information is processed and which heads bring it to the final position.
+# A circuit with a gap (a component that reads something you corrupted) keeps little.
+# </details>
+#
+# <details><summary>Hint 3: checking your answer yourself</summary>
+#
+# The measurement is a dozen lines: cache the corrupted run, then run the clean tokens
+# with one hook per layer on `hook_z` and on `hook_mlp_out` returning
+# `torch.where(keep, activation, corrupted_cache[name])`, with `keep` a boolean mask
+# (`[1, pos, head, 1]` for `z`, `[1, pos, 1]` for the MLP) that is True on your circuit.
+# Run it on all three templates (`investigation.fact_batch(t, seed)` for `t` in 0, 1, 2).
+# Positions are where the batch says: the positions at which `clean_tokens` and
+# `corrupted_tokens` differ are the name's.
+# </details>
+#
+# Stuck? Run `from mechlab.activation_patching.reference import investigate_fact_recall` and carry on (no points for this exercise).
+
+# %%
+def investigate_fact_recall(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
+) -> list[tuple]:
+    """At most 8 components (("head", layer, head, pos) or ("mlp", layer, pos)) that carry the person's city."""
+    ### BEGIN SOLUTION
+    # Every head and MLP output at every position, patched alone from clean into corrupted;
+    # the 8 with the largest effects form a complete route here (measured on all three templates).
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        effects: dict[tuple, float] = {}
+        for layer in range(model.cfg.n_layers):
+            z_name, mlp_name = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"
+            for pos in range(clean_tokens.shape[1]):
+                def patch_mlp(out, hook, pos=pos, name=mlp_name):
+                    out = out.clone()
+                    out[:, pos] = clean_cache[name][:, pos]
+                    return out
+
+                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(mlp_name, patch_mlp)])
+                effects[("mlp", layer, pos)] = metric(logits).item()
+                for head in range(model.cfg.n_heads):
+                    def patch_head(z, hook, pos=pos, head=head, name=z_name):
+                        z = z.clone()
+                        z[:, pos, head] = clean_cache[name][:, pos, head]
+                        return z
+
+                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(z_name, patch_head)])
+                    effects[("head", layer, head, pos)] = metric(logits).item()
+    return sorted(effects, key=effects.get, reverse=True)[:8]
+    ### END SOLUTION
+
+
+# %%
+from mechlab.activation_patching import checks
+checks.check_investigate_fact_recall(investigate_fact_recall)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_fact_recall(investigate_fact_recall)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurement, on the three batches the grader uses, next to
+# the course's circuit and three plausible findings that are wrong:
+
+# %%
+from mechlab.activation_patching.reference import investigate_fact_recall as course_circuit
+
+final_heads = [("head", layer, head, -1) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+candidates = {
+    "your circuit": investigate_fact_recall,
+    "course circuit": course_circuit,
+    "IOI circuit (0.3, MLP0, layer 1, at the end)": lambda *_: [("head", 0, 3, -1), ("mlp", 0, -1), *final_heads[4:]],
+    "attention only (every head at the end)": lambda *_: final_heads,
+    "MLPs only (at both names and the end)": lambda model, clean, corrupted, metric: [
+        ("mlp", layer, int(pos)) for layer in range(cfg.n_layers)
+        for pos in [*(clean[0] != corrupted[0]).nonzero().flatten().tolist(), -1]],
+}
+for template, seed in checks._investigation_settings(hidden=True):
+    batch = investigation.fact_batch(template, seed)
+    batch_metric, _, _ = investigation.fact_metric(model, batch)
+    prompt = batch.template.format(p="FIRST LAST")
+    for label, finder in candidates.items():
+        circuit = finder(model, batch.clean.to(device), batch.corrupted.to(device), batch_metric)
+        print(f"{label}, on '{prompt}': {investigation.faithfulness(model, batch, circuit):.2f} "
+              f"({len(circuit)} components)")
+    print()
+
+# %% [markdown]
+# What is in the course's circuit, and why each part is there, on the first graded batch:
+
+# %%
+batch = investigation.fact_batch(0, 1)
+batch_metric, _, _ = investigation.fact_metric(model, batch)
+clean_facts, corrupted_facts = batch.clean.to(device), batch.corrupted.to(device)
+print("the course's circuit:", ", ".join(f"{c} at '{batch.labels[c[-1]]}'"
+                                         for c in course_circuit(model, clean_facts, corrupted_facts, batch_metric)))
+first, last_name = batch.labels.index("first name"), batch.labels.index("last name")
+with torch.no_grad():
+    _, fact_cache = model.run_with_cache(clean_facts)
+for layer, head in [(0, 2), (0, 3), (1, 1), (1, 3)]:
+    attention = fact_cache["pattern", layer][:, head, -1].mean(0)  # from the final position, mean over the batch
+    name, position = ("first name", first) if attention[first] > attention[last_name] else ("last name", last_name)
+    print(f"head {layer}.{head} reads from the end mostly the {name}: {attention[position]:.2f} of its attention")
+routes = {
+    "the last name's route alone": [("head", 0, 2, -1), ("head", 0, 3, -1), ("mlp", 0, -1), ("mlp", 1, -1)],
+    "the first name's route alone": [("mlp", 0, first), ("head", 1, 1, -1), ("head", 1, 3, -1), ("mlp", 1, -1)],
+}
+for label, circuit in routes.items():
+    print(f"{label} keeps {investigation.faithfulness(model, batch, circuit):.2f}")
+with torch.no_grad():
+    for layer in range(cfg.n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+
+        def patch_last_name(out, hook, name=name):
+            out = out.clone()
+            out[:, last_name] = fact_cache[name][:, last_name]
+            return out
+
+        restored = batch_metric(model.run_with_hooks(corrupted_facts, fwd_hooks=[(name, patch_last_name)])).item()
+        print(f"MLP{layer} patched alone at the last name restores {restored:.2f}")
+
+# %% [markdown]
+# The truth, measured: the recall runs along two routes that meet at the final position.
+#
+# - **The last name** travels to the end through layer-0 heads 0.2 and 0.3, which attend
+#   from the final position mostly to it (0.61<!-- out: head 0.2 reads from the end mostly the last name: -->
+#   and 0.55<!-- out: head 0.3 reads from the end mostly the last name: --> of their attention).
+# - **The first name** is processed where it stands, by MLP0 at the first name's position,
+#   and read from there by layer-1 heads 1.1 and 1.3 (0.70<!-- out: head 1.1 reads from the end mostly the first name: -->
+#   and 0.69<!-- out: head 1.3 reads from the end mostly the first name: --> of their attention).
+# - **MLP0 and MLP1 at the final position** combine the two into the city.
+#
+# Each route alone keeps less than half (the last name's 0.45<!-- out: the last name's route alone keeps -->,
+# the first name's 0.28<!-- out: the first name's route alone keeps -->): a person is known only by both
+# names, as the corpus was written. Together, the course's eight components keep
+# 0.89<!-- out: course circuit, on 'FIRST LAST lives in': --> of the clean logit difference on
+# "lives in" and 0.91<!-- out: course circuit, on 'the city of FIRST LAST is': --> on "the city of ... is",
+# where the name sits elsewhere and a slightly different set of layer-0 heads takes part: which is why the
+# grader asks on all three templates, and why a function that measures travels better than a
+# list of components found on one.
+#
+# The wrong findings keep almost nothing. The IOI circuit of sections 3-4 keeps
+# 0.09<!-- out: IOI circuit (0.3, MLP0, layer 1, at the end), on 'FIRST LAST lives in': -->: a different task
+# uses different heads. Attention alone keeps 0.04<!-- out: attention only (every head at the end), on 'FIRST LAST lives in': -->,
+# MLPs alone 0.00<!-- out: MLPs only (at both names and the end), on 'FIRST LAST lives in': -->: each needs the
+# other. And unlike Meng et al.'s GPT, this model does not look the fact up at the subject's
+# last token: MLP0 patched there alone restores
+# 0.02<!-- out: MLP0 patched alone at the last name restores -->. With two layers, the name's two tokens can
+# only meet at the position that reads both, the final one, so that is where the lookup
+# happens. A model's circuit for a task is a measured fact about that model, not a recipe
+# carried over from a paper.
 #
 # ## Summary
 #
@@ -946,15 +1317,17 @@ print(f"correlation between attribution and activation patching over the {attrib
 #   movers' queries mainly *through MLP0*, not directly.
 # - Attribution patching estimates every patch from one backward pass: it ranks heads
 #   well and underestimates large effects, so use it to choose what to patch.
+# - Denoising asks what is sufficient, noising what is necessary; flipping the answer
+#   (S2 replaced) and removing the information (ABC) are different corruptions, and head
+#   0.3 is necessary under both but sufficient only under the first.
+# - A circuit is tested by keeping it and corrupting everything else: the fact-recall
+#   circuit needs both of a person's names, on two routes, and shares almost nothing with
+#   the IOI circuit.
 #
 # **Going further.**
 #
-# - *Noising instead of denoising.* Patch corrupted activations into the clean run
-#   (swap the two prompts' roles in your functions) and compare: which heads are
-#   *necessary* rather than *sufficient*?
-# - *Other corruptions.* Wang et al.'s "ABC" corruption replaces all three name
-#   mentions by unrelated names; it removes the information rather than flipping it.
-#   Build it with `replace_subject`'s tools and see whether the picture changes.
+# - *Noising and ABC everywhere.* Redo the residual-stream and by-position grids in the
+#   noising direction and with the ABC corruption: where do they disagree with section 2?
 # - *GPT-2.* Online (e.g. on Colab), `TransformerBridge.boot_transformers("gpt2")` gives
 #   GPT-2 small (a ~500 MB download; the course never downloads on its own), on which
 #   every function of this chapter runs unchanged: compare with Wang et al.'s name

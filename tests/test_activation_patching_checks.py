@@ -131,8 +131,74 @@ def attribution_clean_gradient(*args):
     return checks._attribution_variant("clean_gradient")(*args)
 
 
+def noise_reports_the_drop(model, clean_tokens, corrupted_cache, metric):
+    return 1 - ref.noise_head_outputs(model, clean_tokens, corrupted_cache, metric)
+
+
+def noise_last_position(model, clean_tokens, corrupted_cache, metric):
+    return checks._noise_last_position(model, clean_tokens, corrupted_cache, metric)
+
+
+def noise_whole_layer(model, clean_tokens, corrupted_cache, metric):
+    return checks._noise_layer_at_once(model, clean_tokens, corrupted_cache, metric)
+
+
+def attribution_by_hook_name(model, clean_tokens, corrupted_tokens, metric):
+    """Saves under hook.name (the bridge's canonical 'blocks.0.attn.o.hook_in') and looks up hook_z."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(clean_tokens, names_filter=names)
+    acts, grads = {}, {}
+
+    def save(z, hook):
+        acts[hook.name] = z.detach()
+
+    def save_grad(g, hook):
+        grads[hook.name] = g.detach()
+
+    with model.hooks(fwd_hooks=[(n, save) for n in names], bwd_hooks=[(n, save_grad) for n in names]):
+        metric(model(corrupted_tokens)).backward()
+    return torch.stack([((clean[n] - acts[n]) * grads[n]).sum(dim=(0, 1, 3)) for n in names]).cpu()
+
+
 def attribution_mean_over_batch(model, clean_tokens, corrupted_tokens, metric):
     return ref.attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric) / clean_tokens.shape[0]
+
+
+def _final_heads(model):
+    return [("head", layer, head, -1) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
+
+
+def circuit_of_ioi(model, clean_tokens, corrupted_tokens, metric):
+    """The IOI circuit of the chapter: head 0.3, MLP0 and the layer-1 heads, at the end."""
+    return [("head", 0, 3, -1), ("mlp", 0, -1), *[("head", 1, h, -1) for h in range(model.cfg.n_heads)]]
+
+
+def circuit_attention_only(model, clean_tokens, corrupted_tokens, metric):
+    return _final_heads(model)
+
+
+def circuit_mlps_only(model, clean_tokens, corrupted_tokens, metric):
+    names = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+    return [("mlp", layer, pos) for layer in range(model.cfg.n_layers) for pos in [*names, -1]]
+
+
+def circuit_found_on_one_template(model, clean_tokens, corrupted_tokens, metric):
+    """Right for "FIRST LAST lives in" (the first name's position written down from it), wrong where the
+    name sits elsewhere."""
+    return [("mlp", 1, -1), ("mlp", 0, -1), ("head", 0, 2, -1), ("mlp", 0, 1), ("head", 1, 3, -1), ("head", 0, 3, -1),
+            ("head", 1, 1, -1), ("head", 0, 1, -1)]
+
+
+def circuit_last_name_only(model, clean_tokens, corrupted_tokens, metric):
+    return [("head", 0, 2, -1), ("head", 0, 3, -1), ("mlp", 0, -1), ("mlp", 1, -1)]
+
+
+def circuit_largest_final_position(model, clean_tokens, corrupted_tokens, metric):
+    """The course's method restricted to the final position: misses the first name's MLP."""
+    circuit = ref.investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)
+    n_pos = clean_tokens.shape[1]
+    return [c for c in circuit if c[-1] == n_pos - 1] + [("head", 1, 2, -1)]
 
 
 MUTANTS = [
@@ -158,6 +224,12 @@ MUTANTS = [
     ("attribution_patch_heads", attribution_reversed, "clean minus corrupted"),
     ("attribution_patch_heads", attribution_clean_gradient, "corrupted run"),
     ("attribution_patch_heads", attribution_mean_over_batch, "differ"),
+    ("attribution_patch_heads", attribution_by_hook_name, "canonical name"),
+    ("noise_head_outputs", noise_reports_the_drop, "the metric itself"),
+    ("noise_head_outputs", noise_last_position, "every position"),
+    ("noise_head_outputs", noise_whole_layer, "one head at a time"),
+    ("investigate_fact_recall", circuit_of_ioi, "the bar is 0.75"),
+    ("investigate_fact_recall", circuit_found_on_one_template, "the city of FIRST LAST is"),
 ]
 
 
@@ -193,6 +265,11 @@ def by_position_with_transformer_lens(model, corrupted_tokens, clean_cache, metr
     return out.permute(0, 2, 1).cpu()  # TransformerLens: [layer, pos, head]
 
 
+def noise_with_transformer_lens(model, clean_tokens, corrupted_cache, metric):
+    from transformer_lens import patching
+    return patching.get_act_patch_attn_head_out_all_pos(model, clean_tokens, corrupted_cache, metric).cpu()
+
+
 def attribution_in_one_hook_context(model, clean_tokens, corrupted_tokens, metric):
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
     store = {}
@@ -216,6 +293,7 @@ VARIANTS = [
     ("patch_head_outputs", heads_with_transformer_lens),
     ("patch_head_outputs_by_position", by_position_with_transformer_lens),
     ("attribution_patch_heads", attribution_in_one_hook_context),
+    ("noise_head_outputs", noise_with_transformer_lens),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
@@ -247,3 +325,95 @@ def test_a_path_patch_that_edits_the_cache_fails_and_the_cache_is_restored():
     with pytest.raises(CheckFailed, match="changed argument 4"):
         checks.check_path_patch(as_learner(path_edits_cache))
     assert torch.equal(corrupted_cache["blocks.0.attn.hook_z"], before)
+
+
+# ---------------------------------------------------------------- 10. the investigation, graded by measurement
+
+
+@pytest.mark.parametrize("wrong", [circuit_of_ioi, circuit_attention_only, circuit_mlps_only,
+                                   circuit_found_on_one_template, circuit_last_name_only,
+                                   circuit_largest_final_position], ids=lambda f: f.__name__)
+def test_investigation_wrong_findings_are_well_formed_but_earn_nothing(wrong, capsys):
+    checks.check_investigate_fact_recall(as_learner(wrong))  # the visible check says nothing about correctness
+    assert "well-formed" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match=r"keeps -?\d\.\d\d of the clean logit difference .* the bar is 0\.75"):
+        checks.grade_investigate_fact_recall(as_learner(wrong))
+
+
+def test_investigation_the_solution_and_a_correct_answer_written_differently_pass(capsys):
+    checks.grade_investigate_fact_recall(as_learner(ref.investigate_fact_recall))
+    assert capsys.readouterr().out.startswith("✓ investigate_fact_recall: your circuits keep 0.")
+
+    def by_the_names(model, clean_tokens, corrupted_tokens, metric):
+        """What a learner who read the routes off the patterns would write, positions from the batch."""
+        first, _ = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+        return [("head", 0, 2, -1), ("head", 0, 3, -1), ("head", 0, 0, -1), ("mlp", 0, -1), ("mlp", 1, -1),
+                ("mlp", 0, first), ("head", 1, 1, -1), ("head", 1, 3, -1)]
+
+    checks.grade_investigate_fact_recall(as_learner(by_the_names))
+
+
+@pytest.mark.parametrize("answer, message", [
+    ({"mlp": 0}, "list of components"),
+    ([("mlp", 0)], "an MLP"),
+    ([("resid", 1, 4)], "write"),
+    ([("head", 2, 0, 4)], "layer 2"),
+    ([("head", 0, 4, 4)], "head 4"),
+    ([("mlp", 0, 5)], "position 5"),
+    ([("mlp", 0, 4), ("mlp", 0, -1)], "named twice"),
+    ([("mlp", 0, torch.tensor(4))], "Python int"),
+    ([("head", 0, h, p) for h in range(4) for p in range(3)], "budget is 8"),
+    ([], "no component"),
+])
+def test_investigation_a_malformed_answer_fails_the_visible_check(answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_investigate_fact_recall(as_learner(lambda *args: answer))
+
+
+def test_investigation_the_reference_is_refused_under_grading(monkeypatch):
+    with pytest.raises(CheckFailed, match="reference"):
+        checks.grade_investigate_fact_recall(ref.investigate_fact_recall)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+
+    def wraps_the_reference(*args):
+        return ref.investigate_fact_recall(*args)
+
+    with pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_investigate_fact_recall(as_learner(wraps_the_reference))
+
+
+def test_investigation_faithfulness_is_one_for_everything_and_zero_for_nothing():
+    from mechlab.activation_patching import investigation
+    model = checks.course_model("corpus_2l")
+    batch = investigation.fact_batch(2, 3)
+    metric, cache = investigation._corrupted_run(model, batch)
+    n_pos = batch.clean.shape[1]
+    everything = [("head", l, h, p) for l in range(2) for h in range(4) for p in range(n_pos)] + \
+                 [("mlp", l, p) for l in range(2) for p in range(n_pos)]
+    assert investigation._keep_only(model, batch, everything, metric, cache) == pytest.approx(1.0, abs=1e-4)
+    assert investigation._keep_only(model, batch, [], metric, cache) == pytest.approx(0.0, abs=1e-4)
+    assert (batch.clean != batch.corrupted).sum(1).tolist() == [2] * len(batch.clean)  # both names, nothing else
+    assert not (batch.correct == batch.distractor).any()
+
+
+def test_investigation_a_function_that_tampers_with_its_inputs_gains_nothing():
+    """The measurement uses its own model, metric and cache, never the ones the learner's function was given."""
+    def edits_the_metric(model, clean_tokens, corrupted_tokens, metric):
+        metric.keywords["corrupted_diff"] = -1e6  # every run would read as 'clean'
+        return [("mlp", 0, -1)]
+
+    with pytest.raises(CheckFailed, match="keeps 0.00"):
+        checks.grade_investigate_fact_recall(as_learner(edits_the_metric))
+
+    def leaves_a_hook(model, clean_tokens, corrupted_tokens, metric):
+        with torch.no_grad():
+            city = model(clean_tokens)[:, -1].argmax(-1)
+
+        def favour_the_city(logits, hook):
+            return logits + 100.0 * torch.nn.functional.one_hot(city, logits.shape[-1])[:, None]
+
+        model.add_hook("unembed.hook_out", favour_the_city)
+        return [("mlp", 0, -1)]
+
+    with pytest.raises(CheckFailed, match="keeps 0.00"):
+        checks.grade_investigate_fact_recall(as_learner(leaves_a_hook))

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mechlab.activation_patching import plots as patching
+from mechlab.activation_patching import investigation, plots as patching
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    guard_model, other_models, seeded,
+    guard_model, other_models, passed, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.activation_patching import reference as ref
@@ -55,9 +55,11 @@ def _settings(hidden: bool) -> list[tuple[int, int, int]]:
     return [(0, 8, 0), (1, 4, 1), (2, 4, 2)] if hidden else [(0, 4, 0)]
 
 
-def _patch_cases(hidden: bool) -> list[Case]:
+def _patch_cases(hidden: bool, other_shape: bool = False) -> list[Case]:
+    """The course model's cases (and, in the hidden test, the untrained ones'); `other_shape`
+    adds the 3-layer untrained model to the visible check, where it costs under a second."""
     cases = []
-    for which, n, seed in _settings(hidden):
+    for which, n, seed in _settings(hidden) + ([(1, 4, 1)] if other_shape and not hidden else []):
         desc, model, _, corrupted, clean_cache, _, metric = _setup(which, n, seed)
         cases.append(Case(desc, (model, corrupted, clean_cache, metric)))
     return cases
@@ -233,7 +235,7 @@ _RESID_MISTAKES = [
 
 
 def _check_patch_residual_stream(fn: Callable, hidden: bool) -> None:
-    compare_on_models(fn, ref.patch_residual_stream, _patch_cases(hidden), "patch_residual_stream",
+    compare_on_models(fn, ref.patch_residual_stream, _patch_cases(hidden, other_shape=True), "patch_residual_stream",
                       _RESID_MISTAKES, **TOLERANCE)
 
 
@@ -324,12 +326,39 @@ check_patch_pattern_and_value, grade_patch_pattern_and_value = \
 # ---------------------------------------------------------------- 8. path_patch
 
 
+def _explains_alias_keys(fn: Callable, name: str) -> Callable:
+    """`fn`, whose KeyError for a hook name says why: inside a hook, `hook.name` is the
+    TransformerLens 4.x bridge's canonical name ('blocks.0.attn.o.hook_in' for
+    'blocks.0.attn.hook_z'), so activations saved under `hook.name` are not found under
+    the name that was hooked."""
+    if not callable(fn):
+        return fn
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyError as e:
+            key = e.args[0] if e.args else None
+            if _type(key) is str and "hook_" in key:
+                raise CheckFailed(
+                    f"{name} raised KeyError: {key!r}. Inside a hook, `hook.name` is the bridge's canonical name, "
+                    "not the alias you hooked (for 'blocks.0.attn.hook_z' it is 'blocks.0.attn.o.hook_in'), so what "
+                    "you saved under hook.name is not found under the name you look up. Key what you save by the "
+                    "name you hooked: bind it, e.g. functools.partial(save, name=name).") from None
+            raise
+
+    return call
+
+
+
 def _path_cases(hidden: bool) -> list[Case]:
     cases = []
-    for which, n, seed in _settings(hidden):
+    for which, n, seed in _settings(hidden) + ([] if hidden else [(1, 4, 1)]):
         desc, model, _, corrupted, clean_cache, corrupted_cache, metric = _setup(which, n, seed)
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         plans = [((0, n_heads - 1), [(1, h) for h in range(n_heads)], "q"), ((0, 0), [(1, 0)], "k")]
+        if not hidden and which == 1:  # visible: one path past a layer of heads in between, on the 3-layer model
+            plans = [((0, 0), [(n_layers - 1, h) for h in range(n_heads)], "q")]
         if hidden:
             plans += [((0, 1), [(n_layers - 1, 0), (1, n_heads - 1)], "v"),
                       ((n_layers - 2, 0), [(n_layers - 1, h) for h in range(n_heads)], "q"),
@@ -404,8 +433,8 @@ def _rejects_bad_paths(fn: Callable) -> None:
 
 
 def _check_path_patch(fn: Callable, hidden: bool) -> None:
-    if hidden:
-        _rejects_bad_paths(fn)
+    fn = _explains_alias_keys(fn, "path_patch")
+    _rejects_bad_paths(fn)  # visible too: a ValueError costs nothing to check
     compare_on_models(fn, ref.path_patch, _path_cases(hidden), "path_patch", _PATH_MISTAKES, **TOLERANCE)
 
 
@@ -454,9 +483,116 @@ _ATTRIBUTION_MISTAKES = [
 
 
 def _check_attribution_patch_heads(fn: Callable, hidden: bool) -> None:
+    fn = _explains_alias_keys(fn, "attribution_patch_heads")
     compare_on_models(fn, ref.attribution_patch_heads, _attribution_cases(hidden), "attribution_patch_heads",
                       _ATTRIBUTION_MISTAKES, **TOLERANCE)
 
 
 check_attribution_patch_heads, grade_attribution_patch_heads = \
     check_and_grade("attribution_patch_heads", _check_attribution_patch_heads)
+
+
+# ---------------------------------------------------------------- 10. noise_head_outputs
+
+
+def _noise_cases(hidden: bool) -> list[Case]:
+    cases = []
+    for which, n, seed in _settings(hidden):
+        desc, model, clean, _, _, corrupted_cache, metric = _setup(which, n, seed)
+        cases.append(Case(desc, (model, clean, corrupted_cache, metric)))
+    return cases
+
+
+def _noise_layer_at_once(model, clean, corrupted_cache, metric):
+    """Every head of the layer corrupted at once (z = corrupted z), repeated for each head."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            logits = model.run_with_hooks(clean, fwd_hooks=[(name, lambda z, hook, name=name: corrupted_cache[name].clone())])
+            out[layer] = metric(logits).item()
+    return out
+
+
+def _noise_last_position(model, clean, corrupted_cache, metric):
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, -1, head] = corrupted_cache[name][:, -1, head]
+                    return z
+                out[layer, head] = metric(model.run_with_hooks(clean, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
+_NOISE_MISTAKES = [
+    ("report the metric itself (1: unaffected, 0: as corrupted), not how much it dropped.",
+     lambda *args: 1 - ref.noise_head_outputs(*args)),
+    ("corrupt one head at a time (z[:, :, head]); replacing the whole z corrupts every head of the layer.",
+     _noise_layer_at_once),
+    ("corrupt the head's z at every position (z[:, :, head]), not only the last one.", _noise_last_position),
+]
+
+
+def _check_noise_head_outputs(fn: Callable, hidden: bool) -> None:
+    compare_on_models(fn, ref.noise_head_outputs, _noise_cases(hidden), "noise_head_outputs", _NOISE_MISTAKES,
+                      **TOLERANCE)
+
+
+check_noise_head_outputs, grade_noise_head_outputs = check_and_grade("noise_head_outputs", _check_noise_head_outputs)
+
+
+# ---------------------------------------------------------------- 11. the investigation: fact recall
+
+
+def _investigation_settings(hidden: bool) -> list[tuple[int, int]]:
+    """(template, seed) of the fact-recall batches: every template of the city fact in the hidden test."""
+    return [(0, 1), (1, 2), (2, 3)] if hidden else [(0, 0)]
+
+
+@functools.cache
+def _measuring_model():
+    """A copy of the course model that no learner function is ever given: what a learner's
+    function does to its model (hooks it leaves, weights it edits) cannot touch the measurement."""
+    from mechlab import zoo
+
+    return zoo.load("corpus_2l")
+
+
+def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
+    model = course_model("corpus_2l")
+    call = guard_model(fn, "investigate_fact_recall")
+    kept = []
+    for template, seed in _investigation_settings(hidden):
+        batch = investigation.fact_batch(template, seed)
+        metric, _, _ = investigation.fact_metric(model, batch)  # the learner's own copy of the metric
+        answer = call_learner(call, "investigate_fact_recall", batch.describe(),
+                              (model, batch.clean.clone(), batch.corrupted.clone(), metric))
+        try:
+            circuit = investigation.normalise_circuit(answer, model, batch.clean.shape[1])
+        except CheckFailed as e:
+            raise CheckFailed(f"investigate_fact_recall({batch.describe()}): {e}") from None
+        if not circuit:
+            raise CheckFailed(f"investigate_fact_recall({batch.describe()}) returned no component")
+        if not hidden:
+            passed(f"investigate_fact_recall returned a well-formed circuit of {len(circuit)} components (at most "
+                   f"{investigation.BUDGET}) on {batch.describe()}; the hidden test measures how much of the "
+                   "recall it carries")
+            return
+        score = investigation.faithfulness(_measuring_model(), batch, circuit)  # metric and cache made afresh
+        if not score >= investigation.BAR:
+            names = ", ".join(map(str, circuit))
+            raise CheckFailed(
+                f"on {batch.describe()}, your circuit ({names}) keeps {score:.2f} of the clean logit difference "
+                f"when every other head and MLP output, at every position, takes its corrupted value; the bar is "
+                f"{investigation.BAR}. Something that carries the person's city is missing from it.")
+        kept.append(f"{score:.2f}")
+    passed(f"investigate_fact_recall: your circuits keep {', '.join(kept)} of the clean logit difference on the "
+           f"{len(kept)} graded batches (bar {investigation.BAR})")
+
+
+check_investigate_fact_recall, grade_investigate_fact_recall = \
+    check_and_grade("investigate_fact_recall", _check_investigate_fact_recall)

@@ -204,6 +204,54 @@ def attribution_patch_heads(
                         for name in names]).cpu()
 
 
-__all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads']
+def noise_head_outputs(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_cache, metric: Metric
+) -> Float[Tensor, "layer head"]:
+    """metric after patching each head's corrupted z (all positions) into the clean run."""
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.attn.hook_z"
+            for head in range(model.cfg.n_heads):
+                def patch(z, hook, head=head, name=name):
+                    z = z.clone()
+                    z[:, :, head] = corrupted_cache[name][:, :, head]
+                    return z
+
+                out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)])).item()
+    return out
+
+
+def investigate_fact_recall(
+    model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
+) -> list[tuple]:
+    """At most 8 components (("head", layer, head, pos) or ("mlp", layer, pos)) that carry the person's city."""
+    # Every head and MLP output at every position, patched alone from clean into corrupted;
+    # the 8 with the largest effects form a complete route here (measured on all three templates).
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        effects: dict[tuple, float] = {}
+        for layer in range(model.cfg.n_layers):
+            z_name, mlp_name = f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"
+            for pos in range(clean_tokens.shape[1]):
+                def patch_mlp(out, hook, pos=pos, name=mlp_name):
+                    out = out.clone()
+                    out[:, pos] = clean_cache[name][:, pos]
+                    return out
+
+                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(mlp_name, patch_mlp)])
+                effects[("mlp", layer, pos)] = metric(logits).item()
+                for head in range(model.cfg.n_heads):
+                    def patch_head(z, hook, pos=pos, head=head, name=z_name):
+                        z = z.clone()
+                        z[:, pos, head] = clean_cache[name][:, pos, head]
+                        return z
+
+                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(z_name, patch_head)])
+                    effects[("head", layer, head, pos)] = metric(logits).item()
+    return sorted(effects, key=effects.get, reverse=True)[:8]
+
+
+__all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads', 'noise_head_outputs', 'investigate_fact_recall']
 CHAPTER = '03_activation_patching'
-POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3}
+POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3, 'noise_head_outputs': 2, 'investigate_fact_recall': 5}
