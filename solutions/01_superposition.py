@@ -1052,6 +1052,138 @@ print(f"latents firing per input (L0): {l0_sae:.2f}; true features active per in
 # Chapter 4 makes these trade-offs the main subject: L0 against reconstruction, dead
 # latents and how to revive them, and architectures (TopK, JumpReLU) that control L0
 # directly.
+
+# %% [markdown]
+# ## 10. Investigation: what does this model represent?
+#
+# Up to here every exercise came with a formula. Now you get a trained model and a
+# question. The course trained a toy model (the ReLU output model of section 1) on data
+# whose recipe it keeps to itself: how important each feature is, how often each one is
+# active, and whether some features have something to do with each other. You get only
+# the weights: `W_mystery` (`[hidden, feature]`, one model, no instance dimension) and
+# `b_mystery` (`[feature]`).
+
+# %%
+from mechlab.superposition import investigation
+
+W_mystery, b_mystery = investigation.mystery_model(0)
+print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hidden dimensions")
+
+# %% [markdown] exercise={"id": "investigate_toy_model", "difficulty": 3, "importance": 4, "minutes": 30, "points": 6}
+# ### Exercise 12: Investigation: which features, and which pairs?
+#
+# Find out, from the weights alone:
+#
+# 1. **which features the model represents** (it reconstructs them; the others it has
+#    dropped), and
+# 2. **which pairs of features share a dimension antipodally**: two represented features
+#    whose directions point exactly opposite ways, as in the 5-in-2 models of section 4.
+#
+# Explore first, with anything from this chapter (your `feature_norms_and_interference`
+# and `feature_dimensionality` take `W_mystery[None]`, and `sp.plot_gram_matrices`,
+# `sp.plot_feature_bars` draw it). Then write your method down as a function
+# `investigate_toy_model(W, b)` that returns
+#
+# ```python
+# {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]}   # Python ints
+# ```
+#
+# **How it is graded.** The check under this exercise says only whether your answer is
+# well formed; it does not say whether it is right. The grader runs your function on this
+# model *and on three other mystery models* trained the same way from other secret
+# recipes (other sizes, other geometry), and compares your findings with what their
+# weights show. Every measured value in them is far from the boundary between the
+# answers, so any sensible reading passes, and a hard-coded answer for this model, or a
+# rule of thumb that happens to fit it, does not. 6 points, about 30 minutes.
+#
+# <details><summary>Hint 1 (where to look)</summary>
+#
+# Section 5's bar charts told a represented feature from a dropped one by one number per
+# feature. Which one, and what values does it take for each kind?
+# </details>
+#
+# <details><summary>Hint 2 (opposite directions)</summary>
+#
+# "Opposite" is about directions only, so compare *normalised* columns. And a feature the
+# model dropped has a column of almost zero length whose direction is noise: it can point
+# anywhere, including exactly away from a real feature.
+# </details>
+#
+# <details><summary>Hint 3 (how opposite is opposite?)</summary>
+#
+# Neighbours on a pentagon have an angle of 144° between them, cosine −0.81: they share a
+# plane, not a line. An antipodal pair is at 180°. Choose thresholds with room on both sides.
+# </details>
+#
+# Stuck? Run `from mechlab.superposition.reference import investigate_toy_model` and carry on (no points for this exercise).
+
+# %%
+def investigate_toy_model(
+    W: Float[Tensor, "hidden feature"],
+    b: Float[Tensor, "feature"],
+) -> dict[str, list]:
+    """The features the toy model represents, and its antipodal pairs, measured from its weights."""
+    ### BEGIN SOLUTION
+    norms = W.norm(dim=0)
+    W_hat = W / norms.clamp_min(1e-8)
+    cosines = W_hat.T @ W_hat
+    represented = [i for i in range(W.shape[1]) if norms[i] > 0.5]
+    pairs = [(i, j) for i in represented for j in represented if i < j and cosines[i, j] < -0.9]
+    return {"represented": represented, "antipodal_pairs": pairs}
+    ### END SOLUTION
+
+
+# %%
+from mechlab.superposition import checks
+checks.check_investigate_toy_model(investigate_toy_model)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_toy_model(investigate_toy_model)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### The truth, and the recipe
+#
+# Here is your answer next to the measurement, and then the recipe the course trained the
+# model on.
+
+# %%
+norms_mystery, cosines_mystery = investigation.geometry(W_mystery)
+try:
+    yours = investigate_toy_model(W_mystery, b_mystery)
+except Exception as error:  # an unfinished exercise: show the measurement anyway
+    yours = f"(your function raised {type(error).__name__})"
+truth = investigation.judge(W_mystery)
+measured = {"represented": [i for i, v in truth["features"].items() if v],
+            "antipodal_pairs": [pair for pair, v in truth["pairs"].items() if v]}
+print(f"your answer:     {yours}")
+print(f"the measurement: {measured}")
+print("norms:", " ".join(f"{v:.2f}" for v in norms_mystery.tolist()))
+for i, j in measured["antipodal_pairs"]:
+    print(f"mystery pair ({i}, {j}): cosine {cosines_mystery[i, j]:.2f}")
+dropped = [i for i, v in truth["features"].items() if v is False]
+print(f"mystery dropped feature {dropped[0]}: norm {norms_mystery[dropped[0]]:.2f}, "
+      f"bias {b_mystery[dropped[0]]:.2f}")
+recipe = investigation.RECIPES[0]
+print("recipe: importance", list(recipe.importance), "| feature probability", list(recipe.feature_probability),
+      "| never active together:", list(recipe.exclusive_pairs))
+
+# %% [markdown]
+# The model keeps seven of its eight features in four dimensions. One dense feature
+# with the highest importance (feature 5: $p = 1$, $I = 1$) has a dimension of its own.
+# The dense, unimportant feature 3 ($p = 1$, $I = 0.2$) is dropped: its column has norm
+# 0.01<!-- out: mystery dropped feature 3: norm --> and its bias is 0.50<!-- out: bias ±0.02 -->,
+# the mean of a $U[0, 1)$ feature, which is the best a model can do for a feature it
+# does not read. The other six share the remaining three dimensions in three antipodal
+# pairs, each with cosine −1.00<!-- out: mystery pair (0, 7): cosine -->.
+#
+# The recipe says why these pairs and no others: **the three antipodal pairs are exactly
+# the three pairs of features that are never active together.** An antipodal pair costs
+# interference only when both of its features are active at once, and for these pairs that
+# never happens, so sharing a line is free. This is the paper's §"Correlated and
+# Anticorrelated Features": anticorrelated features prefer to be antipodal (and correlated
+# features, which are often active together, prefer to be orthogonal, or to be merged into
+# one direction when there is no room). The model found the anticorrelation in the data,
+# and you found it in the model, without being told.
 #
 # ## Summary
 #

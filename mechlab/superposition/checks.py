@@ -25,7 +25,7 @@ from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, check_and_grade, checked_array,
     compare_function, passed, randn, seeded,
 )
-from mechlab.superposition import reference as ref
+from mechlab.superposition import investigation, reference as ref
 
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, clone as _clone, detach as _detach
 from mechlab.pristine import numpy as _numpy, to as _to, type_ as _type
@@ -675,3 +675,90 @@ def _check_feature_recovery_score(fn: Callable, hidden: bool) -> None:
 
 check_feature_recovery_score, grade_feature_recovery_score = check_and_grade("feature_recovery_score",
                                                                              _check_feature_recovery_score)
+
+
+# ---------------------------------------------------------------- 12. investigate_toy_model (the investigation)
+
+
+def _investigation_answer(answer, n_features: int, label: str) -> tuple[set[int], set[tuple[int, int]]]:
+    """The answer's two findings, checked for form only (a dict with the two keys, feature
+    ids in range, pairs of two different features): (represented, pairs as (i, j), i < j)."""
+    form = ('return a dict {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]} of Python ints, '
+            'e.g. {"represented": [0, 2, 3], "antipodal_pairs": [(0, 3)]}.')
+    if _type(answer) is not dict or set(answer) != {"represented", "antipodal_pairs"}:
+        keys = sorted(map(str, answer)) if _type(answer) is dict else None
+        raise CheckFailed(f"{label}: got {'a dict with keys ' + str(keys) if keys is not None else 'a ' + _type(answer).__name__}"
+                          f"\nHint: {form}")
+
+    def feature_id(value, where: str) -> int:
+        if _type(value) is not int:
+            raise CheckFailed(f"{label}: {where} contains {value!r} (a {_type(value).__name__}); feature ids are "
+                              f"Python ints\nHint: `.tolist()` turns a tensor of indices into a list of ints.")
+        if not 0 <= value < n_features:
+            raise CheckFailed(f"{label}: {where} contains feature {value}, but the model has features 0 to "
+                              f"{n_features - 1}")
+        return value
+
+    represented, pairs = answer["represented"], answer["antipodal_pairs"]
+    if _type(represented) not in (list, tuple, set):
+        raise CheckFailed(f'{label}: "represented" is a {_type(represented).__name__}\nHint: {form}')
+    found = [feature_id(i, '"represented"') for i in represented]
+    if len(set(found)) != len(found):
+        raise CheckFailed(f'{label}: "represented" lists a feature twice: {sorted(found)}')
+    if _type(pairs) not in (list, tuple, set):
+        raise CheckFailed(f'{label}: "antipodal_pairs" is a {_type(pairs).__name__}\nHint: {form}')
+    found_pairs = set()
+    for pair in pairs:
+        if _type(pair) not in (list, tuple) or len(pair) != 2:
+            raise CheckFailed(f'{label}: "antipodal_pairs" contains {pair!r}; each pair is two feature ids (i, j)')
+        i, j = (feature_id(v, '"antipodal_pairs"') for v in pair)
+        if i == j:
+            raise CheckFailed(f'{label}: "antipodal_pairs" pairs feature {i} with itself')
+        found_pairs.add((min(i, j), max(i, j)))
+    return set(found), found_pairs
+
+
+def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], W: torch.Tensor, label: str) -> None:
+    """Fail unless the findings agree with what the weights show (within the margins)."""
+    truth = investigation.judge(W)
+    norms, cos = investigation.geometry(W)
+    lo, hi = investigation.MARGINS["norm"]
+    for i, verdict in truth["features"].items():
+        if verdict is True and i not in represented:
+            raise CheckFailed(f"{label}: you leave out feature {i}, but its column has norm {norms[i]:.2f} "
+                              f"(a dropped feature's is about 0): the model represents it")
+        if verdict is False and i in represented:
+            raise CheckFailed(f"{label}: you list feature {i} as represented, but its column has norm "
+                              f"{norms[i]:.2f}: the model dropped it")
+    for (i, j), verdict in truth["pairs"].items():
+        if verdict is True and (i, j) not in pairs:
+            raise CheckFailed(f"{label}: you miss the antipodal pair ({i}, {j}): both are represented (norms "
+                              f"{norms[i]:.2f}, {norms[j]:.2f}) and their directions have cosine {cos[i, j]:.2f}")
+        if verdict is False and (i, j) in pairs:
+            dropped = [k for k in (i, j) if truth["features"][k] is False]
+            why = (f"feature {dropped[0]} is not represented (norm {norms[dropped[0]]:.2f}), so its direction "
+                   "means nothing" if dropped else
+                   f"their directions have cosine {cos[i, j]:.2f}, not about -1 (an angle of "
+                   f"{math.degrees(math.acos(max(-1.0, min(1.0, float(cos[i, j]))))):.0f}°, not 180°)")
+            raise CheckFailed(f"{label}: you list ({i}, {j}) as an antipodal pair, but {why}")
+
+
+def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
+    name = "investigate_toy_model"
+    models = range(len(investigation.RECIPES)) if hidden else [0]
+    for index in models:
+        W, b = investigation.mystery_model(index)
+        label = f"{name} on mystery model {index} ({W.shape[1]} features in {W.shape[0]} dimensions)"
+        answer = call_learner(fn, name, f"mystery model {index}", (_clone(W), _clone(b)))
+        represented, pairs = _investigation_answer(answer, W.shape[1], label)
+        if hidden:
+            _judge_investigation(represented, pairs, W, label)
+    if hidden:
+        passed(f"{name}: your findings agree with the measurement on all {len(models)} mystery models")
+    else:
+        passed(f"{name} returns a well-formed answer on mystery model 0 (this check says nothing about whether "
+               "it is right: the grader measures that, on this model and on others trained the same way)")
+
+
+check_investigate_toy_model, grade_investigate_toy_model = check_and_grade("investigate_toy_model",
+                                                                           _check_investigate_toy_model)
