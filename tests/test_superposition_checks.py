@@ -420,6 +420,42 @@ def test_mystery_models_keep_their_margins_and_their_planted_structure():
     assert [i for i, v in truth["features"].items() if v is False] == [3]
 
 
+def train_no_zero_grad(W, b, p, importance, *, steps, batch_size, lr, generator, forward, generate, loss_fn):
+    W.requires_grad_(True), b.requires_grad_(True)
+    optimizer, history = torch.optim.Adam([W, b], lr=lr), []
+    for _ in range(steps):
+        x = generate(batch_size, p, W.shape[-1], generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        loss.sum().backward()  # gradients pile up
+        optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def sae_loss_mean_everything(h, latents, reconstruction, l1_coeff):
+    return ((reconstruction - h) ** 2).mean() + l1_coeff * latents.abs().mean()
+
+
+def norms_wrong_axis(W):
+    norms = W.norm(dim=2)  # over features instead of hidden
+    return norms, norms
+
+
+@pytest.mark.parametrize("name, wrong, message, absent", [
+    ("train_toy_models", train_no_zero_grad, "never calls optimizer.zero_grad", "new Adam"),
+    ("sae_loss", sae_loss_mean_everything, "over every entry", "0-dimensional"),
+    ("feature_norms_and_interference", norms_wrong_axis, "over the `hidden` axis", None),
+])
+def test_visible_check_names_the_one_cause(name, wrong, message, absent):
+    """Issue 20: a wrong loop without zero_grad, a loss averaged over every entry, norms over
+    the wrong axis each get the hint for their own mistake, in the visible check already."""
+    with pytest.raises(CheckFailed, match=message) as failure:
+        getattr(checks, f"check_{name}")(as_learner(wrong))
+    assert absent is None or absent not in str(failure.value)
+
+
 MUTANTS += [("investigate_toy_model", wrong, message) for wrong, message in INVESTIGATION_WRONG[:2]]
+MUTANTS += [("train_toy_models", train_no_zero_grad, "zero_grad"),
+            ("sae_loss", sae_loss_mean_everything, "every entry")]
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
     check_tests(checks, EXERCISES, MUTANTS, VARIANTS)

@@ -204,7 +204,8 @@ def _loss_history(history, label: str, shape: tuple) -> np.ndarray:
     return h
 
 
-def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -> None:
+def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str,
+                       known: Sequence[tuple[str, Callable[[], np.ndarray]]] = ()) -> None:
     """The exercise fixes the loop exactly (one optimiser for the whole run, one batch per
     step, the loss recorded before the step), and the inputs here are seeded CPU draws, so
     a correct loop retraces the reference loop's first losses up to float rounding
@@ -215,6 +216,12 @@ def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -
     off = ~(np.abs(got - expected) <= 1e-6 + 2e-4 * np.abs(expected))
     if off.any():
         step = int(np.argwhere(off)[0][0])
+        cause = _known_loop_mistake(history, known)
+        if cause:
+            raise CheckFailed(
+                f"{label}: the loss at step {step} is {np.round(got[step], 5).tolist()}, but the reference loop, "
+                f"run from the same start with the same random draws, has {np.round(expected[step], 5).tolist()}; "
+                f"your first {n} losses are exactly those of a loop that {cause}")
         raise CheckFailed(
             f"{label}: the loss at step {step} is {np.round(got[step], 5).tolist()}, but the reference loop, run "
             f"from the same start with the same random draws, has {np.round(expected[step], 5).tolist()} (the "
@@ -250,6 +257,47 @@ def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
     return _reference_runs[config]
 
 
+def _known_loop_mistake(history: np.ndarray, known: Sequence[tuple[str, Callable[[], np.ndarray]]]) -> str | None:
+    """The known mistake whose loop, replayed from the same start, has the same first losses."""
+    for cause, early_losses in known:
+        mistaken = early_losses()
+        n = len(mistaken)
+        got, mistaken = history[:n].reshape(n, -1), mistaken.reshape(n, -1)
+        if len(history) >= n and (np.abs(got - mistaken) <= 1e-6 + 2e-4 * np.abs(mistaken)).all():
+            return cause
+    return None
+
+
+def _toy_early_losses(config: tuple, *, zero_grad: bool = True, adam_once: bool = True) -> np.ndarray:
+    """The first _EARLY_STEPS losses of the reference loop from the config's start, or of the
+    loop with a known mistake: no optimizer.zero_grad() (gradients pile up), or a new Adam
+    every step (its running averages forgotten)."""
+    seed, _, _, _, steps, batch, lr = config
+    W, b, p, importance = _toy_setup(config)
+    W.requires_grad_(True), b.requires_grad_(True)
+    generator, optimizer, losses = seeded(seed + 1), torch.optim.Adam([W, b], lr=lr), []
+    for _ in range(min(_EARLY_STEPS, steps)):
+        if not adam_once:
+            optimizer = torch.optim.Adam([W, b], lr=lr)
+        x = ref.generate_batch(batch, p, W.shape[-1], generator)
+        loss = ref.importance_weighted_loss(x, ref.toy_forward(W, b, x), importance)
+        if zero_grad:
+            optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(_numpy(_detach(loss)))
+    return np.stack(losses).astype(np.float64)
+
+
+def _toy_known_loop_mistakes(config: tuple) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    return [("never calls optimizer.zero_grad(): PyTorch adds each backward()'s gradients to the last ones, so "
+             "from the second step on every update uses the sum of all gradients so far.\nHint: "
+             "optimizer.zero_grad() before loss.sum().backward(), every step.",
+             lambda: _toy_early_losses(config, zero_grad=False)),
+            ("makes a new Adam every step, which forgets its running averages.\nHint: make the optimiser once, "
+             "before the loop.", lambda: _toy_early_losses(config, adam_once=False))]
+
+
 def _check_toy_run(fn: Callable, config: tuple) -> None:
     name = "train_toy_models"
     seed, inst, feat, hidden, steps, batch, lr = config
@@ -279,11 +327,17 @@ def _check_toy_run(fn: Callable, config: tuple) -> None:
     # Tolerance: 10% (+0.002) on the mean over instances, 30% (+0.005) per instance, of the
     # reference loop's loss from the same start, both measured on the same 8192 fresh inputs.
     if trained.mean() > 1.10 * ref_trained.mean() + 2e-3 or (trained > 1.3 * ref_trained + 5e-3).any():
+        cause = _known_loop_mistake(h, _toy_known_loop_mistakes(config))
+        if cause:
+            raise CheckFailed(f"{name}({desc}): after training, the loss per instance is "
+                              f"{np.round(trained, 4).tolist()}; the reference loop reaches "
+                              f"{np.round(ref_trained, 4).tolist()} from the same start. Your first {_EARLY_STEPS} "
+                              f"losses are exactly those of a loop that {cause}")
         raise CheckFailed(f"{name}({desc}): after training, the loss per instance is {np.round(trained, 4).tolist()}; "
                           f"the reference loop reaches {np.round(ref_trained, 4).tolist()} from the same start "
                           f"(allowed: 10% more on average, 30% per instance)\nHint: one optimiser step per batch "
                           "on loss.sum(), optimizer.zero_grad() before backward(), and the lr you are given.")
-    _follows_reference(h, ref_history, label)
+    _follows_reference(h, ref_history, label, _toy_known_loop_mistakes(config))
 
 
 def _check_train_toy_models(fn: Callable, hidden: bool) -> None:
@@ -343,7 +397,9 @@ def _check_feature_norms_and_interference(fn: Callable, hidden: bool) -> None:
         cases += _geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])
     compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
                      mistakes=_NORM_MISTAKES,
-                     hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+                     hint="norms and interference are both [instance, feature]: the norm is taken over the "
+                          "`hidden` axis (dim 1). For a zero column, divide by max(‖W_i‖, 1e-8) so its direction "
+                          "is 0, not NaN.")
 
 
 check_feature_norms_and_interference, grade_feature_norms_and_interference = check_and_grade(
@@ -372,7 +428,8 @@ def _check_feature_dimensionality(fn: Callable, hidden: bool) -> None:
     if hidden:
         cases += _geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3), (14, 3, 10, 40)])
     compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
-                     hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+                     hint="D is [instance, feature], with norms over the `hidden` axis (dim 1); a zero column "
+                          "has dimensionality 0 (use torch.where on the norm), never NaN.")
 
 
 check_feature_dimensionality, grade_feature_dimensionality = check_and_grade("feature_dimensionality",
@@ -384,6 +441,11 @@ check_feature_dimensionality, grade_feature_dimensionality = check_and_grade("fe
 # instance 0: feature 1 dropped; 1: feature 1 dedicated (feature 0 dropped); 2: antipodal pair
 _PHASE_HAND = Case("hand case: 2 features in 1 dimension, one instance per phase -> [0, 1, 2]",
                    (torch.tensor([[[1.0, 0.01]], [[0.02, 1.0]], [[1.0, -0.9]]]), 1))
+
+
+# feature 0 is tiny (norm 0.1) and alone on its axis: 0, whatever its interference; the norm is tested first
+_PHASE_ORDER = Case("hand case: a tiny feature alone on its axis, W=[[0.1, 0], [0, 1]] -> [0] (not represented)",
+                    (torch.tensor([[[0.1, 0.0], [0.0, 1.0]]]), 0))
 
 
 def _phase_cases(specs: Sequence[tuple[int, int, int, int, int, dict]]) -> list[Case]:
@@ -432,7 +494,8 @@ def _check_feature_phase(fn: Callable, hidden: bool) -> None:
     cases = [_PHASE_HAND, *_phase_cases([
         (1, 40, 1, 2, 1, {}), (2, 40, 2, 5, 3, {}), (3, 30, 3, 4, 0, {"norm_threshold": 0.8}),
         (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
-    ] if hidden else [(0, 6, 2, 3, 0, {})])]
+    ] if hidden else [(0, 6, 2, 3, 0, {}), (6, 12, 2, 3, 1, {"norm_threshold": 0.3, "interference_threshold": 0.1})])]
+    cases.append(_PHASE_ORDER)
     if hidden:
         cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
     compare_function(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
@@ -515,6 +578,11 @@ _SAE_LOSS_MISTAKES = [
     ("the L1 penalty sums |latents| over latents (not the mean).",
      lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().mean(-1)).mean()),
     ("average over the batch, don't sum.", lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().sum(-1)).sum()),
+    ("a .mean() over every entry divides the squared error by batch × hidden and the L1 term by batch × latent: "
+     "sum over hidden and over latent first, then average over the batch only.",
+     lambda h, z, r, c: ((r - h) ** 2).mean() + c * z.abs().mean()),
+    ("the L1 term is averaged over every entry (batch × latent); sum it over the latents, then average over "
+     "the batch.", lambda h, z, r, c: ((r - h) ** 2).sum(-1).mean() + c * z.abs().mean()),
 ]
 
 
