@@ -1305,6 +1305,34 @@ print("recipe: importance", list(recipe.importance), "| feature probability", li
 # one direction when there is no room). The model found the anticorrelation in the data,
 # and you found it in the model, without being told.
 #
+# ### One more experiment: correlated features
+#
+# The same test the other way round: two 4-in-2 models with equal importance and the same
+# sparsity ($p = 0.05$), and features (0, 1) and (2, 3) paired. In one model the pairs are
+# *always* active together (correlated: feature 1 is on exactly when feature 0 is, with its
+# own value); in the other they are *never* active together (anticorrelated, as in the
+# mystery model).
+
+# %%
+pairs = ((0, 1), (2, 3))
+together = investigation.MysteryRecipe(4, 2, (1.0,) * 4, (0.05,) * 4, correlated_pairs=pairs)
+apart = investigation.MysteryRecipe(4, 2, (1.0,) * 4, (0.05,) * 4, exclusive_pairs=pairs)
+for name, (W_pairs, _) in zip(["always together", "never together"], investigation.train_recipes((together, apart))):
+    _, cos_pairs = investigation.geometry(W_pairs)
+    print(f"{name}: cosine(0, 1) {cos_pairs[0, 1]:.2f}; {name}: cosine(2, 3) {cos_pairs[2, 3]:.2f}; "
+          f"{name}: cosine(0, 2) {cos_pairs[0, 2]:.2f}")
+
+# %% [markdown]
+# Never active together: each pair is antipodal, cosine
+# −1.00<!-- out: never together: cosine(0, 1) -->, as in the mystery model. Always active together: the
+# geometry turns around. Features 0 and 1 are now orthogonal (cosine
+# 0.0<!-- out: always together: cosine(0, 1) ±0.1 -->), and so are 2 and 3, because interference
+# between two features that are always on together would be paid on every input where they
+# are. The model instead makes *independent* features share a line: feature 0 is opposite
+# feature 2 (cosine −1.00<!-- out: always together: cosine(0, 2) ±0.02 -->). Correlated features get
+# an orthogonal basis of their own, and superposition happens *between* such groups: the
+# paper's "local almost-orthogonal bases".
+#
 # ## Summary
 #
 # - A ReLU output model with fewer dimensions than features keeps only the most
@@ -1317,6 +1345,9 @@ print("recipe: importance", list(recipe.importance), "| feature probability", li
 # - A sparse autoencoder trained only on hidden activations recovers the directions of
 #   the features a model has in superposition, and we could *measure* that here because
 #   we knew the truth.
+# - The geometry also records how features co-occur: features that are never active
+#   together end up antipodal, features that are always active together orthogonal. You
+#   read both off a model's weights without seeing its data.
 #
 # **Where next.** Chapter 4 trains SAEs on the residual stream of a real (small)
 # transformer, with ReLU+L1, TopK and JumpReLU architectures, and measures them the

@@ -35,6 +35,7 @@ class MysteryRecipe:
     importance: tuple[float, ...]  # I_i, one per feature
     feature_probability: tuple[float, ...]  # p_i, one per feature
     exclusive_pairs: tuple[tuple[int, int], ...] = ()  # never active together
+    correlated_pairs: tuple[tuple[int, int], ...] = ()  # always active together: (i, j): j is on exactly when i is
 
 
 RECIPES: tuple[MysteryRecipe, ...] = (
@@ -64,7 +65,8 @@ MARGINS = {"norm": (0.3, 0.7), "cosine": (-0.97, -0.85)}
 def sample_features(batch_size: int, recipes: tuple[MysteryRecipe, ...], generator: torch.Generator,
                     n_features: int) -> Float[Tensor, "batch recipe feature"]:
     """Sparse features for every recipe (padded with zeros to `n_features`): U[0, 1) with the
-    feature's probability, else 0, and in each exclusive pair at most one active."""
+    feature's probability, else 0; in each exclusive pair at most one active, and in each
+    correlated pair (i, j) feature j active exactly when i is (their values stay independent)."""
     p = torch.zeros(len(recipes), n_features)
     for k, recipe in enumerate(recipes):
         p[k, : recipe.n_features] = torch.tensor(recipe.feature_probability)
@@ -77,24 +79,31 @@ def sample_features(batch_size: int, recipes: tuple[MysteryRecipe, ...], generat
             both = active[:, k, i] & active[:, k, j]
             active[:, k, i] &= ~(both & coin[:, k])
             active[:, k, j] &= ~(both & ~coin[:, k])
+        for i, j in recipe.correlated_pairs:
+            active[:, k, j] = active[:, k, i]
     return torch.where(active, values, 0.0)
 
 
 @functools.cache
 def _trained() -> tuple[tuple[Tensor, Tensor], ...]:
-    """Train every recipe's toy model (RESTARTS starts each, in one batch, padded to the largest
-    sizes with masked weights) and keep each recipe's best start: ((W, b), ...)."""
-    n, m, r = max(x.n_features for x in RECIPES), max(x.n_hidden for x in RECIPES), RESTARTS
-    recipes = tuple(x for x in RECIPES for _ in range(r))
-    mask = torch.zeros(len(recipes), m, n)
-    importance = torch.zeros(len(recipes), n)
-    for k, recipe in enumerate(recipes):
+    return train_recipes(RECIPES)
+
+
+def train_recipes(recipes: tuple[MysteryRecipe, ...], seed: int = SEED) -> tuple[tuple[Tensor, Tensor], ...]:
+    """Train a toy model on each recipe (RESTARTS starts each, in one batch, padded to the
+    largest sizes with masked weights), on the CPU, and keep each recipe's best start:
+    ((W [hidden, feature], b [feature]), ...), one per recipe."""
+    n, m, r = max(x.n_features for x in recipes), max(x.n_hidden for x in recipes), RESTARTS
+    instances = tuple(x for x in recipes for _ in range(r))
+    mask = torch.zeros(len(instances), m, n)
+    importance = torch.zeros(len(instances), n)
+    for k, recipe in enumerate(instances):
         mask[k, : recipe.n_hidden, : recipe.n_features] = 1.0
         importance[k, : recipe.n_features] = torch.tensor(recipe.importance)
-    generator = torch.Generator().manual_seed(SEED)
-    W = (torch.randn(len(recipes), m, n, generator=generator) * mask
+    generator = torch.Generator().manual_seed(seed)
+    W = (torch.randn(len(instances), m, n, generator=generator) * mask
          * math.sqrt(2 / (m + n))).requires_grad_(True)
-    b = torch.zeros(len(recipes), n, requires_grad=True)
+    b = torch.zeros(len(instances), n, requires_grad=True)
 
     def loss(x: Tensor) -> Tensor:
         Wm = W * mask
@@ -104,16 +113,16 @@ def _trained() -> tuple[tuple[Tensor, Tensor], ...]:
 
     optimizer = torch.optim.Adam([W, b], lr=1e-2)
     for _ in range(STEPS):
-        total = loss(sample_features(1024, recipes, generator, n)).sum()
+        total = loss(sample_features(1024, instances, generator, n)).sum()
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     with torch.no_grad():
-        final = loss(sample_features(8192, recipes, torch.Generator().manual_seed(SEED + 1), n))
-    best = final.reshape(len(RECIPES), r).argmin(-1)
+        final = loss(sample_features(8192, instances, torch.Generator().manual_seed(seed + 1), n))
+    best = final.reshape(len(recipes), r).argmin(-1)
     W, b = (W * mask).detach(), b.detach()
     return tuple((W[k * r + int(best[k]), : x.n_hidden, : x.n_features].clone(),
-                  b[k * r + int(best[k]), : x.n_features].clone()) for k, x in enumerate(RECIPES))
+                  b[k * r + int(best[k]), : x.n_features].clone()) for k, x in enumerate(recipes))
 
 
 def mystery_model(index: int = 0) -> tuple[Float[Tensor, "hidden feature"], Float[Tensor, "feature"]]:
