@@ -35,9 +35,11 @@
 # 3. watch superposition appear as a *phase change* (§"Superposition as a Phase Change");
 # 4. train a first **sparse autoencoder** on the toy model's hidden activations and
 #    check that it recovers the features we planted, which we can do here because,
-#    unlike in a language model, we know the ground truth.
+#    unlike in a language model, we know the ground truth;
+# 5. investigate a model the course trained on a secret recipe, and find out from its
+#    weights what it represents (the graded investigation at the end).
 #
-# **Time budget:** about 2 hours for the exercises (the table below adds them up) plus
+# **Time budget:** about 2 hours 20 minutes for the exercises (the table below adds them up) plus
 # 20-30 minutes of reading and playing with the plots. Everything runs on a laptop CPU
 # in about a minute; on a GPU the same code runs on the GPU.
 #
@@ -116,15 +118,17 @@ SCALE = 1
 #
 # <details><summary>Hint 1</summary>
 #
-# Do it in two steps. First the hidden activations
-# `h = einops.einsum(W, x, "instance hidden feature, batch instance feature -> batch instance hidden")`,
-# then map back up with `W` again (the transpose is just a different einsum pattern).
+# Do it in two steps: first the hidden activations $h = W x$ (a sum over `feature`, one
+# value per batch element, instance and hidden dimension), then back up with $W^\top$ (a
+# sum over `hidden`). Add the bias, then the ReLU.
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# The bias has no batch dimension: `b` of shape `[instance, feature]` broadcasts
-# against `[batch, instance, feature]` as it is. Then `torch.relu`.
+# `einops.einsum` names every axis, so the `instance` axis simply goes along in both steps:
+# the first pattern ends in `-> batch instance hidden`, the second in
+# `-> batch instance feature`, and both read `W` as `instance hidden feature`. The bias,
+# `[instance, feature]`, broadcasts against `[batch, instance, feature]` as it is.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import toy_forward` and carry on (no points for this exercise).
@@ -192,9 +196,10 @@ checks.grade_toy_forward(toy_forward)
 #
 # <details><summary>Hint 2</summary>
 #
-# An entry is active when its second uniform is below $p$ for its instance:
-# compare with `feature_probability[:, None]` (shape `[instance, 1]`, which broadcasts
-# against `[batch, instance, feature]`), then `torch.where(active, values, 0.0)`.
+# An entry is active when its second uniform is below $p$ of its instance. To compare with
+# `[batch, instance, feature]`, the probabilities need a trailing axis of size 1
+# (`[instance, 1]`). Then keep the value where the entry is active and 0 elsewhere
+# (`torch.where`).
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import generate_batch` and carry on (no points for this exercise).
@@ -248,7 +253,8 @@ checks.grade_generate_batch(generate_batch)
 # <details><summary>Hint 1</summary>
 #
 # `importance` broadcasts against `[batch, instance, feature]` as it is. Weight the
-# squared errors, `.sum(-1)` over features, then `.mean(0)` over the batch.
+# squared errors, sum over the features (the last axis), then average over the batch
+# (the first axis), and nothing else.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import importance_weighted_loss` and carry on (no points for this exercise).
@@ -367,8 +373,12 @@ checks.grade_train_toy_models(train_toy_models)
 # `sp.ToyConfig` holds the sizes and `sp.init_toy_weights` the starting weights (Xavier
 # initialisation, from a seeded generator). The training uses *your* functions.
 #
-# Before you run it: with dense features, which features do you expect the model to
-# keep, given only 2 dimensions? What changes when features get sparse?
+# Before you run it, guess: with dense features ($p = 1$) and only 2 dimensions, which
+# features will the model keep? Write your guess below (a list of feature ids); a cell
+# further down compares it with what the model did. It is not graded.
+
+# %%
+my_guess_dense = None  # e.g. [0, 4]: the features you expect the dense model to keep
 
 # %%
 cfg_5_2 = sp.ToyConfig(n_features=5, n_hidden=2, n_instances=8)
@@ -380,10 +390,32 @@ importance_5_2 = sp.importance_decay(cfg_5_2, base=0.9, device=device)
 history_5_2 = train_toy_models(W_5_2, b_5_2, p_5_2, importance_5_2, steps=3000 * SCALE,
                                batch_size=1024, lr=1e-2, generator=gen)
 sp.plot_loss_history(history_5_2, labels=[f"p={p:.2g}" for p in p_5_2.tolist()]);
+final_loss_5_2 = history_5_2[-200:].mean(0)  # the last 200 steps' mean: less noisy than the last batch
+for p, loss in zip(p_5_2.tolist(), final_loss_5_2.tolist()):
+    print(f"final loss at p={p:.2g}: {loss:.3f}")
+for p in p_5_2.tolist():  # what a feature the model drops costs: its variance (times its importance)
+    print(f"dropped-feature cost p/3 - p²/4 at p={p:.2g}: {p / 3 - p**2 / 4:.3f}")
+norms_by_model = W_5_2.detach().norm(dim=1)  # [instance, feature]
+for p, norms in zip(p_5_2.tolist(), norms_by_model.tolist()):
+    print(f"feature norms at p={p:.2g}:", " ".join(f"{v:.2f}" for v in norms))
 
 # %% [markdown]
-# The loss falls for every instance, and the sparser instances end lower (there is
-# simply less to reconstruct). Now look at *what* each model learned. The first figure
+# The loss falls for every instance, but the final losses are not ordered by sparsity.
+# The dense model ends at 0.183<!-- out: final loss at p=1: -->, the model at $p = 0.57$ higher, at
+# 0.241<!-- out: final loss at p=0.57: -->, and only the sparser ones lower. Why? A feature the model
+# does not represent can still be predicted by its mean, through the bias; what is left
+# is its variance, $\mathbb{E}[x^2] - \mathbb{E}[x]^2 = p/3 - p^2/4$, times its importance.
+# That is 0.083<!-- out: dropped-feature cost p/3 - p²/4 at p=1: --> at $p = 1$ but
+# 0.109<!-- out: dropped-feature cost p/3 - p²/4 at p=0.57: --> at $p = 0.57$: a
+# feature that is on about half the time varies *more* than one that is always on, so
+# each dropped feature costs more. The dense model keeps two features and drops three,
+# weighted $0.9^2 + 0.9^3 + 0.9^4 = 2.2$: $2.2 \times 0.083 = 0.18$, its whole loss. At
+# $p = 0.57$ the same choice would cost $2.2 \times 0.109 = 0.24$; the model there tries
+# something else (below) and ends at about the same loss, so at this sparsity superposition
+# barely pays. The loss falls only further along, where superposition pays and every
+# feature's variance shrinks.
+#
+# Now look at *what* each model learned. The first figure
 # shows each model's hidden space: one arrow $W_i$ per feature (colour = feature; the
 # darkest is the most important). The second figure shows each model's $W^\top W$: a
 # dedicated feature is a lone diagonal entry, and off-diagonal entries are interference.
@@ -394,18 +426,59 @@ sp.plot_features_in_2d(W_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
 # %%
 sp.plot_gram_matrices(W_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
 
+# %%
+kept_5_2 = [(norms > 0.5).nonzero().flatten().tolist() for norms in norms_by_model]
+print(f"the dense model keeps features {kept_5_2[0]} (your guess: {my_guess_dense})")
+print(f"the sparsest model (p = {p_5_2[-1]:.2g}) keeps {len(kept_5_2[-1])} features: {kept_5_2[-1]}")
+W_057 = W_5_2.detach()[1]  # the model at p = 0.57
+cos_057 = (W_057 / W_057.norm(dim=0)).T @ (W_057 / W_057.norm(dim=0))
+print(f"p=0.57 feature 1: norm {W_057[:, 1].norm():.2f}, cosine with feature 0 {cos_057[0, 1]:.2f}")
+print(f"p=0.57 feature 2: norm {W_057[:, 2].norm():.2f}; p=0.57 feature 3: norm {W_057[:, 3].norm():.2f}; "
+      f"p=0.57 cosine of 2 and 3: {cos_057[2, 3]:.2f}")
+
 # %% [markdown]
 # What to look for:
 #
 # - **Dense ($p = 1$)**: the model behaves like PCA. It keeps the two most important
 #   features on two orthogonal axes and drops the other three ($W^\top W$ is diagonal
 #   with two entries).
+# - **$p = 0.57$**, the first step towards superposition, and an odd one: feature 0 keeps
+#   its axis, and the other axis goes to features 2 and 3 as an antipodal pair (norms
+#   0.93<!-- out: p=0.57 feature 2: norm --> and 0.86<!-- out: p=0.57 feature 3: norm -->, cosine
+#   −1.00<!-- out: p=0.57 cosine of 2 and 3: -->).
+#   Feature 1, the second most important, loses its axis: it is left as a short arrow
+#   (norm 0.29<!-- out: p=0.57 feature 1: norm -->) lying *along* feature 0 (cosine
+#   1.00<!-- out: cosine with feature 0 -->), so each of the two leaks a little into the other's output (a
+#   weak *positive* interference, the pale off-diagonal square in $W^\top W$). Feature 4 is dropped.
 # - **Sparser**: more features appear, first as *antipodal pairs* (two features on
 #   opposite ends of one line, the negative off-diagonal entries), and at the sparsest
 #   levels all five features sit on a **pentagon**: five features in two dimensions.
 #
 # That is superposition: more features than dimensions, each represented with a little
 # interference that the ReLU (and a negative bias) cleans up when only one is active.
+#
+# ### Without the ReLU
+#
+# Section 1 claimed that a purely linear model, $x' = W^\top W x + b$, can only keep the
+# $m$ most important features, like PCA, however sparse they are. Here is the check: the
+# same 8 models, the same data and the same loop, with `sp.linear_forward` (the toy model
+# minus its ReLU) as the forward pass.
+
+# %%
+gen = torch.Generator(device=device).manual_seed(0)
+W_linear, b_linear = sp.init_toy_weights(cfg_5_2, gen, device=device)
+train_toy_models(W_linear, b_linear, p_5_2, importance_5_2, steps=3000 * SCALE, batch_size=1024, lr=1e-2,
+                 generator=gen, forward=sp.linear_forward)
+kept_linear = (W_linear.detach().norm(dim=1) > 0.5).sum(-1).tolist()
+for p, n_linear, kept in zip(p_5_2.tolist(), kept_linear, kept_5_2):
+    print(f"p={p:.2g}: features kept (norm > 0.5): linear {n_linear}, with ReLU {len(kept)}")
+print(f"most features any linear model keeps: {max(kept_linear)}")
+
+# %% [markdown]
+# Without the ReLU every model keeps at most 2<!-- out: most features any linear model keeps: -->
+# features, at every sparsity: interference in a linear model is never filtered out, so
+# sharing a direction always costs, and the best use of 2 dimensions is the 2 most
+# important features, on orthogonal axes. Superposition needs the nonlinearity.
 
 # %% [markdown]
 # ## 5. Measuring superposition
@@ -435,16 +508,17 @@ sp.plot_gram_matrices(W_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
 #
 # <details><summary>Hint 1</summary>
 #
-# `W_hat = W / norms.clamp_min(1e-8)[:, None, :]` (the norms broadcast over `hidden`).
-# Then all the dot products at once:
-# `dots = einops.einsum(W_hat, W, "instance hidden f1, instance hidden f2 -> instance f1 f2")`.
+# The norms are taken over the `hidden` axis (dim 1): one per instance and feature, so
+# `[instance, feature]`. To divide every column by its norm, give the (clamped) norms a
+# `hidden` axis of size 1 so they broadcast: `[:, None, :]`.
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# Square the dot products and sum over `f2`, then remove the $j = i$ term: the diagonal
-# of `dots`, which you can get with `torch.diagonal(dots, dim1=-2, dim2=-1)`. Or multiply
-# by `1 - torch.eye(n_features)` before summing.
+# All the dot products $\hat W_i \cdot W_j$ at once are one einsum over `hidden` with two
+# feature axes in the output (name them `f1` and `f2`: `-> instance f1 f2`). Square them,
+# sum over `f2`, and leave out the $j = i$ term: subtract the squared diagonal
+# (`torch.diagonal(..., dim1=-2, dim2=-1)`), or mask it with `1 - torch.eye(n_features)`.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import feature_norms_and_interference` and carry on (no points for this exercise).
@@ -474,13 +548,19 @@ checks.grade_feature_norms_and_interference(feature_norms_and_interference)
 # %% [markdown]
 # Here are the paper's bar charts for our 5-in-2 models: one panel per sparsity level,
 # one bar per feature, length = norm, colour = interference on one scale for all panels
-# (dark = a dimension of its own; an antipodal pair scores 1, a pentagon 1.5). Read it
+# (dark = a dimension of its own). For unit-norm features an antipodal pair scores 1 and
+# a pentagon $2\cos^2 72° + 2\cos^2 144° = 1.5$; but the interference grows with the
+# *other* features' squared norms, and superposed features train to norms a little above 1
+# (here up to 1.17<!-- out: largest norm -->), so the sparsest panel's pentagon scores
+# 1.94<!-- out: interference from --> to 2.01<!-- out: largest interference -->. Read it
 # from dense to sparse: two dark bars, then more and more bars that light up. A
 # feature the model dropped has a bar of length about 0; its colour means nothing
 # (the direction of a near-zero column is noise).
 
 # %%
 norms_5_2, interference_5_2 = feature_norms_and_interference(W_5_2.detach())
+print(f"sparsest 5-in-2 model: norms from {norms_5_2[-1].min():.2f}; largest norm {norms_5_2[-1].max():.2f}; "
+      f"interference from {interference_5_2[-1].min():.2f}; largest interference {interference_5_2[-1].max():.2f}")
 sp.plot_feature_bars(norms_5_2, interference_5_2, titles=[f"p = {p:.2g}" for p in p_5_2.tolist()]);
 
 # %% [markdown]
@@ -513,15 +593,15 @@ sp.explore_toy_models(W_5_2.detach(), p_5_2, feature_norms_and_interference)
 #
 # <details><summary>Hint 1</summary>
 #
-# Same dot products as in the previous exercise, but now keep the diagonal:
-# `denominator = (dots**2).sum(-1)`.
+# The same dot products as in the previous exercise, but this time keep the diagonal: the
+# denominator is the sum of *all* their squares over $j$.
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# For the zero-norm case, compute the ratio with a safe denominator
-# (`denominator.clamp_min(1e-16)`), then
-# `torch.where(norms > 1e-8, ratio, torch.zeros_like(ratio))`.
+# For the zero-norm case, divide by a denominator clamped away from 0 (so that no NaN is
+# ever made: a NaN survives `torch.where` in the backward pass and in sums), then put 0
+# wherever the norm is below `1e-8` (`torch.where`).
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import feature_dimensionality` and carry on (no points for this exercise).
@@ -575,6 +655,9 @@ uniform_importance = torch.ones(cfg_dim.n_instances, cfg_dim.n_features, device=
 train_toy_models(W_dim, b_dim, p_dim, uniform_importance, steps=2000 * SCALE, batch_size=512, lr=1e-2,
                  generator=gen)
 sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detach()));
+squared_norms = W_dim.detach()[-1].norm(dim=0) ** 2
+print(f"sparsest 40-in-10 model: dimensions per feature {cfg_dim.n_hidden / squared_norms.sum():.3f}; "
+      f"mean squared norm {squared_norms.mean():.2f}; mean D_i {feature_dimensionality(W_dim.detach())[-1].mean():.3f}")
 
 # %% [markdown]
 # What to look for:
@@ -586,7 +669,11 @@ sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detac
 #   evenly between them;
 # - the dots at 0 are features the model gave up on;
 # - at the sparse end the dots settle at $m/n = 10/40 = 1/4$: every feature is stored,
-#   and 40 features sharing 10 dimensions evenly get a quarter of one each.
+#   and 40 features sharing 10 dimensions evenly get a quarter of one each (mean $D_i$
+#   0.250<!-- out: mean D_i -->). The line ends lower, at 0.198<!-- out: dimensions per feature -->, because it
+#   counts squared norms, $m / \sum_i \lVert W_i \rVert^2$, and superposed features train to
+#   norms above 1 (mean squared norm 1.26<!-- out: mean squared norm -->, and $0.25 / 1.26 = 0.198$), while
+#   $D_i$ does not change when every column is scaled alike.
 #
 # At the dense end, where all features have equal importance, many solutions are
 # equally good (any 10 features, or mixtures of them), so the dots there scatter; read
@@ -625,17 +712,17 @@ sp.plot_dimensionality(W_dim.detach(), p_dim, feature_dimensionality(W_dim.detac
 #
 # <details><summary>Hint 1</summary>
 #
-# Only column `feature` needs a direction: `w = W[:, :, feature]`,
-# `w_hat = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)`, then
-# `dots = einops.einsum(w_hat, W, "instance hidden, instance hidden feature -> instance feature")`.
-# Don't count the feature itself.
+# Only column `feature` needs a direction: take `W[:, :, feature]` (`[instance, hidden]`),
+# normalise it (clamped), and dot it with every column of `W`, an einsum over `hidden`
+# that gives `[instance, feature]`. Leave the feature's own entry out before summing the
+# squares (a boolean mask of the other features does it).
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# Build the answer from the inside out:
-# `torch.where(norm < norm_threshold, 0, torch.where(interference < interference_threshold, 1, 2))`,
-# then `.long()`.
+# The order of the tests matters: the norm first, then the interference. Two nested
+# `torch.where` calls do it, the inner one choosing between 1 and 2 and the outer one
+# putting 0 where the norm is too small. Return `torch.long`.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import feature_phase` and carry on (no points for this exercise).
@@ -679,8 +766,12 @@ checks.grade_feature_phase(feature_phase)
 # grid point gets `RESTARTS` instances with different initial weights, and the diagram
 # shows the one that reached the lowest loss. Each instance is a tiny 2-in-1 model: all 400 train in about 10 seconds on a laptop CPU.
 #
-# Before running: where do you expect the extra feature to be dropped, to take the
-# dimension for itself, and to share it?
+# Before running, guess what happens to the extra feature at the four corners of the
+# diagram (0 = not represented, 1 = dedicated dimension, 2 = superposition), and fill in
+# `my_guess_phase`; a cell after the diagram prints the outcome next to your guess (not graded).
+
+# %%
+my_guess_phase = {"dense, r=0.1": None, "dense, r=10": None, "sparse, r=0.1": None, "sparse, r=10": None}
 
 # %%
 RESTARTS = 4
@@ -699,6 +790,14 @@ W_best = einops.rearrange(W_phase.detach(), "(cell restart) hidden feature -> ce
                           restart=RESTARTS)[torch.arange(len(grid_p), device=device), best]
 phases = feature_phase(W_best, feature=1)
 sp.plot_phase_diagram(phases, grid_p, grid_r);
+phase_names = ["not represented", "dedicated", "superposition"]
+corners = {"dense, r=0.1": 0, "dense, r=10": 9, "sparse, r=0.1": len(grid_p) - 10, "sparse, r=10": len(grid_p) - 1}
+for corner, k in corners.items():
+    print(f"{corner} (p = {grid_p[k]:.2g}, r = {grid_r[k]:.2g}): {int(phases[k])} = {phase_names[phases[k]]}"
+          f"   (your guess: {my_guess_phase[corner]})")
+rows = phases.reshape(-1, 10)  # one row per probability, dense first
+all_superposition = [p for p, row in zip(grid_p[::10].tolist(), rows) if bool((row == 2).all())]
+print(f"superposition at every importance from p = {max(all_superposition):.2g} down")
 
 # %% [markdown]
 # Read the diagram from right (dense) to left (sparse):
@@ -708,8 +807,8 @@ sp.plot_phase_diagram(phases, grid_p, grid_r);
 #   dimension and feature 0 is dropped (dedicated). The boundary is sharp: a tiny change
 #   of $r$ around 1 flips the whole solution.
 # - **Sparse**: both features are stored antipodally in the one dimension
-#   (superposition), and once features are sparse enough (here from about $p = 0.17$
-#   down) this holds across the whole range of importances we plot, 0.1 to 10:
+#   (superposition), and once features are sparse enough (here from
+#   $p = 0.13$<!-- out: superposition at every importance from p = --> down) this holds across the whole range of importances we plot, 0.1 to 10:
 #   interference is rare enough to be worth paying even for a feature ten times less
 #   important than the other.
 #
@@ -755,14 +854,14 @@ sp.plot_phase_diagram(phases, grid_p, grid_r);
 #
 # <details><summary>Hint 1</summary>
 #
-# `einops.einsum(h - b_dec, W_enc, "batch hidden, hidden latent -> batch latent")`,
-# add `b_enc`, then `torch.relu`.
+# Encoding is: centre (`h - b_dec`), project onto the latents with `W_enc` (a sum over
+# `hidden`, giving `[batch, latent]`), add `b_enc`, then the ReLU.
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# Decoding goes the other way through `W_dec`:
-# `"batch latent, hidden latent -> batch hidden"`, then add `b_dec`.
+# Decoding goes the other way through `W_dec` (`[hidden, latent]`): a sum over `latent`,
+# an einsum whose pattern ends in `-> batch hidden`; then add `b_dec`.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import sae_forward` and carry on (no points for this exercise).
@@ -812,9 +911,10 @@ checks.grade_sae_forward(sae_forward)
 #
 # <details><summary>Hint 1</summary>
 #
-# Reconstruction: `((reconstruction - h) ** 2).sum(-1)` (one value per batch element).
-# Sparsity: `latents.abs().sum(-1)` (the latents are non-negative after the ReLU, but
-# `abs` makes the L1 norm explicit). Add them with the coefficient, then `.mean()`.
+# Make two numbers per batch element: the squared error summed over `hidden`, and the
+# L1 norm of the latents summed over `latent` (`abs` is a no-op after the ReLU, but makes
+# the norm explicit). Add them with the coefficient, then average over the batch only: a
+# mean over every entry divides by the wrong count.
 # </details>
 #
 # Stuck? Run `from mechlab.superposition.reference import sae_loss` and carry on (no points for this exercise).
@@ -872,12 +972,9 @@ checks.grade_sae_loss(sae_loss)
 #
 # <details><summary>Hint 1</summary>
 #
-# In-place updates of a tensor that requires grad must happen under `torch.no_grad()`:
-# ```python
-# with torch.no_grad():
-#     W_dec /= W_dec.norm(dim=0, keepdim=True)
-# ```
-# (`dim=0` is the `hidden` dimension, so each *column* gets unit norm.)
+# In-place updates of a tensor that requires grad must happen under `torch.no_grad()`.
+# Divide `W_dec` in place (`/=`) by its column norms: a norm over `hidden` (`dim=0`), kept
+# as an axis of size 1 (`keepdim=True`) so that it broadcasts over the columns.
 # </details>
 #
 # <details><summary>Hint 2</summary>
@@ -979,8 +1076,8 @@ sp.plot_loss_history(sae_history[:, None], labels=["SAE"]);
 #
 # <details><summary>Hint 1</summary>
 #
-# Normalise both matrices' columns, then
-# `cos = einops.einsum(true_hat, dec_hat, "hidden feature, hidden latent -> feature latent")`.
+# Normalise both matrices' columns (a norm over `hidden`, clamped), then all the cosines
+# at once: one einsum over `hidden`, giving `[feature, latent]`.
 # </details>
 #
 # <details><summary>Hint 2</summary>
@@ -1025,6 +1122,16 @@ score_sae = feature_recovery_score(W_dec.detach(), W_true[:, represented])
 score_random = feature_recovery_score(W_random, W_true[:, represented])
 print(f"recovery score: SAE {score_sae:.3f}, random dictionary {score_random:.3f}")
 sp.plot_recovery(W_true[:, represented], {"SAE decoder": W_dec.detach(), "random dictionary": W_random});
+# the latents that point (almost) exactly away from a true feature: whose direction are they on?
+unit = lambda M: M / M.norm(dim=0, keepdim=True).clamp_min(1e-8)
+cos_feature_latent = unit(W_true[:, represented]).T @ unit(W_dec.detach())  # [feature, latent]
+cos_feature_feature = unit(W_true[:, represented]).T @ unit(W_true[:, represented])
+away = (cos_feature_latent < -0.95).nonzero().tolist()
+on_partner = sum(bool(cos_feature_feature[i, cos_feature_latent[:, j].argmax()] < -0.95) for i, j in away)
+antipodal_features = int((cos_feature_feature < -0.95).any(dim=-1).sum())
+print(f"feature-latent cosines below -0.95: {len(away)}; of these, the latent is on the feature's "
+      f"antipodal partner: {on_partner}")
+print(f"true features with an antipodal partner (cosine below -0.95): {antipodal_features} of {int(represented.sum())}")
 
 # %% [markdown]
 # Left: for each true feature, the best cosine any latent reaches; the SAE's bars sit
@@ -1033,7 +1140,20 @@ sp.plot_recovery(W_true[:, represented], {"SAE decoder": W_dec.detach(), "random
 # Most features have one bright latent. The score looks only from the features' side,
 # so it cannot see what the other latents do: some duplicate a feature, some mix
 # several, and some are *dead* (they stopped firing during training, and a latent that
-# never fires gets no gradient, so it stays where it died). One number that looks from
+# never fires gets no gradient, so it stays where it died).
+#
+# And a few entries of the right panel are dark blue, a cosine of −1: a latent pointing
+# exactly away from a feature, right after we stressed that such a latent cannot represent
+# it. It doesn't; it represents another feature. This toy model stores some of its features
+# as antipodal pairs (6<!-- out: true features with an antipodal partner (cosine below -0.95): --> of its 24
+# features have a partner at cosine below −0.95), and a latent that sits on one feature of a pair
+# necessarily points away from the other. The cell above checks every such entry: of the
+# 7<!-- out: feature-latent cosines below -0.95: --> feature-latent cosines below −0.95, all
+# 7<!-- out: the latent is on the feature's antipodal partner: --> are a latent on that feature's antipodal partner.
+# (This is also why the SAE needs separate latents for the two features of a pair: its
+# latents are non-negative, so one direction can't stand for both.)
+#
+# One number that looks from
 # the latents' side is how many fire per input (the SAE's **L0**) against how many
 # features are really active:
 
@@ -1052,6 +1172,166 @@ print(f"latents firing per input (L0): {l0_sae:.2f}; true features active per in
 # Chapter 4 makes these trade-offs the main subject: L0 against reconstruction, dead
 # latents and how to revive them, and architectures (TopK, JumpReLU) that control L0
 # directly.
+
+# %% [markdown]
+# ## 10. Investigation: what does this model represent?
+#
+# Up to here every exercise came with a formula. Now you get a trained model and a
+# question. The course trained a toy model (the ReLU output model of section 1) on data
+# whose recipe it keeps to itself: how important each feature is, how often each one is
+# active, and whether some features have something to do with each other. You get only
+# the weights: `W_mystery` (`[hidden, feature]`, one model, no instance dimension) and
+# `b_mystery` (`[feature]`).
+
+# %%
+from mechlab.superposition import investigation
+
+W_mystery, b_mystery = investigation.mystery_model(0)
+print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hidden dimensions")
+
+# %% [markdown] exercise={"id": "investigate_toy_model", "difficulty": 3, "importance": 4, "minutes": 30, "points": 6}
+# ### Exercise 12: Investigation: which features, and which pairs?
+#
+# Find out, from the weights alone:
+#
+# 1. **which features the model represents** (it reconstructs them; the others it has
+#    dropped), and
+# 2. **which pairs of features share a dimension antipodally**: two represented features
+#    whose directions point exactly opposite ways, as in the 5-in-2 models of section 4.
+#
+# Explore first, with anything from this chapter (your `feature_norms_and_interference`
+# and `feature_dimensionality` take `W_mystery[None]`, and `sp.plot_gram_matrices`,
+# `sp.plot_feature_bars` draw it). Then write your method down as a function
+# `investigate_toy_model(W, b)` that returns
+#
+# ```python
+# {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]}   # Python ints
+# ```
+#
+# **How it is graded.** The check under this exercise says only whether your answer is
+# well formed; it does not say whether it is right. The grader runs your function on this
+# model *and on three other mystery models* trained the same way from other secret
+# recipes (other sizes, other geometry), and compares your findings with what their
+# weights show. Every measured value in them is far from the boundary between the
+# answers, so any sensible reading passes, and a hard-coded answer for this model, or a
+# rule of thumb that happens to fit it, does not. 6 points, about 30 minutes.
+#
+# <details><summary>Hint 1 (where to look)</summary>
+#
+# Section 5's bar charts told a represented feature from a dropped one by one number per
+# feature. Which one, and what values does it take for each kind?
+# </details>
+#
+# <details><summary>Hint 2 (opposite directions)</summary>
+#
+# "Opposite" is about directions only, so compare *normalised* columns. And a feature the
+# model dropped has a column of almost zero length whose direction is noise: it can point
+# anywhere, including exactly away from a real feature.
+# </details>
+#
+# <details><summary>Hint 3 (how opposite is opposite?)</summary>
+#
+# Neighbours on a pentagon have an angle of 144° between them, cosine −0.81: they share a
+# plane, not a line. An antipodal pair is at 180°. Choose thresholds with room on both sides.
+# </details>
+#
+# Stuck? Run `from mechlab.superposition.reference import investigate_toy_model` and carry on (no points for this exercise).
+
+# %%
+def investigate_toy_model(
+    W: Float[Tensor, "hidden feature"],
+    b: Float[Tensor, "feature"],
+) -> dict[str, list]:
+    """The features the toy model represents, and its antipodal pairs, measured from its weights."""
+    ### BEGIN SOLUTION
+    norms = W.norm(dim=0)
+    W_hat = W / norms.clamp_min(1e-8)
+    cosines = W_hat.T @ W_hat
+    represented = [i for i in range(W.shape[1]) if norms[i] > 0.5]
+    pairs = [(i, j) for i in represented for j in represented if i < j and cosines[i, j] < -0.9]
+    return {"represented": represented, "antipodal_pairs": pairs}
+    ### END SOLUTION
+
+
+# %%
+from mechlab.superposition import checks
+checks.check_investigate_toy_model(investigate_toy_model)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_toy_model(investigate_toy_model)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### The truth, and the recipe
+#
+# Here is your answer next to the measurement, and then the recipe the course trained the
+# model on.
+
+# %%
+norms_mystery, cosines_mystery = investigation.geometry(W_mystery)
+try:
+    yours = investigate_toy_model(W_mystery, b_mystery)
+except Exception as error:  # an unfinished exercise: show the measurement anyway
+    yours = f"(your function raised {type(error).__name__})"
+truth = investigation.judge(W_mystery)
+measured = {"represented": [i for i, v in truth["features"].items() if v],
+            "antipodal_pairs": [pair for pair, v in truth["pairs"].items() if v]}
+print(f"your answer:     {yours}")
+print(f"the measurement: {measured}")
+print("norms:", " ".join(f"{v:.2f}" for v in norms_mystery.tolist()))
+for i, j in measured["antipodal_pairs"]:
+    print(f"mystery pair ({i}, {j}): cosine {cosines_mystery[i, j]:.2f}")
+dropped = [i for i, v in truth["features"].items() if v is False]
+print(f"mystery dropped feature {dropped[0]}: norm {norms_mystery[dropped[0]]:.2f}")
+print(f"mystery dropped feature {dropped[0]}: bias {b_mystery[dropped[0]]:.2f}")
+recipe = investigation.RECIPES[0]
+print("recipe: importance", list(recipe.importance), "| feature probability", list(recipe.feature_probability),
+      "| never active together:", list(recipe.exclusive_pairs))
+
+# %% [markdown]
+# The model keeps seven of its eight features in four dimensions. One dense feature
+# with the highest importance (feature 5: $p = 1$, $I = 1$) has a dimension of its own.
+# The dense, unimportant feature 3 ($p = 1$, $I = 0.2$) is dropped: its column has norm
+# 0.01<!-- out: mystery dropped feature 3: norm --> and its bias is 0.50<!-- out: mystery dropped feature 3: bias ±0.02 -->,
+# the mean of a $U[0, 1)$ feature, which is the best a model can do for a feature it
+# does not read. The other six share the remaining three dimensions in three antipodal
+# pairs, each with cosine −1.00<!-- out: mystery pair (0, 7): cosine -->.
+#
+# The recipe says why these pairs and no others: **the three antipodal pairs are exactly
+# the three pairs of features that are never active together.** An antipodal pair costs
+# interference only when both of its features are active at once, and for these pairs that
+# never happens, so sharing a line is free. This is the paper's §"Correlated and
+# Anticorrelated Features": anticorrelated features prefer to be antipodal (and correlated
+# features, which are often active together, prefer to be orthogonal, or to be merged into
+# one direction when there is no room). The model found the anticorrelation in the data,
+# and you found it in the model, without being told.
+#
+# ### One more experiment: correlated features
+#
+# The same test the other way round: two 4-in-2 models with equal importance and the same
+# sparsity ($p = 0.05$), and features (0, 1) and (2, 3) paired. In one model the pairs are
+# *always* active together (correlated: feature 1 is on exactly when feature 0 is, with its
+# own value); in the other they are *never* active together (anticorrelated, as in the
+# mystery model).
+
+# %%
+pairs = ((0, 1), (2, 3))
+together = investigation.MysteryRecipe(4, 2, (1.0,) * 4, (0.05,) * 4, correlated_pairs=pairs)
+apart = investigation.MysteryRecipe(4, 2, (1.0,) * 4, (0.05,) * 4, exclusive_pairs=pairs)
+for name, (W_pairs, _) in zip(["always together", "never together"], investigation.train_recipes((together, apart))):
+    _, cos_pairs = investigation.geometry(W_pairs)
+    print(f"{name}: cosine(0, 1) {cos_pairs[0, 1]:.2f}; {name}: cosine(2, 3) {cos_pairs[2, 3]:.2f}; "
+          f"{name}: cosine(0, 2) {cos_pairs[0, 2]:.2f}")
+
+# %% [markdown]
+# Never active together: each pair is antipodal, cosine
+# −1.00<!-- out: never together: cosine(0, 1) -->, as in the mystery model. Always active together: the
+# geometry turns around. Features 0 and 1 are now orthogonal (cosine
+# 0.0<!-- out: always together: cosine(0, 1) ±0.1 -->), and so are 2 and 3, because interference
+# between two features that are always on together would be paid on every input where they
+# are. The model instead makes *independent* features share a line: feature 0 is opposite
+# feature 2 (cosine −1.00<!-- out: always together: cosine(0, 2) ±0.02 -->). Correlated features get
+# an orthogonal basis of their own, and superposition happens *between* such groups: the
+# paper's "local almost-orthogonal bases".
 #
 # ## Summary
 #
@@ -1065,6 +1345,9 @@ print(f"latents firing per input (L0): {l0_sae:.2f}; true features active per in
 # - A sparse autoencoder trained only on hidden activations recovers the directions of
 #   the features a model has in superposition, and we could *measure* that here because
 #   we knew the truth.
+# - The geometry also records how features co-occur: features that are never active
+#   together end up antipodal, features that are always active together orthogonal. You
+#   read both off a model's weights without seeing its data.
 #
 # **Where next.** Chapter 4 trains SAEs on the residual stream of a real (small)
 # transformer, with ReLU+L1, TopK and JumpReLU architectures, and measures them the

@@ -10,7 +10,7 @@ import torch
 from mechlab.checks import CheckFailed
 from mechlab.superposition import checks
 from mechlab.superposition import reference as ref
-from conftest import check_tests
+from conftest import as_learner, check_tests
 
 EXERCISES = ref.__all__  # generated from the chapter's source
 
@@ -301,8 +301,6 @@ MUTANTS = [
 # ---------------------------------------------------------------- correct answers written differently
 
 VARIANTS = [("train_toy_models", train_mean_over_instances)]
-test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
-    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
 
 def test_value_mismatch_gets_no_hint_about_the_output_form():
@@ -313,3 +311,151 @@ def test_value_mismatch_gets_no_hint_about_the_output_form():
     with pytest.raises(CheckFailed) as failure:
         checks.grade_sae_loss(sae_loss_l2)
     assert "0-dimensional" not in str(failure.value)
+
+
+# ---------------------------------------------------------------- the investigation
+
+
+def _findings(W, represented_norm=0.5, pair_cosine=-0.9, filter_dropped=True, top_m=False, all_features=False):
+    norms = W.norm(dim=0)
+    cos = (W / norms.clamp_min(1e-8)).T @ (W / norms.clamp_min(1e-8))
+    n = W.shape[1]
+    if all_features:
+        represented = list(range(n))
+    elif top_m:
+        represented = sorted(norms.argsort(descending=True)[: W.shape[0]].tolist())
+    else:
+        represented = [i for i in range(n) if norms[i] > represented_norm]
+    candidates = represented if filter_dropped else range(n)
+    pairs = [(i, j) for i in candidates for j in candidates if i < j and cos[i, j] < pair_cosine]
+    return {"represented": represented, "antipodal_pairs": pairs}
+
+
+def investigate_all_features(W, b):
+    """'Every feature is represented' (and the pairs among them by cosine)."""
+    return _findings(W, all_features=True)
+
+
+def investigate_top_m(W, b):
+    """'A model with m dimensions represents m features': the m longest columns."""
+    return _findings(W, top_m=True)
+
+
+def investigate_negative_cosine(W, b):
+    """Any two represented features pointing away from each other (cosine below -0.5) as a pair."""
+    return _findings(W, pair_cosine=-0.5)
+
+
+def investigate_unfiltered_pairs(W, b):
+    """Pairs by cosine among all features, dropped ones included."""
+    return _findings(W, filter_dropped=False)
+
+
+def investigate_hard_coded(W, b):
+    """The answer for the visible mystery model, whatever model it is given."""
+    return {"represented": [0, 1, 2, 4, 5, 6, 7], "antipodal_pairs": [(0, 7), (1, 6), (2, 4)]}
+
+
+def investigate_other_thresholds(W, b):
+    """Correct, with other thresholds inside the margins, tensors turned into ints, pairs as lists."""
+    found = _findings(W, represented_norm=0.35, pair_cosine=-0.95)
+    return {"represented": tuple(reversed(found["represented"])), "antipodal_pairs": [[j, i] for i, j in found["antipodal_pairs"]]}
+
+
+INVESTIGATION_WRONG = [
+    (investigate_all_features, "you list feature 3 as represented, but its column has norm 0.0"),
+    (investigate_top_m, "you leave out feature .*norm 1.0"),
+    (investigate_negative_cosine, r"on mystery model 1 .*cosine -0\.8.*not 180°"),
+    (investigate_unfiltered_pairs, "is not represented .*direction means nothing"),
+    (investigate_hard_coded, "mystery model 1"),
+]
+
+
+@pytest.mark.parametrize("wrong, message", INVESTIGATION_WRONG, ids=[w[0].__name__ for w in INVESTIGATION_WRONG])
+def test_investigation_grade_fails_a_plausible_wrong_finding_with_the_measurement(wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.grade_investigate_toy_model(wrong)
+
+
+@pytest.mark.parametrize("answer", [ref.investigate_toy_model, investigate_other_thresholds],
+                         ids=["solution", "other_thresholds"])
+def test_investigation_grade_accepts_the_solution_and_other_sensible_thresholds(answer, capsys):
+    checks.grade_investigate_toy_model(as_learner(answer))
+    assert capsys.readouterr().out.startswith("✓")
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda W, b: [0, 1], "got a list"),
+    (lambda W, b: {"represented": [0, 1]}, "keys"),
+    (lambda W, b: {"represented": [0, 99], "antipodal_pairs": []}, "features 0 to 7"),
+    (lambda W, b: {"represented": torch.tensor([0, 1]), "antipodal_pairs": []}, "Tensor"),
+    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(1, 1)]}, "itself"),
+    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(0, 1, 2)]}, "two feature ids"),
+])
+def test_investigation_visible_check_rejects_a_malformed_answer(answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_investigate_toy_model(answer)
+
+
+def test_investigation_visible_check_says_nothing_about_correctness(capsys):
+    checks.check_investigate_toy_model(investigate_all_features)  # wrong, but well formed
+    assert "says nothing about whether it is right" in capsys.readouterr().out
+
+
+def test_investigation_refuses_the_reference():
+    with pytest.raises(CheckFailed, match="reference"):
+        checks.grade_investigate_toy_model(ref.investigate_toy_model)
+
+
+def test_mystery_models_keep_their_margins_and_their_planted_structure():
+    """Every measured norm and cosine is outside the bands where the answer would depend on a
+    threshold, and recipe 0's antipodal pairs are its never-co-active pairs."""
+    from mechlab.superposition import investigation
+    for index in range(len(investigation.RECIPES)):
+        W, _ = investigation.mystery_model(index)
+        truth = investigation.judge(W)
+        assert None not in truth["features"].values() and None not in truth["pairs"].values(), index
+    truth = investigation.judge(investigation.mystery_model(0)[0])
+    assert {p for p, v in truth["pairs"].items() if v} == set(investigation.RECIPES[0].exclusive_pairs)
+    assert [i for i, v in truth["features"].items() if v is False] == [3]
+
+
+def train_no_zero_grad(W, b, p, importance, *, steps, batch_size, lr, generator, forward, generate, loss_fn):
+    W.requires_grad_(True), b.requires_grad_(True)
+    optimizer, history = torch.optim.Adam([W, b], lr=lr), []
+    for _ in range(steps):
+        x = generate(batch_size, p, W.shape[-1], generator)
+        loss = loss_fn(x, forward(W, b, x), importance)
+        loss.sum().backward()  # gradients pile up
+        optimizer.step()
+        history.append(loss.detach())
+    return torch.stack(history)
+
+
+def sae_loss_mean_everything(h, latents, reconstruction, l1_coeff):
+    return ((reconstruction - h) ** 2).mean() + l1_coeff * latents.abs().mean()
+
+
+def norms_wrong_axis(W):
+    norms = W.norm(dim=2)  # over features instead of hidden
+    return norms, norms
+
+
+@pytest.mark.parametrize("name, wrong, message, absent", [
+    ("train_toy_models", train_no_zero_grad, "never calls optimizer.zero_grad", "new Adam"),
+    ("sae_loss", sae_loss_mean_everything, "over every entry", "0-dimensional"),
+    ("feature_norms_and_interference", norms_wrong_axis, "over the `hidden` axis", None),
+])
+def test_visible_check_names_the_one_cause(name, wrong, message, absent):
+    """Issue 20: a wrong loop without zero_grad, a loss averaged over every entry, norms over
+    the wrong axis each get the hint for their own mistake, in the visible check already."""
+    with pytest.raises(CheckFailed, match=message) as failure:
+        getattr(checks, f"check_{name}")(as_learner(wrong))
+    assert absent is None or absent not in str(failure.value)
+
+
+MUTANTS += [("investigate_toy_model", wrong, message) for wrong, message in INVESTIGATION_WRONG[:2]]
+MUTANTS += [("train_toy_models", train_no_zero_grad, "zero_grad"),
+            ("sae_loss", sae_loss_mean_everything, "every entry")]
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)

@@ -25,7 +25,7 @@ from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, check_and_grade, checked_array,
     compare_function, passed, randn, seeded,
 )
-from mechlab.superposition import reference as ref
+from mechlab.superposition import investigation, reference as ref
 
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, clone as _clone, detach as _detach
 from mechlab.pristine import numpy as _numpy, to as _to, type_ as _type
@@ -204,7 +204,8 @@ def _loss_history(history, label: str, shape: tuple) -> np.ndarray:
     return h
 
 
-def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -> None:
+def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str,
+                       known: Sequence[tuple[str, Callable[[], np.ndarray]]] = ()) -> None:
     """The exercise fixes the loop exactly (one optimiser for the whole run, one batch per
     step, the loss recorded before the step), and the inputs here are seeded CPU draws, so
     a correct loop retraces the reference loop's first losses up to float rounding
@@ -215,6 +216,12 @@ def _follows_reference(history: np.ndarray, reference: np.ndarray, label: str) -
     off = ~(np.abs(got - expected) <= 1e-6 + 2e-4 * np.abs(expected))
     if off.any():
         step = int(np.argwhere(off)[0][0])
+        cause = _known_loop_mistake(history, known)
+        if cause:
+            raise CheckFailed(
+                f"{label}: the loss at step {step} is {np.round(got[step], 5).tolist()}, but the reference loop, "
+                f"run from the same start with the same random draws, has {np.round(expected[step], 5).tolist()}; "
+                f"your first {n} losses are exactly those of a loop that {cause}")
         raise CheckFailed(
             f"{label}: the loss at step {step} is {np.round(got[step], 5).tolist()}, but the reference loop, run "
             f"from the same start with the same random draws, has {np.round(expected[step], 5).tolist()} (the "
@@ -250,6 +257,47 @@ def _reference_toy_run(config: tuple) -> tuple[np.ndarray, np.ndarray]:
     return _reference_runs[config]
 
 
+def _known_loop_mistake(history: np.ndarray, known: Sequence[tuple[str, Callable[[], np.ndarray]]]) -> str | None:
+    """The known mistake whose loop, replayed from the same start, has the same first losses."""
+    for cause, early_losses in known:
+        mistaken = early_losses()
+        n = len(mistaken)
+        got, mistaken = history[:n].reshape(n, -1), mistaken.reshape(n, -1)
+        if len(history) >= n and (np.abs(got - mistaken) <= 1e-6 + 2e-4 * np.abs(mistaken)).all():
+            return cause
+    return None
+
+
+def _toy_early_losses(config: tuple, *, zero_grad: bool = True, adam_once: bool = True) -> np.ndarray:
+    """The first _EARLY_STEPS losses of the reference loop from the config's start, or of the
+    loop with a known mistake: no optimizer.zero_grad() (gradients pile up), or a new Adam
+    every step (its running averages forgotten)."""
+    seed, _, _, _, steps, batch, lr = config
+    W, b, p, importance = _toy_setup(config)
+    W.requires_grad_(True), b.requires_grad_(True)
+    generator, optimizer, losses = seeded(seed + 1), torch.optim.Adam([W, b], lr=lr), []
+    for _ in range(min(_EARLY_STEPS, steps)):
+        if not adam_once:
+            optimizer = torch.optim.Adam([W, b], lr=lr)
+        x = ref.generate_batch(batch, p, W.shape[-1], generator)
+        loss = ref.importance_weighted_loss(x, ref.toy_forward(W, b, x), importance)
+        if zero_grad:
+            optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        losses.append(_numpy(_detach(loss)))
+    return np.stack(losses).astype(np.float64)
+
+
+def _toy_known_loop_mistakes(config: tuple) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    return [("never calls optimizer.zero_grad(): PyTorch adds each backward()'s gradients to the last ones, so "
+             "from the second step on every update uses the sum of all gradients so far.\nHint: "
+             "optimizer.zero_grad() before loss.sum().backward(), every step.",
+             lambda: _toy_early_losses(config, zero_grad=False)),
+            ("makes a new Adam every step, which forgets its running averages.\nHint: make the optimiser once, "
+             "before the loop.", lambda: _toy_early_losses(config, adam_once=False))]
+
+
 def _check_toy_run(fn: Callable, config: tuple) -> None:
     name = "train_toy_models"
     seed, inst, feat, hidden, steps, batch, lr = config
@@ -279,11 +327,17 @@ def _check_toy_run(fn: Callable, config: tuple) -> None:
     # Tolerance: 10% (+0.002) on the mean over instances, 30% (+0.005) per instance, of the
     # reference loop's loss from the same start, both measured on the same 8192 fresh inputs.
     if trained.mean() > 1.10 * ref_trained.mean() + 2e-3 or (trained > 1.3 * ref_trained + 5e-3).any():
+        cause = _known_loop_mistake(h, _toy_known_loop_mistakes(config))
+        if cause:
+            raise CheckFailed(f"{name}({desc}): after training, the loss per instance is "
+                              f"{np.round(trained, 4).tolist()}; the reference loop reaches "
+                              f"{np.round(ref_trained, 4).tolist()} from the same start. Your first {_EARLY_STEPS} "
+                              f"losses are exactly those of a loop that {cause}")
         raise CheckFailed(f"{name}({desc}): after training, the loss per instance is {np.round(trained, 4).tolist()}; "
                           f"the reference loop reaches {np.round(ref_trained, 4).tolist()} from the same start "
                           f"(allowed: 10% more on average, 30% per instance)\nHint: one optimiser step per batch "
                           "on loss.sum(), optimizer.zero_grad() before backward(), and the lr you are given.")
-    _follows_reference(h, ref_history, label)
+    _follows_reference(h, ref_history, label, _toy_known_loop_mistakes(config))
 
 
 def _check_train_toy_models(fn: Callable, hidden: bool) -> None:
@@ -343,7 +397,9 @@ def _check_feature_norms_and_interference(fn: Callable, hidden: bool) -> None:
         cases += _geometry_cases([(1, 4, 2, 5), (2, 1, 1, 1), (3, 2, 5, 3), (4, 3, 8, 20)])
     compare_function(fn, ref.feature_norms_and_interference, cases, name="feature_norms_and_interference",
                      mistakes=_NORM_MISTAKES,
-                     hint="for a zero column, divide by max(‖W_i‖, 1e-8) so its direction is 0, not NaN.")
+                     hint="norms and interference are both [instance, feature]: the norm is taken over the "
+                          "`hidden` axis (dim 1). For a zero column, divide by max(‖W_i‖, 1e-8) so its direction "
+                          "is 0, not NaN.")
 
 
 check_feature_norms_and_interference, grade_feature_norms_and_interference = check_and_grade(
@@ -372,7 +428,8 @@ def _check_feature_dimensionality(fn: Callable, hidden: bool) -> None:
     if hidden:
         cases += _geometry_cases([(11, 4, 2, 5), (12, 1, 1, 1), (13, 2, 6, 3), (14, 3, 10, 40)])
     compare_function(fn, ref.feature_dimensionality, cases, name="feature_dimensionality", mistakes=_DIM_MISTAKES,
-                     hint="a zero column has dimensionality 0 (use torch.where on the norm).")
+                     hint="D is [instance, feature], with norms over the `hidden` axis (dim 1); a zero column "
+                          "has dimensionality 0 (use torch.where on the norm), never NaN.")
 
 
 check_feature_dimensionality, grade_feature_dimensionality = check_and_grade("feature_dimensionality",
@@ -384,6 +441,11 @@ check_feature_dimensionality, grade_feature_dimensionality = check_and_grade("fe
 # instance 0: feature 1 dropped; 1: feature 1 dedicated (feature 0 dropped); 2: antipodal pair
 _PHASE_HAND = Case("hand case: 2 features in 1 dimension, one instance per phase -> [0, 1, 2]",
                    (torch.tensor([[[1.0, 0.01]], [[0.02, 1.0]], [[1.0, -0.9]]]), 1))
+
+
+# feature 0 is tiny (norm 0.1) and alone on its axis: 0, whatever its interference; the norm is tested first
+_PHASE_ORDER = Case("hand case: a tiny feature alone on its axis, W=[[0.1, 0], [0, 1]] -> [0] (not represented)",
+                    (torch.tensor([[[0.1, 0.0], [0.0, 1.0]]]), 0))
 
 
 def _phase_cases(specs: Sequence[tuple[int, int, int, int, int, dict]]) -> list[Case]:
@@ -432,7 +494,8 @@ def _check_feature_phase(fn: Callable, hidden: bool) -> None:
     cases = [_PHASE_HAND, *_phase_cases([
         (1, 40, 1, 2, 1, {}), (2, 40, 2, 5, 3, {}), (3, 30, 3, 4, 0, {"norm_threshold": 0.8}),
         (4, 30, 2, 3, 2, {"norm_threshold": 0.3, "interference_threshold": 0.1}), (5, 1, 1, 1, 0, {}),
-    ] if hidden else [(0, 6, 2, 3, 0, {})])]
+    ] if hidden else [(0, 6, 2, 3, 0, {}), (6, 12, 2, 3, 1, {"norm_threshold": 0.3, "interference_threshold": 0.1})])]
+    cases.append(_PHASE_ORDER)
     if hidden:
         cases.append(Case("an all-zero W: nothing is represented", (torch.zeros(3, 2, 4), 2)))
     compare_function(fn, ref.feature_phase, cases, name="feature_phase", mistakes=_PHASE_MISTAKES,
@@ -515,6 +578,11 @@ _SAE_LOSS_MISTAKES = [
     ("the L1 penalty sums |latents| over latents (not the mean).",
      lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().mean(-1)).mean()),
     ("average over the batch, don't sum.", lambda h, z, r, c: (((r - h) ** 2).sum(-1) + c * z.abs().sum(-1)).sum()),
+    ("a .mean() over every entry divides the squared error by batch × hidden and the L1 term by batch × latent: "
+     "sum over hidden and over latent first, then average over the batch only.",
+     lambda h, z, r, c: ((r - h) ** 2).mean() + c * z.abs().mean()),
+    ("the L1 term is averaged over every entry (batch × latent); sum it over the latents, then average over "
+     "the batch.", lambda h, z, r, c: ((r - h) ** 2).sum(-1).mean() + c * z.abs().mean()),
 ]
 
 
@@ -675,3 +743,90 @@ def _check_feature_recovery_score(fn: Callable, hidden: bool) -> None:
 
 check_feature_recovery_score, grade_feature_recovery_score = check_and_grade("feature_recovery_score",
                                                                              _check_feature_recovery_score)
+
+
+# ---------------------------------------------------------------- 12. investigate_toy_model (the investigation)
+
+
+def _investigation_answer(answer, n_features: int, label: str) -> tuple[set[int], set[tuple[int, int]]]:
+    """The answer's two findings, checked for form only (a dict with the two keys, feature
+    ids in range, pairs of two different features): (represented, pairs as (i, j), i < j)."""
+    form = ('return a dict {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]} of Python ints, '
+            'e.g. {"represented": [0, 2, 3], "antipodal_pairs": [(0, 3)]}.')
+    if _type(answer) is not dict or set(answer) != {"represented", "antipodal_pairs"}:
+        keys = sorted(map(str, answer)) if _type(answer) is dict else None
+        raise CheckFailed(f"{label}: got {'a dict with keys ' + str(keys) if keys is not None else 'a ' + _type(answer).__name__}"
+                          f"\nHint: {form}")
+
+    def feature_id(value, where: str) -> int:
+        if _type(value) is not int:
+            raise CheckFailed(f"{label}: {where} contains {value!r} (a {_type(value).__name__}); feature ids are "
+                              f"Python ints\nHint: `.tolist()` turns a tensor of indices into a list of ints.")
+        if not 0 <= value < n_features:
+            raise CheckFailed(f"{label}: {where} contains feature {value}, but the model has features 0 to "
+                              f"{n_features - 1}")
+        return value
+
+    represented, pairs = answer["represented"], answer["antipodal_pairs"]
+    if _type(represented) not in (list, tuple, set):
+        raise CheckFailed(f'{label}: "represented" is a {_type(represented).__name__}\nHint: {form}')
+    found = [feature_id(i, '"represented"') for i in represented]
+    if len(set(found)) != len(found):
+        raise CheckFailed(f'{label}: "represented" lists a feature twice: {sorted(found)}')
+    if _type(pairs) not in (list, tuple, set):
+        raise CheckFailed(f'{label}: "antipodal_pairs" is a {_type(pairs).__name__}\nHint: {form}')
+    found_pairs = set()
+    for pair in pairs:
+        if _type(pair) not in (list, tuple) or len(pair) != 2:
+            raise CheckFailed(f'{label}: "antipodal_pairs" contains {pair!r}; each pair is two feature ids (i, j)')
+        i, j = (feature_id(v, '"antipodal_pairs"') for v in pair)
+        if i == j:
+            raise CheckFailed(f'{label}: "antipodal_pairs" pairs feature {i} with itself')
+        found_pairs.add((min(i, j), max(i, j)))
+    return set(found), found_pairs
+
+
+def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], W: torch.Tensor, label: str) -> None:
+    """Fail unless the findings agree with what the weights show (within the margins)."""
+    truth = investigation.judge(W)
+    norms, cos = investigation.geometry(W)
+    lo, hi = investigation.MARGINS["norm"]
+    for i, verdict in truth["features"].items():
+        if verdict is True and i not in represented:
+            raise CheckFailed(f"{label}: you leave out feature {i}, but its column has norm {norms[i]:.2f} "
+                              f"(a dropped feature's is about 0): the model represents it")
+        if verdict is False and i in represented:
+            raise CheckFailed(f"{label}: you list feature {i} as represented, but its column has norm "
+                              f"{norms[i]:.2f}: the model dropped it")
+    for (i, j), verdict in truth["pairs"].items():
+        if verdict is True and (i, j) not in pairs:
+            raise CheckFailed(f"{label}: you miss the antipodal pair ({i}, {j}): both are represented (norms "
+                              f"{norms[i]:.2f}, {norms[j]:.2f}) and their directions have cosine {cos[i, j]:.2f}")
+        if verdict is False and (i, j) in pairs:
+            dropped = [k for k in (i, j) if truth["features"][k] is False]
+            why = (f"feature {dropped[0]} is not represented (norm {norms[dropped[0]]:.2f}), so its direction "
+                   "means nothing" if dropped else
+                   f"their directions have cosine {cos[i, j]:.2f}, not about -1 (an angle of "
+                   f"{math.degrees(math.acos(max(-1.0, min(1.0, float(cos[i, j]))))):.0f}°, not 180°)")
+            raise CheckFailed(f"{label}: you list ({i}, {j}) as an antipodal pair, but {why}")
+
+
+def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
+    name = "investigate_toy_model"
+    models = range(len(investigation.RECIPES)) if hidden else [0]
+    for index in models:
+        W, b = investigation.mystery_model(index)
+        label = f"{name} on mystery model {index} ({W.shape[1]} features in {W.shape[0]} dimensions)"
+        answer = call_learner(fn, name, f"mystery model {index}", (_clone(W), _clone(b)))
+        represented, pairs = _investigation_answer(answer, W.shape[1], label)
+        if hidden:
+            _judge_investigation(represented, pairs, W, label)
+    if hidden:
+        passed(f"{name}: your findings agree with the measurement on all {len(models)} mystery models")
+    else:
+        passed(f"{name} returns a well-formed answer on mystery model 0 (this check says nothing about whether "
+               "it is right: the grader measures that, on this model and on others trained the same way)")
+
+
+check_investigate_toy_model, grade_investigate_toy_model = check_and_grade("investigate_toy_model",
+                                                                           _check_investigate_toy_model)

@@ -190,6 +190,19 @@ def feature_recovery_score(
     return cos.max(dim=-1).values.mean().item()
 
 
-__all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score']
+def investigate_toy_model(
+    W: Float[Tensor, "hidden feature"],
+    b: Float[Tensor, "feature"],
+) -> dict[str, list]:
+    """The features the toy model represents, and its antipodal pairs, measured from its weights."""
+    norms = W.norm(dim=0)
+    W_hat = W / norms.clamp_min(1e-8)
+    cosines = W_hat.T @ W_hat
+    represented = [i for i in range(W.shape[1]) if norms[i] > 0.5]
+    pairs = [(i, j) for i in represented for j in represented if i < j and cosines[i, j] < -0.9]
+    return {"represented": represented, "antipodal_pairs": pairs}
+
+
+__all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score', 'investigate_toy_model']
 CHAPTER = '01_superposition'
-POINTS = {'toy_forward': 2, 'generate_batch': 2, 'importance_weighted_loss': 1, 'train_toy_models': 3, 'feature_norms_and_interference': 2, 'feature_dimensionality': 2, 'feature_phase': 2, 'sae_forward': 2, 'sae_loss': 1, 'train_sae': 3, 'feature_recovery_score': 2}
+POINTS = {'toy_forward': 2, 'generate_batch': 2, 'importance_weighted_loss': 1, 'train_toy_models': 3, 'feature_norms_and_interference': 2, 'feature_dimensionality': 2, 'feature_phase': 2, 'sae_forward': 2, 'sae_loss': 1, 'train_sae': 3, 'feature_recovery_score': 2, 'investigate_toy_model': 6}

@@ -103,6 +103,16 @@ def hidden_sampler(
     return sample
 
 
+def linear_forward(
+    W: Float[Tensor, "instance hidden feature"],
+    b: Float[Tensor, "instance feature"],
+    x: Float[Tensor, "batch instance feature"],
+) -> Float[Tensor, "batch instance feature"]:
+    """The toy model without its ReLU, x' = Wᵀ W x + b: the baseline that shows what the ReLU buys."""
+    gram = torch.einsum("khf,khg->kfg", W, W)  # Wᵀ W, [instance, feature, feature]
+    return torch.einsum("kfg,bkg->bkf", gram, x) + b
+
+
 def init_sae_weights(
     n_hidden: int, n_latents: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> tuple[Float[Tensor, "hidden latent"], Float[Tensor, "latent"],
