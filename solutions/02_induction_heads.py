@@ -43,9 +43,10 @@
 # 4. knock heads out (ablation) to see which ones the model really needs;
 # 5. read the circuit off the weights: the OV circuit that copies, the QK circuit that
 #    matches through the previous-token head, and the composition scores between the
-#    two layers' heads.
+#    two layers' heads;
+# 6. and, as the graded investigation, find the circuit in a model you have not seen.
 #
-# **Time budget:** about 2 hours for the exercises (the table below adds them up), plus
+# **Time budget:** about 2½ hours for the exercises (the table below adds them up), plus
 # time to explore. The notebook runs in well under a minute on a laptop CPU.
 #
 # **How the exercises work.** As in chapter 1: write your code where it says
@@ -86,7 +87,9 @@ from mechlab.induction_heads import checks
 # them as committed checkpoints. This one, `attn_only_2l`, is a
 # [TransformerLens](https://github.com/TransformerLensOrg/TransformerLens) 4.x
 # `TransformerBridge` with two layers of four attention heads each and **no MLPs**,
-# trained only on sequences of random words repeated twice. Its vocabulary is the
+# trained only on random words: each training sequence is 63 random words in which one
+# stretch of 6 to 31 words, at a random place, is repeated right after itself (section 3
+# says why the place varies). Its vocabulary is the
 # course's word-level tokenizer (the words of the synthetic corpus that later chapters
 # use), so tokens print as words.
 #
@@ -105,7 +108,9 @@ from mechlab.induction_heads import checks
 model = zoo.load("attn_only_2l", device=device)
 cfg = model.cfg
 print(f"{cfg.n_layers} layers, {cfg.n_heads} heads of size {cfg.d_head}, d_model={cfg.d_model}, "
-      f"vocabulary {cfg.d_vocab} words, context {cfg.n_ctx} tokens, attention only: {cfg.attn_only}")
+      f"vocabulary {cfg.d_vocab} tokens, context {cfg.n_ctx} tokens, attention only: {cfg.attn_only}")
+print(f"special tokens: {model.to_str_tokens(torch.arange(FIRST_WORD_ID))}; "
+      f"words (the tokens after them): {cfg.d_vocab - FIRST_WORD_ID}")
 
 text = "mary smith lives in paris and has a dog . mary smith lives in paris and has a dog"
 logits, cache = model.run_with_cache(text)
@@ -171,7 +176,8 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 
 # %% [markdown]
 # The model was trained only on random words, so it knows nothing of English: the first
-# time through, every word is a surprise (p ≈ 1/270). The second time, a word or two
+# time through, every word is a surprise (p ≈ 1/269 ≈ 0.004: 269<!-- out: words (the tokens after them): -->
+# words, none likelier than another). The second time, a word or two
 # in, it predicts the continuation with growing confidence, because the same words
 # have already appeared in the context. That is induction, and the rest of the chapter
 # takes it apart. (Why not from the very first repeated word? In the model's training
@@ -183,7 +189,7 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 #
 # Random words make induction easy to measure: in a sequence of `seq_len` random words
 # followed by the same words again, nothing about the first copy is predictable
-# (loss ≈ ln 269 ≈ 5.6 nats for a uniform guess over the 269 words), and everything
+# (loss ≈ ln 269 ≈ 5.59<!-- out: uniform guessing: --> nats for a uniform guess over the 269 words), and everything
 # about the second copy is, if and only if the model can look back and copy.
 
 # %% [markdown] exercise={"id": "generate_repeated_tokens", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
@@ -442,15 +448,29 @@ for kind, scores in head_scores.items():
 # that the loss on later tokens drops at the same moment:
 
 # %%
-plots.plot_history(zoo.info("attn_only_2l")["history"])
+history = zoo.info("attn_only_2l")["history"]
+plots.plot_history(history)
 plt.show()
+at_step = {h["step"]: h for h in history}
+later = [h["first_half_loss"] for h in history if h["step"] >= 200]
+print(f"first-copy loss from step 200 on: lowest {min(later):.2f}")
+print(f"first-copy loss from step 200 on, highest: {max(later):.2f}")
+for step in (800, 1800, 2000, 2200):
+    h = at_step[step]
+    print(f"at step {step}: second-copy loss {h['second_half_loss']:.2f}")
+    print(f"at step {step}: best previous-token score {h['best_previous_token_score']:.2f}")
 
 # %% [markdown]
-# For the first part of training the model learns nothing useful (the loss on both
-# copies is stuck at guessing level); then, within a few hundred steps, the
-# previous-token head and the induction heads appear *together* and the loss on the
-# second copy collapses. Neither head is useful without the other, which is why they
-# appear at the same time. You can retrain it yourself (a minute or two on a laptop
+# The first copy stays at guessing level all along (between 5.60<!-- out: first-copy loss from step 200 on: lowest -->
+# and 5.63<!-- out: first-copy loss from step 200 on, highest: --> nats from step 200 on): nothing about it can be learned. The second copy's
+# loss creeps down slowly before the change, from 5.59<!-- out: at step 800: second-copy loss --> at
+# step 800 to 5.23<!-- out: at step 1800: second-copy loss --> at step 1800 (the model
+# already gets a little from the repeat, with no clean previous-token head yet: its
+# best score is still 0.18<!-- out: at step 1800: best previous-token score -->).
+# Then, within a few hundred steps, the previous-token head and the induction heads
+# appear *together* and the loss on the second copy collapses, to 2.47<!-- out: at step 2000: second-copy loss -->
+# at step 2000 and 1.38<!-- out: at step 2200: second-copy loss --> at step 2200. Neither head is useful
+# without the other, which is why they appear at the same time. You can retrain it yourself (a minute or two on a laptop
 # CPU): `python -m mechlab.zoo train attn_only_2l --out my_model.safetensors`.
 #
 # ## 4. Ablation: which heads does the model need?
@@ -586,10 +606,19 @@ plt.show()
 # Write `full_ov_circuit(model, layer, head)` returning the `FactoredMatrix`
 # `W_E W_V W_O W_U` of that head, of shape `[d_vocab, d_vocab]`.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# Factor it where it is thin: `FactoredMatrix(model.W_E @ model.W_V[layer, head], model.W_O[layer, head] @ model.W_U)`
-# has inner size `d_head`.
+# The product has four factors, and it is thinnest between `W_V` (which maps into the
+# head's `d_head` dimensions) and `W_O` (which maps out of them). Multiply the two
+# factors on each side of that point, and give the two halves to `FactoredMatrix`: it
+# never builds the `d_vocab × d_vocab` product.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `model.W_V[layer, head]` is `[d_model, d_head]` and `model.W_O[layer, head]` is
+# `[d_head, d_model]`. The left half must come out `[d_vocab, d_head]` (it starts from
+# the embedding), the right half `[d_head, d_vocab]` (it ends with the unembedding).
 # </details>
 #
 # Stuck? Run `from mechlab.induction_heads.reference import full_ov_circuit` and carry on (no points for this exercise).
@@ -666,13 +695,25 @@ with torch.no_grad():
     together = FactoredMatrix(layer1_sum, torch.eye(cfg.d_vocab, device=layer1_sum.device))
     print(f"all of layer 1 together: eigenvalue score {copying_scores(together)[0]:+.2f}, "
           f"top-1 {copying_scores(together)[1]:.2f}")
-    plots.plot_matrix(layer1_sum, "Full OV circuit, layer 1 heads summed", "output token", "attended token")
+    untrained = zoo.random_model(seed=1, device=device)  # the same shape, before training: the baseline
+    untrained_scores = torch.tensor([copying_scores(full_ov_circuit(untrained, layer, head))
+                                     for layer in range(cfg.n_layers) for head in range(cfg.n_heads)])
+    print(f"untrained model, over its {len(untrained_scores)} heads: eigenvalue score from {untrained_scores[:, 0].min():+.2f} "
+          f"to {untrained_scores[:, 0].max():+.2f}; top-1 diagonal at most {untrained_scores[:, 1].max():.2f} "
+          f"(chance: 1/{cfg.d_vocab} = {1 / cfg.d_vocab:.3f})")
+    plots.plot_matrix(layer1_sum, "Full OV circuit, layer 1 heads summed", "output token", "attended token",
+                      start=FIRST_WORD_ID)
     plt.show()
 
 # %% [markdown]
 # The induction heads' OV circuits are copying circuits: eigenvalue scores near +1, and
 # the diagonal wins in most rows for each head alone and in almost all of them for the
-# heads of layer 1 together. Several heads doing the same job is also why ablating any
+# heads of layer 1 together. The untrained model is the yardstick: its heads' eigenvalue
+# scores scatter around 0 and its diagonal wins almost never, as chance would have it.
+# (The picture shows a 40 × 40 block of the 272 × 272 matrix, starting at the first word,
+# id 3. The three special tokens before it are left out: `<pad>` and `<unk>` never occur
+# in training, so their rows are still the random embeddings the model started with (a
+# pale band, with no diagonal), and `<eot>` only ever appears as BOS at position 0.) Several heads doing the same job is also why ablating any
 # one of them hurt far less than ablating the previous-token head. (The previous-token
 # head's OV circuit looks like copying too: what it moves to the next position is the
 # identity of the token it attends to, which is just what the induction heads need to
@@ -702,11 +743,22 @@ with torch.no_grad():
 # head `prev_head` of layer 0 and head `induction_head` of layer 1. Ignore biases and
 # positional embeddings.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# Query side `A = W_E @ W_Q[1, h]` (`[d_vocab, d_head]`), key side
-# `K = W_E @ W_V[0, p] @ W_O[0, p] @ W_K[1, h]` (`[d_vocab, d_head]`); the circuit is
-# `FactoredMatrix(A, K.T)`.
+# An attention score is a query vector dotted with a key vector. Build, for every token,
+# the induction head's query when that token sits at the query position (one
+# `[d_vocab, d_head]` matrix), and its key when that token is the *previous* token at
+# the key position (another `[d_vocab, d_head]` matrix). The circuit is the first times
+# the transpose of the second.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# Follow each token's path through the weights. Query side: embed it, then apply the
+# layer-1 head's query weights. Key side: embed it, send it through the layer-0 head's
+# OV circuit (values, then output: what that head writes at the next position), then
+# apply the layer-1 head's key weights. Keep the result factored: `FactoredMatrix(left, right)`
+# with `right` of shape `[d_head, d_vocab]`.
 # </details>
 #
 # Stuck? Run `from mechlab.induction_heads.reference import induction_qk_circuit` and carry on (no points for this exercise).
@@ -742,7 +794,7 @@ with torch.no_grad():
             print(f"for comparison, through layer-0 head 0.{other}: top-1 diagonal "
                   + ", ".join(f"{t:.2f}" for t in top1))
     plots.plot_matrix(induction_qk_circuit(model, prev_head, 0).AB, f"QK circuit 1.0 through 0.{prev_head}",
-                      "previous token at the key", "query token")
+                      "previous token at the key", "query token", start=FIRST_WORD_ID)
     plt.show()
 
 # %% [markdown]
@@ -822,7 +874,6 @@ checks.grade_composition_scores(composition_scores)
 # The baseline is the same model shape before training:
 
 # %%
-untrained = zoo.random_model(seed=1, device=device)
 baseline = float(torch.stack([composition_scores(untrained, kind) for kind in "QKV"]).mean())
 comp = {kind: composition_scores(model, kind) for kind in "QKV"}
 plots.plot_composition(comp, baseline)
@@ -844,6 +895,133 @@ for kind, scores in comp.items():
 # one. The QK-circuit analysis
 # of section 5 and the ablations of section 4 are the sharper evidence; the three
 # together make the case.
+#
+# ## 7. Investigation: a model you have not seen
+#
+# Everything so far was about one model, and the text told you where to look. Now the
+# zoo hands you another one, `attn_only_3l`: **three** layers of four attention heads,
+# trained by the course on the same kind of data with another seed. You are not told
+# where its circuit is. That is the question.
+
+# %% [markdown] exercise={"id": "find_induction_circuit", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
+# ### Exercise 11: Investigation: which heads form the induction circuit?
+#
+# Write `find_induction_circuit(model)` that investigates a model like these and returns
+#
+# ```python
+# {"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]}
+# ```
+#
+# naming its previous-token heads and its induction heads (Python ints, each head once
+# per list). Use anything from this chapter: your detectors, patterns, ablations.
+#
+# How it is graded. The visible check runs your function on `attn_only_3l` and says only
+# whether the answer is well formed: nothing about whether it is right. The hidden test
+# runs it on `attn_only_3l` and on this chapter's `attn_only_2l`, and measures every head
+# of both on held-out sequences, drawn with a seed no cell of this notebook uses:
+#
+# - a head that clearly is a previous-token (or induction) head, one that puts most of
+#   its attention where that kind of head looks, must be named;
+# - a head that clearly is not one, whose attention there is small, must not be named;
+#   a head in between may be named or not;
+# - the heads you name of each kind, mean-ablated together, must undo at least half of
+#   what the second copy gains over the first.
+#
+# So several answers pass, and a guess from the first model does not. The model you
+# return heads for is the one you are given: the grader passes other models than the
+# one you explored, so read its sizes from `model.cfg`. Budget: about 30 minutes.
+#
+# <details><summary>Hint 1: where to start</summary>
+#
+# Look before you measure: run `model` on repeated random words and show each layer's
+# attention patterns, as in section 3. Do not assume the circuit sits where it did in
+# `attn_only_2l`: a model with more layers has more places to put it.
+# </details>
+#
+# <details><summary>Hint 2: measuring</summary>
+#
+# Score every head of every layer with your detectors, on repeat lengths the model never
+# trained on (`zoo.HELD_OUT_LENGTHS`) and on several batches, then choose a cut-off that
+# separates the clear cases. Print the scores: a good cut-off sits in a wide gap, not
+# next to a head.
+# </details>
+#
+# <details><summary>Hint 3: checking</summary>
+#
+# A score says where a head looks, not whether the model needs it. Ablate the heads you
+# found, all at once, and compare the second copy's loss with the first copy's: if your
+# heads are the circuit, the second copy becomes almost as hard as the first.
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import find_induction_circuit` and carry on (no points for this exercise).
+
+# %%
+def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
+    """{"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]} for `model`."""
+    ### BEGIN SOLUTION
+    generator = torch.Generator().manual_seed(2)
+    device = model.W_E.device
+    layers = range(model.cfg.n_layers)
+    scores = {"previous_token": [], "induction": []}
+    with torch.no_grad():
+        for seq_len in (11, 19, 27):  # repeat lengths the zoo's models never train on
+            tokens = generate_repeated_tokens(32, seq_len, model.cfg.d_vocab, generator).to(device)
+            _, cache = model.run_with_cache(tokens)
+            scores["previous_token"].append(torch.stack([previous_token_score(cache["pattern", l]) for l in layers]))
+            scores["induction"].append(torch.stack([repeat_scores(cache["pattern", l], seq_len)[1] for l in layers]))
+    cut_off = {"previous_token": 0.5, "induction": 0.4}  # the middle of the gap between clear and not
+    return {kind: [(int(layer), int(head)) for layer, head in torch.nonzero(torch.stack(s).mean(0) >= cut_off[kind])]
+            for kind, s in scores.items()}
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_find_induction_circuit(find_induction_circuit)
+### BEGIN HIDDEN TESTS
+checks.grade_find_induction_circuit(find_induction_circuit)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurements the grader makes (held-out sequences, the zoo's
+# own code, not your exercises):
+
+# %%
+from mechlab.induction_heads import investigation
+
+for name in investigation.GRADED_MODELS:
+    print(investigation.truth_table(name))
+    for kind in investigation.KINDS:
+        clear = investigation.measure(name).heads(kind, investigation.MUST[kind])
+        print(f"{name} {kind}: clear heads " + ", ".join(f"{l}.{h}" for l, h in clear)
+              + "; yours " + ", ".join(f"{l}.{h}" for l, h in find_induction_circuit(zoo.load(name, device=device))[kind]))
+    print()
+three = investigation.measure("attn_only_3l")
+clear_induction = three.heads("induction", investigation.MUST["induction"])
+print(f"attn_only_3l: previous-token score of head 0.2: {three.previous_token[0, 2]:.2f}; "
+      f"of head 0.0 (the first model's previous-token head): {three.previous_token[0, 0]:.2f}")
+print(f"attn_only_3l: induction score of head 1.3: {three.induction[1, 3]:.2f}")
+print(f"attn_only_3l: strongest induction score in layer 2: {three.induction[2].max():.2f}")
+print(f"attn_only_3l: mean-ablating the clear induction heads undoes "
+      f"{investigation.share_undone('attn_only_3l', clear_induction):.0%} of the second copy's gain")
+print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
+      f"{investigation.share_undone('attn_only_3l', [(2, h) for h in range(cfg.n_heads)]):.0%} of it")
+
+# %% [markdown]
+# What the measurements find in `attn_only_3l`: its previous-token head is **0.2**
+# (score 0.95<!-- out: previous-token score of head 0.2: -->), not 0.0 as in the first model
+# (0.11<!-- out: (the first model's previous-token head): --> here), and its induction
+# heads are **1.0, 1.1 and 1.2**, with 1.3 a weaker, partial one (0.55<!-- out: induction score of head 1.3: -->
+# on the induction score: named or not, both pass). Its third layer does nothing for
+# induction: no head there scores above 0.05<!-- out: strongest induction score in layer 2: -->
+# as an induction head, and mean-ablating the whole layer undoes none of the second
+# copy's gain (0%<!-- out: mean-ablating all of layer 2 undoes ±2 -->), while ablating the clear
+# induction heads undoes 88%<!-- out: mean-ablating the clear induction heads undoes ±3 --> of it. Training found the
+# two-layer circuit again and left the extra layer unused: depth is room for a
+# circuit, not a place it has to be. The answers that earn nothing here are the
+# plausible ones: the first model's heads, "the last layer's heads", or the heads that
+# top a detector that measures something else (the duplicate-token score).
+
 #
 # ## Summary
 #
@@ -875,8 +1053,20 @@ for kind, scores in comp.items():
 #   Olsson et al. studied Anthropic's own models, where induction heads appear in every
 #   model with two or more layers. This cell is deliberately left as text: the course
 #   never downloads a model on its own.
-# - *Positional shortcuts.* Retrain the zoo model with a single repeat length
-#   (`mechlab.zoo.TRAIN_LENGTHS`) and watch the detectors get fooled.
+# - *Positional shortcuts.* Retrain the zoo model on other data and see whether the
+#   detectors are fooled. The command line only retrains a model as the zoo describes it,
+#   so do it in Python; `TRAIN_LENGTHS`, the repeat lengths the training data draws from,
+#   is read at every batch:
+#   ```python
+#   zoo.TRAIN_LENGTHS = (20,)                              # one repeat length only
+#   shortcut, meta = zoo.train("attn_only_2l", steps=1500) # a few minutes on a laptop CPU
+#   zoo.TRAIN_LENGTHS = tuple(n for n in range(6, 32) if n not in zoo.HELD_OUT_LENGTHS)  # back
+#   ```
+#   then score `shortcut` with your detectors at length 20 and at other lengths. The
+#   repeat still starts at a random place, so this alone may not be enough for a
+#   shortcut; to recreate the `[BOS, A, A]` layout of the fakes in section 3, write your
+#   own batches with `generate_repeated_tokens` and a short training loop (the one in
+#   `zoo.train` is twenty lines).
 # - *Chapter 3* turns these tools (hooks, ablations, per-head contributions) into
 #   activation patching, on a model with MLPs trained on the course's synthetic
 #   English, to find the circuit behind an indirect-object task.

@@ -28,7 +28,7 @@ from mechlab.checks import (
     course_model, guard_model, passed, randn, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
-from mechlab.induction_heads import reference as ref
+from mechlab.induction_heads import investigation, reference as ref
 
 # ---------------------------------------------------------------- models the checks use
 
@@ -294,6 +294,9 @@ _REPEAT_MISTAKES = [
      _scores_at(0, lambda n: range(n, 2 * n + 1))),
     ("average only over the queries of the second copy, q = seq_len + 1 .. 2 * seq_len (not the last one only "
      "or one fewer).", _scores_at(0, lambda n: range(n + 1, 2 * n))),
+    ("your queries and keys are all one position too early, as if the sequence had no BOS: position 0 is BOS, "
+     "so the second copy is q = seq_len + 1 .. 2 * seq_len (not seq_len .. 2 * seq_len - 1), with keys "
+     "q - seq_len and q - seq_len + 1.", _scores_at(0, lambda n: range(n, 2 * n))),
 ]
 
 
@@ -349,11 +352,15 @@ _ABLATION_MISTAKES = [
 
 
 def _ablation_cases(hidden: bool) -> list[Case]:
+    """Hidden: zero and mean ablation on the course model and both other shapes. Visible
+    (under a second): both ablations on the course model, and zero ablation on the
+    three-layer model, so a hard-coded shape or a mean over the wrong dimension shows."""
+    models = _models(True) if hidden else [*_models(False), _other_models()[0]]
     cases = []
-    for i, (desc, model) in enumerate(_models(hidden)):
+    for i, (desc, model) in enumerate(models):
         n = 7 + 4 * i
         tokens = _repeated(20 + i, 6, n)
-        for mean in ((False, True) if hidden else (False,)):
+        for mean in ((False, True) if hidden or i == 0 else (False,)):
             kind = "mean" if mean else "zero"
             cases.append(Case(f"{desc}, {kind} ablation, batch 6, seq_len {n}", (model, tokens, n), {"mean": mean}))
     return cases
@@ -516,7 +523,7 @@ _COPYING_MISTAKES = [
 
 def _check_copying(fn: Callable, hidden: bool) -> None:
     shapes = [(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)] if hidden \
-        else [(0, 12, 3, 1.0), (2, 10, 4, -1.0)]
+        else [(0, 12, 3, 1.0), (2, 10, 4, -1.0), (7, 50, 2, -1.0)]
     heads = [(0, 0), (0, 3), (1, 2)] if hidden else [(1, 1)]
     cases = [*_factored_cases(shapes), *_course_ov_cases(heads)]
     for case in cases:
@@ -588,10 +595,68 @@ def _rejects_bad_kind(fn: Callable) -> None:
 
 
 def _check_composition_scores(fn: Callable, hidden: bool) -> None:
-    if hidden:
-        _rejects_bad_kind(fn)
+    _rejects_bad_kind(fn)
     compare_on_models(fn, ref.composition_scores, _composition_cases(hidden), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
 
 
 check_composition_scores, grade_composition_scores = check_and_grade("composition_scores", _check_composition_scores)
+
+
+# ---------------------------------------------------------------- 11. the investigation: find_induction_circuit
+
+
+def _circuit_answer(fn: Callable, model_name: str) -> dict[str, list[tuple[int, int]]]:
+    """The learner's answer on zoo model `model_name`, checked for form only (types, keys,
+    heads in range, no repeats) and returned as {kind: [(layer, head), ...]}."""
+    name = "find_induction_circuit"
+    model = course_model(model_name)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    out = call_learner(guard_model(fn, name), name, f"the zoo's {model_name}", (model,))
+    where = f"{name}(the zoo's {model_name})"
+    if _type(out) is not dict:
+        raise CheckFailed(f"{where} should return a dict, got {_type(out).__name__}")
+    if set(out) != set(investigation.KINDS) or any(_type(k) is not str for k in out):
+        raise CheckFailed(f"{where} should return a dict with exactly the keys {list(investigation.KINDS)}, "
+                          f"got the keys {sorted(map(repr, out))}")
+    answer = {}
+    for kind in investigation.KINDS:
+        heads = out[kind]
+        if _type(heads) not in (list, tuple):
+            raise CheckFailed(f"{where}[{kind!r}] should be a list of (layer, head) pairs, got {_type(heads).__name__}")
+        pairs = []
+        for entry in heads:
+            if (_type(entry) not in (tuple, list) or len(entry) != 2
+                    or any(_type(x) is not int for x in entry)):
+                raise CheckFailed(f"{where}[{kind!r}]: every entry should be a (layer, head) pair of Python ints, "
+                                  f"got {entry!r}\nHint: int(...) turns a 0-dimensional tensor into an int.")
+            layer, head = entry
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise CheckFailed(f"{where}[{kind!r}]: ({layer}, {head}) is not a head of this model "
+                                  f"({n_layers} layers of {n_heads} heads)")
+            pairs.append((layer, head))
+        if len(set(pairs)) != len(pairs):
+            raise CheckFailed(f"{where}[{kind!r}] names a head twice: {pairs}")
+        answer[kind] = pairs
+    return answer
+
+
+def _check_find_induction_circuit(fn: Callable, hidden: bool) -> None:
+    if not hidden:
+        answer = _circuit_answer(fn, investigation.INVESTIGATION_MODEL)
+        shown = "; ".join(f"{kind}: " + (", ".join(f"{l}.{h}" for l, h in heads) or "none")
+                          for kind, heads in answer.items())
+        passed(f"find_induction_circuit returns a well-formed answer ({shown}); whether it is right is "
+               "for the hidden test, which measures the heads on sequences you have not seen")
+        return
+    for model_name in investigation.GRADED_MODELS:
+        found = investigation.problems(model_name, _circuit_answer(fn, model_name))
+        if found:
+            raise CheckFailed(f"find_induction_circuit(the zoo's {model_name}): the measurements disagree:\n- "
+                              + "\n- ".join(found))
+    passed(f"find_induction_circuit names the circuit of {' and of '.join(investigation.GRADED_MODELS)} "
+           "as the held-out measurements find it")
+
+
+check_find_induction_circuit, grade_find_induction_circuit = check_and_grade("find_induction_circuit",
+                                                                             _check_find_induction_circuit)
