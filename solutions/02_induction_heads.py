@@ -295,9 +295,10 @@ plots.plot_loss_by_position(rep_log_probs, SEQ_LEN)
 plt.show()
 
 # %% [markdown]
-# The first copy sits at guessing level (a little above it, even: the model makes
-# confident bets that a uniform guess would not). Then the loss drops to well under
-# 1 nat as soon as the second copy starts, after its first, unpredictable token and a
+# The first copy sits at guessing level, 5.64<!-- out: loss on the first copy: --> nats (a
+# little above the uniform guess's 5.59, even: the model makes confident bets that a
+# uniform guess would not). Then the loss drops to well under 1 nat, 0.46<!-- out: on the second copy: -->
+# on average over the second copy, as soon as the second copy starts, after its first, unpredictable token and a
 # couple of words of growing confidence. Which heads do it?
 #
 # ## 3. Attention patterns and head detectors
@@ -415,16 +416,20 @@ plots.plot_head_scores(head_scores)
 plt.show()
 for kind, scores in head_scores.items():
     layer, head = divmod(int(scores.argmax()), cfg.n_heads)
-    print(f"strongest {kind} head: {layer}.{head} (score {scores.max():.2f})")
+    print(f"strongest {kind} head: score {scores.max():.2f}, head {layer}.{head}")
+for head in range(cfg.n_heads):
+    print(f"layer-0 head 0.{head}: previous-token score {head_scores['previous token'][0, head]:.2f}")
 
 # %% [markdown]
-# You should find one clear previous-token head in layer 0 (score near 1: it attends
-# to the previous token and almost nowhere else), induction heads in layer 1, and no
-# duplicate-token heads to speak of (this model has no use for them; GPT-2 has some,
+# You should find one clear previous-token head in layer 0 (head 0.0, score
+# 0.97<!-- out: strongest previous token head: score -->: it attends to the previous token and
+# almost nowhere else), induction heads in layer 1 (the strongest at
+# 0.95<!-- out: strongest induction head: score -->), and no duplicate-token heads to speak of
+# (the strongest scores 0.07<!-- out: strongest duplicate token head: score -->; this model has no use for them; GPT-2 has some,
 # which the indirect-object circuit of chapter 3's paper uses). The model spread the
 # induction job over several layer-1 heads: with nothing else to do, it used the heads
-# it had. A second layer-0 head may score partly as a previous-token head too; the
-# ablations of section 4 tell whether the model relies on it.
+# it had. A second layer-0 head, 0.2, scores partly as a previous-token head too
+# (0.49<!-- out: layer-0 head 0.2: previous-token score -->); the ablations of section 4 tell whether the model relies on it.
 #
 # **Fakes to beware of.** A detector is only as good as the data you score it on.
 #
@@ -693,13 +698,14 @@ with torch.no_grad():
             print(f"{layer}.{head}    {eig_score:+.2f}              {top1:.2f}")
     layer1_sum = sum(full_ov_circuit(model, 1, h).AB for h in range(cfg.n_heads))
     together = FactoredMatrix(layer1_sum, torch.eye(cfg.d_vocab, device=layer1_sum.device))
-    print(f"all of layer 1 together: eigenvalue score {copying_scores(together)[0]:+.2f}, "
-          f"top-1 {copying_scores(together)[1]:.2f}")
+    print(f"all of layer 1 together: top-1 diagonal {copying_scores(together)[1]:.2f}, "
+          f"eigenvalue score {copying_scores(together)[0]:+.2f}")
     untrained = zoo.random_model(seed=1, device=device)  # the same shape, before training: the baseline
     untrained_scores = torch.tensor([copying_scores(full_ov_circuit(untrained, layer, head))
                                      for layer in range(cfg.n_layers) for head in range(cfg.n_heads)])
-    print(f"untrained model, over its {len(untrained_scores)} heads: eigenvalue score from {untrained_scores[:, 0].min():+.2f} "
-          f"to {untrained_scores[:, 0].max():+.2f}; top-1 diagonal at most {untrained_scores[:, 1].max():.2f} "
+    print(f"untrained model, lowest eigenvalue score of its heads: {untrained_scores[:, 0].min():+.2f}")
+    print(f"untrained model, highest eigenvalue score of its heads: {untrained_scores[:, 0].max():+.2f}")
+    print(f"untrained model, best top-1 diagonal of its heads: {untrained_scores[:, 1].max():.3f} "
           f"(chance: 1/{cfg.d_vocab} = {1 / cfg.d_vocab:.3f})")
     plots.plot_matrix(layer1_sum, "Full OV circuit, layer 1 heads summed", "output token", "attended token",
                       start=FIRST_WORD_ID)
@@ -708,8 +714,11 @@ with torch.no_grad():
 # %% [markdown]
 # The induction heads' OV circuits are copying circuits: eigenvalue scores near +1, and
 # the diagonal wins in most rows for each head alone and in almost all of them for the
-# heads of layer 1 together. The untrained model is the yardstick: its heads' eigenvalue
-# scores scatter around 0 and its diagonal wins almost never, as chance would have it.
+# heads of layer 1 together (0.99<!-- out: all of layer 1 together: top-1 diagonal -->). The untrained model is the
+# yardstick: its heads' eigenvalue scores scatter around 0, from
+# −0.11<!-- out: untrained model, lowest eigenvalue score of its heads: --> to
+# +0.11<!-- out: untrained model, highest eigenvalue score of its heads: -->, and its diagonal wins
+# in at most 0.007<!-- out: untrained model, best top-1 diagonal of its heads: --> of the rows, near chance (1/272).
 # (The picture shows a 40 × 40 block of the 272 × 272 matrix, starting at the first word,
 # id 3. The three special tokens before it are left out: `<pad>` and `<unk>` never occur
 # in training, so their rows are still the random embeddings the model started with (a
@@ -787,7 +796,7 @@ prev_head = int(head_scores["previous token"][0].argmax())
 with torch.no_grad():
     for ind_head in range(cfg.n_heads):
         eig_score, top1 = copying_scores(induction_qk_circuit(model, prev_head, ind_head))
-        print(f"0.{prev_head} -> 1.{ind_head}: eigenvalue score {eig_score:+.2f}, top-1 diagonal {top1:.2f}")
+        print(f"0.{prev_head} -> 1.{ind_head}: top-1 diagonal {top1:.2f}, eigenvalue score {eig_score:+.2f}")
     for other in range(cfg.n_heads):
         if other != prev_head:
             top1 = [copying_scores(induction_qk_circuit(model, other, h))[1] for h in range(cfg.n_heads)]
@@ -804,8 +813,9 @@ with torch.no_grad():
 # weights, with no data at all.
 #
 # Through two of the other layer-0 heads the circuit matches nothing. Through the
-# third (0.2, the head that scored about 0.5 as a previous-token head in section 3) it
-# matches almost as well: in the weights, it could serve the induction heads too. Yet
+# third (0.2, the partial previous-token head of section 3) it matches almost as well
+# (top-1 diagonal 0.93<!-- out: for comparison, through layer-0 head 0.2: top-1 diagonal --> for
+# induction head 1.0, against 0.99<!-- out: 0.0 -> 1.0: top-1 diagonal --> through 0.0): in the weights, it could serve the induction heads too. Yet
 # section 4 showed that ablating it barely changes the loss: the model does not *rely*
 # on it while head 0.0 is there. Weights say what a path could do; only interventions
 # say what the model uses.
@@ -878,16 +888,18 @@ baseline = float(torch.stack([composition_scores(untrained, kind) for kind in "Q
 comp = {kind: composition_scores(model, kind) for kind in "QKV"}
 plots.plot_composition(comp, baseline)
 plt.show()
+print(f"untrained model, mean composition score: {baseline:.3f}")
 for kind, scores in comp.items():
     i, j = divmod(int(scores.argmax()), cfg.n_heads)
-    print(f"{kind}-composition: strongest 0.{i} -> 1.{j} at {scores.max():.3f} (untrained model: {baseline:.3f})")
+    print(f"{kind}-composition: strongest {scores.max():.3f}, from 0.{i} to 1.{j}")
 
 # %% [markdown]
 # K-composition from the previous-token head into every induction head stands out, at
-# about twice the untrained level; that is the edge the whole circuit rests on. Head
+# about twice the untrained level (up to 0.258<!-- out: K-composition: strongest -->, against
+# 0.126<!-- out: untrained model, mean composition score: -->); that is the edge the whole circuit rests on. Head
 # 0.2, the partial previous-token head, composes almost as strongly, which fits what its
 # QK circuit showed and what its ablation did not.
-# Q-composition, by contrast, fell *below* the untrained level: training pointed the
+# Q-composition, by contrast, fell *below* the untrained level (0.081<!-- out: Q-composition: strongest --> at most): training pointed the
 # layer-1 queries at the token embeddings and away from what layer 0 writes. Composition
 # scores are a blunt tool, though: they measure whether subspaces overlap, not whether
 # the overlap is used on real inputs (a high V-composition score here has no
@@ -992,7 +1004,7 @@ from mechlab.induction_heads import investigation
 for name in investigation.GRADED_MODELS:
     print(investigation.truth_table(name))
     for kind in investigation.KINDS:
-        clear = investigation.measure(name).heads(kind, investigation.MUST[kind])
+        clear = sorted(investigation.measure(name).heads(kind, investigation.MUST[kind]))
         print(f"{name} {kind}: clear heads " + ", ".join(f"{l}.{h}" for l, h in clear)
               + "; yours " + ", ".join(f"{l}.{h}" for l, h in find_induction_circuit(zoo.load(name, device=device))[kind]))
     print()
@@ -1026,7 +1038,8 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 # ## Summary
 #
 # - A two-layer attention-only model trained on repeated random words learns in-context
-#   copying: its loss on the second copy falls from ~5.6 nats to well under 1.
+#   copying: on repeated words of a length it never trained on, its loss falls from
+#   5.64<!-- out: loss on the first copy: --> nats on the first copy to 0.46<!-- out: on the second copy: --> on the second.
 # - Detectors need care: score at lengths and positions the model never trained on,
 #   or a positional shortcut passes for induction.
 # - It does so with a **previous-token head** in layer 0 and **induction heads** in
