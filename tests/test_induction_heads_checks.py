@@ -424,6 +424,15 @@ def test_the_visible_check_says_nothing_about_whether_a_finding_is_right(finding
     assert out.startswith("✓") and "well-formed" in out
 
 
+def test_a_learner_cell_that_edits_the_investigation_module_changes_no_grade(monkeypatch):
+    from mechlab.induction_heads import investigation as importable
+
+    monkeypatch.setattr(importable, "problems", lambda name, answer: [])
+    monkeypatch.setattr(importable, "MUST", {"previous_token": 2.0, "induction": 2.0})
+    with pytest.raises(CheckFailed, match="missed 0.2"):
+        checks.grade_find_induction_circuit(as_learner(circuit_of_the_first_model))
+
+
 def test_the_solution_earns_the_investigation_and_the_reference_is_refused_under_grading(monkeypatch, capsys):
     checks.grade_find_induction_circuit(as_learner(ref.find_induction_circuit))
     assert "as the held-out measurements find it" in capsys.readouterr().out
@@ -443,8 +452,8 @@ def test_the_investigations_truth_has_a_margin_on_both_models():
         m = inv.measure(name)
         for kind in inv.KINDS:
             s = m.score(kind).flatten()
-            near = s[((s - inv.MUST[kind]).abs() < 0.1) | ((s - inv.MUST_NOT[kind]).abs() < 0.1)]
-            assert near.numel() == 0, (name, kind, near)
+            near = s[(abs(s - inv.MUST[kind]) < 0.1) | (abs(s - inv.MUST_NOT[kind]) < 0.1)]
+            assert near.size == 0, (name, kind, near)
             assert m.heads(kind, inv.MUST[kind]), (name, kind, "no clear head")
         assert inv.share_undone(name, m.heads("induction", inv.MUST["induction"])) >= inv.CARRIES + 0.15
         assert inv.share_undone(name, m.heads("previous_token", inv.MUST["previous_token"])) >= inv.CARRIES + 0.15

@@ -17,7 +17,11 @@ draws (`HELD_OUT_SEED`, the zoo's held-out repeat lengths):
   (its loss must rise that far back towards the first copy's).
 
 Everything here is measured with the course's own code (`mechlab.zoo`), never with a
-learner's exercise, so the standard is the same for every submission.
+learner's exercise, so the standard is the same for every submission; results leave
+torch through `mechlab.pristine` and are compared as NumPy arrays and Python floats.
+`checks.py` grades with a copy of this module loaded afresh from disk, so a learner cell
+that edits the importable one (the grader keeps helper modules between cells) changes
+nothing.
 """
 
 from __future__ import annotations
@@ -28,10 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from mechlab import zoo
+from mechlab.pristine import detach as _detach, numpy as _numpy, to as _to
 
 INVESTIGATION_MODEL = "attn_only_3l"
 GRADED_MODELS = (INVESTIGATION_MODEL, "attn_only_2l")
@@ -45,25 +48,35 @@ CARRIES = 0.5  # ablating the named heads of one kind must undo this share of th
 Head = tuple[int, int]
 
 
+def _array(t: torch.Tensor) -> np.ndarray:
+    return _numpy(_to(_detach(t), "cpu", torch.float64))
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One model on the held-out sequences: per-head scores ([layer, head]) and losses."""
 
     name: str
-    previous_token: Float[Tensor, "layer head"]
-    induction: Float[Tensor, "layer head"]
-    duplicate: Float[Tensor, "layer head"]
+    previous_token: np.ndarray  # [layer, head]
+    induction: np.ndarray  # [layer, head]
+    duplicate: np.ndarray  # [layer, head]
     first_loss: float
     second_loss: float
 
-    def score(self, kind: str) -> Float[Tensor, "layer head"]:
+    def score(self, kind: str) -> np.ndarray:
         return getattr(self, kind)
 
     def heads(self, kind: str, above: float) -> list[Head]:
         """Heads whose `kind` score is at least `above`, strongest first."""
         s = self.score(kind)
-        found = [(int(layer), int(head)) for layer, head in torch.nonzero(s >= above)]
+        found = [(int(layer), int(head)) for layer, head in np.argwhere(s >= above)]
         return sorted(found, key=lambda lh: -float(s[lh]))
+
+
+def _half_losses(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> tuple[float, float]:
+    """Mean loss on each copy (as `zoo.half_losses`), averaged in NumPy."""
+    logp = _array(logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0])
+    return float(-logp[:, :n].mean()), float(-logp[:, n:].mean())
 
 
 def held_out_batches() -> list[tuple[torch.Tensor, int]]:
@@ -91,7 +104,7 @@ def measure(name: str) -> Measurement:
     with torch.no_grad():
         for tokens, n in held_out_batches():
             logits, cache = model.run_with_cache(tokens)
-            f, s = zoo.half_losses(logits, tokens, n)
+            f, s = _half_losses(logits, tokens, n)
             first.append(f)
             second.append(s)
             everywhere = torch.arange(1, tokens.shape[1])
@@ -100,7 +113,7 @@ def measure(name: str) -> Measurement:
             prev.append(torch.stack([zoo.attention_back(cache["pattern", l], everywhere, 1) for l in layers]))
             ind.append(torch.stack([zoo.attention_back(cache["pattern", l], second_copy, n - 1) for l in layers]))
             dup.append(torch.stack([_duplicate_scores(cache["pattern", l], n) for l in layers]))
-    mean = lambda xs: torch.stack(xs).mean(0)  # noqa: E731
+    mean = lambda xs: _array(torch.stack(xs)).mean(0)  # noqa: E731
     return Measurement(name, mean(prev), mean(ind), mean(dup), float(np.mean(first)), float(np.mean(second)))
 
 
@@ -124,7 +137,7 @@ def ablated_second_loss(name: str, heads: Sequence[Head]) -> float:
         for tokens, n in held_out_batches():
             hooks = [(f"blocks.{layer}.attn.hook_z", hook_for(chosen)) for layer, chosen in by_layer.items()]
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-            losses.append(zoo.half_losses(logits, tokens, n)[1])
+            losses.append(_half_losses(logits, tokens, n)[1])
     return float(np.mean(losses))
 
 
