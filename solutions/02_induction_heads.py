@@ -43,10 +43,11 @@
 # 4. knock heads out (ablation) to see which ones the model really needs;
 # 5. read the circuit off the weights: the OV circuit that copies, the QK circuit that
 #    matches through the previous-token head, and the composition scores between the
-#    two layers' heads;
+#    two layers' heads, and see which heads write the answer into the logits (direct
+#    logit attribution);
 # 6. and, as the graded investigation, find the circuit in a model you have not seen.
 #
-# **Time budget:** about 2½ hours for the exercises (the table below adds them up), plus
+# **Time budget:** about 3 hours for the exercises (the table below adds them up), plus
 # time to explore. The notebook runs in well under a minute on a laptop CPU.
 #
 # **How the exercises work.** As in chapter 1: write your code where it says
@@ -908,6 +909,104 @@ for kind, scores in comp.items():
 # of section 5 and the ablations of section 4 are the sharper evidence; the three
 # together make the case.
 #
+# ### Which heads write the answer? Direct logit attribution
+#
+# Ablation asks what breaks without a head; **direct logit attribution** asks what each
+# part of the model *writes* towards the answer. In an attention-only model the final
+# residual stream is a plain sum, the embeddings (token and position) plus every head's
+# output `z @ W_O` (plus the output biases), and the final layer norm of this model only
+# centres it and divides it by a scale. So the logit of the token that came next splits
+# exactly into one term per part:
+#
+# $$\text{logit}_t = \sum_{\text{parts } c} \frac{\operatorname{centre}(x_c)}{\text{scale}}\cdot W_U[:, t]
+#   \;+\; \text{(biases)}$$
+#
+# with `centre(x) = x - mean(x)` over `d_model`, and the scale taken from the cache
+# (`ln_final.hook_scale`, `[batch, pos, 1]`): it depends on the whole residual stream,
+# so we freeze it at its value in the real forward pass and read off each part's share.
+# This is the **direct** effect only: what a layer-0 head writes and a layer-1 head then
+# reads is credited to the layer-1 head.
+
+# %% [markdown] exercise={"id": "direct_logit_attribution", "difficulty": 3, "importance": 4, "minutes": 20, "points": 2}
+# ### Exercise 11: Direct logit attribution
+#
+# Write `direct_logit_attribution(model, cache, tokens)` for an attention-only model
+# whose final layer norm has no weights (like this chapter's models):
+#
+# - `cache` is `model.run_with_cache(tokens)`'s cache, `tokens` is `[batch, pos]`;
+# - return `[1 + n_layers * n_heads, batch, pos - 1]`: entry `[c, b, i]` is part `c`'s
+#   direct contribution, at position `i`, to the logit of the token at position `i + 1`;
+# - part 0 is the embeddings (`hook_embed` plus `hook_pos_embed`), then the heads in
+#   order: head `h` of layer `l` is part `1 + l * n_heads + h`. Leave the biases out.
+#
+# <details><summary>Hint 1</summary>
+#
+# Build each part's contribution to the residual stream first, a `[batch, pos, d_model]`
+# tensor: for a head, its `z` (`cache["z", layer]`, `[batch, pos, head, d_head]`)
+# times its own `W_O`. Stack them all, then centre, divide by the scale, and take the
+# dot product with the unembedding column of the right token. Positions: the
+# prediction at `i` is for token `i + 1`, so drop the last position.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `model.W_U[:, tokens[:, 1:]]` picks one unembedding column per (batch, position),
+# shape `[d_model, batch, pos - 1]`. `einsum` does the per-head products and the final
+# dot product without loops.
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import direct_logit_attribution` and carry on (no points for this exercise).
+
+# %%
+def direct_logit_attribution(
+    model, cache, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "component batch pos_minus_1"]:
+    """Each part's direct contribution to the logit of the next token: part 0 the embeddings,
+    then head (layer, head) at 1 + layer * n_heads + head; biases left out."""
+    ### BEGIN SOLUTION
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]  # [component, batch, pos - 1, d_model]
+    centred = stacked - stacked.mean(dim=-1, keepdim=True)
+    scaled = centred / cache["ln_final.hook_scale"][:, :-1]
+    return torch.einsum("cbpm,mbp->cbp", scaled, model.W_U[:, tokens[:, 1:]])
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_direct_logit_attribution(direct_logit_attribution)
+### BEGIN HIDDEN TESTS
+checks.grade_direct_logit_attribution(direct_logit_attribution)
+### END HIDDEN TESTS
+
+# %%
+with torch.no_grad():
+    dla = direct_logit_attribution(model, rep_cache, rep_tokens)  # [component, batch, 2 * SEQ_LEN]
+    labels = ["embed"] + [f"{layer}.{head}" for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    first_copy, second_copy = dla[:, :, :SEQ_LEN].mean((1, 2)), dla[:, :, SEQ_LEN + 1:].mean((1, 2))
+    print("part    first copy   second copy (mean direct contribution to the correct logit)")
+    for label, a, b in zip(labels, first_copy, second_copy):
+        print(f"{label:6}  {a:+.2f}        {b:+.2f}")
+    layer1 = [i for i, label in enumerate(labels) if label.startswith("1.")]
+    others = [i for i in range(len(labels)) if i not in layer1]
+    print(f"second copy, the layer-1 heads together: {second_copy[layer1].sum():+.2f}")
+    print(f"second copy, largest contribution outside layer 1: {second_copy[others].abs().max():.2f}")
+    print(f"second copy, head 1.3 alone: {second_copy[labels.index('1.3')]:+.2f}")
+
+# %% [markdown]
+# On the first copy no part writes anything useful about the next word, which cannot be
+# known. On the second copy, the induction heads write the answer on their own: the
+# four layer-1 heads together add 8.35<!-- out: second copy, the layer-1 heads together: -->
+# to the correct word's logit, while the embeddings and the layer-0 heads add at most
+# 0.00<!-- out: largest contribution outside layer 1: ±0.01 --> each. Even head 1.3, the weakest
+# induction head by its pattern, writes a fair share
+# (1.32<!-- out: second copy, head 1.3 alone: -->). The previous-token head 0.0, the
+# head whose ablation hurt most, writes nothing directly: its effect is indirect,
+# through the keys of the induction heads. Direct attribution and ablation answer
+# different questions, and a circuit needs both.
+#
 # ## 7. Investigation: a model you have not seen
 #
 # Everything so far was about one model, and the text told you where to look. Now the
@@ -916,7 +1015,7 @@ for kind, scores in comp.items():
 # where its circuit is. That is the question.
 
 # %% [markdown] exercise={"id": "find_induction_circuit", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
-# ### Exercise 11: Investigation: which heads form the induction circuit?
+# ### Exercise 12: Investigation: which heads form the induction circuit?
 #
 # Write `find_induction_circuit(model)` that investigates a model like these and returns
 #

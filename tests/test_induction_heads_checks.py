@@ -201,6 +201,27 @@ def composition_unnormalised(model, kind):
     return out
 
 
+def dla_no_scale(model, cache, tokens):
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]
+    return torch.einsum("cbpm,mbp->cbp", stacked - stacked.mean(-1, keepdim=True), model.W_U[:, tokens[:, 1:]])
+
+
+def dla_heads_layer_minor(model, cache, tokens):
+    """Heads ordered head by head across layers (0.0, 1.0, 0.1, ...) instead of layer by layer."""
+    out = ref.direct_logit_attribution(model, cache, tokens)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    heads = out[1:].reshape(n_layers, n_heads, *out.shape[1:]).transpose(0, 1).reshape(-1, *out.shape[1:])
+    return torch.cat([out[:1], heads])
+
+
+def dla_current_token(model, cache, tokens):
+    shifted = torch.cat([tokens[:, :1], tokens[:, :-1]], dim=1)  # column i + 1 holds token i
+    return ref.direct_logit_attribution(model, cache, shifted)
+
+
 # ---------------------------------------------------------------- the investigation: plausible wrong findings
 
 
@@ -298,6 +319,9 @@ MUTANTS = [
     ("composition_scores", composition_untransposed_k, "transposed"),
     ("composition_scores", composition_no_error, "ValueError"),
     ("composition_scores", composition_unnormalised, "both norms"),
+    ("direct_logit_attribution", dla_no_scale, "scale"),
+    ("direct_logit_attribution", dla_heads_layer_minor, "differ"),
+    ("direct_logit_attribution", dla_current_token, "i \\+ 1"),
     ("find_induction_circuit", circuit_of_the_first_model, r"(?s)attn_only_3l.*missed 0\.2.*0\.0 is not a previous"),
     ("find_induction_circuit", circuit_hard_coded_for_3l, r"(?s)attn_only_2l.*missed 0\.0"),
     ("find_induction_circuit", circuit_in_the_last_layer, r"(?s)missed 1\.0.*2\.0 is not an induction head"),
@@ -397,6 +421,21 @@ def circuit_by_ablation(model):
             or _above(_scores(model, "previous"), 0.6), "induction": induction}
 
 
+def dla_loops(model, cache, tokens):
+    """Head by head with explicit hook names, and the logits' own formula for the scale."""
+    rows = []
+    resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        resid += [z[:, :, h] @ model.W_O[layer, h] for h in range(model.cfg.n_heads)]
+    scale = cache["ln_final.hook_scale"]
+    for part in resid:
+        centred = (part - part.mean(-1, keepdim=True)) / scale
+        logits = centred @ model.W_U
+        rows.append(logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0])
+    return torch.stack(rows)
+
+
 VARIANTS = [
     ("correct_log_probs", log_probs_cross_entropy),
     ("generate_repeated_tokens", repeated_repeat_method),
@@ -405,6 +444,7 @@ VARIANTS = [
     ("copying_scores", copying_dense_eigvals),
     ("induction_qk_circuit", qk_factored_product),
     ("composition_scores", composition_dense),
+    ("direct_logit_attribution", dla_loops),
     ("find_induction_circuit", circuit_by_ablation),
 ]
 

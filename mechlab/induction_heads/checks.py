@@ -603,7 +603,64 @@ def _check_composition_scores(fn: Callable, hidden: bool) -> None:
 check_composition_scores, grade_composition_scores = check_and_grade("composition_scores", _check_composition_scores)
 
 
-# ---------------------------------------------------------------- 11. the investigation: find_induction_circuit
+# ---------------------------------------------------------------- 11. direct_logit_attribution
+
+
+def _dla_case(desc: str, model, seed: int, batch: int, seq_len: int) -> Case:
+    tokens = _repeated(seed, batch, seq_len, model.cfg.d_vocab)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    return Case(f"{desc}, repeated words, batch {batch}, seq_len {seq_len}", (model, cache, tokens))
+
+
+def _dla_mistake(which: str) -> Callable:
+    def wrong(model, cache, tokens):
+        embed = cache["hook_embed"] + (0 if which == "no_pos" else cache["hook_pos_embed"])
+        parts = [embed]
+        for layer in range(model.cfg.n_layers):
+            parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+        stacked = torch.stack(parts)
+        if which == "current_token":
+            stacked, targets = stacked[:, :, :-1], tokens[:, :-1]
+        else:
+            stacked, targets = stacked[:, :, :-1], tokens[:, 1:]
+        if which != "no_centre":
+            stacked = stacked - stacked.mean(dim=-1, keepdim=True)
+        if which != "no_scale":
+            stacked = stacked / cache["ln_final.hook_scale"][:, :-1]
+        return torch.einsum("cbpm,mbp->cbp", stacked, model.W_U[:, targets])
+
+    return wrong
+
+
+_DLA_MISTAKES = [
+    ("divide by the final layer norm's scale (cache['ln_final.hook_scale'][:, :-1]): the logits are computed "
+     "from the normalised residual stream.", _dla_mistake("no_scale")),
+    ("centre each part over d_model first (subtract its mean): the final layer norm centres the residual "
+     "stream before scaling it.", _dla_mistake("no_centre")),
+    ("position i predicts the token at i + 1: take W_U's columns for tokens[:, 1:], not tokens[:, :-1].",
+     _dla_mistake("current_token")),
+    ("part 0 is the token embedding *plus* the positional embedding (hook_embed + hook_pos_embed).",
+     _dla_mistake("no_pos")),
+]
+
+
+def _check_direct_logit_attribution(fn: Callable, hidden: bool) -> None:
+    course = course_model("attn_only_2l")
+    cases = [_dla_case("course model attn_only_2l", course, 30, 2, 6)]
+    if hidden:
+        cases += [_dla_case("course model attn_only_2l", course, 31, 3, 13),
+                  _dla_case("the zoo's attn_only_3l", course_model("attn_only_3l"), 32, 2, 9),
+                  _dla_case(_other_models()[0][0], _other_models()[0][1], 33, 2, 5)]
+    compare_on_models(fn, ref.direct_logit_attribution, cases, "direct_logit_attribution", _DLA_MISTAKES,
+                      atol=1e-4, rtol=1e-3)
+
+
+check_direct_logit_attribution, grade_direct_logit_attribution = check_and_grade(
+    "direct_logit_attribution", _check_direct_logit_attribution)
+
+
+# ---------------------------------------------------------------- 12. the investigation: find_induction_circuit
 
 
 def _fresh_investigation():

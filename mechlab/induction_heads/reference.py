@@ -108,6 +108,20 @@ def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
     return scores
 
 
+def direct_logit_attribution(
+    model, cache, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "component batch pos_minus_1"]:
+    """Each part's direct contribution to the logit of the next token: part 0 the embeddings,
+    then head (layer, head) at 1 + layer * n_heads + head; biases left out."""
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]  # [component, batch, pos - 1, d_model]
+    centred = stacked - stacked.mean(dim=-1, keepdim=True)
+    scaled = centred / cache["ln_final.hook_scale"][:, :-1]
+    return torch.einsum("cbpm,mbp->cbp", scaled, model.W_U[:, tokens[:, 1:]])
+
+
 def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
     """{"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]} for `model`."""
     generator = torch.Generator().manual_seed(2)
@@ -125,6 +139,6 @@ def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
             for kind, s in scores.items()}
 
 
-__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'find_induction_circuit']
+__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'find_induction_circuit']
 CHAPTER = '02_induction_heads'
-POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'find_induction_circuit': 5}
+POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'find_induction_circuit': 5}
