@@ -1134,6 +1134,28 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 # top a detector that measures something else (the duplicate-token score).
 
 #
+# **What a two-layer, attention-only model cannot show.** ARENA's induction-head
+# chapter works on GPT-2 small, and several of its findings need what this model lacks:
+#
+# - *The logit lens.* Reading the residual stream through the unembedding after each of
+#   GPT-2's 12 layers shows a prediction taking shape; here there are two points to
+#   read, and on random words the first one knows nothing about the next word.
+# - *MLPs.* With no MLPs, nothing here stores bigram statistics or facts: every good
+#   prediction is a copy, and direct logit attribution can only credit the heads. In
+#   GPT-2 the credit is shared with the MLP layers.
+# - *Circuits spread over depth.* GPT-2's induction heads (5.1, 5.5, 6.9, 7.2, 7.10) read
+#   from previous-token heads in several earlier layers (4.11 is the clearest) and feed
+#   later heads in turn. Here one layer writes and the next reads; and as the
+#   investigation showed, a third layer that the data do not need stays idle.
+# - *Heads that build on induction.* Duplicate-token, S-inhibition and name-mover heads
+#   (the indirect-object circuit), or copy-suppression heads such as 10.7, exist because
+#   real text rewards them. Random words reward only copying, so this model has none
+#   (its duplicate-token scores are near zero). Chapter 3 finds such a circuit in a
+#   model trained on the course's synthetic English.
+# - *Fuzzy induction.* In real text, induction heads also match similar tokens and
+#   continue words split into several tokens. Here every word is one token and the
+#   words are random, so the only match is an exact one.
+#
 # ## Summary
 #
 # - A two-layer attention-only model trained on repeated random words learns in-context
@@ -1144,9 +1166,13 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 # - It does so with a **previous-token head** in layer 0 and **induction heads** in
 #   layer 1, which we found three ways: attention-pattern detectors, ablations, and the
 #   weights themselves (OV circuits that copy, a QK circuit that matches through the
-#   previous-token head, K-composition scores).
+#   previous-token head, K-composition scores). Direct logit attribution shows the
+#   induction heads writing the answer, the previous-token head acting only through them.
 # - Induction heads form suddenly during training, together with the previous-token head
 #   they depend on.
+# - In a model you had not seen (three layers, another seed), the same tools found the
+#   circuit again in layers 0 and 1, with the third layer idle: look and measure, do not
+#   assume.
 #
 # **Going further.**
 #
