@@ -255,6 +255,16 @@ ZOO: dict[str, ModelSpec] = {
                      "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
         ),
         ModelSpec(
+            name="attn_only_3l",
+            description="3-layer attention-only transformer trained on random words repeated twice, another "
+                        "seed and shape (chapter 2's graded investigation: which heads form the circuit?)",
+            config=dict(d_model=64, d_head=16, n_heads=4, n_layers=3, n_ctx=64, attn_only=True,
+                        normalization_type="LNPre"),
+            task="induction", steps=4000, batch_size=32, lr=2e-3, seed=2,
+            targets={"second_half_loss": ("<", 1.2), "first_half_loss": (">", 5.0),
+                     "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
+        ),
+        ModelSpec(
             name="corpus_2l",
             description="2-layer transformer with MLPs trained on the course's synthetic corpus "
                         "(chapters 3-5: activation patching, SAEs, steering)",

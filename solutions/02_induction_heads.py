@@ -43,9 +43,11 @@
 # 4. knock heads out (ablation) to see which ones the model really needs;
 # 5. read the circuit off the weights: the OV circuit that copies, the QK circuit that
 #    matches through the previous-token head, and the composition scores between the
-#    two layers' heads.
+#    two layers' heads, and see which heads write the answer into the logits (direct
+#    logit attribution);
+# 6. and, as the graded investigation, find the circuit in a model you have not seen.
 #
-# **Time budget:** about 2 hours for the exercises (the table below adds them up), plus
+# **Time budget:** about 3 hours for the exercises (the table below adds them up), plus
 # time to explore. The notebook runs in well under a minute on a laptop CPU.
 #
 # **How the exercises work.** As in chapter 1: write your code where it says
@@ -86,7 +88,9 @@ from mechlab.induction_heads import checks
 # them as committed checkpoints. This one, `attn_only_2l`, is a
 # [TransformerLens](https://github.com/TransformerLensOrg/TransformerLens) 4.x
 # `TransformerBridge` with two layers of four attention heads each and **no MLPs**,
-# trained only on sequences of random words repeated twice. Its vocabulary is the
+# trained only on random words: each training sequence is 63 random words in which one
+# stretch of 6 to 31 words, at a random place, is repeated right after itself (section 3
+# says why the place varies). Its vocabulary is the
 # course's word-level tokenizer (the words of the synthetic corpus that later chapters
 # use), so tokens print as words.
 #
@@ -105,7 +109,9 @@ from mechlab.induction_heads import checks
 model = zoo.load("attn_only_2l", device=device)
 cfg = model.cfg
 print(f"{cfg.n_layers} layers, {cfg.n_heads} heads of size {cfg.d_head}, d_model={cfg.d_model}, "
-      f"vocabulary {cfg.d_vocab} words, context {cfg.n_ctx} tokens, attention only: {cfg.attn_only}")
+      f"vocabulary {cfg.d_vocab} tokens, context {cfg.n_ctx} tokens, attention only: {cfg.attn_only}")
+print(f"special tokens: {model.to_str_tokens(torch.arange(FIRST_WORD_ID))}; "
+      f"words (the tokens after them): {cfg.d_vocab - FIRST_WORD_ID}")
 
 text = "mary smith lives in paris and has a dog . mary smith lives in paris and has a dog"
 logits, cache = model.run_with_cache(text)
@@ -171,7 +177,8 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 
 # %% [markdown]
 # The model was trained only on random words, so it knows nothing of English: the first
-# time through, every word is a surprise (p ≈ 1/270). The second time, a word or two
+# time through, every word is a surprise (p ≈ 1/269 ≈ 0.004: 269<!-- out: words (the tokens after them): -->
+# words, none likelier than another). The second time, a word or two
 # in, it predicts the continuation with growing confidence, because the same words
 # have already appeared in the context. That is induction, and the rest of the chapter
 # takes it apart. (Why not from the very first repeated word? In the model's training
@@ -183,7 +190,7 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 #
 # Random words make induction easy to measure: in a sequence of `seq_len` random words
 # followed by the same words again, nothing about the first copy is predictable
-# (loss ≈ ln 269 ≈ 5.6 nats for a uniform guess over the 269 words), and everything
+# (loss ≈ ln 269 ≈ 5.59<!-- out: uniform guessing: --> nats for a uniform guess over the 269 words), and everything
 # about the second copy is, if and only if the model can look back and copy.
 
 # %% [markdown] exercise={"id": "generate_repeated_tokens", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
@@ -289,9 +296,10 @@ plots.plot_loss_by_position(rep_log_probs, SEQ_LEN)
 plt.show()
 
 # %% [markdown]
-# The first copy sits at guessing level (a little above it, even: the model makes
-# confident bets that a uniform guess would not). Then the loss drops to well under
-# 1 nat as soon as the second copy starts, after its first, unpredictable token and a
+# The first copy sits at guessing level, 5.64<!-- out: loss on the first copy: --> nats (a
+# little above the uniform guess's 5.59, even: the model makes confident bets that a
+# uniform guess would not). Then the loss drops to well under 1 nat, 0.46<!-- out: on the second copy: -->
+# on average over the second copy, as soon as the second copy starts, after its first, unpredictable token and a
 # couple of words of growing confidence. Which heads do it?
 #
 # ## 3. Attention patterns and head detectors
@@ -409,16 +417,20 @@ plots.plot_head_scores(head_scores)
 plt.show()
 for kind, scores in head_scores.items():
     layer, head = divmod(int(scores.argmax()), cfg.n_heads)
-    print(f"strongest {kind} head: {layer}.{head} (score {scores.max():.2f})")
+    print(f"strongest {kind} head: score {scores.max():.2f}, head {layer}.{head}")
+for head in range(cfg.n_heads):
+    print(f"layer-0 head 0.{head}: previous-token score {head_scores['previous token'][0, head]:.2f}")
 
 # %% [markdown]
-# You should find one clear previous-token head in layer 0 (score near 1: it attends
-# to the previous token and almost nowhere else), induction heads in layer 1, and no
-# duplicate-token heads to speak of (this model has no use for them; GPT-2 has some,
+# You should find one clear previous-token head in layer 0 (head 0.0, score
+# 0.97<!-- out: strongest previous token head: score -->: it attends to the previous token and
+# almost nowhere else), induction heads in layer 1 (the strongest at
+# 0.95<!-- out: strongest induction head: score -->), and no duplicate-token heads to speak of
+# (the strongest scores 0.07<!-- out: strongest duplicate token head: score -->; this model has no use for them; GPT-2 has some,
 # which the indirect-object circuit of chapter 3's paper uses). The model spread the
 # induction job over several layer-1 heads: with nothing else to do, it used the heads
-# it had. A second layer-0 head may score partly as a previous-token head too; the
-# ablations of section 4 tell whether the model relies on it.
+# it had. A second layer-0 head, 0.2, scores partly as a previous-token head too
+# (0.49<!-- out: layer-0 head 0.2: previous-token score -->); the ablations of section 4 tell whether the model relies on it.
 #
 # **Fakes to beware of.** A detector is only as good as the data you score it on.
 #
@@ -442,15 +454,29 @@ for kind, scores in head_scores.items():
 # that the loss on later tokens drops at the same moment:
 
 # %%
-plots.plot_history(zoo.info("attn_only_2l")["history"])
+history = zoo.info("attn_only_2l")["history"]
+plots.plot_history(history)
 plt.show()
+at_step = {h["step"]: h for h in history}
+later = [h["first_half_loss"] for h in history if h["step"] >= 200]
+print(f"first-copy loss from step 200 on: lowest {min(later):.2f}")
+print(f"first-copy loss from step 200 on, highest: {max(later):.2f}")
+for step in (800, 1800, 2000, 2200):
+    h = at_step[step]
+    print(f"at step {step}: second-copy loss {h['second_half_loss']:.2f}")
+    print(f"at step {step}: best previous-token score {h['best_previous_token_score']:.2f}")
 
 # %% [markdown]
-# For the first part of training the model learns nothing useful (the loss on both
-# copies is stuck at guessing level); then, within a few hundred steps, the
-# previous-token head and the induction heads appear *together* and the loss on the
-# second copy collapses. Neither head is useful without the other, which is why they
-# appear at the same time. You can retrain it yourself (a minute or two on a laptop
+# The first copy stays at guessing level all along (between 5.60<!-- out: first-copy loss from step 200 on: lowest -->
+# and 5.63<!-- out: first-copy loss from step 200 on, highest: --> nats from step 200 on): nothing about it can be learned. The second copy's
+# loss creeps down slowly before the change, from 5.59<!-- out: at step 800: second-copy loss --> at
+# step 800 to 5.23<!-- out: at step 1800: second-copy loss --> at step 1800 (the model
+# already gets a little from the repeat, with no clean previous-token head yet: its
+# best score is still 0.18<!-- out: at step 1800: best previous-token score -->).
+# Then, within a few hundred steps, the previous-token head and the induction heads
+# appear *together* and the loss on the second copy collapses, to 2.47<!-- out: at step 2000: second-copy loss -->
+# at step 2000 and 1.38<!-- out: at step 2200: second-copy loss --> at step 2200. Neither head is useful
+# without the other, which is why they appear at the same time. You can retrain it yourself (a minute or two on a laptop
 # CPU): `python -m mechlab.zoo train attn_only_2l --out my_model.safetensors`.
 #
 # ## 4. Ablation: which heads does the model need?
@@ -586,10 +612,19 @@ plt.show()
 # Write `full_ov_circuit(model, layer, head)` returning the `FactoredMatrix`
 # `W_E W_V W_O W_U` of that head, of shape `[d_vocab, d_vocab]`.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# Factor it where it is thin: `FactoredMatrix(model.W_E @ model.W_V[layer, head], model.W_O[layer, head] @ model.W_U)`
-# has inner size `d_head`.
+# The product has four factors, and it is thinnest between `W_V` (which maps into the
+# head's `d_head` dimensions) and `W_O` (which maps out of them). Multiply the two
+# factors on each side of that point, and give the two halves to `FactoredMatrix`: it
+# never builds the `d_vocab × d_vocab` product.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `model.W_V[layer, head]` is `[d_model, d_head]` and `model.W_O[layer, head]` is
+# `[d_head, d_model]`. The left half must come out `[d_vocab, d_head]` (it starts from
+# the embedding), the right half `[d_head, d_vocab]` (it ends with the unembedding).
 # </details>
 #
 # Stuck? Run `from mechlab.induction_heads.reference import full_ov_circuit` and carry on (no points for this exercise).
@@ -664,15 +699,31 @@ with torch.no_grad():
             print(f"{layer}.{head}    {eig_score:+.2f}              {top1:.2f}")
     layer1_sum = sum(full_ov_circuit(model, 1, h).AB for h in range(cfg.n_heads))
     together = FactoredMatrix(layer1_sum, torch.eye(cfg.d_vocab, device=layer1_sum.device))
-    print(f"all of layer 1 together: eigenvalue score {copying_scores(together)[0]:+.2f}, "
-          f"top-1 {copying_scores(together)[1]:.2f}")
-    plots.plot_matrix(layer1_sum, "Full OV circuit, layer 1 heads summed", "output token", "attended token")
+    print(f"all of layer 1 together: top-1 diagonal {copying_scores(together)[1]:.2f}, "
+          f"eigenvalue score {copying_scores(together)[0]:+.2f}")
+    untrained = zoo.random_model(seed=1, device=device)  # the same shape, before training: the baseline
+    untrained_scores = torch.tensor([copying_scores(full_ov_circuit(untrained, layer, head))
+                                     for layer in range(cfg.n_layers) for head in range(cfg.n_heads)])
+    print(f"untrained model, lowest eigenvalue score of its heads: {untrained_scores[:, 0].min():+.2f}")
+    print(f"untrained model, highest eigenvalue score of its heads: {untrained_scores[:, 0].max():+.2f}")
+    print(f"untrained model, best top-1 diagonal of its heads: {untrained_scores[:, 1].max():.3f} "
+          f"(chance: 1/{cfg.d_vocab} = {1 / cfg.d_vocab:.3f})")
+    plots.plot_matrix(layer1_sum, "Full OV circuit, layer 1 heads summed", "output token", "attended token",
+                      start=FIRST_WORD_ID)
     plt.show()
 
 # %% [markdown]
 # The induction heads' OV circuits are copying circuits: eigenvalue scores near +1, and
 # the diagonal wins in most rows for each head alone and in almost all of them for the
-# heads of layer 1 together. Several heads doing the same job is also why ablating any
+# heads of layer 1 together (0.99<!-- out: all of layer 1 together: top-1 diagonal -->). The untrained model is the
+# yardstick: its heads' eigenvalue scores scatter around 0, from
+# −0.11<!-- out: untrained model, lowest eigenvalue score of its heads: --> to
+# +0.11<!-- out: untrained model, highest eigenvalue score of its heads: -->, and its diagonal wins
+# in at most 0.007<!-- out: untrained model, best top-1 diagonal of its heads: --> of the rows, near chance (1/272).
+# (The picture shows a 40 × 40 block of the 272 × 272 matrix, starting at the first word,
+# id 3. The three special tokens before it are left out: `<pad>` and `<unk>` never occur
+# in training, so their rows are still the random embeddings the model started with (a
+# pale band, with no diagonal), and `<eot>` only ever appears as BOS at position 0.) Several heads doing the same job is also why ablating any
 # one of them hurt far less than ablating the previous-token head. (The previous-token
 # head's OV circuit looks like copying too: what it moves to the next position is the
 # identity of the token it attends to, which is just what the induction heads need to
@@ -702,11 +753,22 @@ with torch.no_grad():
 # head `prev_head` of layer 0 and head `induction_head` of layer 1. Ignore biases and
 # positional embeddings.
 #
-# <details><summary>Hint</summary>
+# <details><summary>Hint 1</summary>
 #
-# Query side `A = W_E @ W_Q[1, h]` (`[d_vocab, d_head]`), key side
-# `K = W_E @ W_V[0, p] @ W_O[0, p] @ W_K[1, h]` (`[d_vocab, d_head]`); the circuit is
-# `FactoredMatrix(A, K.T)`.
+# An attention score is a query vector dotted with a key vector. Build, for every token,
+# the induction head's query when that token sits at the query position (one
+# `[d_vocab, d_head]` matrix), and its key when that token is the *previous* token at
+# the key position (another `[d_vocab, d_head]` matrix). The circuit is the first times
+# the transpose of the second.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# Follow each token's path through the weights. Query side: embed it, then apply the
+# layer-1 head's query weights. Key side: embed it, send it through the layer-0 head's
+# OV circuit (values, then output: what that head writes at the next position), then
+# apply the layer-1 head's key weights. Keep the result factored: `FactoredMatrix(left, right)`
+# with `right` of shape `[d_head, d_vocab]`.
 # </details>
 #
 # Stuck? Run `from mechlab.induction_heads.reference import induction_qk_circuit` and carry on (no points for this exercise).
@@ -735,14 +797,14 @@ prev_head = int(head_scores["previous token"][0].argmax())
 with torch.no_grad():
     for ind_head in range(cfg.n_heads):
         eig_score, top1 = copying_scores(induction_qk_circuit(model, prev_head, ind_head))
-        print(f"0.{prev_head} -> 1.{ind_head}: eigenvalue score {eig_score:+.2f}, top-1 diagonal {top1:.2f}")
+        print(f"0.{prev_head} -> 1.{ind_head}: top-1 diagonal {top1:.2f}, eigenvalue score {eig_score:+.2f}")
     for other in range(cfg.n_heads):
         if other != prev_head:
             top1 = [copying_scores(induction_qk_circuit(model, other, h))[1] for h in range(cfg.n_heads)]
             print(f"for comparison, through layer-0 head 0.{other}: top-1 diagonal "
                   + ", ".join(f"{t:.2f}" for t in top1))
     plots.plot_matrix(induction_qk_circuit(model, prev_head, 0).AB, f"QK circuit 1.0 through 0.{prev_head}",
-                      "previous token at the key", "query token")
+                      "previous token at the key", "query token", start=FIRST_WORD_ID)
     plt.show()
 
 # %% [markdown]
@@ -752,8 +814,9 @@ with torch.no_grad():
 # weights, with no data at all.
 #
 # Through two of the other layer-0 heads the circuit matches nothing. Through the
-# third (0.2, the head that scored about 0.5 as a previous-token head in section 3) it
-# matches almost as well: in the weights, it could serve the induction heads too. Yet
+# third (0.2, the partial previous-token head of section 3) it matches almost as well
+# (top-1 diagonal 0.93<!-- out: for comparison, through layer-0 head 0.2: top-1 diagonal --> for
+# induction head 1.0, against 0.99<!-- out: 0.0 -> 1.0: top-1 diagonal --> through 0.0): in the weights, it could serve the induction heads too. Yet
 # section 4 showed that ablating it barely changes the loss: the model does not *rely*
 # on it while head 0.0 is there. Weights say what a path could do; only interventions
 # say what the model uses.
@@ -822,21 +885,22 @@ checks.grade_composition_scores(composition_scores)
 # The baseline is the same model shape before training:
 
 # %%
-untrained = zoo.random_model(seed=1, device=device)
 baseline = float(torch.stack([composition_scores(untrained, kind) for kind in "QKV"]).mean())
 comp = {kind: composition_scores(model, kind) for kind in "QKV"}
 plots.plot_composition(comp, baseline)
 plt.show()
+print(f"untrained model, mean composition score: {baseline:.3f}")
 for kind, scores in comp.items():
     i, j = divmod(int(scores.argmax()), cfg.n_heads)
-    print(f"{kind}-composition: strongest 0.{i} -> 1.{j} at {scores.max():.3f} (untrained model: {baseline:.3f})")
+    print(f"{kind}-composition: strongest {scores.max():.3f}, from 0.{i} to 1.{j}")
 
 # %% [markdown]
 # K-composition from the previous-token head into every induction head stands out, at
-# about twice the untrained level; that is the edge the whole circuit rests on. Head
+# about twice the untrained level (up to 0.258<!-- out: K-composition: strongest -->, against
+# 0.126<!-- out: untrained model, mean composition score: -->); that is the edge the whole circuit rests on. Head
 # 0.2, the partial previous-token head, composes almost as strongly, which fits what its
 # QK circuit showed and what its ablation did not.
-# Q-composition, by contrast, fell *below* the untrained level: training pointed the
+# Q-composition, by contrast, fell *below* the untrained level (0.081<!-- out: Q-composition: strongest --> at most): training pointed the
 # layer-1 queries at the token embeddings and away from what layer 0 writes. Composition
 # scores are a blunt tool, though: they measure whether subspaces overlap, not whether
 # the overlap is used on real inputs (a high V-composition score here has no
@@ -845,18 +909,270 @@ for kind, scores in comp.items():
 # of section 5 and the ablations of section 4 are the sharper evidence; the three
 # together make the case.
 #
+# ### Which heads write the answer? Direct logit attribution
+#
+# Ablation asks what breaks without a head; **direct logit attribution** asks what each
+# part of the model *writes* towards the answer. In an attention-only model the final
+# residual stream is a plain sum, the embeddings (token and position) plus every head's
+# output `z @ W_O` (plus the output biases), and the final layer norm of this model only
+# centres it and divides it by a scale. So the logit of the token that came next splits
+# exactly into one term per part:
+#
+# $$\text{logit}_t = \sum_{\text{parts } c} \frac{\operatorname{centre}(x_c)}{\text{scale}}\cdot W_U[:, t]
+#   \;+\; \text{(biases)}$$
+#
+# with `centre(x) = x - mean(x)` over `d_model`, and the scale taken from the cache
+# (`ln_final.hook_scale`, `[batch, pos, 1]`): it depends on the whole residual stream,
+# so we freeze it at its value in the real forward pass and read off each part's share.
+# This is the **direct** effect only: what a layer-0 head writes and a layer-1 head then
+# reads is credited to the layer-1 head.
+
+# %% [markdown] exercise={"id": "direct_logit_attribution", "difficulty": 3, "importance": 4, "minutes": 20, "points": 2}
+# ### Exercise 11: Direct logit attribution
+#
+# Write `direct_logit_attribution(model, cache, tokens)` for an attention-only model
+# whose final layer norm has no weights (like this chapter's models):
+#
+# - `cache` is `model.run_with_cache(tokens)`'s cache, `tokens` is `[batch, pos]`;
+# - return `[1 + n_layers * n_heads, batch, pos - 1]`: entry `[c, b, i]` is part `c`'s
+#   direct contribution, at position `i`, to the logit of the token at position `i + 1`;
+# - part 0 is the embeddings (`hook_embed` plus `hook_pos_embed`), then the heads in
+#   order: head `h` of layer `l` is part `1 + l * n_heads + h`. Leave the biases out.
+#
+# <details><summary>Hint 1</summary>
+#
+# Build each part's contribution to the residual stream first, a `[batch, pos, d_model]`
+# tensor: for a head, its `z` (`cache["z", layer]`, `[batch, pos, head, d_head]`)
+# times its own `W_O`. Stack them all, then centre, divide by the scale, and take the
+# dot product with the unembedding column of the right token. Positions: the
+# prediction at `i` is for token `i + 1`, so drop the last position.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# `model.W_U[:, tokens[:, 1:]]` picks one unembedding column per (batch, position),
+# shape `[d_model, batch, pos - 1]`. `einsum` does the per-head products and the final
+# dot product without loops.
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import direct_logit_attribution` and carry on (no points for this exercise).
+
+# %%
+def direct_logit_attribution(
+    model, cache, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "component batch pos_minus_1"]:
+    """Each part's direct contribution to the logit of the next token: part 0 the embeddings,
+    then head (layer, head) at 1 + layer * n_heads + head; biases left out."""
+    ### BEGIN SOLUTION
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]  # [component, batch, pos - 1, d_model]
+    centred = stacked - stacked.mean(dim=-1, keepdim=True)
+    scaled = centred / cache["ln_final.hook_scale"][:, :-1]
+    return torch.einsum("cbpm,mbp->cbp", scaled, model.W_U[:, tokens[:, 1:]])
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_direct_logit_attribution(direct_logit_attribution)
+### BEGIN HIDDEN TESTS
+checks.grade_direct_logit_attribution(direct_logit_attribution)
+### END HIDDEN TESTS
+
+# %%
+with torch.no_grad():
+    dla = direct_logit_attribution(model, rep_cache, rep_tokens)  # [component, batch, 2 * SEQ_LEN]
+    labels = ["embed"] + [f"{layer}.{head}" for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    first_copy, second_copy = dla[:, :, :SEQ_LEN].mean((1, 2)), dla[:, :, SEQ_LEN + 1:].mean((1, 2))
+    print("part    first copy   second copy (mean direct contribution to the correct logit)")
+    for label, a, b in zip(labels, first_copy, second_copy):
+        print(f"{label:6}  {a:+.2f}        {b:+.2f}")
+    layer1 = [i for i, label in enumerate(labels) if label.startswith("1.")]
+    others = [i for i in range(len(labels)) if i not in layer1]
+    print(f"second copy, the layer-1 heads together: {second_copy[layer1].sum():+.2f}")
+    print(f"second copy, largest contribution outside layer 1: {second_copy[others].abs().max():.2f}")
+    print(f"second copy, head 1.3 alone: {second_copy[labels.index('1.3')]:+.2f}")
+
+# %% [markdown]
+# On the first copy no part writes anything useful about the next word, which cannot be
+# known. On the second copy, the induction heads write the answer on their own: the
+# four layer-1 heads together add 8.35<!-- out: second copy, the layer-1 heads together: -->
+# to the correct word's logit, while the embeddings and the layer-0 heads add at most
+# 0.00<!-- out: largest contribution outside layer 1: ±0.01 --> each. Even head 1.3, the weakest
+# induction head by its pattern, writes a fair share
+# (1.32<!-- out: second copy, head 1.3 alone: -->). The previous-token head 0.0, the
+# head whose ablation hurt most, writes nothing directly: its effect is indirect,
+# through the keys of the induction heads. Direct attribution and ablation answer
+# different questions, and a circuit needs both.
+#
+# ## 7. Investigation: a model you have not seen
+#
+# Everything so far was about one model, and the text told you where to look. Now the
+# zoo hands you another one, `attn_only_3l`: **three** layers of four attention heads,
+# trained by the course on the same kind of data with another seed. You are not told
+# where its circuit is. That is the question.
+
+# %% [markdown] exercise={"id": "find_induction_circuit", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
+# ### Exercise 12: Investigation: which heads form the induction circuit?
+#
+# Write `find_induction_circuit(model)` that investigates a model like these and returns
+#
+# ```python
+# {"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]}
+# ```
+#
+# naming its previous-token heads and its induction heads (Python ints, each head once
+# per list). Use anything from this chapter: your detectors, patterns, ablations.
+#
+# How it is graded. The visible check runs your function on `attn_only_3l` and says only
+# whether the answer is well formed: nothing about whether it is right. The hidden test
+# runs it on `attn_only_3l` and on this chapter's `attn_only_2l`, and measures every head
+# of both on held-out sequences, drawn with a seed no cell of this notebook uses:
+#
+# - a head that clearly is a previous-token (or induction) head, one that puts most of
+#   its attention where that kind of head looks, must be named;
+# - a head that clearly is not one, whose attention there is small, must not be named;
+#   a head in between may be named or not;
+# - the heads you name of each kind, mean-ablated together, must undo at least half of
+#   what the second copy gains over the first.
+#
+# So several answers pass, and a guess from the first model does not. The model you
+# return heads for is the one you are given: the grader passes other models than the
+# one you explored, so read its sizes from `model.cfg`. Budget: about 30 minutes.
+#
+# <details><summary>Hint 1: where to start</summary>
+#
+# Look before you measure: run `model` on repeated random words and show each layer's
+# attention patterns, as in section 3. Do not assume the circuit sits where it did in
+# `attn_only_2l`: a model with more layers has more places to put it.
+# </details>
+#
+# <details><summary>Hint 2: measuring</summary>
+#
+# Score every head of every layer with your detectors, on repeat lengths the model never
+# trained on (`zoo.HELD_OUT_LENGTHS`) and on several batches, then choose a cut-off that
+# separates the clear cases. Print the scores: a good cut-off sits in a wide gap, not
+# next to a head.
+# </details>
+#
+# <details><summary>Hint 3: checking</summary>
+#
+# A score says where a head looks, not whether the model needs it. Ablate the heads you
+# found, all at once, and compare the second copy's loss with the first copy's: if your
+# heads are the circuit, the second copy becomes almost as hard as the first.
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import find_induction_circuit` and carry on (no points for this exercise).
+
+# %%
+def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
+    """{"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]} for `model`."""
+    ### BEGIN SOLUTION
+    generator = torch.Generator().manual_seed(2)
+    device = model.W_E.device
+    layers = range(model.cfg.n_layers)
+    scores = {"previous_token": [], "induction": []}
+    with torch.no_grad():
+        for seq_len in (11, 19, 27):  # repeat lengths the zoo's models never train on
+            tokens = generate_repeated_tokens(32, seq_len, model.cfg.d_vocab, generator).to(device)
+            _, cache = model.run_with_cache(tokens)
+            scores["previous_token"].append(torch.stack([previous_token_score(cache["pattern", l]) for l in layers]))
+            scores["induction"].append(torch.stack([repeat_scores(cache["pattern", l], seq_len)[1] for l in layers]))
+    cut_off = {"previous_token": 0.5, "induction": 0.4}  # the middle of the gap between clear and not
+    return {kind: [(int(layer), int(head)) for layer, head in torch.nonzero(torch.stack(s).mean(0) >= cut_off[kind])]
+            for kind, s in scores.items()}
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_find_induction_circuit(find_induction_circuit)
+### BEGIN HIDDEN TESTS
+checks.grade_find_induction_circuit(find_induction_circuit)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurements the grader makes (held-out sequences, the zoo's
+# own code, not your exercises):
+
+# %%
+from mechlab.induction_heads import investigation
+
+for name in investigation.GRADED_MODELS:
+    print(investigation.truth_table(name))
+    for kind in investigation.KINDS:
+        clear = sorted(investigation.measure(name).heads(kind, investigation.MUST[kind]))
+        print(f"{name} {kind}: clear heads " + ", ".join(f"{l}.{h}" for l, h in clear)
+              + "; yours " + ", ".join(f"{l}.{h}" for l, h in find_induction_circuit(zoo.load(name, device=device))[kind]))
+    print()
+three = investigation.measure("attn_only_3l")
+clear_induction = three.heads("induction", investigation.MUST["induction"])
+print(f"attn_only_3l: previous-token score of head 0.2: {three.previous_token[0, 2]:.2f}; "
+      f"of head 0.0 (the first model's previous-token head): {three.previous_token[0, 0]:.2f}")
+print(f"attn_only_3l: induction score of head 1.3: {three.induction[1, 3]:.2f}")
+print(f"attn_only_3l: strongest induction score in layer 2: {three.induction[2].max():.2f}")
+print(f"attn_only_3l: mean-ablating the clear induction heads undoes "
+      f"{investigation.share_undone('attn_only_3l', clear_induction):.0%} of the second copy's gain")
+print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
+      f"{investigation.share_undone('attn_only_3l', [(2, h) for h in range(cfg.n_heads)]):.0%} of it")
+
+# %% [markdown]
+# What the measurements find in `attn_only_3l`: its previous-token head is **0.2**
+# (score 0.95<!-- out: previous-token score of head 0.2: -->), not 0.0 as in the first model
+# (0.11<!-- out: (the first model's previous-token head): --> here), and its induction
+# heads are **1.0, 1.1 and 1.2**, with 1.3 a weaker, partial one (0.55<!-- out: induction score of head 1.3: -->
+# on the induction score: named or not, both pass). Its third layer does nothing for
+# induction: no head there scores above 0.05<!-- out: strongest induction score in layer 2: -->
+# as an induction head, and mean-ablating the whole layer undoes none of the second
+# copy's gain (0%<!-- out: mean-ablating all of layer 2 undoes ±2 -->), while ablating the clear
+# induction heads undoes 88%<!-- out: mean-ablating the clear induction heads undoes ±3 --> of it. Training found the
+# two-layer circuit again and left the extra layer unused: depth is room for a
+# circuit, not a place it has to be. The answers that earn nothing here are the
+# plausible ones: the first model's heads, "the last layer's heads", or the heads that
+# top a detector that measures something else (the duplicate-token score).
+
+#
+# **What a two-layer, attention-only model cannot show.** ARENA's induction-head
+# chapter works on GPT-2 small, and several of its findings need what this model lacks:
+#
+# - *The logit lens.* Reading the residual stream through the unembedding after each of
+#   GPT-2's 12 layers shows a prediction taking shape; here there are two points to
+#   read, and on random words the first one knows nothing about the next word.
+# - *MLPs.* With no MLPs, nothing here stores bigram statistics or facts: every good
+#   prediction is a copy, and direct logit attribution can only credit the heads. In
+#   GPT-2 the credit is shared with the MLP layers.
+# - *Circuits spread over depth.* GPT-2's induction heads (5.1, 5.5, 6.9, 7.2, 7.10) read
+#   from previous-token heads in several earlier layers (4.11 is the clearest) and feed
+#   later heads in turn. Here one layer writes and the next reads; and as the
+#   investigation showed, a third layer that the data do not need stays idle.
+# - *Heads that build on induction.* Duplicate-token, S-inhibition and name-mover heads
+#   (the indirect-object circuit), or copy-suppression heads such as 10.7, exist because
+#   real text rewards them. Random words reward only copying, so this model has none
+#   (its duplicate-token scores are near zero). Chapter 3 finds such a circuit in a
+#   model trained on the course's synthetic English.
+# - *Fuzzy induction.* In real text, induction heads also match similar tokens and
+#   continue words split into several tokens. Here every word is one token and the
+#   words are random, so the only match is an exact one.
+#
 # ## Summary
 #
 # - A two-layer attention-only model trained on repeated random words learns in-context
-#   copying: its loss on the second copy falls from ~5.6 nats to well under 1.
+#   copying: on repeated words of a length it never trained on, its loss falls from
+#   5.64<!-- out: loss on the first copy: --> nats on the first copy to 0.46<!-- out: on the second copy: --> on the second.
 # - Detectors need care: score at lengths and positions the model never trained on,
 #   or a positional shortcut passes for induction.
 # - It does so with a **previous-token head** in layer 0 and **induction heads** in
 #   layer 1, which we found three ways: attention-pattern detectors, ablations, and the
 #   weights themselves (OV circuits that copy, a QK circuit that matches through the
-#   previous-token head, K-composition scores).
+#   previous-token head, K-composition scores). Direct logit attribution shows the
+#   induction heads writing the answer, the previous-token head acting only through them.
 # - Induction heads form suddenly during training, together with the previous-token head
 #   they depend on.
+# - In a model you had not seen (three layers, another seed), the same tools found the
+#   circuit again in layers 0 and 1, with the third layer idle: look and measure, do not
+#   assume.
 #
 # **Going further.**
 #
@@ -875,8 +1191,20 @@ for kind, scores in comp.items():
 #   Olsson et al. studied Anthropic's own models, where induction heads appear in every
 #   model with two or more layers. This cell is deliberately left as text: the course
 #   never downloads a model on its own.
-# - *Positional shortcuts.* Retrain the zoo model with a single repeat length
-#   (`mechlab.zoo.TRAIN_LENGTHS`) and watch the detectors get fooled.
+# - *Positional shortcuts.* Retrain the zoo model on other data and see whether the
+#   detectors are fooled. The command line only retrains a model as the zoo describes it,
+#   so do it in Python; `TRAIN_LENGTHS`, the repeat lengths the training data draws from,
+#   is read at every batch:
+#   ```python
+#   zoo.TRAIN_LENGTHS = (20,)                              # one repeat length only
+#   shortcut, meta = zoo.train("attn_only_2l", steps=1500) # a few minutes on a laptop CPU
+#   zoo.TRAIN_LENGTHS = tuple(n for n in range(6, 32) if n not in zoo.HELD_OUT_LENGTHS)  # back
+#   ```
+#   then score `shortcut` with your detectors at length 20 and at other lengths. The
+#   repeat still starts at a random place, so this alone may not be enough for a
+#   shortcut; to recreate the `[BOS, A, A]` layout of the fakes in section 3, write your
+#   own batches with `generate_repeated_tokens` and a short training loop (the one in
+#   `zoo.train` is twenty lines).
 # - *Chapter 3* turns these tools (hooks, ablations, per-head contributions) into
 #   activation patching, on a model with MLPs trained on the course's synthetic
 #   English, to find the circuit behind an indirect-object task.

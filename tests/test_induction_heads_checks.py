@@ -81,6 +81,27 @@ def repeat_all_queries(pattern, seq_len):
     return torch.stack([pattern[:, :, q, q - seq_len].mean((0, -1)), pattern[:, :, q, q - seq_len + 1].mean((0, -1))])
 
 
+def repeat_no_bos(pattern, seq_len):
+    """Indexed as if position 0 were the first word: every query and key one too early."""
+    q = torch.arange(seq_len, 2 * seq_len)
+    return torch.stack([pattern[:, :, q, q - seq_len].mean((0, -1)), pattern[:, :, q, q - seq_len + 1].mean((0, -1))])
+
+
+def ablation_mean_over_positions(model, tokens, seq_len, mean=False):
+    with torch.no_grad():
+        clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
+        out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+        for layer in range(model.cfg.n_layers):
+            for head in range(model.cfg.n_heads):
+                def ablate(z, hook, head=head):
+                    z = z.clone()
+                    z[:, :, head] = z[:, :, head].mean(dim=(0, 1)) if mean else 0.0
+                    return z
+                logits = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)])
+                out[layer, head] = ref.loss_by_half(ref.correct_log_probs(logits, tokens), seq_len)[1] - clean
+        return out
+
+
 def ablation_late_binding(model, tokens, seq_len, mean=False):
     with torch.no_grad():
         clean = ref.loss_by_half(ref.correct_log_probs(model(tokens), tokens), seq_len)[1]
@@ -180,6 +201,92 @@ def composition_unnormalised(model, kind):
     return out
 
 
+def dla_no_scale(model, cache, tokens):
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]
+    return torch.einsum("cbpm,mbp->cbp", stacked - stacked.mean(-1, keepdim=True), model.W_U[:, tokens[:, 1:]])
+
+
+def dla_heads_layer_minor(model, cache, tokens):
+    """Heads ordered head by head across layers (0.0, 1.0, 0.1, ...) instead of layer by layer."""
+    out = ref.direct_logit_attribution(model, cache, tokens)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    heads = out[1:].reshape(n_layers, n_heads, *out.shape[1:]).transpose(0, 1).reshape(-1, *out.shape[1:])
+    return torch.cat([out[:1], heads])
+
+
+def dla_current_token(model, cache, tokens):
+    shifted = torch.cat([tokens[:, :1], tokens[:, :-1]], dim=1)  # column i + 1 holds token i
+    return ref.direct_logit_attribution(model, cache, shifted)
+
+
+# ---------------------------------------------------------------- the investigation: plausible wrong findings
+
+
+def _scores(model, kind_index):
+    """[layer, head] detector scores on the learner's own repeated sequences (lengths 11, 19, 27)."""
+    gen = torch.Generator().manual_seed(5)
+    per_length = []
+    with torch.no_grad():
+        for n in (11, 19, 27):
+            tokens = ref.generate_repeated_tokens(16, n, model.cfg.d_vocab, gen)
+            _, cache = model.run_with_cache(tokens)
+            layers = range(model.cfg.n_layers)
+            if kind_index == "previous":
+                per_length.append(torch.stack([ref.previous_token_score(cache["pattern", l]) for l in layers]))
+            else:
+                per_length.append(torch.stack([ref.repeat_scores(cache["pattern", l], n)[kind_index] for l in layers]))
+    return torch.stack(per_length).mean(0)
+
+
+def _above(scores, cut):
+    return [(int(l), int(h)) for l, h in torch.nonzero(scores >= cut)]
+
+
+def circuit_of_the_first_model(model):
+    """The heads attn_only_2l uses, copied onto any model."""
+    return {"previous_token": [(0, 0)], "induction": [(1, 0), (1, 1), (1, 2)]}
+
+
+def circuit_hard_coded_for_3l(model):
+    """Right for attn_only_3l, found by hand, but not a function of the model."""
+    return {"previous_token": [(0, 2)], "induction": [(1, 0), (1, 1), (1, 2), (1, 3)]}
+
+
+def circuit_in_the_last_layer(model):
+    """The previous-token head found with the detector, the induction heads assumed to be the last layer's."""
+    last = model.cfg.n_layers - 1
+    return {"previous_token": _above(_scores(model, "previous"), 0.5),
+            "induction": [(last, h) for h in range(model.cfg.n_heads)]}
+
+
+def circuit_all_of_layers_0_and_1(model):
+    return {"previous_token": [(0, h) for h in range(model.cfg.n_heads)],
+            "induction": [(1, h) for h in range(model.cfg.n_heads)]}
+
+
+def circuit_from_the_duplicate_detector(model):
+    """The induction heads taken as the three heads that top the duplicate-token score."""
+    dup = _scores(model, 0).flatten()
+    top = [divmod(int(i), model.cfg.n_heads) for i in dup.argsort(descending=True)[:3]]
+    return {"previous_token": _above(_scores(model, "previous"), 0.5), "induction": top}
+
+
+def circuit_kinds_swapped(model):
+    right = ref.find_induction_circuit(model)
+    return {"previous_token": right["induction"], "induction": right["previous_token"]}
+
+
+def circuit_strings(model):
+    return {"previous_token": ["0.2"], "induction": ["1.0", "1.1", "1.2"]}
+
+
+def circuit_tensor_entries(model):
+    return {kind: [torch.tensor(pair) for pair in pairs] for kind, pairs in ref.find_induction_circuit(model).items()}
+
+
 MUTANTS = [
     ("correct_log_probs", log_probs_current_token, "next token"),
     ("correct_log_probs", log_probs_no_softmax, "log_softmax"),
@@ -194,9 +301,11 @@ MUTANTS = [
     ("previous_token_score", prev_divides_by_all, "1 onwards"),
     ("repeat_scores", repeat_swapped, "row 0 is the duplicate"),
     ("repeat_scores", repeat_all_queries, "second copy"),
+    ("repeat_scores", repeat_no_bos, "as if the sequence had no BOS"),
     ("ablation_losses", ablation_late_binding, "closure"),
     ("ablation_losses", ablation_no_baseline, "increase"),
     ("ablation_losses", ablation_hard_coded_shape, "shape"),
+    ("ablation_losses", ablation_mean_over_positions, "batch only"),
     ("ablation_losses", ablation_edits_weights, "changed the model's weights"),
     ("ablation_losses", ablation_leaves_hook, "differ"),
     ("full_ov_circuit", ov_dense, "FactoredMatrix"),
@@ -210,7 +319,24 @@ MUTANTS = [
     ("composition_scores", composition_untransposed_k, "transposed"),
     ("composition_scores", composition_no_error, "ValueError"),
     ("composition_scores", composition_unnormalised, "both norms"),
+    ("direct_logit_attribution", dla_no_scale, "scale"),
+    ("direct_logit_attribution", dla_heads_layer_minor, "differ"),
+    ("direct_logit_attribution", dla_current_token, "i \\+ 1"),
+    ("find_induction_circuit", circuit_of_the_first_model, r"(?s)attn_only_3l.*missed 0\.2.*0\.0 is not a previous"),
+    ("find_induction_circuit", circuit_hard_coded_for_3l, r"(?s)attn_only_2l.*missed 0\.0"),
+    ("find_induction_circuit", circuit_in_the_last_layer, r"(?s)missed 1\.0.*2\.0 is not an induction head"),
+    ("find_induction_circuit", circuit_all_of_layers_0_and_1, r"0\.0 is not a previous-token head: .* score is 0\.1"),
+    ("find_induction_circuit", circuit_from_the_duplicate_detector, "is not an induction head"),
+    ("find_induction_circuit", circuit_kinds_swapped, "is not a previous-token head"),
+    ("find_induction_circuit", circuit_strings, "pair of Python ints"),
+    ("find_induction_circuit", circuit_tensor_entries, "pair of Python ints"),
 ]
+
+# Wrong findings of the investigation that are well formed: the visible check must pass them
+# (it says nothing about correctness), the hidden test must fail them.
+WELL_FORMED_WRONG_FINDINGS = [circuit_of_the_first_model, circuit_hard_coded_for_3l, circuit_in_the_last_layer,
+                              circuit_all_of_layers_0_and_1, circuit_from_the_duplicate_detector,
+                              circuit_kinds_swapped]
 
 
 def test_a_function_that_edits_the_model_leaves_it_intact_for_the_next_check():
@@ -283,6 +409,33 @@ def composition_dense(model, kind):
                           for j in range(n)] for i in range(n)])
 
 
+def circuit_by_ablation(model):
+    """Another route to a right answer: previous-token heads by detector, induction heads as
+    the heads whose attention pattern looks back seq_len - 1, confirmed one head at a time
+    by zero ablation on the learner's own data."""
+    gen = torch.Generator().manual_seed(9)
+    tokens = ref.generate_repeated_tokens(24, 15, model.cfg.d_vocab, gen)
+    increase = ref.ablation_losses(model, tokens, 15)
+    induction = _above(_scores(model, 1), 0.3)
+    return {"previous_token": [h for h in _above(_scores(model, "previous"), 0.6) if increase[h] > 0.05]
+            or _above(_scores(model, "previous"), 0.6), "induction": induction}
+
+
+def dla_loops(model, cache, tokens):
+    """Head by head with explicit hook names, and the logits' own formula for the scale."""
+    rows = []
+    resid = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        resid += [z[:, :, h] @ model.W_O[layer, h] for h in range(model.cfg.n_heads)]
+    scale = cache["ln_final.hook_scale"]
+    for part in resid:
+        centred = (part - part.mean(-1, keepdim=True)) / scale
+        logits = centred @ model.W_U
+        rows.append(logits[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0])
+    return torch.stack(rows)
+
+
 VARIANTS = [
     ("correct_log_probs", log_probs_cross_entropy),
     ("generate_repeated_tokens", repeated_repeat_method),
@@ -291,9 +444,56 @@ VARIANTS = [
     ("copying_scores", copying_dense_eigvals),
     ("induction_qk_circuit", qk_factored_product),
     ("composition_scores", composition_dense),
+    ("direct_logit_attribution", dla_loops),
+    ("find_induction_circuit", circuit_by_ablation),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
     check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
 
 
+
+
+# ---------------------------------------------------------------- the investigation
+
+
+@pytest.mark.parametrize("finding", WELL_FORMED_WRONG_FINDINGS, ids=lambda f: f.__name__)
+def test_the_visible_check_says_nothing_about_whether_a_finding_is_right(finding, capsys):
+    checks.check_find_induction_circuit(as_learner(finding))
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and "well-formed" in out
+
+
+def test_a_learner_cell_that_edits_the_investigation_module_changes_no_grade(monkeypatch):
+    from mechlab.induction_heads import investigation as importable
+
+    monkeypatch.setattr(importable, "problems", lambda name, answer: [])
+    monkeypatch.setattr(importable, "MUST", {"previous_token": 2.0, "induction": 2.0})
+    with pytest.raises(CheckFailed, match="missed 0.2"):
+        checks.grade_find_induction_circuit(as_learner(circuit_of_the_first_model))
+
+
+def test_the_solution_earns_the_investigation_and_the_reference_is_refused_under_grading(monkeypatch, capsys):
+    checks.grade_find_induction_circuit(as_learner(ref.find_induction_circuit))
+    assert "as the held-out measurements find it" in capsys.readouterr().out
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(CheckFailed, match="reference"):
+        checks.grade_find_induction_circuit(ref.find_induction_circuit)
+    with pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_find_induction_circuit(as_learner(lambda model: ref.find_induction_circuit(model)))
+
+
+def test_the_investigations_truth_has_a_margin_on_both_models():
+    """Every head is clearly in, clearly out, or in between, with a gap of at least 0.1
+    between the in-between heads and either bound, so no fresh sample flips the verdict."""
+    from mechlab.induction_heads import investigation as inv
+
+    for name in inv.GRADED_MODELS:
+        m = inv.measure(name)
+        for kind in inv.KINDS:
+            s = m.score(kind).flatten()
+            near = s[(abs(s - inv.MUST[kind]) < 0.1) | (abs(s - inv.MUST_NOT[kind]) < 0.1)]
+            assert near.size == 0, (name, kind, near)
+            assert m.heads(kind, inv.MUST[kind]), (name, kind, "no clear head")
+        assert inv.share_undone(name, m.heads("induction", inv.MUST["induction"])) >= inv.CARRIES + 0.15
+        assert inv.share_undone(name, m.heads("previous_token", inv.MUST["previous_token"])) >= inv.CARRIES + 0.15

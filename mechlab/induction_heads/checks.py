@@ -294,6 +294,9 @@ _REPEAT_MISTAKES = [
      _scores_at(0, lambda n: range(n, 2 * n + 1))),
     ("average only over the queries of the second copy, q = seq_len + 1 .. 2 * seq_len (not the last one only "
      "or one fewer).", _scores_at(0, lambda n: range(n + 1, 2 * n))),
+    ("your queries and keys are all one position too early, as if the sequence had no BOS: position 0 is BOS, "
+     "so the second copy is q = seq_len + 1 .. 2 * seq_len (not seq_len .. 2 * seq_len - 1), with keys "
+     "q - seq_len and q - seq_len + 1.", _scores_at(0, lambda n: range(n, 2 * n))),
 ]
 
 
@@ -349,11 +352,15 @@ _ABLATION_MISTAKES = [
 
 
 def _ablation_cases(hidden: bool) -> list[Case]:
+    """Hidden: zero and mean ablation on the course model and both other shapes. Visible
+    (under a second): both ablations on the course model, and zero ablation on the
+    three-layer model, so a hard-coded shape or a mean over the wrong dimension shows."""
+    models = _models(True) if hidden else [*_models(False), _other_models()[0]]
     cases = []
-    for i, (desc, model) in enumerate(_models(hidden)):
+    for i, (desc, model) in enumerate(models):
         n = 7 + 4 * i
         tokens = _repeated(20 + i, 6, n)
-        for mean in ((False, True) if hidden else (False,)):
+        for mean in ((False, True) if hidden or i == 0 else (False,)):
             kind = "mean" if mean else "zero"
             cases.append(Case(f"{desc}, {kind} ablation, batch 6, seq_len {n}", (model, tokens, n), {"mean": mean}))
     return cases
@@ -516,7 +523,7 @@ _COPYING_MISTAKES = [
 
 def _check_copying(fn: Callable, hidden: bool) -> None:
     shapes = [(3, 30, 5, 1.0), (5, 8, 8, 0.0), (7, 50, 2, -1.0), (9, 3, 1, 1.0)] if hidden \
-        else [(0, 12, 3, 1.0), (2, 10, 4, -1.0)]
+        else [(0, 12, 3, 1.0), (2, 10, 4, -1.0), (5, 8, 8, 0.0)]
     heads = [(0, 0), (0, 3), (1, 2)] if hidden else [(1, 1)]
     cases = [*_factored_cases(shapes), *_course_ov_cases(heads)]
     for case in cases:
@@ -580,6 +587,8 @@ def _rejects_bad_kind(fn: Callable) -> None:
         return
     except CheckFailed:
         raise
+    except NotImplementedError:
+        raise CheckFailed("composition_scores is not implemented yet (it raised NotImplementedError)") from None
     except Exception as e:  # noqa: BLE001  the wrong kind of error
         raise CheckFailed(f"composition_scores(model, 'O') raised {_type(e).__name__}: {e}; "
                           "raise a ValueError for a kind other than 'Q', 'K', 'V'") from None
@@ -588,10 +597,148 @@ def _rejects_bad_kind(fn: Callable) -> None:
 
 
 def _check_composition_scores(fn: Callable, hidden: bool) -> None:
-    if hidden:
-        _rejects_bad_kind(fn)
+    _rejects_bad_kind(fn)
     compare_on_models(fn, ref.composition_scores, _composition_cases(hidden), "composition_scores",
                        _COMPOSITION_MISTAKES, atol=1e-5, rtol=1e-3)
 
 
 check_composition_scores, grade_composition_scores = check_and_grade("composition_scores", _check_composition_scores)
+
+
+# ---------------------------------------------------------------- 11. direct_logit_attribution
+
+
+def _dla_case(desc: str, model, seed: int, batch: int, seq_len: int) -> Case:
+    tokens = _repeated(seed, batch, seq_len, model.cfg.d_vocab)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    return Case(f"{desc}, repeated words, batch {batch}, seq_len {seq_len}", (model, cache, tokens))
+
+
+def _dla_mistake(which: str) -> Callable:
+    def wrong(model, cache, tokens):
+        embed = cache["hook_embed"] + (0 if which == "no_pos" else cache["hook_pos_embed"])
+        parts = [embed]
+        for layer in range(model.cfg.n_layers):
+            parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+        stacked = torch.stack(parts)
+        if which == "current_token":
+            stacked, targets = stacked[:, :, :-1], tokens[:, :-1]
+        else:
+            stacked, targets = stacked[:, :, :-1], tokens[:, 1:]
+        if which != "no_centre":
+            stacked = stacked - stacked.mean(dim=-1, keepdim=True)
+        if which != "no_scale":
+            stacked = stacked / cache["ln_final.hook_scale"][:, :-1]
+        return torch.einsum("cbpm,mbp->cbp", stacked, model.W_U[:, targets])
+
+    return wrong
+
+
+_DLA_MISTAKES = [
+    ("divide by the final layer norm's scale (cache['ln_final.hook_scale'][:, :-1]): the logits are computed "
+     "from the normalised residual stream.", _dla_mistake("no_scale")),
+    ("centre each part over d_model first (subtract its mean): the final layer norm centres the residual "
+     "stream before scaling it.", _dla_mistake("no_centre")),
+    ("position i predicts the token at i + 1: take W_U's columns for tokens[:, 1:], not tokens[:, :-1].",
+     _dla_mistake("current_token")),
+    ("part 0 is the token embedding *plus* the positional embedding (hook_embed + hook_pos_embed).",
+     _dla_mistake("no_pos")),
+]
+
+
+def _check_direct_logit_attribution(fn: Callable, hidden: bool) -> None:
+    course = course_model("attn_only_2l")
+    cases = [_dla_case("course model attn_only_2l", course, 30, 2, 6)]
+    if hidden:
+        cases += [_dla_case("course model attn_only_2l", course, 31, 3, 13),
+                  _dla_case("the zoo's attn_only_3l", course_model("attn_only_3l"), 32, 2, 9),
+                  _dla_case(_other_models()[0][0], _other_models()[0][1], 33, 2, 5)]
+    compare_on_models(fn, ref.direct_logit_attribution, cases, "direct_logit_attribution", _DLA_MISTAKES,
+                      atol=1e-4, rtol=1e-3)
+
+
+check_direct_logit_attribution, grade_direct_logit_attribution = check_and_grade(
+    "direct_logit_attribution", _check_direct_logit_attribution)
+
+
+# ---------------------------------------------------------------- 12. the investigation: find_induction_circuit
+
+
+def _fresh_investigation():
+    """`investigation.py` executed afresh from disk. The grader imports this checks module
+    anew before every test cell but keeps the chapter's helper modules, which a learner
+    cell could have edited (`investigation.problems = lambda *a: []`): the hidden test
+    grades with this private copy instead."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).with_name("investigation.py")
+    spec = importlib.util.spec_from_file_location("mechlab.induction_heads._graded_investigation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # while it runs (dataclasses look their module up), then gone
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+investigation = _fresh_investigation()
+
+
+def _circuit_answer(fn: Callable, model_name: str) -> dict[str, list[tuple[int, int]]]:
+    """The learner's answer on zoo model `model_name`, checked for form only (types, keys,
+    heads in range, no repeats) and returned as {kind: [(layer, head), ...]}."""
+    name = "find_induction_circuit"
+    model = course_model(model_name)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    out = call_learner(guard_model(fn, name), name, f"the zoo's {model_name}", (model,))
+    where = f"{name}(the zoo's {model_name})"
+    if _type(out) is not dict:
+        raise CheckFailed(f"{where} should return a dict, got {_type(out).__name__}")
+    if set(out) != set(investigation.KINDS) or any(_type(k) is not str for k in out):
+        raise CheckFailed(f"{where} should return a dict with exactly the keys {list(investigation.KINDS)}, "
+                          f"got the keys {sorted(map(repr, out))}")
+    answer = {}
+    for kind in investigation.KINDS:
+        heads = out[kind]
+        if _type(heads) not in (list, tuple):
+            raise CheckFailed(f"{where}[{kind!r}] should be a list of (layer, head) pairs, got {_type(heads).__name__}")
+        pairs = []
+        for entry in heads:
+            if (_type(entry) not in (tuple, list) or len(entry) != 2
+                    or any(_type(x) is not int for x in entry)):
+                raise CheckFailed(f"{where}[{kind!r}]: every entry should be a (layer, head) pair of Python ints, "
+                                  f"got {entry!r}\nHint: int(...) turns a 0-dimensional tensor into an int.")
+            layer, head = entry
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise CheckFailed(f"{where}[{kind!r}]: ({layer}, {head}) is not a head of this model "
+                                  f"({n_layers} layers of {n_heads} heads)")
+            pairs.append((layer, head))
+        if len(set(pairs)) != len(pairs):
+            raise CheckFailed(f"{where}[{kind!r}] names a head twice: {pairs}")
+        answer[kind] = pairs
+    return answer
+
+
+def _check_find_induction_circuit(fn: Callable, hidden: bool) -> None:
+    if not hidden:
+        answer = _circuit_answer(fn, investigation.INVESTIGATION_MODEL)
+        shown = "; ".join(f"{kind}: " + (", ".join(f"{l}.{h}" for l, h in heads) or "none")
+                          for kind, heads in answer.items())
+        passed(f"find_induction_circuit returns a well-formed answer ({shown}); whether it is right is "
+               "for the hidden test, which measures the heads on sequences you have not seen")
+        return
+    for model_name in investigation.GRADED_MODELS:
+        found = investigation.problems(model_name, _circuit_answer(fn, model_name))
+        if found:
+            raise CheckFailed(f"find_induction_circuit(the zoo's {model_name}): the measurements disagree:\n- "
+                              + "\n- ".join(found))
+    passed(f"find_induction_circuit names the circuit of {' and of '.join(investigation.GRADED_MODELS)} "
+           "as the held-out measurements find it")
+
+
+check_find_induction_circuit, grade_find_induction_circuit = check_and_grade("find_induction_circuit",
+                                                                             _check_find_induction_circuit)

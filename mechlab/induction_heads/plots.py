@@ -88,14 +88,18 @@ def plot_history(history: Sequence[dict[str, float]]) -> Figure:
 
 
 def plot_matrix(matrix: Float[Tensor, "row col"], title: str, xlabel: str, ylabel: str,
-                n: int = 40) -> Figure:  # fmt: skip
-    """The top-left `n` x `n` corner of a [vocab, vocab] circuit: a bright diagonal means
-    the circuit maps each token to itself."""
-    v = as_numpy(matrix[:n, :n])
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+                start: int = 0, n: int = 40) -> Figure:  # fmt: skip
+    """An `n` x `n` block of a [vocab, vocab] circuit, tokens `start` .. `start + n - 1`
+    on both axes (a bright diagonal means the circuit maps each token to itself). The
+    title says which block it is, and the ticks are the token ids."""
+    size = matrix.shape[0]
+    v = as_numpy(matrix[start:start + n, start:start + n])
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
     lim = np.abs(v).max()
-    im = ax.imshow(v, cmap="RdBu", vmin=-lim, vmax=lim)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    last = start + v.shape[0] - 1
+    im = ax.imshow(v, cmap="RdBu", vmin=-lim, vmax=lim, extent=(start - 0.5, last + 0.5, last + 0.5, start - 0.5))
+    ax.set(title=f"{title}\n(tokens {start}-{last} of {size}: a {v.shape[0]}x{v.shape[1]} block)",
+           xlabel=xlabel, ylabel=ylabel)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig

@@ -108,6 +108,37 @@ def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
     return scores
 
 
-__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores']
+def direct_logit_attribution(
+    model, cache, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "component batch pos_minus_1"]:
+    """Each part's direct contribution to the logit of the next token: part 0 the embeddings,
+    then head (layer, head) at 1 + layer * n_heads + head; biases left out."""
+    parts = [cache["hook_embed"] + cache["hook_pos_embed"]]
+    for layer in range(model.cfg.n_layers):
+        parts += list(torch.einsum("bphd,hdm->hbpm", cache["z", layer], model.W_O[layer]))
+    stacked = torch.stack(parts)[:, :, :-1]  # [component, batch, pos - 1, d_model]
+    centred = stacked - stacked.mean(dim=-1, keepdim=True)
+    scaled = centred / cache["ln_final.hook_scale"][:, :-1]
+    return torch.einsum("cbpm,mbp->cbp", scaled, model.W_U[:, tokens[:, 1:]])
+
+
+def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
+    """{"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]} for `model`."""
+    generator = torch.Generator().manual_seed(2)
+    device = model.W_E.device
+    layers = range(model.cfg.n_layers)
+    scores = {"previous_token": [], "induction": []}
+    with torch.no_grad():
+        for seq_len in (11, 19, 27):  # repeat lengths the zoo's models never train on
+            tokens = generate_repeated_tokens(32, seq_len, model.cfg.d_vocab, generator).to(device)
+            _, cache = model.run_with_cache(tokens)
+            scores["previous_token"].append(torch.stack([previous_token_score(cache["pattern", l]) for l in layers]))
+            scores["induction"].append(torch.stack([repeat_scores(cache["pattern", l], seq_len)[1] for l in layers]))
+    cut_off = {"previous_token": 0.5, "induction": 0.4}  # the middle of the gap between clear and not
+    return {kind: [(int(layer), int(head)) for layer, head in torch.nonzero(torch.stack(s).mean(0) >= cut_off[kind])]
+            for kind, s in scores.items()}
+
+
+__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'find_induction_circuit']
 CHAPTER = '02_induction_heads'
-POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2}
+POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'find_induction_circuit': 5}
