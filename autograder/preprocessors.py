@@ -182,22 +182,23 @@ class DeduplicateGradeIds(DeduplicateIds):
         return cell, resources
 
 
-# The course-wide modules that are never reloaded: they hold the kernel's state (the
-# device, whether it is graded, the pristine torch functions, the loaded corpus and models).
-KEPT_MODULES = ("runtime", "pristine", "corpus", "zoo", "grading", "plotting")
-# Before each test cell: drop mechlab.checks, every chapter package mechlab.<topic> and
-# its checks and reference (whatever a learner cell put in their place in sys.modules or
-# on the packages), import each chapter package again from disk with the helper modules
-# it had (toy_models, plots, ...), and send stderr to stdout.
+# The one module never reloaded: it holds the torch and NumPy functions as they were
+# before any learner code ran (mechlab.pristine), which a fresh import could not recover.
+KEPT_MODULES = ("mechlab.pristine",)
+# Before each test cell: put back the variable that says the notebook is being graded
+# (own_work watches for the reference only then), drop every other mechlab module,
+# course-wide and chapter alike, helpers included (whatever a learner cell put in their
+# place in sys.modules, on a package, or into a module: a patched `zoo.load`, a bar of
+# an investigation, a fake `under_grading`), so the test imports them again from disk
+# with fresh caches; and send stderr to stdout.
 FRESH_MODULES = (
-    "import sys as _g, importlib as _i  # added by the grader\n"
-    "[(_g.modules.pop(_m), getattr(_g.modules.get(_m.rpartition('.')[0]), '__dict__', {}).pop(_m.rpartition('.')[2],"
-    " None)) for _m in sorted([_n for _n in _g.modules if _n.startswith('mechlab.') and (_n.count('.') == 1 and "
-    f"_n[8:] not in {KEPT_MODULES!r} or _n.count('.') == 2 and _n.endswith(('.checks', '.reference')))], key=len, "
-    "reverse=True)]  # added by the grader\n"
+    "import sys as _g, importlib as _i, os as _o  # added by the grader\n"
+    "_o.environ['NBGRADER_EXECUTION'] = 'autograde'  # added by the grader\n"
+    "[_g.modules.pop(_m) for _m in [_n for _n in _g.modules if (_n == 'mechlab' or _n.startswith('mechlab.')) "
+    f"and _n not in {KEPT_MODULES!r}]]  # added by the grader\n"
     "[setattr(_i.import_module(_m.rpartition('.')[0]), _m.rpartition('.')[2], _g.modules[_m]) for _m in "
-    "[_n for _n in _g.modules if _n.startswith('mechlab.') and _n.count('.') == 2]]  # added by the grader\n"
-    "_g.stderr = _g.stdout; del _i  # added by the grader\n")
+    f"{KEPT_MODULES!r} if _m in _g.modules]  # added by the grader\n"
+    "_g.stderr = _g.stdout; del _i, _o  # added by the grader\n")
 
 
 VISIBLE_PASSED = "visible checks passed; now the hidden tests"

@@ -212,9 +212,10 @@ def test_rebinding_the_course_check_helpers_gains_nothing(fixture_course, tmp_pa
 
 
 FAKE_CHAPTER_CHECKS = """
-import sys, types
+import os, sys, types
 import mechlab, mechlab.superposition.checks, mechlab.superposition.toy_models, mechlab.steering.checks
-real_helpers = mechlab.superposition.toy_models
+import mechlab.zoo, mechlab.runtime, mechlab.pristine, mechlab.steering.investigation
+real_pristine = mechlab.pristine
 fake = types.ModuleType("fake")
 sys.modules.pop("mechlab.superposition.checks")
 mechlab.superposition.checks = fake                     # on the package, out of sys.modules
@@ -222,27 +223,40 @@ fake_package = types.ModuleType("mechlab.steering")
 fake_package.checks, fake_package.__path__ = fake, []
 sys.modules["mechlab.steering"] = mechlab.steering = fake_package   # the package itself
 mechlab.chapters.reference = lambda topic: fake        # where own_work looks for the reference
+mechlab.zoo.load = lambda *a, **k: None                # every chapter's models
+mechlab.runtime.under_grading = lambda: False          # own_work's watch
+os.environ.pop("NBGRADER_EXECUTION", None)             # ditto
+sys.modules["mechlab.steering.investigation"].MIN_SUCCESS = 0.0   # an investigation's bar
+mechlab.superposition.toy_models.importance_decay = None  # a chapter's helper
 exec(FRESH_MODULES)
 from mechlab.superposition import checks as ch1
 from mechlab.steering import checks as ch5
-import mechlab.chapters, mechlab.superposition.toy_models
+from mechlab.steering import investigation
+import mechlab.chapters, mechlab.superposition.toy_models, mechlab.zoo, mechlab.runtime
 print(ch1.__file__.endswith("superposition/checks.py"), ch5.__file__.endswith("steering/checks.py"),
-      mechlab.chapters.reference("superposition").__name__, mechlab.superposition.toy_models is real_helpers)
+      mechlab.chapters.reference("superposition").__name__, mechlab.zoo.load.__module__,
+      mechlab.runtime.under_grading(), investigation.MIN_SUCCESS > 0,
+      callable(mechlab.superposition.toy_models.importance_decay),
+      mechlab.pristine is real_pristine)
 """
 
 
-def test_each_test_cell_imports_the_chapters_checks_from_disk_whatever_was_put_in_their_place():
-    """What the grader runs before every test cell (FRESH_MODULES), in a fresh process:
-    a fake checks module on the chapter package, a fake chapter package and a patched
-    chapter lookup are all gone, and the chapter's helper modules are still there."""
+def test_each_test_cell_imports_the_course_from_disk_whatever_was_put_in_its_place():
+    """What the grader runs before every test cell (FRESH_MODULES), in a fresh process: a
+    fake checks module on the chapter package, a fake chapter package, a patched chapter
+    lookup, a patched model loader, a faked `under_grading` and its environment variable,
+    an investigation's lowered bar and an edited helper are all gone; only the module
+    that holds the pristine torch functions is kept."""
     import subprocess
     import sys
 
     from autograder.preprocessors import FRESH_MODULES
 
     code = f"FRESH_MODULES = {FRESH_MODULES!r}\n" + FAKE_CHAPTER_CHECKS
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.stdout.split() == ["True", "True", "mechlab.superposition.reference", "True"], out.stderr
+    env = {**__import__("os").environ, "NBGRADER_EXECUTION": "autograde"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.split() == ["True", "True", "mechlab.superposition.reference", "mechlab.zoo", "True",
+                                  "True", "True", "True"], out.stderr
 
 
 REFERENCE_ROUTES = {  # exercise 1's reference reached at run time, each a different way
