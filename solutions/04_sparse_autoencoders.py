@@ -68,6 +68,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from mechlab import corpus
 from mechlab.runtime import progress
 
 # %%
@@ -1262,6 +1263,126 @@ splitting
 # directions, not small rotations of the topic's: you would not find the split by
 # looking for near-duplicate decoder rows. Splitting is a statement about what fires
 # together, so measure it there.
+#
+# ## 7. Investigation: does the SAE know a fact is coming?
+#
+# Until now the course told you which label to look for. This time you find it.
+#
+# Half of the corpus's documents are about people, and they state facts: `mary smith
+# lives in paris .`, `mary smith works as a doctor .`, `the pet of mary smith is a cat .`
+# When the model reads `mary smith lives in`, it has to predict a *city*; after `works
+# as a`, a *job*; after `has a pet`, a *pet*. (Before unknown people the same words
+# lead to a hedge instead: `lives in some town`.) The browser has no menu entry for
+# this: nothing above scored it.
+#
+# **The question.** For each kind of fact, city, job and pet, is there a latent of the
+# SAE that fires where the model is *about to write* a value of that kind, and which is it?
+
+# %% [markdown] exercise={"id": "investigate_facts", "difficulty": 3, "importance": 4, "minutes": 40, "points": 6}
+# ### Exercise 14: Investigation: the latents that announce a fact
+#
+# Write `investigate_facts(sae, store, windows)` returning a dict
+# `{"city": latent, "job": latent, "pet": latent}` of latent ids (Python ints) of `sae`,
+# each the latent that best signals "the next token is a city" (a job, a pet):
+#
+# - `sae`: a committed TopK SAE at `blocks.1.hook_resid_pre` (it normalises with its own
+#   `sae.scale`); `store`: the model's activations on `windows` at that hook, unnormalised
+#   as the store keeps them; `windows`: the corpus windows, with their ground-truth labels.
+#   Try it on the chapter's SAE: `investigate_facts(sae, eval_store, eval_windows)`.
+# - **How it is graded.** The hidden test calls your function on fresh text with two
+#   SAEs, the chapter's `topk_k8_w1024` and the twice as wide `topk_k8_w2048`, then
+#   *measures* each latent you return, on other held-out text: its F1 as a detector of
+#   "the next token is a value of this kind", over every position that has a next token
+#   in its window (a latent fires when its activation is above 0). A latent passes with
+#   at least 90% of the best latent's F1 on that text; all six must pass. More than one
+#   latent can pass, and ids read off one SAE are no answer for the other. The visible
+#   check below only says whether your answer is well formed.
+# - Budget: about 40 minutes. How you find the latents is up to you: the browser, the
+#   logit lens, your `detection_scores`.
+#
+# <details><summary>Hint 1 (where the truth is)</summary>
+#
+# `windows.labels["word_class"]` is `[n_windows, 64]`, one id per token into
+# `corpus.WORD_CLASSES` (`"city"`, `"job"`, `"pet"` are among them; column 0 is the BOS
+# slot). The store drops the BOS: its position `p` holds the activation at token `p + 1`.
+# </details>
+#
+# <details><summary>Hint 2 (which positions)</summary>
+#
+# "About to write" is the position *before* the value: the one whose *next* token is a
+# city. The last position of a window has no next token in the window; leave it out.
+# A latent that fires on the city itself answers another question.
+# </details>
+#
+# <details><summary>Hint 3 (scoring every latent at once)</summary>
+#
+# Normalise the store's activations with `sae.scale`, encode them (in chunks, under
+# `torch.no_grad()`), and give `latents > 0` with your boolean labels to your
+# `detection_scores`: the argmax of its F1 is a candidate. In the browser, its top contexts
+# and its logit lens should agree with what you asked for.
+# </details>
+#
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import investigate_facts` and carry on (no points for this exercise).
+
+# %%
+def investigate_facts(sae, store, windows) -> dict[str, int]:
+    """For each kind of fact, the latent of `sae` that best signals that a value of that kind comes next."""
+    ### BEGIN SOLUTION
+    word_class = windows.labels["word_class"]  # [n, 64]: store position p is token p + 1
+    next_class = torch.as_tensor(word_class[:, 2:]).reshape(-1)  # the token after store positions 0 .. pos-3
+    x = store.window(slice(None))[:, :-1].reshape(-1, store.d_model) * sae.scale  # the last has no next token
+    with torch.no_grad():
+        fires = torch.cat([sae.encode(chunk.to(sae.W_dec.device)).cpu() > 0 for chunk in x.split(8192)])
+    answer = {}
+    for kind in ("city", "job", "pet"):
+        labels = next_class == corpus.WORD_CLASSES.index(kind)
+        answer[kind] = int(detection_scores(fires, labels)[2].argmax())
+    return answer
+    ### END SOLUTION
+
+
+# %%
+checks.check_investigate_facts(investigate_facts)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_facts(investigate_facts)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurement: the hidden test's data, your latents and the best
+# ones, with their F1 on held-out text (the bar is 90% of the best):
+
+# %%
+checks.fact_comparison(investigate_facts)
+
+# %% [markdown]
+# **What the measurement found.** The SAE does have such latents, one per kind of fact.
+# On the chapter's SAE, latent 690<!-- out: w1024 city: latent --> announces a city (held-out
+# F1 0.770<!-- out: w1024 city F1 -->; the next best latent 0.665<!-- out: w1024 city runner-up -->),
+# latent 553<!-- out: w1024 job: latent --> a job (0.818<!-- out: w1024 job F1 -->, against
+# 0.520<!-- out: w1024 job runner-up -->) and latent 473<!-- out: w1024 pet: latent --> a pet
+# (0.789<!-- out: w1024 pet F1 -->, against 0.656<!-- out: w1024 pet runner-up -->). Each has
+# almost perfect recall (the city latent fires before 0.954<!-- out: w1024 city recall --> of
+# the cities) and a precision near 0.65<!-- out: w1024 city precision ±0.05 -->, and its false
+# alarms say what it really tracks: the city latent fires after `lives in` also when a hedge
+# follows (`lives in some town`), so it predicts "a city is likely here", not "this person
+# is known"; the job latent fires at `is a` in `the pet of mary smith is a ...`, where a
+# job would fit the words just before; the pet latent fires early, at `pet` in `the pet of mary smith`.
+#
+# The wider SAE has its own: latent 1224<!-- out: w2048 job: latent --> for jobs and
+# 706<!-- out: w2048 pet: latent --> for pets, while for cities two latents pass the bar
+# (F1 0.691<!-- out: w2048 city F1 --> and 0.678<!-- out: w2048 city runner-up -->): the
+# city feature is shared between them. That the city latent of both SAEs is number 690 is
+# no coincidence: the course's SAEs are initialised from the same seeded generator, and the
+# first 1024 rows of the wider SAE's starting decoder are the narrower one's, so a latent
+# that starts in the same direction often ends at the same feature (section 6 met the same
+# ids across widths). A list of ids read off one SAE fails on the other for jobs and pets.
+#
+# Two ways to go wrong, both measured by the hidden test. Labelling the value itself (the
+# city token) instead of the position before it finds latents that fire *on* cities: they
+# score F1 near 0 on this question. And the logit lens alone is only a first guess: the
+# latent whose decoder direction most promotes pet words directly is not the one that
+# fires before them (it misses the bar); a latent can promote a token without being where
+# the model decides to write it. Measuring against the ground truth settles it.
 #
 # ## Going further
 #

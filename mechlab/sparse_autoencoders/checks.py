@@ -25,7 +25,7 @@ from mechlab.checks import (
     call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients,
     compare_on_models, course_model, other_models, passed, randn, seeded,
 )
-from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
+from mechlab.pristine import isinstance_ as _isinstance, Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.sparse_autoencoders import reference as ref
 from mechlab.runtime import quiet
 
@@ -713,3 +713,180 @@ def _check_detection(fn: Callable, hidden: bool) -> None:
 
 
 check_detection_scores, grade_detection_scores = check_and_grade("detection_scores", _check_detection)
+
+
+# ---------------------------------------------------------------- 14. investigate_facts (the graded investigation)
+#
+# The question: at the token before a fact's value ("mary smith lives in" | "paris"), the
+# model must predict a city (a job, a pet). Which latent of an SAE signals that one is
+# coming? The truth is measured here, never taken from the learner: each latent's F1 as a
+# detector of "the next token is a <kind>", over every store position that has a next
+# token in its window, on held-out windows (corpus seed 4) the learner's function never
+# sees. Its answer passes when each latent reaches FACT_BAR of the best latent's F1, on
+# two SAEs of different widths (a list of ids copied from one SAE fails on the other).
+# The measurement lives in this module, which the grader reloads before every test cell.
+
+FACT_KINDS = ("city", "job", "pet")
+FACT_BAR = 0.9  # a latent passes with at least this fraction of the best latent's held-out F1
+FACT_SAES = ("topk_k8_w1024", "topk_k8_w2048")  # the chapter's SAE, and one twice as wide
+_FACT_TOKENS = 40_000  # held-out text per data set: about 200 positives per kind
+
+
+@functools.cache
+def _fact_data(seed: int, n_tokens: int):
+    """(windows, store at blocks.1.hook_resid_pre) of held-out corpus text."""
+    windows = activations.corpus_windows(n_tokens=n_tokens, seed=seed)
+    with quiet():
+        store = activations.ActivationStore.collect(course_model("corpus_2l"), "blocks.1.hook_resid_pre",
+                                                    windows.tokens, collect=ref.collect_activations,
+                                                    normalise=ref.normalisation_scale)
+    return windows, store
+
+
+def fact_labels(windows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Over store positions [n, pos - 1] (store position p is token p + 1): which have a
+    next token inside the window (`valid`), and, per kind, where that next token is a
+    value of that kind (`next_is[kind]`); also `is_[kind]`, where the token itself is one."""
+    from mechlab import corpus
+
+    word_class = windows.labels["word_class"][:, 1:]  # store positions
+    valid = np.ones(word_class.shape, dtype=bool)
+    valid[:, -1] = False
+    nxt = np.full_like(word_class, -1)
+    nxt[:, :-1] = word_class[:, 1:]
+    labels = {}
+    for kind in FACT_KINDS:
+        c = corpus.WORD_CLASSES.index(kind)
+        labels[f"next_is_{kind}"] = nxt == c
+        labels[f"is_{kind}"] = word_class == c
+    return valid, labels
+
+
+@torch.no_grad()
+def fact_scores(sae, store, windows) -> dict[str, dict[str, torch.Tensor]]:
+    """Per kind: every latent's precision, recall and F1 [d_sae] as a detector of "the next
+    token is a <kind>", and `on_value`, the fraction of its firings on a value itself."""
+    from mechlab.sparse_autoencoders.metrics import encode, sae_scale
+
+    valid, labels = fact_labels(windows)
+    x = store.window(slice(None)).reshape(-1, store.d_model) * sae_scale(sae, store)
+    z, _ = encode(sae, x, decode=False)
+    flat_valid = torch.from_numpy(valid.reshape(-1))
+    fires = (z > 0)[flat_valid].float()
+    fired = fires.sum(0)
+    out = {}
+    for kind in FACT_KINDS:
+        truth = torch.from_numpy(labels[f"next_is_{kind}"].reshape(-1))[flat_valid].float()
+        on_value = torch.from_numpy(labels[f"is_{kind}"].reshape(-1))[flat_valid].float()
+        tp = truth @ fires
+        precision = torch.where(fired > 0, tp / fired.clamp_min(1), 0.0)
+        recall = tp / truth.sum().clamp_min(1)
+        f1 = torch.where(fired + truth.sum() > 0, 2 * tp / (fired + truth.sum()).clamp_min(1), 0.0)
+        out[kind] = {"precision": precision, "recall": recall, "f1": f1,
+                     "on_value": torch.where(fired > 0, (on_value @ fires) / fired.clamp_min(1), 0.0)}
+    return out
+
+
+def _fact_answer(answer, d_sae: int, where: str) -> dict[str, int]:
+    """The learner's answer as {kind: latent}, or a CheckFailed saying how it is malformed."""
+    if not _isinstance(answer, dict):
+        raise CheckFailed(f"investigate_facts({where}) should return a dict {{'city': latent, 'job': latent, "
+                          f"'pet': latent}}, but it returned a {_type(answer).__name__}")
+    keys = list(answer)
+    if sorted(map(repr, keys)) != sorted(map(repr, FACT_KINDS)):
+        raise CheckFailed(f"investigate_facts({where}) should return a dict with exactly the keys "
+                          f"{list(FACT_KINDS)}, but its keys are {keys}")
+    out = {}
+    for kind in FACT_KINDS:
+        value = answer[kind]
+        if _type(value) in (_Tensor, _Parameter) and value.ndim == 0 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = int(value.item())
+        elif _isinstance(value, np.integer):
+            value = int(value)
+        if _type(value) is not int:
+            raise CheckFailed(f"investigate_facts({where})[{kind!r}] should be a latent id (a Python int), "
+                              f"but it is a {_type(value).__name__}: {value!r}")
+        if not 0 <= value < d_sae:
+            raise CheckFailed(f"investigate_facts({where})[{kind!r}] = {value} is not a latent of this SAE "
+                              f"(ids 0 to {d_sae - 1})")
+        out[kind] = value
+    return out
+
+
+def _fact_call(fn: Callable, sae_name: str, seed: int, n_tokens: int) -> dict[str, int]:
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    windows, store = _fact_data(seed, n_tokens)
+    sae = sae_zoo.load(sae_name)  # the learner's own copy: what it does to it changes no measurement
+    where = f"{sae_name}, a store and windows of {n_tokens:,} tokens of held-out text"
+    return _fact_answer(call_learner(fn, "investigate_facts", where, (sae, store, windows)), sae.cfg.d_sae, where)
+
+
+def _fact_verdict(sae_name: str, kind: str, latent: int, scores: dict) -> tuple[bool, str, float]:
+    s = scores[kind]
+    best = float(s["f1"].max())
+    f1, p, r = float(s["f1"][latent]), float(s["precision"][latent]), float(s["recall"][latent])
+    ok = f1 >= FACT_BAR * best
+    if ok:
+        return ok, f"{sae_name} {kind}: latent {latent}, F1 {f1:.2f} >= {FACT_BAR * best:.2f}", 0.0
+    line = (f"{sae_name}, {kind}: latent {latent} has F1 {f1:.2f} (precision {p:.2f}, recall {r:.2f}) "
+            f"against the bar {FACT_BAR * best:.2f} ({FACT_BAR:.0%} of the best latent's {best:.2f})")
+    return ok, line, float(s["on_value"][latent])
+
+
+def _check_investigate_facts(fn: Callable, hidden: bool) -> None:
+    if not hidden:  # visible: only whether the answer is well formed, nothing about whether it is right
+        answer = _fact_call(fn, FACT_SAES[0], 3, 6_000)
+        passed(f"investigate_facts returns a latent id for each of {', '.join(FACT_KINDS)} ({answer}); "
+               "whether they are the right ones is measured by the hidden test, on held-out text")
+        return
+    held_out = _fact_data(4, _FACT_TOKENS)
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    failures, lines = [], []
+    for sae_name in FACT_SAES:
+        answer = _fact_call(fn, sae_name, 3, _FACT_TOKENS)
+        scores = fact_scores(sae_zoo.load(sae_name), held_out[1], held_out[0])
+        for kind in FACT_KINDS:
+            ok, line, on_value = _fact_verdict(sae_name, kind, answer[kind], scores)
+            lines.append(line)
+            if not ok:
+                why = (f"; {on_value:.0%} of its firings are on a {kind} itself: label the position *before* "
+                       "the value (store position p is token p + 1)") if on_value > 0.3 else ""
+                failures.append(line + why)
+    if failures:
+        raise CheckFailed("measured on held-out text, the latent does not signal that this kind of fact comes "
+                          "next:\n  " + "\n  ".join(failures))
+    passed("investigate_facts: measured on held-out text, every latent reaches its bar (" + "; ".join(lines) + ")")
+
+
+check_investigate_facts, grade_investigate_facts = check_and_grade("investigate_facts", _check_investigate_facts)
+
+
+def fact_comparison(fn: Callable):
+    """Your answer against the measurement (for the chapter's text, after the exercise): for
+    each SAE the hidden test uses and each kind, your latent and the best one, with their
+    held-out F1, the runner-up's and the bar. Prints the best latents' numbers, one a line."""
+    import pandas as pd
+
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    windows, store = _fact_data(4, _FACT_TOKENS)
+    rows = []
+    for sae_name in FACT_SAES:
+        answer = _fact_call(fn, sae_name, 3, _FACT_TOKENS)
+        scores = fact_scores(sae_zoo.load(sae_name), store, windows)
+        for kind in FACT_KINDS:
+            s = scores[kind]
+            top = s["f1"].topk(2)
+            best, yours = int(top.indices[0]), answer[kind]
+            rows.append({"sae": sae_name, "kind": kind, "your latent": yours, "your F1": float(s["f1"][yours]),
+                         "best latent": best, "best F1": float(top.values[0]), "runner-up F1": float(top.values[1]),
+                         "bar": FACT_BAR * float(top.values[0]), "best precision": float(s["precision"][best]),
+                         "best recall": float(s["recall"][best]), "passes": float(s["f1"][yours]) >= FACT_BAR * float(top.values[0])})
+            tag = f"{sae_name.split('_')[-1]} {kind}"  # distinct labels for the numbers the text quotes
+            print(f"{tag}: latent {best} | {tag} F1 {float(top.values[0]):.3f} | {tag} runner-up "
+                  f"{float(top.values[1]):.3f} | {tag} precision {float(s['precision'][best]):.3f} | "
+                  f"{tag} recall {float(s['recall'][best]):.3f}")
+    return pd.DataFrame(rows).round(3)
