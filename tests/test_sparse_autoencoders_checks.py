@@ -226,6 +226,41 @@ def detection_with_nan(fires, labels):
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
+def topk_without_k_check(pre, k):
+    top = pre.topk(k, dim=-1)  # no min(k, d_sae): fails when k > d_sae
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def auxk_topk_before_masking(residual, pre, W_dec, dead_mask, k_aux):
+    k = min(k_aux, int(dead_mask.sum()))
+    if k == 0:
+        return pre.new_zeros(())
+    z = ref.topk_activation(pre, k) * dead_mask  # top k of all latents, then the live ones zeroed
+    return (residual - z @ W_dec).pow(2).sum(-1).mean()
+
+
+def bias_mean_of_ratios(x, reconstruction):
+    return ((reconstruction * reconstruction).sum(-1) / (reconstruction * x).sum(-1)).mean().item()
+
+
+class StepFunction(torch.autograd.Function):  # the name the check looks for beside jumprelu_l0
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre > threshold  # a bool tensor: autograd never calls backward
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        pre, threshold = ctx.saved_tensors
+        in_window = (pre - threshold).abs() < ctx.bandwidth / 2
+        return None, -(grad_output * in_window).sum(0) / ctx.bandwidth, None
+
+
+def l0_bool_step(pre, threshold, bandwidth):
+    return StepFunction.apply(pre, threshold, bandwidth).float().sum(-1).mean()
+
+
 def _fact_fires(sae, store):
     x = store.window(slice(None))[:, :-1].reshape(-1, store.d_model) * sae.scale
     with torch.no_grad():
@@ -303,6 +338,10 @@ MUTANTS = [
     ("top_activations", top_in_increasing_order, "differ"),
     ("detection_scores", detection_swapped, "swapped"),
     ("detection_scores", detection_with_nan, "NaN"),
+    ("topk_activation", topk_without_k_check, "k larger than d_sae"),
+    ("auxk_loss", auxk_topk_before_masking, "among the dead latents"),
+    ("relative_reconstruction_bias", bias_mean_of_ratios, "ratio of two means"),
+    ("jumprelu_l0", l0_bool_step, "your StepFunction.forward returns a bool tensor"),
     ("investigate_facts", facts_on_the_value_itself, "on a city itself: label the position \\*before\\*"),
     ("investigate_facts", facts_ids_from_one_sae, "topk_k8_w2048, job: latent 553 has F1 0.00"),
     ("investigate_facts", facts_most_frequent_latents, "topk_k8_w1024, city: latent \\d+ has F1 0.0"),

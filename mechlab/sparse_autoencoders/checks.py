@@ -195,8 +195,8 @@ def _check_topk(fn: Callable, hidden: bool) -> None:
                  *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
         gradient_cases = cases[2:4]
     else:
-        cases = [_TOPK_HAND, *_topk_cases([(0, 5, 12, 3)])]
-        gradient_cases = cases[1:]
+        cases = [_TOPK_HAND, _TOPK_ALL, *_topk_cases([(0, 5, 12, 3)])]
+        gradient_cases = cases[2:]
     _values_and_gradients(fn, ref.topk_activation, cases, gradient_cases, (0,), "topk_activation", _TOPK_MISTAKES)
 
 
@@ -227,6 +227,13 @@ _AUXK_HAND = Case(
 _AUXK_NONE = Case("no dead latents -> 0", (randn(9, 4, 3), randn(10, 4, 6), randn(11, 6, 3),
                                            torch.zeros(6, dtype=torch.bool), 2))
 
+def _auxk_topk_then_mask(e, pre, W, dead, k):
+    k = min(k, int(dead.sum()))
+    if k == 0:
+        return pre.new_zeros(())
+    return (e - (ref.topk_activation(pre, k) * dead) @ W).pow(2).sum(-1).mean()
+
+
 _AUXK_MISTAKES = [
     ("use only the dead latents: set the live latents' pre-activations to -inf before the TopK.",
      lambda e, pre, W, dead, k: (e - ref.topk_activation(pre, k) @ W).pow(2).sum(-1).mean()),
@@ -237,6 +244,9 @@ _AUXK_MISTAKES = [
          @ W).pow(2).sum(-1).mean() if dead.any() else pre.new_zeros(())),
     ("sum the squared error over d_in and average over the batch.",
      lambda e, pre, W, dead, k: ref.auxk_loss(e, pre, W, dead, k) / e.shape[-1]),
+    ("take the top k_aux *among the dead latents*: set the live ones to -inf before the TopK. Taking the TopK "
+     "of all latents and then zeroing the live ones keeps only the dead latents that happened to make the "
+     "overall top k_aux, usually fewer than k_aux.", _auxk_topk_then_mask),
 ]
 
 
@@ -355,8 +365,30 @@ check_jumprelu, grade_jumprelu = check_and_grade("jumprelu", _check_jumprelu)
 _L0_HINT = "return a 0-dimensional tensor: the mean over the batch of the number of latents above threshold."
 
 
+def _bool_step_output(fn: Callable) -> bool:
+    """Whether the learner's `StepFunction` (in the notebook beside `fn`) returns a bool tensor."""
+    step = getattr(getattr(fn, "__wrapped__", fn), "__globals__", {}).get("StepFunction")
+    if not (_isinstance(step, type) and issubclass(step, torch.autograd.Function)):
+        return False
+    try:
+        pre, threshold, bandwidth = copy.deepcopy(_JUMP_INPUTS)
+        return step.apply(pre, threshold.requires_grad_(), bandwidth).dtype == torch.bool
+    except Exception:
+        return False
+
+
 def _check_jumprelu_l0(fn: Callable, hidden: bool) -> None:
-    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", _L0_HAND, hidden, _L0_MISTAKES, _L0_HINT)
+    try:
+        _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", _L0_HAND, hidden, _L0_MISTAKES, _L0_HINT)
+    except CheckFailed as failure:
+        if "does not depend differentiably" not in str(failure):
+            raise
+        cause = ("your StepFunction.forward returns a bool tensor (pre > threshold): autograd treats a Function's "
+                 "bool output as not differentiable and never calls its backward. Return "
+                 "(pre > threshold).to(pre.dtype).") if _bool_step_output(fn) else (
+                 "if StepFunction.forward returns a bool tensor (pre > threshold), autograd treats it as not "
+                 "differentiable and never calls backward: return (pre > threshold).to(pre.dtype).")
+        raise CheckFailed(f"{failure}\nHint: {cause}") from None
 
 
 check_jumprelu_l0, grade_jumprelu_l0 = check_and_grade("jumprelu_l0", _check_jumprelu_l0)
@@ -630,7 +662,10 @@ def _bias_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
 
 
 _BIAS_MISTAKES = [("γ = E[x̂·x̂] / E[x̂·x] (you have its inverse): below 1 when x̂ is shrunk.",
-                   lambda x, r: 1 / ref.relative_reconstruction_bias(x, r))]
+                   lambda x, r: 1 / ref.relative_reconstruction_bias(x, r)),
+                  ("γ is a ratio of two means, E[x̂·x̂] / E[x̂·x], not the mean of each input's ratio "
+                   "(x̂·x̂) / (x̂·x): average the numerator and the denominator over the batch first, then divide.",
+                   lambda x, r: ((r * r).sum(-1) / (r * x).sum(-1)).mean().item())]
 
 
 def _check_bias(fn: Callable, hidden: bool) -> None:
