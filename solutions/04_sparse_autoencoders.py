@@ -1354,7 +1354,7 @@ splitting
 # 0.31<!-- out: decoder cosine with its own subtopics' latents, median: ±0.05 -->), against
 # -0.32<!-- out: decoder cosine with other topics' subtopic latents, lowest: ±0.03 --> to
 # 0.17<!-- out: decoder cosine with other topics' subtopic latents, highest: ±0.03 --> with other topics'
-# (median 0.00<!-- out: decoder cosine with other topics' subtopic latents, median: ±0.05 -->). The subtopic latents point
+# (median -0.07<!-- out: decoder cosine with other topics' subtopic latents, median: ±0.03 -->). The subtopic latents point
 # mostly in *new* directions, not small rotations of the topic's: you would not find the
 # split by looking for near-duplicate decoder rows. Splitting is a statement about what
 # fires together, so measure it there.
