@@ -4,7 +4,7 @@
 #     chapter: 4
 #     title: Training sparse autoencoders
 #     seed: 0
-#     timeout: 240
+#     timeout: 600
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,7 +41,7 @@
 #    recall / F1 score against the corpus's ground truth, beside a linear probe;
 # 6. watch features **split** as the dictionary grows.
 #
-# **Time budget:** about 3¾ hours for the exercises (the table below adds them up),
+# **Time budget:** about 4½ hours for the exercises (the table below adds them up),
 # plus time to play with the latent browser. The notebook runs in about 3 minutes on a
 # laptop CPU: one SAE trains live, the others (a sweep of sizes and sparsities) come
 # from checkpoints committed with the course, and `python -m mechlab.sparse_autoencoders.zoo train NAME`
@@ -68,10 +68,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from mechlab import corpus
 from mechlab.runtime import progress
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 
 from mechlab import zoo
 from mechlab.sparse_autoencoders import activations, plots, zoo as sae_zoo
@@ -145,7 +147,8 @@ checks.grade_collect_activations(collect_activations)
 # the **mean squared norm is `d_model`**, $\mathbb{E}\,\lVert s\,x \rVert^2 = d_\text{model}$.
 # (Anthropic's April 2024 update and SAELens's `normalize_activations="expected_average_only_in"`
 # make the mean *norm* $\sqrt{d_\text{model}}$ instead; on this model the two factors
-# differ by 2.5%.)
+# differ by 2.5%<!-- out: the mean-norm convention's factor is larger by ±0.3 -->, printed
+# under the store below.)
 # Hyperparameters then carry over between models, and a squared error of
 # $d_\text{model}$ means "as large as the activation itself".
 
@@ -203,6 +206,9 @@ checks.grade_normalisation_scale(normalisation_scale)
 store = activations.ActivationStore.collect(model, HOOK, windows.tokens, collect=collect_activations,
                                             normalise=normalisation_scale)
 print(f"{len(store):,} activations of d_model={store.d_model} in memory; scale s = {store.scale:.4f}")
+sample = store.flat(200_000) / store.scale  # the unnormalised activations the scale came from
+mean_norm_scale = math.sqrt(store.d_model) / sample.norm(dim=-1).mean().item()  # SAELens's convention
+print(f"the mean-norm convention's factor is larger by {100 * (mean_norm_scale / store.scale - 1):.1f}%")
 
 import tempfile
 with tempfile.TemporaryDirectory() as tmp:
@@ -780,15 +786,17 @@ live_cfg = SAEConfig(d_in=store.d_model, d_sae=1024, architecture="topk", k=8, h
 live_sae = SAE(live_cfg).to(device)
 history = train_sae(live_sae, store.batches(1024, seed=0), steps=1000 * SCALE, lr=1e-3, warmup_steps=100,
                     dead_after=100_000)
+print(f"live SAE, last 50 steps: MSE {history['mse'][-50:].mean():.2f}, "
+      f"dead fraction at the end {100 * history['dead_fraction'][-1]:.1f}%")
 plots.training_curves(history);
 
 # %% [markdown]
 # Read the curves: the squared error falls fast, then slowly (the normalised activations
-# have $\mathbb{E}\lVert x\rVert^2 = 128$, so an MSE of 6 leaves about 5% of the
+# have $\mathbb{E}\lVert x\rVert^2 = 128$, so an MSE of 6<!-- out: live SAE, last 50 steps: MSE ±1.5 --> leaves about 5% of the
 # squared norm unexplained); $L_0$ is exactly $k$ throughout (TopK); and the dead
-# fraction starts at 0 and rises as some latents stop winning the top $k$ (to about 2%
+# fraction starts at 0 and rises as some latents stop winning the top $k$ (to about 2%<!-- out: dead fraction at the end ±2 -->
 # in this run); the auxiliary loss gives them a gradient to come back by. Compare the
-# $k = 4$ SAE below, where 29% end up dead.
+# $k = 4$ SAE below, where 29%<!-- out: dead[topk_k4_w1024]= --> end up dead.
 
 # %% [markdown]
 # ## 4. Evaluating an SAE
@@ -940,6 +948,9 @@ saes = {name: sae_zoo.load(name, device=device) for name in sae_zoo.FRONTIER}
 saes["live: topk, k=8 (yours)"] = live_sae
 table = plots.evaluate(saes, model, eval_store, eval_windows.tokens, metrics=reconstruction_metrics,
                        ce=ce_loss_recovered)
+plots.print_numbers(table, {"l0": ("L0", ".2f"), "explained_variance": ("EV", ".3f"),
+                            "ce_increase": ("CE+", ".4f"), "ce_loss_recovered": ("recovered", ".3f"),
+                            "dead_fraction": ("dead", ".1f%")})
 table
 
 # %%
@@ -950,21 +961,30 @@ plots.frontier(table);
 # activations; the numbers are in the table):
 #
 # - At equal $L_0$, **TopK reconstructs best, JumpReLU next, the L1 SAE worst**. Near
-#   $L_0 = 8$: TopK explains 0.962 of the variance and costs the model 0.003 nats,
-#   JumpReLU ($L_0 \approx 6$-$9$) 0.93-0.94 and 0.01 nats, the L1 SAE ($L_0 = 8.2$) 0.85
-#   and 0.08 nats. At scale, Rajamanoharan et al. find JumpReLU level with or ahead of
+#   $L_0 = 8$: TopK explains 0.962<!-- out: EV[topk_k8_w1024]= --> of the variance and
+#   costs the model 0.003<!-- out: CE+[topk_k8_w1024]= --> nats; JumpReLU, with $L_0$ from
+#   6<!-- out: L0[jumprelu_l0_1_w1024]= --> to 9<!-- out: L0[jumprelu_l0_0.3_w1024]= -->,
+#   explains 0.93<!-- out: EV[jumprelu_l0_1_w1024]= --> to 0.94<!-- out: EV[jumprelu_l0_0.3_w1024]= -->
+#   and costs 0.01<!-- out: CE+[jumprelu_l0_1_w1024]= --> nats; the L1 SAE
+#   ($L_0$ = 8.2<!-- out: L0[relu_l1_5_w1024]= -->) 0.85<!-- out: EV[relu_l1_5_w1024]= -->
+#   and 0.08<!-- out: CE+[relu_l1_5_w1024]= --> nats. At scale, Rajamanoharan et al. find JumpReLU level with or ahead of
 #   TopK; with our short budget its thresholds are still learning (train one longer and
 #   see). The L1 SAE's gap is the price of its penalty's shrinkage, measured next.
 # - **CE loss recovered saturates.** Most SAEs here score 0.99 or more, yet their CE
-#   increases differ thirty-fold (0.001 to 0.03 nats): report the nats. Only a very
-#   strong L1 penalty ($\lambda = 10$, $L_0 = 4$) drops it to 0.76.
+#   increases differ thirty-fold (0.001<!-- out: CE+[topk_k16_w1024]= --> to
+#   0.03<!-- out: CE+[jumprelu_l0_3_w1024]= --> nats): report the nats. Only a strong L1
+#   penalty pulls it further down: 0.98<!-- out: recovered[relu_l1_5_w1024]= --> at
+#   $\lambda = 5$, and 0.76<!-- out: recovered[relu_l1_10_w1024]= --> at $\lambda = 10$
+#   ($L_0$ = 4<!-- out: L0[relu_l1_10_w1024]= -->).
 # - The L1 SAE's $L_0$ is set only indirectly, by $\lambda$: to compare at a chosen
 #   sparsity you have to sweep it. TopK gives the $L_0$ you ask for, JumpReLU the one its
 #   L0 coefficient buys.
-# - **Dead latents** come with extreme sparsity: with $k = 4$, 29% of the TopK SAE's
-#   latents never fire on the evaluation text; with $k = 16$, under 1%.
+# - **Dead latents** come with extreme sparsity: with $k = 4$, 29%<!-- out: dead[topk_k4_w1024]= -->
+#   of the TopK SAE's latents never fire on the evaluation text; with $k = 16$, under
+#   1%<!-- out: dead[topk_k16_w1024]= -->.
 # - Your live SAE, trained on a third of the committed one's activations, lands a little
-#   behind the committed $k = 8$ SAE (explained variance about 0.95 against 0.96).
+#   behind the committed $k = 8$ SAE (explained variance about
+#   0.95<!-- out: EV[live: topk, k=8 (yours)]= ±0.01 --> against 0.96<!-- out: EV[topk_k8_w1024]= -->).
 #
 # The density histogram shows how often each latent fires, on a log scale. Healthy
 # SAEs have a broad bump between $10^{-4}$ and $10^{-1}$; a spike at the far left is
@@ -1018,15 +1038,18 @@ checks.grade_relative_reconstruction_bias(relative_reconstruction_bias)
 
 # %%
 shrinkage = plots.shrinkage(saes, eval_store, relative_reconstruction_bias)
-shrinkage
+plots.print_numbers(shrinkage, {"gamma": ("γ", ".2f")})
 
 # %% [markdown]
-# The L1 SAEs' $\gamma$ is well below 1 and falls as $\lambda$ grows (0.90, 0.77 and 0.61
-# for $\lambda$ = 2, 5, 10); TopK and JumpReLU sit at 1.00. The right panel shows it
-# latent by latent: for inputs where a latent is active, the activation the SAE gives it
-# against the coefficient that best fits $x$ along that latent's decoder direction, given
-# the other active latents (a
-# least-squares refit of the active set). Points below the diagonal are shrunk.
+# The L1 SAEs' $\gamma$ is well below 1 and falls as $\lambda$ grows
+# (0.90<!-- out: γ[relu_l1_2_w1024]= -->, 0.77<!-- out: γ[relu_l1_5_w1024]= --> and
+# 0.61<!-- out: γ[relu_l1_10_w1024]= --> for $\lambda$ = 2, 5, 10); TopK and JumpReLU sit
+# at 1.00<!-- out: γ[topk_k8_w1024]= -->. The two scatter plots show it
+# latent by latent, for the L1 SAE with $\lambda = 5$ (middle) and the TopK SAE with $k = 8$
+# (right): for inputs where a latent is active, the activation the SAE gives it against the
+# coefficient that best fits $x$ along that latent's decoder direction, given the other
+# active latents (a least-squares refit of the active set). Points below the diagonal are
+# shrunk (each panel's title gives their fraction).
 
 # %% [markdown]
 # ## 5. Reading latents
@@ -1165,26 +1188,46 @@ checks.grade_detection_scores(detection_scores)
 
 # %%
 scores = plots.ground_truth_table(sae, eval_store, eval_windows, detection_scores)
-plots.ground_truth_summary(scores)
+summary = plots.ground_truth_summary(scores)
+plots.print_numbers(summary, {"latent_f1": ("latent F1", ".3f"), "probe_f1": ("probe F1", ".3f"),
+                              "raw_dim_f1": ("raw dimension F1", ".3f"), "always_on_f1": ("always on F1", ".3f")})
+summary
 
 # %%
+known = scores.set_index("label").loc["known person"]
+print(f"known person: latent {known.latent}; known person recall {100 * known.recall:.0f}%, known person precision "
+      f"{known.precision:.2f}, base rate of known names {1 / (2 / known.always_on_f1 - 1):.2f}")
+negative = scores.set_index("label").loc["negative"]
+print(f"negative sentiment: the table's latent {negative.latent} (chosen on half A, F1 {negative.f1:.3f} on half B); "
+      f"the browser's latent {browser_data.best_latents['sentiment: negative'][0]} (chosen on every position)")
 scores  # every label: its best latent, with precision and recall on the held-out half
 
 # %% [markdown]
 # What the table says (mean F1 over each group's labels, held-out half):
 #
 # - **Topics and subtopics are SAE features.** One latent per topic detects it with
-#   F1 0.94 (a linear probe on all 128 dimensions: 0.996; the best raw dimension: 0.72;
-#   always on: 0.28); one latent per subtopic, with F1 0.82 (probe 0.88, raw dimension
-#   0.54). The SAE, trained with no labels at all, found directions that line up with
+#   F1 0.94<!-- out: latent F1[topic]= --> (a linear probe on all 128 dimensions:
+#   0.996<!-- out: probe F1[topic]= -->; the best raw dimension: 0.72<!-- out: raw dimension F1[topic]= -->;
+#   always on: 0.28<!-- out: always on F1[topic]= -->); one latent per subtopic, with F1
+#   0.82<!-- out: latent F1[subtopic]= --> (probe 0.88<!-- out: probe F1[subtopic]= -->, raw
+#   dimension 0.54<!-- out: raw dimension F1[subtopic]= -->). The SAE, trained with no labels at all, found directions that line up with
 #   the generator's categories far better than the model's own basis does.
-# - **Sentiment is easy**: one raw dimension already detects it (0.98); the SAE keeps it
-#   as one latent per polarity (0.99).
-# - **"Known person" is not a clean latent.** The best latent (0.80) barely beats
-#   always-on (0.76) and loses to a single raw dimension (0.89), while a probe reads the
-#   property almost perfectly (0.99). It is a leaky detector: it fires on 86% of known
+# - **Sentiment is easy**: one raw dimension already detects it
+#   (0.98<!-- out: raw dimension F1[sentiment]= -->); the SAE keeps it as one latent per
+#   polarity (0.99<!-- out: latent F1[sentiment]= -->). Which latent that is for "negative"
+#   depends a little on the text it is picked on: the table picks on half A of the windows
+#   and names latent 111<!-- out: the table's latent -->, the browser's menu picks on every
+#   position and names latent 736<!-- out: the browser's latent -->. Two latents detect
+#   negative sentiment almost equally well, so either choice is right; a near-tie like this
+#   is a first hint that a feature may be represented more than once.
+# - **"Known person" is not a clean latent.** The best latent (0.80<!-- out: latent F1[known person]= -->)
+#   barely beats always-on (0.76<!-- out: always on F1[known person]= -->) and loses to a
+#   single raw dimension (0.89<!-- out: raw dimension F1[known person]= -->), while a probe
+#   reads the property almost perfectly (0.99<!-- out: probe F1[known person]= -->). It is a
+#   leaky detector: it fires on 86%<!-- out: known person recall --> of known
 #   people's last names (recall), but a quarter of its firings are on unknown people's
-#   (precision 0.75, where 0.61 of these names are known anyway). Open it in the browser
+#   (precision 0.75<!-- out: known person precision -->, where
+#   0.61<!-- out: base rate of known names --> of these names are known anyway). Open it in the browser
 #   above (the label menu): it fires most reliably at the start of a document. The model represents
 #   whether it knows a person, linearly, but this SAE did not give that a latent of its
 #   own: a property the model *has* need not be a feature an SAE *finds*. (Chapter 5
@@ -1198,15 +1241,24 @@ post_sae = sae_zoo.load("topk_k8_w1024_post", device=device)
 post_store = activations.ActivationStore.collect(model, post_sae.cfg.hook_name, eval_windows.tokens,
                                                  collect=collect_activations, desc="held-out resid_post")
 post_store.scale = sae_zoo.info("topk_k8_w1024_post")["scale"]
-plots.ground_truth_summary(plots.ground_truth_table(post_sae, post_store, eval_windows, detection_scores))
+post_summary = plots.ground_truth_summary(plots.ground_truth_table(post_sae, post_store, eval_windows, detection_scores))
+post_summary.index = [f"{group} at resid_post" for group in post_summary.index]
+plots.print_numbers(post_summary, {"latent_f1": ("latent F1", ".3f"), "raw_dim_f1": ("raw dimension F1", ".3f")})
+post_table = plots.evaluate({"topk_k8_w1024_post": post_sae}, model, post_store, eval_windows.tokens,
+                            metrics=reconstruction_metrics, ce=ce_loss_recovered)
+plots.print_numbers(post_table, {"explained_variance": ("EV", ".3f")})
+post_summary
 
 # %% [markdown]
 # At the end of the model the picture changes. The residual stream there is nearly the
 # next-token prediction, so the SAE spends its latents on *what comes next*: topic
-# latents drop to F1 0.73, below a single raw dimension (0.80), while subtopic latents
-# (0.85) hold up because the subtopic is itself a next-token fact (which subtopic words
-# can come). Reconstruction is easier there too (explained variance 0.985 against
-# 0.962), which says nothing about interpretability. The middle of the model, where
+# latents drop to F1 0.73<!-- out: latent F1[topic at resid_post]= -->, below a single raw
+# dimension (0.80<!-- out: raw dimension F1[topic at resid_post]= -->), while subtopic latents
+# (0.85<!-- out: latent F1[subtopic at resid_post]= -->) hold up because the subtopic is
+# itself a next-token fact (which subtopic words can come). Reconstruction is easier there
+# too (explained variance 0.985<!-- out: EV[topk_k8_w1024_post]= ±0.002 --> against
+# 0.962<!-- out: EV[topk_k8_w1024]= --> at `blocks.1.hook_resid_pre`), which says nothing about
+# interpretability. The middle of the model, where
 # information is gathered before it is used, is where this SAE's latents beat the raw
 # basis most clearly: that is why the chapter trains at `blocks.1.hook_resid_pre`.
 
@@ -1225,12 +1277,17 @@ plots.ground_truth_summary(plots.ground_truth_table(post_sae, post_store, eval_w
 widths = {name: sae_zoo.load(name, device=device) for name in sae_zoo.WIDTHS}
 width_table = plots.evaluate(widths, model, eval_store, eval_windows.tokens, metrics=reconstruction_metrics,
                              ce=ce_loss_recovered)
+plots.print_numbers(width_table.loc[["topk_k8_w256", "topk_k8_w512", "topk_k8_w2048", "topk_k8_w4096"]],
+                    {"explained_variance": ("EV", ".3f"), "ce_increase": ("CE+", ".4f"), "dead_fraction": ("dead", ".1f%")})
 plots.width_curve(width_table);
 
 # %% [markdown]
-# Reconstruction improves with width up to 2048 latents, and the CE increase halves from
-# 256 to 512, then falls slowly. The right panel says why: past 1024 latents, more and more
-# of them **never fire** on held-out text (17% of 2048, 46% of 4096). The corpus has a
+# Reconstruction improves with width up to 2048 latents (explained variance
+# 0.944<!-- out: EV[topk_k8_w256]= --> at 256, 0.964<!-- out: EV[topk_k8_w2048]= --> at 2048),
+# and the CE increase halves from 256 to 512 (0.0062<!-- out: CE+[topk_k8_w256]= --> to
+# 0.0035<!-- out: CE+[topk_k8_w512]= --> nats), then falls slowly. The right panel says why
+# it levels off: past 1024 latents, more and more of them **never fire** on held-out text
+# (17%<!-- out: dead[topk_k8_w2048]= --> of 2048, 46%<!-- out: dead[topk_k8_w4096]= --> of 4096). The corpus has a
 # few hundred words and a few dozen kinds of fact; a dictionary much wider than that has
 # nothing left to learn, and its extra latents die. On a real model's residual stream,
 # the useful width is far larger, but the sign to watch for is the same.
@@ -1243,25 +1300,191 @@ plots.width_curve(width_table);
 # %%
 splitting = plots.feature_splitting(widths["topk_k8_w256"], widths["topk_k8_w4096"], eval_store, eval_windows,
                                     detection_scores)
+by_topic = splitting.groupby("topic", sort=False).first()  # the per-topic columns repeat on the topic's rows
+cofire, cosine, own = (splitting.attrs[k] for k in ("cofire", "cosine", "own_topic"))
+for label, values in {"heatmap inside a topic's block": cofire[own],
+                      "heatmap outside the blocks": cofire[~own],
+                      "right subtopic latent, given the subtopic": splitting.p_subtopic_latent,
+                      "any of its subtopic latents, in its topic's documents": by_topic.p_any_in_topic,
+                      "any of its subtopic latents, over all its firings": by_topic.p_any_subtopic_latent,
+                      "decoder cosine with its own subtopics' latents": cosine[own],
+                      "decoder cosine with other topics' subtopic latents": cosine[~own]}.items():
+    values = np.asarray(values)
+    percent = not label.startswith("decoder")  # the fractions of the time, as percentages
+    for stat, value in [("lowest", values.min()), ("median", np.median(values)), ("highest", values.max())]:
+        print(f"{label}, {stat}: {100 * value:.0f}%" if percent else f"{label}, {stat}: {value:.2f}")
 splitting
 
 # %% [markdown]
+# The table has one row per subtopic:
+#
+# - `topic_latent`, `topic_f1`: the 256-latent SAE's best latent for the row's topic (by F1
+#   on the topic label set, as in section 5), and its F1;
+# - `subtopic_latent`, `subtopic_f1`: the 4096-latent SAE's best latent for the subtopic;
+# - `n`: the positions where the topic latent fires in a document about this subtopic
+#   (only positions where an earlier subtopic word makes the subtopic knowable);
+# - `p_subtopic_latent`: the fraction of those `n` where the subtopic latent fires too;
+# - `p_any_subtopic_latent`: over all positions where the topic latent fires, the fraction
+#   where at least one of its topic's three subtopic latents fires; `p_any_in_topic`: the
+#   same, counting only documents about its topic (these two repeat on a topic's rows);
+# - `decoder_cosine`: the cosine between the topic latent's and the subtopic latent's
+#   decoder rows.
+#
 # Read the left heatmap block by block. Each row is one topic latent of the 256-latent
 # SAE (its index in brackets), each column the 4096-latent SAE's best latent for one
 # subtopic. Inside a topic's block, each of its three subtopic latents fires with the
-# topic latent 17-37% of the time, and they share its firings between them; outside the
-# block, almost never. In the table: when the topic latent fires on its own topic's
-# documents, one of the three subtopic latents fires too 78-84% of the time (61-79% over
-# all its firings, since a topic latent also fires now and then on another topic); and
-# given the subtopic, the right one fires 69-84% of the time. One coarse feature has
-# **split** into three finer ones.
+# topic latent 17%<!-- out: heatmap inside a topic's block, lowest: --> to
+# 37%<!-- out: heatmap inside a topic's block, highest: --> of the time, and they share its
+# firings between them; outside the block, almost never (at most
+# 3%<!-- out: heatmap outside the blocks, highest: ±2 -->). In the table: when the topic
+# latent fires on its own topic's documents, one of the three subtopic latents fires too
+# 78%<!-- out: any of its subtopic latents, in its topic's documents, lowest: --> to
+# 84%<!-- out: any of its subtopic latents, in its topic's documents, highest: --> of the
+# time (61%<!-- out: any of its subtopic latents, over all its firings, lowest: --> to
+# 79%<!-- out: any of its subtopic latents, over all its firings, highest: --> over all its
+# firings, since a topic latent also fires now and then on another topic); and given the
+# subtopic, the right one fires 69%<!-- out: right subtopic latent, given the subtopic, lowest: -->
+# to 84%<!-- out: right subtopic latent, given the subtopic, highest: --> of the time. One
+# coarse feature has **split** into three finer ones.
 #
 # The decoder directions (right) show the same blocks, but faintly: a topic latent's
-# cosine with its own subtopic latents is -0.03 to 0.51 (about 0.3 typically), against
-# at most 0.17 with other topics'. The subtopic latents point mostly in *new*
-# directions, not small rotations of the topic's: you would not find the split by
-# looking for near-duplicate decoder rows. Splitting is a statement about what fires
-# together, so measure it there.
+# cosine with its own subtopic latents is
+# -0.03<!-- out: decoder cosine with its own subtopics' latents, lowest: --> to
+# 0.51<!-- out: decoder cosine with its own subtopics' latents, highest: --> (median
+# 0.31<!-- out: decoder cosine with its own subtopics' latents, median: ±0.05 -->), against
+# -0.32<!-- out: decoder cosine with other topics' subtopic latents, lowest: ±0.03 --> to
+# 0.17<!-- out: decoder cosine with other topics' subtopic latents, highest: ±0.03 --> with other topics'
+# (median -0.07<!-- out: decoder cosine with other topics' subtopic latents, median: ±0.03 -->). The subtopic latents point
+# mostly in *new* directions, not small rotations of the topic's: you would not find the
+# split by looking for near-duplicate decoder rows. Splitting is a statement about what
+# fires together, so measure it there.
+#
+# Some latent ids come back across widths: the 4096-latent SAE's fruit latent is number
+# 1011, and so is the 1024-latent SAE's in the ground-truth table above. That is the
+# initialisation, not a coincidence: every SAE in this sweep starts from the same seeded
+# generator, so the first 1024 rows of a wider SAE's starting decoder are exactly the
+# narrower SAE's, and a latent that starts in the same direction often ends up at the same
+# feature.
+#
+# ## 7. Investigation: does the SAE know a fact is coming?
+#
+# Until now the course told you which label to look for. This time you find it.
+#
+# Some of the corpus's documents are about people, and they state facts: `mary smith
+# lives in paris .`, `mary smith works as a doctor .`, `the pet of mary smith is a cat .`
+# When the model reads `mary smith lives in`, it has to predict a *city*; after `works
+# as a`, a *job*; after `has a pet`, a *pet*. (Before unknown people the same words
+# lead to a hedge instead: `lives in some town`.) The browser has no menu entry for
+# this: nothing above scored it.
+#
+# **The question.** For each kind of fact, city, job and pet, is there a latent of the
+# SAE that fires where the model is *about to write* a value of that kind, and which is it?
+
+# %% [markdown] exercise={"id": "investigate_facts", "difficulty": 3, "importance": 4, "minutes": 40, "points": 6}
+# ### Exercise 14: Investigation: the latents that announce a fact
+#
+# Write `investigate_facts(sae, store, windows)` returning a dict
+# `{"city": latent, "job": latent, "pet": latent}` of latent ids (Python ints) of `sae`,
+# each the latent that best signals "the next token is a city" (a job, a pet):
+#
+# - `sae`: a committed TopK SAE at `blocks.1.hook_resid_pre` (it normalises with its own
+#   `sae.scale`); `store`: the model's activations on `windows` at that hook, unnormalised
+#   as the store keeps them; `windows`: the corpus windows, with their ground-truth labels.
+#   Try it on the chapter's SAE: `investigate_facts(sae, eval_store, eval_windows)`.
+# - **How it is graded.** The hidden test calls your function on fresh text with two
+#   SAEs, the chapter's `topk_k8_w1024` and the twice as wide `topk_k8_w2048`, then
+#   *measures* each latent you return, on other held-out text: its F1 as a detector of
+#   "the next token is a value of this kind", over every position that has a next token
+#   in its window (a latent fires when its activation is above 0). A latent passes with
+#   at least 90% of the best latent's F1 on that text; all six must pass. More than one
+#   latent can pass, and ids read off one SAE are no answer for the other. The visible
+#   check below only says whether your answer is well formed.
+# - Budget: about 40 minutes. How you find the latents is up to you: the browser, the
+#   logit lens, your `detection_scores`.
+#
+# <details><summary>Hint 1 (where the truth is)</summary>
+#
+# `windows.labels["word_class"]` is `[n_windows, 64]`, one id per token into
+# `corpus.WORD_CLASSES` (`"city"`, `"job"`, `"pet"` are among them; column 0 is the BOS
+# slot). The store drops the BOS: its position `p` holds the activation at token `p + 1`.
+# </details>
+#
+# <details><summary>Hint 2 (which positions)</summary>
+#
+# "About to write" is the position *before* the value: the one whose *next* token is a
+# city. The last position of a window has no next token in the window; leave it out.
+# A latent that fires on the city itself answers another question.
+# </details>
+#
+# <details><summary>Hint 3 (scoring every latent at once)</summary>
+#
+# Normalise the store's activations with `sae.scale`, encode them (in chunks, under
+# `torch.no_grad()`), and give `latents > 0` with your boolean labels to your
+# `detection_scores`: the argmax of its F1 is a candidate. In the browser, its top contexts
+# and its logit lens should agree with what you asked for.
+# </details>
+#
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import investigate_facts` and carry on (no points for this exercise).
+
+# %%
+def investigate_facts(sae, store, windows) -> dict[str, int]:
+    """For each kind of fact, the latent of `sae` that best signals that a value of that kind comes next."""
+    ### BEGIN SOLUTION
+    word_class = windows.labels["word_class"]  # [n, 64]: store position p is token p + 1
+    next_class = torch.as_tensor(word_class[:, 2:]).reshape(-1)  # the token after store positions 0 .. pos-3
+    x = store.window(slice(None))[:, :-1].reshape(-1, store.d_model) * sae.scale  # the last has no next token
+    with torch.no_grad():
+        fires = torch.cat([sae.encode(chunk.to(sae.W_dec.device)).cpu() > 0 for chunk in x.split(8192)])
+    answer = {}
+    for kind in ("city", "job", "pet"):
+        labels = next_class == corpus.WORD_CLASSES.index(kind)
+        answer[kind] = int(detection_scores(fires, labels)[2].argmax())
+    return answer
+    ### END SOLUTION
+
+
+# %%
+checks.check_investigate_facts(investigate_facts)
+### BEGIN HIDDEN TESTS
+checks.grade_investigate_facts(investigate_facts)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your answer against the measurement: the hidden test's data, your latents and the best
+# ones, with their F1 on held-out text (the bar is 90% of the best):
+
+# %%
+checks.fact_comparison(investigate_facts)
+
+# %% [markdown]
+# **What the measurement found.** The SAE does have such latents, one per kind of fact.
+# On the chapter's SAE, latent 690<!-- out: w1024 city: latent --> announces a city (held-out
+# F1 0.770<!-- out: w1024 city F1 -->; the next best latent 0.665<!-- out: w1024 city runner-up -->),
+# latent 553<!-- out: w1024 job: latent --> a job (0.818<!-- out: w1024 job F1 -->, against
+# 0.520<!-- out: w1024 job runner-up -->) and latent 473<!-- out: w1024 pet: latent --> a pet
+# (0.789<!-- out: w1024 pet F1 -->, against 0.656<!-- out: w1024 pet runner-up -->). Each has
+# almost perfect recall (the city latent fires before 0.954<!-- out: w1024 city recall --> of
+# the cities) and a precision near 0.65<!-- out: w1024 city precision ±0.05 -->, and its false
+# alarms say what it really tracks: the city latent fires after `lives in` also when a hedge
+# follows (`lives in some town`), so it predicts "a city is likely here", not "this person
+# is known"; the job latent fires at `is a` in `the pet of mary smith is a ...`, where a
+# job would fit the words just before; the pet latent fires early, at `pet` in `the pet of mary smith`.
+#
+# The wider SAE has its own: latent 1224<!-- out: w2048 job: latent --> for jobs and
+# 706<!-- out: w2048 pet: latent --> for pets, while for cities two latents pass the bar
+# (F1 0.691<!-- out: w2048 city F1 --> and 0.678<!-- out: w2048 city runner-up -->): the
+# city feature is shared between them. That the city latent of both SAEs is number 690 is
+# no coincidence: the course's SAEs are initialised from the same seeded generator, and the
+# first 1024 rows of the wider SAE's starting decoder are the narrower one's, so a latent
+# that starts in the same direction often ends at the same feature (section 6 met the same
+# ids across widths). A list of ids read off one SAE fails on the other for jobs and pets.
+#
+# Two ways to go wrong, both measured by the hidden test. Labelling the value itself (the
+# city token) instead of the position before it finds latents that fire *on* cities: they
+# score F1 near 0 on this question. And the logit lens alone is only a first guess: the
+# latent whose decoder direction most promotes pet words directly is not the one that
+# fires before them (it misses the bar); a latent can promote a token without being where
+# the model decides to write it. Measuring against the ground truth settles it.
 #
 # ## Going further
 #

@@ -8,8 +8,8 @@ import collections
 import pytest
 import torch
 
-from conftest import check_tests
-from mechlab.checks import course_model
+from conftest import as_learner, check_tests
+from mechlab.checks import CheckFailed, course_model
 from mechlab.sparse_autoencoders import checks
 from mechlab.sparse_autoencoders import reference as ref
 
@@ -226,6 +226,78 @@ def detection_with_nan(fires, labels):
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
+def topk_without_k_check(pre, k):
+    top = pre.topk(k, dim=-1)  # no min(k, d_sae): fails when k > d_sae
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def auxk_topk_before_masking(residual, pre, W_dec, dead_mask, k_aux):
+    k = min(k_aux, int(dead_mask.sum()))
+    if k == 0:
+        return pre.new_zeros(())
+    z = ref.topk_activation(pre, k) * dead_mask  # top k of all latents, then the live ones zeroed
+    return (residual - z @ W_dec).pow(2).sum(-1).mean()
+
+
+def bias_mean_of_ratios(x, reconstruction):
+    return ((reconstruction * reconstruction).sum(-1) / (reconstruction * x).sum(-1)).mean().item()
+
+
+class StepFunction(torch.autograd.Function):  # the name the check looks for beside jumprelu_l0
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre > threshold  # a bool tensor: autograd never calls backward
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        pre, threshold = ctx.saved_tensors
+        in_window = (pre - threshold).abs() < ctx.bandwidth / 2
+        return None, -(grad_output * in_window).sum(0) / ctx.bandwidth, None
+
+
+def l0_bool_step(pre, threshold, bandwidth):
+    return StepFunction.apply(pre, threshold, bandwidth).float().sum(-1).mean()
+
+
+def _fact_fires(sae, store):
+    x = store.window(slice(None))[:, :-1].reshape(-1, store.d_model) * sae.scale
+    with torch.no_grad():
+        return torch.cat([sae.encode(chunk) > 0 for chunk in x.split(8192)])
+
+
+def _facts_by_word_class(sae, store, windows, columns: slice):
+    from mechlab import corpus
+    fires = _fact_fires(sae, store)
+    word_class = torch.as_tensor(windows.labels["word_class"][:, columns]).reshape(-1)
+    return {kind: int(ref.detection_scores(fires, word_class == corpus.WORD_CLASSES.index(kind))[2].argmax())
+            for kind in ("city", "job", "pet")}
+
+
+def facts_on_the_value_itself(sae, store, windows):
+    return _facts_by_word_class(sae, store, windows, slice(1, -1))  # forgot that the value comes *next*
+
+
+def facts_ids_from_one_sae(sae, store, windows):
+    return {"city": 690, "job": 553, "pet": 473}  # right for topk_k8_w1024, read off the browser
+
+
+def facts_most_frequent_latents(sae, store, windows):
+    return dict(zip(("city", "job", "pet"), _fact_fires(sae, store).sum(0).topk(3).indices.tolist()))
+
+
+def facts_by_logit_lens(sae, store, windows):
+    from mechlab import corpus, zoo
+    W_U = course_model("corpus_2l").W_U.detach()
+    lens = sae.W_dec.detach() @ W_U
+    answer = {}
+    for kind in ("city", "job", "pet"):
+        ids = zoo.token_ids([w for w, c in corpus.CLASS_OF.items() if corpus.WORD_CLASSES[c] == kind])
+        answer[kind] = int(lens[:, torch.as_tensor(ids)].mean(1).argmax())
+    return answer
+
+
 MUTANTS = [
     ("collect_activations", collect_keeps_graph, "requires grad"),
     ("collect_activations", collect_last_layer, "hook you are given"),
@@ -266,6 +338,14 @@ MUTANTS = [
     ("top_activations", top_in_increasing_order, "differ"),
     ("detection_scores", detection_swapped, "swapped"),
     ("detection_scores", detection_with_nan, "NaN"),
+    ("topk_activation", topk_without_k_check, "k larger than d_sae"),
+    ("auxk_loss", auxk_topk_before_masking, "among the dead latents"),
+    ("relative_reconstruction_bias", bias_mean_of_ratios, "ratio of two means"),
+    ("jumprelu_l0", l0_bool_step, "your StepFunction.forward returns a bool tensor"),
+    ("investigate_facts", facts_on_the_value_itself, "on a city itself: label the position \\*before\\*"),
+    ("investigate_facts", facts_ids_from_one_sae, "topk_k8_w2048, job: latent 553 has F1 0.00"),
+    ("investigate_facts", facts_most_frequent_latents, "topk_k8_w1024, city: latent \\d+ has F1 0.0"),
+    ("investigate_facts", facts_by_logit_lens, "topk_k8_w1024, pet: latent 241 has F1 0.5"),
 ]
 
 
@@ -362,6 +442,25 @@ def detection_with_nan_to_num(fires, labels):
     return precision, recall, (2 * precision * recall / (precision + recall)).nan_to_num(0.0)
 
 
+def facts_with_numpy_f1(sae, store, windows):
+    import numpy as np
+    x = store.window(slice(None)).reshape(-1, store.d_model) * sae.scale
+    with torch.no_grad():
+        fires = np.concatenate([(sae.encode(chunk) > 0).numpy() for chunk in x.split(4096)])
+    word_class = windows.labels["word_class"]
+    following = np.full(word_class[:, 1:].shape, -1)
+    following[:, :-1] = word_class[:, 2:]  # the last position's next token is not in the window: never a value
+    following = following.reshape(-1)
+    names = ("special", "punctuation", "function", "topic", "subtopic", "sentiment", "first_name", "last_name",
+             "place", "object", "city", "job", "pet", "hedge")
+    answer = {}
+    for kind in ("pet", "job", "city"):
+        truth = following == names.index(kind)
+        tp = fires[truth].sum(0)
+        answer[kind] = np.int64((2 * tp / (fires.sum(0) + truth.sum())).argmax())
+    return answer
+
+
 VARIANTS = [
     ("collect_activations", collect_with_a_hook),
     ("normalisation_scale", scale_from_mean_square_entry),
@@ -373,6 +472,7 @@ VARIANTS = [
     ("train_sae", train_setting_lr_by_hand),
     ("ce_loss_recovered", ce_with_hooks_context),
     ("detection_scores", detection_with_nan_to_num),
+    ("investigate_facts", facts_with_numpy_f1),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
@@ -417,3 +517,31 @@ def test_store_on_disk_matches_memory_and_batches_are_shuffled_and_normalised(tm
     assert (everything.pow(2).sum(-1).mean() / 128).item() == pytest.approx(1.0, rel=0.05)  # normalised
     again = disk.batches(100, seed=0, buffer_windows=6)
     assert all(torch.equal(next(again), b) for b in first[:5])  # same seed, same batches
+
+
+# ---------------------------------------------------------------- the investigation
+
+
+@pytest.mark.parametrize("answer, message", [
+    ([690, 553, 473], "should return a dict"),
+    ({"city": 690, "job": 553}, "exactly the keys"),
+    ({"city": 690.0, "job": 553, "pet": 473}, "a Python int"),
+    ({"city": True, "job": 553, "pet": 473}, "a Python int"),
+    ({"city": 690, "job": 553, "pet": 1024}, "not a latent of this SAE"),
+], ids=["list", "missing key", "float", "bool", "out of range"])
+def test_investigation_visible_check_refuses_a_malformed_answer(answer, message):
+    with pytest.raises(CheckFailed, match=message):
+        checks.check_investigate_facts(lambda sae, store, windows: answer)
+
+
+def test_investigation_visible_check_says_nothing_about_correctness(capsys):
+    checks.check_investigate_facts(lambda sae, store, windows: {"city": 0, "job": 1, "pet": 2})  # wrong, well formed
+    assert "hidden test" in capsys.readouterr().out
+
+
+def test_investigation_refuses_the_reference_and_a_wrapper_around_it():
+    from mechlab.checks import self_grading
+    with pytest.raises(CheckFailed, match="reference implementation"):
+        checks.grade_investigate_facts(ref.investigate_facts)
+    with self_grading(), pytest.raises(CheckFailed, match="uses the course's reference"):
+        checks.grade_investigate_facts(as_learner(lambda sae, store, windows: ref.investigate_facts(sae, store, windows)))

@@ -25,7 +25,7 @@ from mechlab.checks import (
     call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients,
     compare_on_models, course_model, other_models, passed, randn, seeded,
 )
-from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
+from mechlab.pristine import isinstance_ as _isinstance, Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.sparse_autoencoders import reference as ref
 from mechlab.runtime import quiet
 
@@ -195,8 +195,8 @@ def _check_topk(fn: Callable, hidden: bool) -> None:
                  *_topk_cases([(1, 64, 512, 8), (2, 1, 7, 1), (3, 16, 40, 40), (4, 100, 256, 32)])]
         gradient_cases = cases[2:4]
     else:
-        cases = [_TOPK_HAND, *_topk_cases([(0, 5, 12, 3)])]
-        gradient_cases = cases[1:]
+        cases = [_TOPK_HAND, _TOPK_ALL, *_topk_cases([(0, 5, 12, 3)])]
+        gradient_cases = cases[2:]
     _values_and_gradients(fn, ref.topk_activation, cases, gradient_cases, (0,), "topk_activation", _TOPK_MISTAKES)
 
 
@@ -227,6 +227,13 @@ _AUXK_HAND = Case(
 _AUXK_NONE = Case("no dead latents -> 0", (randn(9, 4, 3), randn(10, 4, 6), randn(11, 6, 3),
                                            torch.zeros(6, dtype=torch.bool), 2))
 
+def _auxk_topk_then_mask(e, pre, W, dead, k):
+    k = min(k, int(dead.sum()))
+    if k == 0:
+        return pre.new_zeros(())
+    return (e - (ref.topk_activation(pre, k) * dead) @ W).pow(2).sum(-1).mean()
+
+
 _AUXK_MISTAKES = [
     ("use only the dead latents: set the live latents' pre-activations to -inf before the TopK.",
      lambda e, pre, W, dead, k: (e - ref.topk_activation(pre, k) @ W).pow(2).sum(-1).mean()),
@@ -237,6 +244,9 @@ _AUXK_MISTAKES = [
          @ W).pow(2).sum(-1).mean() if dead.any() else pre.new_zeros(())),
     ("sum the squared error over d_in and average over the batch.",
      lambda e, pre, W, dead, k: ref.auxk_loss(e, pre, W, dead, k) / e.shape[-1]),
+    ("take the top k_aux *among the dead latents*: set the live ones to -inf before the TopK. Taking the TopK "
+     "of all latents and then zeroing the live ones keeps only the dead latents that happened to make the "
+     "overall top k_aux, usually fewer than k_aux.", _auxk_topk_then_mask),
 ]
 
 
@@ -355,8 +365,30 @@ check_jumprelu, grade_jumprelu = check_and_grade("jumprelu", _check_jumprelu)
 _L0_HINT = "return a 0-dimensional tensor: the mean over the batch of the number of latents above threshold."
 
 
+def _bool_step_output(fn: Callable) -> bool:
+    """Whether the learner's `StepFunction` (in the notebook beside `fn`) returns a bool tensor."""
+    step = getattr(getattr(fn, "__wrapped__", fn), "__globals__", {}).get("StepFunction")
+    if not (_isinstance(step, type) and issubclass(step, torch.autograd.Function)):
+        return False
+    try:
+        pre, threshold, bandwidth = copy.deepcopy(_JUMP_INPUTS)
+        return step.apply(pre, threshold.requires_grad_(), bandwidth).dtype == torch.bool
+    except Exception:
+        return False
+
+
 def _check_jumprelu_l0(fn: Callable, hidden: bool) -> None:
-    _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", _L0_HAND, hidden, _L0_MISTAKES, _L0_HINT)
+    try:
+        _jump_check(fn, ref.jumprelu_l0, "jumprelu_l0", _L0_HAND, hidden, _L0_MISTAKES, _L0_HINT)
+    except CheckFailed as failure:
+        if "does not depend differentiably" not in str(failure):
+            raise
+        cause = ("your StepFunction.forward returns a bool tensor (pre > threshold): autograd treats a Function's "
+                 "bool output as not differentiable and never calls its backward. Return "
+                 "(pre > threshold).to(pre.dtype).") if _bool_step_output(fn) else (
+                 "if StepFunction.forward returns a bool tensor (pre > threshold), autograd treats it as not "
+                 "differentiable and never calls backward: return (pre > threshold).to(pre.dtype).")
+        raise CheckFailed(f"{failure}\nHint: {cause}") from None
 
 
 check_jumprelu_l0, grade_jumprelu_l0 = check_and_grade("jumprelu_l0", _check_jumprelu_l0)
@@ -630,7 +662,10 @@ def _bias_cases(specs: Sequence[tuple[int, int, int, float]]) -> list[Case]:
 
 
 _BIAS_MISTAKES = [("γ = E[x̂·x̂] / E[x̂·x] (you have its inverse): below 1 when x̂ is shrunk.",
-                   lambda x, r: 1 / ref.relative_reconstruction_bias(x, r))]
+                   lambda x, r: 1 / ref.relative_reconstruction_bias(x, r)),
+                  ("γ is a ratio of two means, E[x̂·x̂] / E[x̂·x], not the mean of each input's ratio "
+                   "(x̂·x̂) / (x̂·x): average the numerator and the denominator over the batch first, then divide.",
+                   lambda x, r: ((r * r).sum(-1) / (r * x).sum(-1)).mean().item())]
 
 
 def _check_bias(fn: Callable, hidden: bool) -> None:
@@ -713,3 +748,180 @@ def _check_detection(fn: Callable, hidden: bool) -> None:
 
 
 check_detection_scores, grade_detection_scores = check_and_grade("detection_scores", _check_detection)
+
+
+# ---------------------------------------------------------------- 14. investigate_facts (the graded investigation)
+#
+# The question: at the token before a fact's value ("mary smith lives in" | "paris"), the
+# model must predict a city (a job, a pet). Which latent of an SAE signals that one is
+# coming? The truth is measured here, never taken from the learner: each latent's F1 as a
+# detector of "the next token is a <kind>", over every store position that has a next
+# token in its window, on held-out windows (corpus seed 4) the learner's function never
+# sees. Its answer passes when each latent reaches FACT_BAR of the best latent's F1, on
+# two SAEs of different widths (a list of ids copied from one SAE fails on the other).
+# The measurement lives in this module, which the grader reloads before every test cell.
+
+FACT_KINDS = ("city", "job", "pet")
+FACT_BAR = 0.9  # a latent passes with at least this fraction of the best latent's held-out F1
+FACT_SAES = ("topk_k8_w1024", "topk_k8_w2048")  # the chapter's SAE, and one twice as wide
+_FACT_TOKENS = 40_000  # held-out text per data set: about 200 positives per kind
+
+
+@functools.cache
+def _fact_data(seed: int, n_tokens: int):
+    """(windows, store at blocks.1.hook_resid_pre) of held-out corpus text."""
+    windows = activations.corpus_windows(n_tokens=n_tokens, seed=seed)
+    with quiet():
+        store = activations.ActivationStore.collect(course_model("corpus_2l"), "blocks.1.hook_resid_pre",
+                                                    windows.tokens, collect=ref.collect_activations,
+                                                    normalise=ref.normalisation_scale)
+    return windows, store
+
+
+def fact_labels(windows) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Over store positions [n, pos - 1] (store position p is token p + 1): which have a
+    next token inside the window (`valid`), and, per kind, where that next token is a
+    value of that kind (`next_is[kind]`); also `is_[kind]`, where the token itself is one."""
+    from mechlab import corpus
+
+    word_class = windows.labels["word_class"][:, 1:]  # store positions
+    valid = np.ones(word_class.shape, dtype=bool)
+    valid[:, -1] = False
+    nxt = np.full_like(word_class, -1)
+    nxt[:, :-1] = word_class[:, 1:]
+    labels = {}
+    for kind in FACT_KINDS:
+        c = corpus.WORD_CLASSES.index(kind)
+        labels[f"next_is_{kind}"] = nxt == c
+        labels[f"is_{kind}"] = word_class == c
+    return valid, labels
+
+
+@torch.no_grad()
+def fact_scores(sae, store, windows) -> dict[str, dict[str, torch.Tensor]]:
+    """Per kind: every latent's precision, recall and F1 [d_sae] as a detector of "the next
+    token is a <kind>", and `on_value`, the fraction of its firings on a value itself."""
+    from mechlab.sparse_autoencoders.metrics import encode, sae_scale
+
+    valid, labels = fact_labels(windows)
+    x = store.window(slice(None)).reshape(-1, store.d_model) * sae_scale(sae, store)
+    z, _ = encode(sae, x, decode=False)
+    flat_valid = torch.from_numpy(valid.reshape(-1))
+    fires = (z > 0)[flat_valid].float()
+    fired = fires.sum(0)
+    out = {}
+    for kind in FACT_KINDS:
+        truth = torch.from_numpy(labels[f"next_is_{kind}"].reshape(-1))[flat_valid].float()
+        on_value = torch.from_numpy(labels[f"is_{kind}"].reshape(-1))[flat_valid].float()
+        tp = truth @ fires
+        precision = torch.where(fired > 0, tp / fired.clamp_min(1), 0.0)
+        recall = tp / truth.sum().clamp_min(1)
+        f1 = torch.where(fired + truth.sum() > 0, 2 * tp / (fired + truth.sum()).clamp_min(1), 0.0)
+        out[kind] = {"precision": precision, "recall": recall, "f1": f1,
+                     "on_value": torch.where(fired > 0, (on_value @ fires) / fired.clamp_min(1), 0.0)}
+    return out
+
+
+def _fact_answer(answer, d_sae: int, where: str) -> dict[str, int]:
+    """The learner's answer as {kind: latent}, or a CheckFailed saying how it is malformed."""
+    if not _isinstance(answer, dict):
+        raise CheckFailed(f"investigate_facts({where}) should return a dict {{'city': latent, 'job': latent, "
+                          f"'pet': latent}}, but it returned a {_type(answer).__name__}")
+    keys = list(answer)
+    if sorted(map(repr, keys)) != sorted(map(repr, FACT_KINDS)):
+        raise CheckFailed(f"investigate_facts({where}) should return a dict with exactly the keys "
+                          f"{list(FACT_KINDS)}, but its keys are {keys}")
+    out = {}
+    for kind in FACT_KINDS:
+        value = answer[kind]
+        if _type(value) in (_Tensor, _Parameter) and value.ndim == 0 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = int(value.item())
+        elif _isinstance(value, np.integer):
+            value = int(value)
+        if _type(value) is not int:
+            raise CheckFailed(f"investigate_facts({where})[{kind!r}] should be a latent id (a Python int), "
+                              f"but it is a {_type(value).__name__}: {value!r}")
+        if not 0 <= value < d_sae:
+            raise CheckFailed(f"investigate_facts({where})[{kind!r}] = {value} is not a latent of this SAE "
+                              f"(ids 0 to {d_sae - 1})")
+        out[kind] = value
+    return out
+
+
+def _fact_call(fn: Callable, sae_name: str, seed: int, n_tokens: int) -> dict[str, int]:
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    windows, store = _fact_data(seed, n_tokens)
+    sae = sae_zoo.load(sae_name)  # the learner's own copy: what it does to it changes no measurement
+    where = f"{sae_name}, a store and windows of {n_tokens:,} tokens of held-out text"
+    return _fact_answer(call_learner(fn, "investigate_facts", where, (sae, store, windows)), sae.cfg.d_sae, where)
+
+
+def _fact_verdict(sae_name: str, kind: str, latent: int, scores: dict) -> tuple[bool, str, float]:
+    s = scores[kind]
+    best = float(s["f1"].max())
+    f1, p, r = float(s["f1"][latent]), float(s["precision"][latent]), float(s["recall"][latent])
+    ok = f1 >= FACT_BAR * best
+    if ok:
+        return ok, f"{sae_name} {kind}: latent {latent}, F1 {f1:.2f} >= {FACT_BAR * best:.2f}", 0.0
+    line = (f"{sae_name}, {kind}: latent {latent} has F1 {f1:.2f} (precision {p:.2f}, recall {r:.2f}) "
+            f"against the bar {FACT_BAR * best:.2f} ({FACT_BAR:.0%} of the best latent's {best:.2f})")
+    return ok, line, float(s["on_value"][latent])
+
+
+def _check_investigate_facts(fn: Callable, hidden: bool) -> None:
+    if not hidden:  # visible: only whether the answer is well formed, nothing about whether it is right
+        answer = _fact_call(fn, FACT_SAES[0], 3, 6_000)
+        passed(f"investigate_facts returns a latent id for each of {', '.join(FACT_KINDS)} ({answer}); "
+               "whether they are the right ones is measured by the hidden test, on held-out text")
+        return
+    held_out = _fact_data(4, _FACT_TOKENS)
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    failures, lines = [], []
+    for sae_name in FACT_SAES:
+        answer = _fact_call(fn, sae_name, 3, _FACT_TOKENS)
+        scores = fact_scores(sae_zoo.load(sae_name), held_out[1], held_out[0])
+        for kind in FACT_KINDS:
+            ok, line, on_value = _fact_verdict(sae_name, kind, answer[kind], scores)
+            lines.append(line)
+            if not ok:
+                why = (f"; {on_value:.0%} of its firings are on a {kind} itself: label the position *before* "
+                       "the value (store position p is token p + 1)") if on_value > 0.3 else ""
+                failures.append(line + why)
+    if failures:
+        raise CheckFailed("measured on held-out text, the latent does not signal that this kind of fact comes "
+                          "next:\n  " + "\n  ".join(failures))
+    passed("investigate_facts: measured on held-out text, every latent reaches its bar (" + "; ".join(lines) + ")")
+
+
+check_investigate_facts, grade_investigate_facts = check_and_grade("investigate_facts", _check_investigate_facts)
+
+
+def fact_comparison(fn: Callable):
+    """Your answer against the measurement (for the chapter's text, after the exercise): for
+    each SAE the hidden test uses and each kind, your latent and the best one, with their
+    held-out F1, the runner-up's and the bar. Prints the best latents' numbers, one a line."""
+    import pandas as pd
+
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    windows, store = _fact_data(4, _FACT_TOKENS)
+    rows = []
+    for sae_name in FACT_SAES:
+        answer = _fact_call(fn, sae_name, 3, _FACT_TOKENS)
+        scores = fact_scores(sae_zoo.load(sae_name), store, windows)
+        for kind in FACT_KINDS:
+            s = scores[kind]
+            top = s["f1"].topk(2)
+            best, yours = int(top.indices[0]), answer[kind]
+            rows.append({"sae": sae_name, "kind": kind, "your latent": yours, "your F1": float(s["f1"][yours]),
+                         "best latent": best, "best F1": float(top.values[0]), "runner-up F1": float(top.values[1]),
+                         "bar": FACT_BAR * float(top.values[0]), "best precision": float(s["precision"][best]),
+                         "best recall": float(s["recall"][best]), "passes": float(s["f1"][yours]) >= FACT_BAR * float(top.values[0])})
+            tag = f"{sae_name.split('_')[-1]} {kind}"  # distinct labels for the numbers the text quotes
+            print(f"{tag}: latent {best} | {tag} F1 {float(top.values[0]):.3f} | {tag} runner-up "
+                  f"{float(top.values[1]):.3f} | {tag} precision {float(s['precision'][best]):.3f} | "
+                  f"{tag} recall {float(s['recall'][best]):.3f}")
+    return pd.DataFrame(rows).round(3)

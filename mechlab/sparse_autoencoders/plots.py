@@ -88,6 +88,18 @@ def evaluate(saes: dict, model, store: ActivationStore, tokens: Int[Tensor, "bat
                         "ce_loss_recovered": 4, "dead_fraction": 4, "dense_fraction": 4})
 
 
+def print_numbers(table: pd.DataFrame, columns: dict[str, tuple[str, str]]) -> None:
+    """One line per row of `table`: `short[row]=value` for each `column: (short, format)`,
+    so every number the chapter's text quotes follows a label that names its row and column
+    (a format ending in % prints the fraction as a percentage)."""
+    for name, row in table.iterrows():
+        parts = []
+        for column, (short, fmt) in columns.items():
+            value = row[column] * 100 if fmt.endswith("%") else row[column]
+            parts.append(f"{short}[{name}]={value:{fmt.rstrip('%')}}{'%' if fmt.endswith('%') else ''}")
+        print("  ".join(parts))
+
+
 def _is_checkpoint(name: str) -> bool:
     from mechlab.sparse_autoencoders import zoo as sae_zoo
 
@@ -513,7 +525,8 @@ def feature_splitting(small_sae, large_sae, store: ActivationStore, windows: Win
     positions of documents about the topic (`p_any_in_topic`: a topic latent that also
     fires elsewhere drags the first down); and the cosine
     between the two decoder rows. Shows a figure of P(subtopic latent fires | topic latent
-    fires) and of the cosines, topics x subtopics."""
+    fires) and of the cosines, topics x subtopics; both grids are also in the table's
+    `attrs` ("cofire", "cosine", and "own_topic", True where the subtopic is the topic's)."""
     for sae in (small_sae, large_sae):
         _check_hook(sae, store)
     sets = label_sets(windows)
@@ -561,6 +574,8 @@ def feature_splitting(small_sae, large_sae, store: ActivationStore, windows: Win
             "p_any_in_topic": any_mine_in_topic.float().mean().item() if in_topic.any() else float("nan"),
             "decoder_cosine": cosine[t, u]})
     table = pd.DataFrame(records).round(3)
+    own = np.array([[corpus.SUBTOPIC_TOPIC[u] == t for u in range(n_s)] for t in range(n_t)])
+    table.attrs.update(cofire=cofire, cosine=cosine, own_topic=own)  # the two heatmaps, topics x subtopics
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), layout="constrained")
     xlabels = list(corpus.SUBTOPIC_NAMES)

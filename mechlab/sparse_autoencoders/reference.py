@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from mechlab import corpus
 from mechlab.runtime import progress
 
 
@@ -302,6 +303,20 @@ def detection_scores(fires: Bool[Tensor, "n d_sae"], labels: Bool[Tensor, "n"]
     return precision, recall, f1
 
 
-__all__ = ['collect_activations', 'normalisation_scale', 'relu_sae_loss', 'topk_activation', 'auxk_loss', 'jumprelu', 'jumprelu_l0', 'train_sae', 'reconstruction_metrics', 'ce_loss_recovered', 'relative_reconstruction_bias', 'top_activations', 'detection_scores']
+def investigate_facts(sae, store, windows) -> dict[str, int]:
+    """For each kind of fact, the latent of `sae` that best signals that a value of that kind comes next."""
+    word_class = windows.labels["word_class"]  # [n, 64]: store position p is token p + 1
+    next_class = torch.as_tensor(word_class[:, 2:]).reshape(-1)  # the token after store positions 0 .. pos-3
+    x = store.window(slice(None))[:, :-1].reshape(-1, store.d_model) * sae.scale  # the last has no next token
+    with torch.no_grad():
+        fires = torch.cat([sae.encode(chunk.to(sae.W_dec.device)).cpu() > 0 for chunk in x.split(8192)])
+    answer = {}
+    for kind in ("city", "job", "pet"):
+        labels = next_class == corpus.WORD_CLASSES.index(kind)
+        answer[kind] = int(detection_scores(fires, labels)[2].argmax())
+    return answer
+
+
+__all__ = ['collect_activations', 'normalisation_scale', 'relu_sae_loss', 'topk_activation', 'auxk_loss', 'jumprelu', 'jumprelu_l0', 'train_sae', 'reconstruction_metrics', 'ce_loss_recovered', 'relative_reconstruction_bias', 'top_activations', 'detection_scores', 'investigate_facts']
 CHAPTER = '04_sparse_autoencoders'
-POINTS = {'collect_activations': 1, 'normalisation_scale': 1, 'relu_sae_loss': 2, 'topk_activation': 2, 'auxk_loss': 3, 'jumprelu': 3, 'jumprelu_l0': 2, 'train_sae': 3, 'reconstruction_metrics': 2, 'ce_loss_recovered': 3, 'relative_reconstruction_bias': 1, 'top_activations': 2, 'detection_scores': 2}
+POINTS = {'collect_activations': 1, 'normalisation_scale': 1, 'relu_sae_loss': 2, 'topk_activation': 2, 'auxk_loss': 3, 'jumprelu': 3, 'jumprelu_l0': 2, 'train_sae': 3, 'reconstruction_metrics': 2, 'ce_loss_recovered': 3, 'relative_reconstruction_bias': 1, 'top_activations': 2, 'detection_scores': 2, 'investigate_facts': 6}
