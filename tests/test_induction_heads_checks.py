@@ -464,15 +464,6 @@ def test_the_visible_check_says_nothing_about_whether_a_finding_is_right(finding
     assert out.startswith("✓") and "well-formed" in out
 
 
-def test_a_learner_cell_that_edits_the_investigation_module_changes_no_grade(monkeypatch):
-    from mechlab.induction_heads import investigation as importable
-
-    monkeypatch.setattr(importable, "problems", lambda name, answer: [])
-    monkeypatch.setattr(importable, "MUST", {"previous_token": 2.0, "induction": 2.0})
-    with pytest.raises(CheckFailed, match="missed 0.2"):
-        checks.grade_find_induction_circuit(as_learner(circuit_of_the_first_model))
-
-
 def test_the_solution_earns_the_investigation_and_the_reference_is_refused_under_grading(monkeypatch, capsys):
     checks.grade_find_induction_circuit(as_learner(ref.find_induction_circuit))
     assert "as the held-out measurements find it" in capsys.readouterr().out

@@ -28,6 +28,7 @@ from mechlab.checks import (
     course_model, guard_model, passed, randn, seeded,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
+from mechlab.induction_heads import investigation
 from mechlab.induction_heads import reference as ref
 
 # ---------------------------------------------------------------- models the checks use
@@ -665,27 +666,6 @@ check_direct_logit_attribution, grade_direct_logit_attribution = check_and_grade
 # ---------------------------------------------------------------- 12. the investigation: find_induction_circuit
 
 
-def _fresh_investigation():
-    """`investigation.py` executed afresh from disk. The grader imports this checks module
-    anew before every test cell but keeps the chapter's helper modules, which a learner
-    cell could have edited (`investigation.problems = lambda *a: []`): the hidden test
-    grades with this private copy instead."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).with_name("investigation.py")
-    spec = importlib.util.spec_from_file_location("mechlab.induction_heads._graded_investigation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # while it runs (dataclasses look their module up), then gone
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
-
-
-investigation = _fresh_investigation()
 
 
 def _circuit_answer(fn: Callable, model_name: str) -> dict[str, list[tuple[int, int]]]:

@@ -19,9 +19,8 @@ draws (`HELD_OUT_SEED`, the zoo's held-out repeat lengths):
 Everything here is measured with the course's own code (`mechlab.zoo`), never with a
 learner's exercise, so the standard is the same for every submission; results leave
 torch through `mechlab.pristine` and are compared as NumPy arrays and Python floats.
-`checks.py` grades with a copy of this module loaded afresh from disk, so a learner cell
-that edits the importable one (the grader keeps helper modules between cells) changes
-nothing.
+The grader imports this module afresh from disk before every test cell, so a learner
+cell that edits it changes nothing (tests/test_grader.py plants such an edit).
 """
 
 from __future__ import annotations
