@@ -40,8 +40,8 @@
 #    weights what it represents (the graded investigation at the end).
 #
 # **Time budget:** about 2 hours 20 minutes for the exercises (the table below adds them up) plus
-# 20-30 minutes of reading and playing with the plots. Everything runs on a laptop CPU
-# in about a minute; on a GPU the same code runs on the GPU.
+# 20-30 minutes of reading and playing with the plots. The whole notebook runs in 42 s on
+# a quiet 2-core CPU (measured: `benchmarks/RESULTS.md`; a busy machine takes longer); on a GPU the same code runs on the GPU.
 #
 # **How the exercises work.** Each exercise says what to build, the shapes, and how
 # hard and how important it is. Write your code where it says `YOUR CODE HERE`
@@ -76,7 +76,7 @@ from mechlab.runtime import progress
 from mechlab.superposition import toy_models as sp
 from mechlab.superposition import checks
 
-# Sizes of the experiments. The defaults finish in about a minute on a 2-core CPU;
+# Sizes of the experiments. The defaults finish in under a minute on a 2-core CPU;
 # on a GPU you can raise SCALE (e.g. to 4) for longer training and cleaner pictures.
 SCALE = 1
 

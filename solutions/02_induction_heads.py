@@ -48,7 +48,7 @@
 # 6. and, as the graded investigation, find the circuit in a model you have not seen.
 #
 # **Time budget:** about 3 hours for the exercises (the table below adds them up), plus
-# time to explore. The notebook runs in well under a minute on a laptop CPU.
+# time to explore. The notebook runs in 8 s on a quiet 2-core CPU (measured: `benchmarks/RESULTS.md`; a busy machine takes longer).
 #
 # **How the exercises work.** As in chapter 1: write your code where it says
 # `YOUR CODE HERE` (delete the `raise NotImplementedError()`), run the cell under it,
@@ -1197,7 +1197,7 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 #   is read at every batch:
 #   ```python
 #   zoo.TRAIN_LENGTHS = (20,)                              # one repeat length only
-#   shortcut, meta = zoo.train("attn_only_2l", steps=1500) # a few minutes on a laptop CPU
+#   shortcut, meta = zoo.train("attn_only_2l", steps=1500) # about 30 s on a 2-core CPU
 #   zoo.TRAIN_LENGTHS = tuple(n for n in range(6, 32) if n not in zoo.HELD_OUT_LENGTHS)  # back
 #   ```
 #   then score `shortcut` with your detectors at length 20 and at other lengths. The

@@ -42,8 +42,8 @@
 # 6. watch features **split** as the dictionary grows.
 #
 # **Time budget:** about 4½ hours for the exercises (the table below adds them up),
-# plus time to play with the latent browser. The notebook runs in about 3 minutes on a
-# laptop CPU: one SAE trains live, the others (a sweep of sizes and sparsities) come
+# plus time to play with the latent browser. The notebook runs in 69 s on a quiet
+# 2-core CPU (measured: `benchmarks/RESULTS.md`; a busy machine takes longer): one SAE trains live, the others (a sweep of sizes and sparsities) come
 # from checkpoints committed with the course, and `python -m mechlab.sparse_autoencoders.zoo train NAME`
 # retrains any of them.
 #
@@ -80,7 +80,7 @@ from mechlab.sparse_autoencoders import activations, plots, zoo as sae_zoo
 from mechlab.sparse_autoencoders import checks
 
 HOOK = "blocks.1.hook_resid_pre"  # the residual stream between the two layers
-# Sizes of the live experiments. The defaults run in about 3 minutes on a 2-core CPU; on a
+# Sizes of the live experiments. The defaults run in about a minute on a 2-core CPU; on a
 # GPU, raise SCALE (e.g. to 4) to collect more activations and train for longer.
 SCALE = 1
 
@@ -778,8 +778,8 @@ checks.grade_train_sae(train_sae)
 
 # %% [markdown]
 # Now train a TopK SAE with 1024 latents ($8\times$ `d_model`) and $k = 8$ on the store,
-# with your loop. It sees about a million activations, each a few times: a minute or two
-# on a laptop CPU.
+# with your loop. It sees about a million activations, each a few times: well under a
+# minute on a quiet 2-core CPU, a few minutes on a busy one.
 
 # %%
 live_cfg = SAEConfig(d_in=store.d_model, d_sae=1024, architecture="topk", k=8, hook_name=HOOK)

@@ -208,18 +208,9 @@ def noise_head_outputs(
     model, clean_tokens: Int[Tensor, "batch pos"], corrupted_cache, metric: Metric
 ) -> Float[Tensor, "layer head"]:
     """metric after patching each head's corrupted z (all positions) into the clean run."""
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    with torch.no_grad():
-        for layer in range(model.cfg.n_layers):
-            name = f"blocks.{layer}.attn.hook_z"
-            for head in range(model.cfg.n_heads):
-                def patch(z, hook, head=head, name=name):
-                    z = z.clone()
-                    z[:, :, head] = corrupted_cache[name][:, :, head]
-                    return z
-
-                out[layer, head] = metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)])).item()
-    return out
+    # Noising is patching the other way round: exercise 5's function, run on the clean
+    # prompts and patched from the corrupted cache, already computes it.
+    return patch_head_outputs(model, clean_tokens, corrupted_cache, metric)
 
 
 def investigate_fact_recall(
