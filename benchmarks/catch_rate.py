@@ -5,7 +5,7 @@ Every chapter's `tests/test_<topic>_checks.py` lists `MUTANTS`: plausible wrong 
 each of which that chapter's hidden test rejects (the test suite proves it). Here each
 mutant is handed to the exercise's *visible* check; the rate is the share it rejects.
 A miss is a ✓ that grading takes back. `--hidden` also runs each hidden test, to confirm.
-A chapter's graded investigation (`investigate_*`) is listed but left out of the rates:
+A chapter's graded investigation (its last exercise) is listed but left out of the rates:
 its visible check says only whether the answer is well formed, by design, so a wrong
 finding gets ✓ there and is caught only by the hidden measurement.
 
@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from autograder.chapters import discover  # noqa: E402
+from autograder.source import read_source  # noqa: E402
 from conftest import as_learner  # noqa: E402
 from mechlab.checks import CheckFailed  # noqa: E402
 
@@ -78,12 +79,13 @@ def main() -> None:
             continue
         topic = chapter.name.split("_", 1)[1]
         rows = chapter_rates(topic, args.hidden)
-        counted = [r for r in rows if not r[0].startswith("investigate_")]
+        investigation = read_source(chapter).exercises[-1].id  # every chapter ends with one (DESIGN.md)
+        counted = [r for r in rows if r[0] != investigation]
         n, caught = sum(r[1] for r in counted), sum(r[2] for r in counted)
         totals[0] += n
         totals[1] += caught
         for name, count, hit, missed in rows:
-            by_design = " (an investigation: by design, not counted)" if name.startswith("investigate_") else ""
+            by_design = " (the investigation: by design, not counted)" if name == investigation else ""
             lines.append(f"| {chapter.name} | {name} | {count} | {hit}{by_design} | {', '.join(missed) or '-'} |")
         lines.append(f"| **{chapter.name}** | all | {n} | {caught} ({caught / n:.0%}) | |")
     lines.append(f"| **course** | all | {totals[0]} | {totals[1]} ({totals[1] / max(totals[0], 1):.0%}) | |")
