@@ -93,8 +93,12 @@ def _releases(root: Path, expected: dict[str, str]) -> ReleaseCache:
     return _RELEASES[key]
 
 
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0].split("://")[-1]
+
+
 def grade_on_worker(notebook: bytes, file_name: str, key: str, root: str, expected: dict[str, str], *,
-                    memory_gb: float, wall_seconds: float, sandbox: str) -> dict:
+                    memory_gb: float, wall_seconds: float, sandbox: str, slots: dict[str, int]) -> dict:
     """Runs on a Dask worker: grade one submission, or refuse (InfrastructureError)."""
     from distributed import get_worker
 
@@ -114,7 +118,9 @@ def grade_on_worker(notebook: bytes, file_name: str, key: str, root: str, expect
         why = unavailable()
         if why:
             raise InfrastructureError(f"worker {worker.address} cannot sandbox a kernel: {why}")
-    threads = max(1, (os.cpu_count() or 1) // max(1, getattr(worker, "nthreads", 1)))
+    # torch threads per grading: the machine's cores shared by every grading slot on it
+    # (several worker processes on one machine each know only their own threads)
+    threads = max(1, (os.cpu_count() or 1) // max(1, slots.get(_host(worker.address), worker.state.nthreads)))
     with tempfile.TemporaryDirectory(prefix="mechlab-worker-") as tmp:
         tmp = Path(tmp)
         path = tmp / "in" / file_name
@@ -167,11 +173,14 @@ class Cluster:
 
     def submit_all(self, subs, root: Path, *, memory_gb: float, wall_seconds: float, sandbox: str) -> dict:
         expected = portable_digests(root)
+        slots: dict[str, int] = {}  # host -> gradings it runs at once, over all its workers
+        for address, info in self.client.scheduler_info()["workers"].items():
+            slots[_host(address)] = slots.get(_host(address), 0) + info.get("nthreads", 1)
         futures = {}
         for sub in subs:
             futures[self.client.submit(grade_on_worker, sub.path.read_bytes(), sub.path.name, sub.key, str(root),
                                        expected, memory_gb=memory_gb, wall_seconds=wall_seconds, sandbox=sandbox,
-                                       key=f"grade-{sub.key}", pure=False)] = sub
+                                       slots=slots, key=f"grade-{sub.key}", pure=False)] = sub
         return futures
 
     def completed(self, futures) -> Iterator:
@@ -193,6 +202,8 @@ class Cluster:
                                     "run the same command again to retry it")
         except InfrastructureError as e:
             return self._not_graded(sub, results_dir, attempts, str(e))
+        except Exception as e:  # the worker's side failed (not the learner's code: that runs in a kernel)
+            return self._not_graded(sub, results_dir, attempts, f"the worker failed: {type(e).__name__}: {e}")
         result = answer["result"]
         lines = []
         if len(attempts) > 1:
@@ -236,6 +247,7 @@ class LocalCluster:
     def __init__(self, folder: Path, workers: int = 0) -> None:
         self.workers: dict[str, subprocess.Popen] = {}
         self.file = folder / "scheduler.json"
+        self.file.unlink(missing_ok=True)  # an earlier cluster's: its address is dead
         self.scheduler = self._start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                       "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)])
         deadline = time.monotonic() + 60
