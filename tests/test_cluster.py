@@ -88,20 +88,27 @@ def _grading_child(worker: subprocess.Popen, timeout: float = 120) -> psutil.Pro
     return None
 
 
-def test_a_worker_killed_while_it_grades_costs_a_retry_not_a_grade(fixture_course, cluster, tmp_path):
+def _grade_and_kill_the_grading_worker(fixture_course, cluster, tmp_path, *extra: str) -> tuple[Path, str]:
+    """Grade a slow submission on the cluster and SIGKILL the worker that grades it (as the
+    machine's OOM killer or a preemption would); the run's output folder and stderr."""
     zip_path = _zip(fixture_course, tmp_path / "class.zip", {"slow": SLOW})
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "autograder", "--root", str(fixture_course.root), "grade", str(zip_path),
-           "--out", str(out), "--scheduler", cluster.address]
+           "--out", str(out), "--scheduler", cluster.address, *extra]
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     victim = None
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
         victim = next((name for name, proc in cluster.workers.items() if _grading_child(proc, 0.5)), None)
     assert victim is not None, "no worker started grading"
-    cluster.workers[victim].send_signal(signal.SIGKILL)  # as the machine's OOM killer or a preemption would
-    stdout, stderr = run.communicate(timeout=300)
+    cluster.workers.pop(victim).send_signal(signal.SIGKILL)
+    _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
+    return out, stderr
+
+
+def test_a_worker_killed_while_it_grades_costs_a_retry_not_a_grade(fixture_course, cluster, tmp_path):
+    out, _ = _grade_and_kill_the_grading_worker(fixture_course, cluster, tmp_path)
     [row] = _rows(out)
     assert (row["student"], row["score"], row["status"]) == ("slow", "6", "ok")
     [log] = (out / "results").glob("*.log")
@@ -125,24 +132,12 @@ def test_a_worker_with_an_edited_course_refuses(fixture_course, cluster, tmp_pat
 
 def test_a_submission_that_keeps_losing_workers_is_reported_not_graded_and_regraded_next_run(
         fixture_course, cluster, tmp_path):
-    zip_path = _zip(fixture_course, tmp_path / "class.zip", {"slow": SLOW})
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "autograder", "--root", str(fixture_course.root), "grade", str(zip_path),
-           "--out", str(out), "--scheduler", cluster.address, "--retries", "0"]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    victim = None
-    deadline = time.monotonic() + 120
-    while victim is None and time.monotonic() < deadline:
-        victim = next((name for name, proc in cluster.workers.items() if _grading_child(proc, 0.5)), None)
-    assert victim is not None, "no worker started grading"
-    cluster.workers.pop(victim).send_signal(signal.SIGKILL)
-    stdout, stderr = run.communicate(timeout=300)
-    assert run.returncode == 0, stderr
+    out, stderr = _grade_and_kill_the_grading_worker(fixture_course, cluster, tmp_path, "--retries", "0")
     [row] = _rows(out)
     assert row["status"].startswith("grading infrastructure failed: 1 worker(s) were lost while grading it")
     assert row["score"] == "" and "NOT GRADED: 1 submission(s)" in stderr
     assert not list((out / "results").glob("*.json"))  # nothing stored: not a 0
-    again = run_cli("grade", str(zip_path), "--out", str(out), "--scheduler", cluster.address,
+    again = run_cli("grade", str(tmp_path / "class.zip"), "--out", str(out), "--scheduler", cluster.address,
                     root=fixture_course.root)  # the remaining worker grades it
     assert again.returncode == 0, again.stderr
     [row] = _rows(out)
