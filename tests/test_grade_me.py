@@ -10,6 +10,8 @@ import mechlab.runtime
 from mechlab.superposition import reference as ref
 from conftest import as_learner
 
+TOTAL = sum(ref.POINTS.values())  # the chapter's points, as its source gives them
+
 
 def test_grade_me_scores_what_the_notebook_defines(capsys):
     def toy_forward(W, b, x):  # the learner's own, written differently from the reference
@@ -30,9 +32,9 @@ def test_grade_me_scores_what_the_notebook_defines(capsys):
     messages = {r.id: r.message for r in results}
     for name, number in [("generate_batch", 2), ("feature_phase", 7)]:
         assert f"uses the course's reference for exercise {number} ({name})" in messages[name]
-    assert sum(scores.values()) == 2.0 and sum(r.max_score for r in results) == 22.0
+    assert sum(scores.values()) == 2.0 and sum(r.max_score for r in results) == TOTAL
     out = capsys.readouterr().out
-    assert out.startswith("chapter 01_superposition: 2 / 22 points (self-graded in this kernel)")
+    assert out.startswith(f"chapter 01_superposition: 2 / {TOTAL:g} points (self-graded in this kernel)")
     assert "no function named train_sae" in out and "reference implementation" in out
     assert "re-executes the whole notebook from scratch" in out
 
@@ -40,7 +42,7 @@ def test_grade_me_scores_what_the_notebook_defines(capsys):
 def test_grade_me_knows_the_chapter_from_setup(capsys):
     mechlab.setup(seed=0, chapter="01_superposition")
     results = mechlab.grade_me(namespace={})
-    assert len(results) == 11 and all(r.score == 0 for r in results)
+    assert len(results) == len(ref.POINTS) and all(r.score == 0 for r in results)
 
 
 def test_grade_me_stays_out_of_the_graders_way(monkeypatch, capsys):
