@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,28 +241,27 @@ TASKS: dict[str, tuple[Callable, Callable]] = {
     "corpus": (_corpus_data, corpus_metrics),
 }
 
+_ATTN_ONLY_2L = ModelSpec(
+    name="attn_only_2l",
+    description="2-layer attention-only transformer trained on random words repeated twice "
+                "(chapter 2: induction heads)",
+    config=dict(d_model=64, d_head=16, n_heads=4, n_layers=2, n_ctx=64, attn_only=True,
+                normalization_type="LNPre"),
+    task="induction", steps=4000, batch_size=32, lr=2e-3,
+    targets={"second_half_loss": ("<", 1.2), "first_half_loss": (">", 5.0),
+             "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
+)
+
 ZOO: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec(
-            name="attn_only_2l",
-            description="2-layer attention-only transformer trained on random words repeated twice "
-                        "(chapter 2: induction heads)",
-            config=dict(d_model=64, d_head=16, n_heads=4, n_layers=2, n_ctx=64, attn_only=True,
-                        normalization_type="LNPre"),
-            task="induction", steps=4000, batch_size=32, lr=2e-3,
-            targets={"second_half_loss": ("<", 1.2), "first_half_loss": (">", 5.0),
-                     "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
-        ),
-        ModelSpec(
-            name="attn_only_3l",
+        _ATTN_ONLY_2L,
+        # the same recipe with a third layer and another seed
+        replace(
+            _ATTN_ONLY_2L, name="attn_only_3l",
             description="3-layer attention-only transformer trained on random words repeated twice, another "
                         "seed and shape (chapter 2's graded investigation: which heads form the circuit?)",
-            config=dict(d_model=64, d_head=16, n_heads=4, n_layers=3, n_ctx=64, attn_only=True,
-                        normalization_type="LNPre"),
-            task="induction", steps=4000, batch_size=32, lr=2e-3, seed=2,
-            targets={"second_half_loss": ("<", 1.2), "first_half_loss": (">", 5.0),
-                     "best_previous_token_score": (">", 0.8), "best_induction_score": (">", 0.8)},
+            config={**_ATTN_ONLY_2L.config, "n_layers": 3}, seed=2,
         ),
         ModelSpec(
             name="corpus_2l",

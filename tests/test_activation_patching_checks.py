@@ -136,7 +136,7 @@ def noise_reports_the_drop(model, clean_tokens, corrupted_cache, metric):
 
 
 def noise_last_position(model, clean_tokens, corrupted_cache, metric):
-    return checks._noise_last_position(model, clean_tokens, corrupted_cache, metric)
+    return checks._heads_at_last_position(model, clean_tokens, corrupted_cache, metric)
 
 
 def noise_whole_layer(model, clean_tokens, corrupted_cache, metric):

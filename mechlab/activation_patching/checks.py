@@ -516,26 +516,13 @@ def _noise_layer_at_once(model, clean, corrupted_cache, metric):
     return out
 
 
-def _noise_last_position(model, clean, corrupted_cache, metric):
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    with torch.no_grad():
-        for layer in range(model.cfg.n_layers):
-            name = f"blocks.{layer}.attn.hook_z"
-            for head in range(model.cfg.n_heads):
-                def patch(z, hook, head=head, name=name):
-                    z = z.clone()
-                    z[:, -1, head] = corrupted_cache[name][:, -1, head]
-                    return z
-                out[layer, head] = metric(model.run_with_hooks(clean, fwd_hooks=[(name, patch)])).item()
-    return out
-
-
 _NOISE_MISTAKES = [
     ("report the metric itself (1: unaffected, 0: as corrupted), not how much it dropped.",
      lambda *args: 1 - ref.noise_head_outputs(*args)),
     ("corrupt one head at a time (z[:, :, head]); replacing the whole z corrupts every head of the layer.",
      _noise_layer_at_once),
-    ("corrupt the head's z at every position (z[:, :, head]), not only the last one.", _noise_last_position),
+    # noising is patching the other way round: exercise 5's last-position mistake, from the corrupted cache
+    ("corrupt the head's z at every position (z[:, :, head]), not only the last one.", _heads_at_last_position),
 ]
 
 
