@@ -52,3 +52,27 @@ def test_superposition_slider_redraws_the_chosen_model():
     # and the saved notebook carries the widget state a front end needs to show it
     state = nb.metadata["widgets"][WIDGET_STATE]["state"]
     assert {"IntSliderModel", "OutputModel"} <= {m["model_name"] for m in state.values()}
+
+
+def test_attribution_graph_viewer_redraws_when_the_share_moves_and_shows_the_picked_node():
+    nb = run(
+        "import torch\n"
+        "from mechlab import corpus, zoo\n"
+        "from mechlab.transcoders import graph as ag, viewer, zoo as tc_zoo\n"
+        "model = zoo.load('corpus_2l')\n"
+        "tcs = tc_zoo.load_pair('w1024')\n"
+        "mary = next(p for p in corpus.build_world().known if p.name == 'mary brown')\n"
+        "panel = viewer.show(ag.recall_graph(model, tcs, mary), model, tcs)\n"
+        "(slider, menu), out = panel.children[0].children, panel.children[-1]\n"
+        + SHOWN_HTML + "panel",
+        "first = shown()\n"
+        "print('edges drawn at start:', first.count('<line'), '| nodes in the menu:', len(menu.options))\n"
+        "slider.value = 0.95",
+        "now = shown()\n"
+        "print('edges drawn after the move:', now.count('<line'), '| more:', now.count('<line') > first.count('<line'))\n"
+        "menu.value = [v for label, v in menu.options if label.startswith('L0 #')][0]",
+        "print('latent shown:', 'logit lens' in shown() and shown().count('<b>') > 2)",
+    )
+    assert "edges drawn at start:" in text(nb.cells[1])
+    assert "| more: True" in text(nb.cells[2])
+    assert "latent shown: True" in text(nb.cells[3])

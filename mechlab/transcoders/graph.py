@@ -1,0 +1,443 @@
+"""Attribution graphs through transcoders, for one prompt of `corpus_2l` (chapter 6).
+
+The **local replacement model** of a prompt (Ameisen et al. 2025, "Circuit Tracing")
+replaces each MLP by its transcoder plus an *error* vector per position, the
+difference between the MLP's real output and the transcoder's on this prompt, so its
+output equals the model's exactly; and it freezes every nonlinearity that is not a
+node: the attention patterns and the LayerNorm scales, at their values on this prompt.
+What is left is linear in the **nodes**:
+
+- one *embedding* node per position (token plus position embedding),
+- one *latent* node per active transcoder latent at each (layer, position),
+- one *error* node per (layer, position).
+
+`LocalReplacement` gives every node a coefficient (all ones) that scales what it writes
+into the residual stream; `run()` is the frozen forward pass from those coefficients to
+the active latents' pre-activations and the logits. Because the run is linear, the
+derivative of a target with respect to a node's coefficient *is* that node's direct
+effect on the target: its activation times the gradient, the graph's edge weight.
+
+`attribution_graph` assembles the square adjacency (rows: targets, columns: sources;
+latents are both, embeddings and errors only sources, the logit target only a target),
+its influence (chapter 6's `node_influence`), pruning, and the two scores of the paper.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechlab import corpus, zoo
+from mechlab.transcoders import reference as ref
+from mechlab.transcoders.reference import LocalReplacement, Node
+
+Target = Callable[[Tensor], Tensor]  # logits [pos, d_vocab] -> a scalar
+
+
+# ---------------------------------------------------------------- targets
+
+
+@functools.cache
+def city_ids() -> Int[Tensor, "n_cities"]:
+    return torch.from_numpy(zoo.token_ids(list(corpus.CITIES)))
+
+
+def city_target(city: str) -> Target:
+    """The logit of `city` at the last position minus the mean logit of the 12 cities: how
+    much the model prefers this city to the others (the decision fact recall makes)."""
+    index = corpus.CITIES.index(city)
+
+    def target(logits: Tensor) -> Tensor:
+        cities = logits[-1, city_ids().to(logits.device)]
+        return cities[index] - cities.mean()
+
+    return target
+
+
+def logit_diff_target(good: int, bad: int) -> Target:
+    """logit[good] - logit[bad] at the last position (IOI: the indirect object against the subject)."""
+    return lambda logits: logits[-1, good] - logits[-1, bad]
+
+
+# ---------------------------------------------------------------- the graph
+
+
+@dataclass
+class Graph:
+    """An attribution graph: `nodes` (sources, then the target last), `adjacency` [N, N]
+    (row: target node, column: source node, entry: the source's direct effect on the
+    target's pre-activation, or on the target's value for the last row), `influence` [N]
+    (each node's influence on the target through all paths, normalised), and the
+    replacement it came from."""
+
+    replacement: LocalReplacement
+    nodes: list[Node]
+    adjacency: Float[Tensor, "N N"]
+    influence: Float[Tensor, "N"]
+    target_value: float
+    constant: Float[Tensor, "n_latents_plus_1"]  # what the rows do not explain: biases (pre or target at c = 0)
+    target_fn: Target
+    name: str = ""
+
+    @property
+    def words(self) -> list[str]:
+        return self.replacement.words
+
+    @property
+    def n_latents(self) -> int:
+        return self.replacement.n_latents
+
+    def mask(self, kind: str) -> Bool[Tensor, "N"]:
+        return torch.tensor([n.kind == kind for n in self.nodes])
+
+    def label(self, i: int) -> str:
+        return self.nodes[i].label(self.words)
+
+
+def attribution_graph(model, transcoders: Sequence, tokens: Int[Tensor, "pos"], target: Target, *,
+                      adjacency: Callable | None = None, influence: Callable | None = None,
+                      freeze: Callable | None = None, name: str = "") -> Graph:
+    """The attribution graph of `target` on one prompt, with chapter 6's functions
+    (defaults: the reference `adjacency_matrix`, `node_influence`, `freeze_hooks`)."""
+    adjacency, influence = adjacency or ref.adjacency_matrix, influence or ref.node_influence
+    lr = LocalReplacement(model, transcoders, tokens, freeze)
+    rows = adjacency(lr, target).detach()
+    n_src = len(lr.nodes)
+    N = n_src + 1
+    A = torch.zeros(N, N, device=rows.device)
+    A[: lr.n_latents, :n_src] = rows[: lr.n_latents]
+    A[N - 1, :n_src] = rows[-1]
+    weights = torch.zeros(N, device=rows.device)
+    weights[-1] = 1.0
+    with torch.no_grad():
+        pre0, logits0 = lr.run(torch.zeros_like(lr.coefficients))
+        _, logits = lr.run()
+    constant = torch.cat([pre0, target(logits0)[None]])
+    nodes = lr.nodes + [Node("target", model.cfg.n_layers, len(lr.tokens) - 1, value=float(target(logits)))]
+    return Graph(lr, nodes, A.cpu(), influence(A, weights).detach().cpu(), float(target(logits)), constant.cpu(),
+                 target, name)
+
+
+def normalised(adjacency: Float[Tensor, "N N"]) -> Float[Tensor, "N N"]:
+    """|A| with each row divided by its sum (rows without inputs stay zero)."""
+    a = adjacency.abs()
+    return a / a.sum(-1, keepdim=True).clamp_min(1e-10)
+
+
+def scores(graph: Graph) -> dict[str, float]:
+    """Circuit Tracing's two scores of a graph (section 4 of the paper):
+
+    - *replacement score*: of all the influence that reaches the target from the nodes
+      with no inputs (embeddings and errors), the share that starts at an embedding:
+      1 when no path runs through an error node;
+    - *completeness score*: the share of every node's input that comes from non-error
+      nodes, weighted by the node's influence on the target (the target counted with weight 1)."""
+    An = normalised(graph.adjacency)
+    weights = torch.zeros(len(graph.nodes))
+    weights[-1] = 1.0
+    through = weights @ (torch.linalg.inv(torch.eye(len(An)) - An))  # includes the target itself
+    errors, embeddings = graph.mask("error"), graph.mask("embedding")
+    replacement = float(through[embeddings].sum() / (through[embeddings].sum() + through[errors].sum()))
+    non_error = 1 - An[:, errors].sum(-1)
+    has_inputs = An.sum(-1) > 0
+    completeness = float((non_error * through * has_inputs).sum() / (through * has_inputs).sum())
+    return {"replacement": replacement, "completeness": completeness}
+
+
+def threshold_mask(values: Float[Tensor, "n"], share: float) -> Bool[Tensor, "n"]:
+    """The fewest entries of `values` (non-negative) whose sum reaches `share` of the total."""
+    return ref.prune_nodes(values, share)
+
+
+def prune(graph: Graph, node_share: float = 0.8, edge_share: float = 0.98
+          ) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N N"]]:
+    """Circuit Tracing's pruning: keep the nodes that carry `node_share` of the influence on
+    the target (embeddings and the target always kept), then, on the graph of those nodes,
+    the edges that carry `edge_share` of the edge influence (an edge's normalised weight
+    times its target node's influence, the target counting 1); nodes left with no kept
+    edge to anything are dropped."""
+    N = len(graph.nodes)
+    keep = threshold_mask(graph.influence.clamp_min(0), node_share)
+    keep |= graph.mask("embedding") | graph.mask("target")
+    A = graph.adjacency * keep[:, None] * keep[None, :]
+    An = normalised(A)
+    weights = torch.zeros(N)
+    weights[-1] = 1.0
+    through = weights @ torch.linalg.inv(torch.eye(N) - An)
+    edge_scores = An * through[:, None]
+    edges = threshold_mask(edge_scores.flatten(), edge_share).reshape(N, N) & (A != 0)
+    for _ in range(N):  # drop nodes that no longer reach the target through kept edges
+        reaches = keep & (edges.any(0) | graph.mask("target"))
+        if torch.equal(reaches, keep):
+            break
+        keep = reaches
+        edges &= keep[:, None] & keep[None, :]
+    return keep, edges
+
+
+def top_nodes(graph: Graph, k: int = 10, kinds: Sequence[str] = ("latent", "error", "embedding")) -> list[int]:
+    """The `k` nodes of the given kinds with the largest influence on the target."""
+    allowed = torch.tensor([n.kind in kinds for n in graph.nodes])
+    order = graph.influence.masked_fill(~allowed, -1).argsort(descending=True)
+    return [int(i) for i in order[: min(k, int(allowed.sum()))]]
+
+
+# ---------------------------------------------------------------- interventions
+
+
+def total_effects(replacement: LocalReplacement, target: Target) -> Float[Tensor, "n_sources"]:
+    """Each source node's total linear effect on the target in the local replacement model:
+    the derivative of the target with respect to the node's coefficient, through every
+    path (downstream latents follow their pre-activations). Removing a node changes the
+    target by about minus this."""
+    c = replacement.coefficients
+    _, logits = replacement.run(propagate=True)
+    (grad,) = torch.autograd.grad(target(logits), c)
+    return grad.detach()
+
+
+def logit_lens(model, transcoder, latent: int, k: int = 5) -> list[tuple[str, float]]:
+    """The tokens a latent's decoder direction promotes most through the unembedding
+    (the final LayerNorm left out)."""
+    direction = transcoder.W_dec[latent].detach() / transcoder.out_scale
+    scores = direction @ model.W_U.detach()
+    top = scores.topk(k)
+    return [(w, float(v)) for w, v in zip(model.to_str_tokens(top.indices), top.values)]
+
+
+# ---------------------------------------------------------------- fact recall against the world
+
+
+def recall_prompt(model, person, template: str = "{p} lives in") -> Int[Tensor, "pos"]:
+    return model.to_tokens(template.format(p=person.name))[0]
+
+
+def recall_graph(model, transcoders, person, template: str = "{p} lives in", **functions) -> Graph:
+    return attribution_graph(model, transcoders, recall_prompt(model, person, template), city_target(person.city),
+                             name=person.name, **functions)
+
+
+def city_of_latent(model, transcoder, latent: int) -> str | None:
+    """The city a latent's logit lens promotes most, if a city is among its top 3 tokens."""
+    for word, _ in logit_lens(model, transcoder, latent, k=3):
+        if word in corpus.CITIES:
+            return word
+    return None
+
+
+def explained_share(graph: Graph, keep: Bool[Tensor, "N"]) -> float:
+    """How much of the target the kept nodes write on their own: the target with only the
+    kept source nodes switched on (each latent at its activation on the prompt), less the
+    biases' constant, over the same with every node on."""
+    lr = graph.replacement
+    with torch.no_grad():
+        target = graph.target_fn
+        zero = float(target(lr.run(torch.zeros_like(lr.coefficients))[1]))
+        kept = float(target(lr.run(keep[: len(lr.nodes)].float().to(lr.coefficients.device))[1]))
+    return (kept - zero) / (graph.target_value - zero)
+
+
+def recall_table(model, transcoders, people, templates: Sequence[str] = ("{p} lives in",), **functions):
+    """One row per (person, template): the graph's target, scores, the share the pruned graph
+    explains, and the city of its most influential latent that promotes a city (its logit
+    lens), against the person's city."""
+    import pandas as pd
+
+    rows = []
+    for person in people:
+        for template in templates:
+            g = recall_graph(model, transcoders, person, template, **functions)
+            keep, _ = prune(g)
+            found = next(((i, c) for i in top_nodes(g, g.n_latents, ("latent",))
+                          if (c := city_of_latent(model, transcoders[g.nodes[i].layer], g.nodes[i].latent))), (None, None))
+            i, city = found
+            rows.append({"person": person.name, "template": template, "city": person.city,
+                         "target": g.target_value, **scores(g), "kept nodes": int(keep.sum()),
+                         "explained by pruned graph": explained_share(g, keep),
+                         "top city latent": g.label(i) if i is not None else None, "its city": city,
+                         "right city": city == person.city,
+                         "latent layer": g.nodes[i].layer if i is not None else -1,
+                         "latent id": g.nodes[i].latent if i is not None else -1})
+    return pd.DataFrame(rows)
+
+
+TEMPLATES = tuple(t.replace(" {v} .", "") for t in corpus.FACT_TEMPLATES["city"])  # "{p} lives in", ...
+
+
+def last_position_latents(model, transcoders, people, templates: Sequence[str] = TEMPLATES
+                          ) -> tuple[list[Float[Tensor, "n d_sae"]], Int[Tensor, "n"]]:
+    """Each layer's transcoder latents at the last position of every (person, template)
+    recall prompt, and the index of the person's city in `corpus.CITIES` for each prompt."""
+    acts = [[] for _ in transcoders]
+    cities = []
+    for person in people:
+        for template in templates:
+            tokens = recall_prompt(model, person, template)[None].to(next(model.parameters()).device)
+            for tc in transcoders:
+                x, _ = ref.collect_mlp_io(model, tokens, tc.cfg.layer)
+                with torch.no_grad():
+                    acts[tc.cfg.layer].append(tc.encode(x[0, -1].to(tc.W_dec.device)).cpu())
+            cities.append(corpus.CITIES.index(person.city))
+    return [torch.stack(a) for a in acts], torch.tensor(cities)
+
+
+def city_f1(acts: Float[Tensor, "n d_sae"], cities: Int[Tensor, "n"]) -> Float[Tensor, "n_cities d_sae"]:
+    """Each latent's F1 as a detector of each city (firing at the last position of a recall
+    prompt whose answer is that city), with chapter 4's `detection_scores`."""
+    from mechlab.sparse_autoencoders.reference import detection_scores
+
+    fires = acts > 0
+    return torch.stack([detection_scores(fires, cities == c)[2] for c in range(len(corpus.CITIES))])
+
+
+def hedge_target() -> Target:
+    """The logit of "some" (as in "lives in some town") minus the mean city logit."""
+    some = int(zoo.token_ids(["some"])[0])
+
+    def target(logits: Tensor) -> Tensor:
+        return logits[-1, some] - logits[-1, city_ids().to(logits.device)].mean()
+
+    return target
+
+
+# ---------------------------------------------------------------- interventions in the real model
+
+
+def intervention_table(model, transcoders, people, ablate: Callable, k: int = 8,
+                       template: str = "{p} lives in"):
+    """For each person's recall prompt, the `k` latents with the largest total effect in the
+    local replacement model: the predicted change of the target when each is ablated alone
+    (minus its total effect) against the real change (`ablate`: chapter 6's
+    `ablate_latents`, attention and LayerNorm live, errors frozen)."""
+    import pandas as pd
+
+    rows = []
+    for person in people:
+        tokens = recall_prompt(model, person, template)
+        target = city_target(person.city)
+        lr = LocalReplacement(model, transcoders, tokens)
+        effects = total_effects(lr, target)[: lr.n_latents]
+        base = float(target(lr.clean_logits))
+        for i in effects.abs().argsort(descending=True)[:k].tolist():
+            node = lr.nodes[i]
+            real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, [(node.layer, node.position,
+                                                                                    node.latent)]))) - base
+            rows.append({"person": person.name, "node": node.label(lr.words), "predicted": -float(effects[i]),
+                         "real": real})
+    return pd.DataFrame(rows)
+
+
+def plot_interventions(table) -> "plt.Figure":
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(table["predicted"], table["real"], s=12, alpha=0.6)
+    lo = min(table["predicted"].min(), table["real"].min())
+    hi = max(table["predicted"].max(), table["real"].max())
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="real = predicted")
+    ax.set_xlabel("predicted change of the target (graph)")
+    ax.set_ylabel("real change (attention live)")
+    ax.set_title("ablating one latent")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- IOI: what a frozen-attention graph cannot see
+
+
+def embedding_gradient(replacement: LocalReplacement, target: Target) -> Float[Tensor, "pos d_model"]:
+    """The gradient of the target with respect to each position's embedding vector in the
+    local replacement model (attention and LayerNorm frozen)."""
+    original = replacement.embedding
+    replacement.embedding = original.clone().requires_grad_(True)
+    try:
+        _, logits = replacement.run(torch.ones_like(replacement.coefficients))
+        (grad,) = torch.autograd.grad(target(logits), replacement.embedding)
+    finally:
+        replacement.embedding = original
+    return grad
+
+
+def ioi_comparison(model, transcoders, prompts, **functions) -> dict[str, float]:
+    """On IOI prompts (target: logit of the indirect object minus the subject's): the share
+    of the graph's influence at the indirect object's position, the subject's first and
+    second mentions and the last position; and the change of the target when the second
+    mention of the subject is replaced by a third name, in the real model and as the graph
+    predicts it (linearly, through frozen attention)."""
+    shares, real, predicted, base = [], [], [], []
+    for prompt in prompts:
+        tokens = model.to_tokens(prompt.text)[0]
+        words = model.to_str_tokens(tokens)
+        io, s = (int(t) for t in zoo.token_ids([prompt.correct, prompt.distractor]))
+        target = logit_diff_target(io, s)
+        g = attribution_graph(model, transcoders, tokens, target, **functions)
+        s_at = [i for i, w in enumerate(words) if w == prompt.distractor]
+        io_at = [i for i, w in enumerate(words) if w == prompt.correct]
+        infl = g.influence[:-1]
+
+        def share(positions: list[int]) -> float:
+            return float(sum(infl[i] for i, n in enumerate(g.nodes[:-1]) if n.position in positions) / infl.sum())
+
+        shares.append((share(io_at), share(s_at[:1]), share(s_at[1:]), share([len(words) - 1])))
+        third = next(n for n in corpus.FIRST_NAMES if n not in words)
+        c = int(zoo.token_ids([third])[0])
+        corrupted = tokens.clone()
+        corrupted[s_at[1]] = c
+        with torch.no_grad():
+            clean_value = float(target(model(tokens[None])[0]))
+            real.append(float(target(model(corrupted[None])[0])) - clean_value)
+        grad = embedding_gradient(g.replacement, target)
+        predicted.append(float(grad[s_at[1]] @ (model.W_E[c] - model.W_E[tokens[s_at[1]]])))
+        base.append(clean_value)
+    mean = np.array(shares).mean(0)
+    return {"influence at IO": mean[0], "influence at S1": mean[1], "influence at S2": mean[2],
+            "influence at the end": mean[3], "logit difference": float(np.mean(base)),
+            "real change, S2 replaced": float(np.mean(real)), "graph's predicted change": float(np.mean(predicted))}
+
+
+def borrowed(name: str, city: str | None) -> bool:
+    """Whether `city` is the city of another known person sharing a first or last name with `name`."""
+    from mechlab.steering.experiments import borrowed_city
+
+    return city is not None and borrowed_city(tuple(name.split()), city)
+
+
+class _Named:
+    """A (first, last) pair dressed as a person for the prompt helpers (its city unused)."""
+
+    def __init__(self, pair: tuple[str, str]) -> None:
+        self.name, self.city = " ".join(pair), corpus.CITIES[0]
+
+
+def hedge_summary(model, transcoders, **functions) -> dict[str, float | str]:
+    """The graphs of the hedge (target: "some" minus the mean city logit) for every hedged
+    name, "first last lives in": which latent promoting "some" or "town" has the most
+    influence in each, and how that latent fires at the last position for known people,
+    hedged names and names the corpus never describes."""
+    world = corpus.build_world()
+    counts: dict[tuple[int, int], int] = {}
+    for pair in world.hedged:
+        g = attribution_graph(model, transcoders, recall_prompt(model, _Named(pair)), hedge_target(), **functions)
+        for i in top_nodes(g, g.n_latents, ("latent",)):
+            node = g.nodes[i]
+            if {"some", "town"} & {w for w, _ in logit_lens(model, transcoders[node.layer], node.latent, 3)}:
+                counts[(node.layer, node.latent)] = counts.get((node.layer, node.latent), 0) + 1
+                break
+    (layer, latent), n = max(counts.items(), key=lambda kv: kv[1])
+    groups = {"known people": list(world.known), "hedged names": [_Named(p) for p in world.hedged],
+              "never-described names": [_Named(p) for p in world.unknown if p not in world.hedged]}
+    out: dict[str, float | str] = {"hedged names": len(world.hedged), "latent": f"L{layer} #{latent}",
+                                   "graphs where it is the top hedge latent": n}
+    for group, people in groups.items():
+        acts, _ = last_position_latents(model, transcoders, people, TEMPLATES[:1])
+        a = acts[layer][:, latent]
+        out[f"fires for {group}"] = float((a > 0).float().mean())
+        out[f"mean activation for {group}"] = float(a.mean())
+    return out
