@@ -40,7 +40,7 @@
 # unlike anywhere else, the graphs can be scored against a world whose facts we know.
 #
 # **Time budget:** about 3¼ hours for the exercises (the table below adds them up). The
-# notebook runs in about a minute on a quiet 2-core CPU: one transcoder trains live (about
+# notebook runs in about 100 s on a quiet 2-core CPU (`benchmarks/RESULTS.md`): one transcoder trains live (about
 # 20 s), the others are committed with the course (`python -m mechlab.transcoders.zoo
 # train NAME` retrains any of them), and each graph takes a fraction of a second.
 #
@@ -72,7 +72,7 @@ import numpy as np
 
 from mechlab.transcoders import checks, graph as ag, viewer, zoo as tc_zoo
 
-# Sizes of the live experiments. The defaults run in about a minute on a 2-core CPU; on a
+# Sizes of the live experiments. The defaults run in about 100 s on a 2-core CPU; on a
 # GPU, raise SCALE (e.g. to 4) to train the live transcoder on more pairs for longer.
 SCALE = 1
 model = zoo.load("corpus_2l", device=device)
@@ -940,17 +940,26 @@ agreement = np.corrcoef(interventions["predicted"], interventions["real"])[0, 1]
 print(f"{len(interventions)} single-latent ablations: correlation of predicted and real change {agreement:.2f}")
 slope = float(np.polyfit(interventions["predicted"], interventions["real"], 1)[0])
 print(f"least-squares slope of real on predicted {slope:.2f}")
+for column in ("real MLPs, attention frozen", "real MLPs, attention live"):
+    r = np.corrcoef(interventions["predicted"], interventions[column])[0, 1]
+    print(f"circuit-tracer's protocol ({column}): correlation {r:.2f}")
 ag.plot_interventions(interventions);
 
 # %% [markdown]
 # The graph predicts the direction and the rough size of an intervention, not its exact
 # value: the correlation is 0.58<!-- out: correlation of predicted and real change -->, and the real changes are
 # smaller than predicted (slope 0.59<!-- out: least-squares slope of real on predicted -->). In the local
-# replacement model the prediction would be exact: the run is linear, and the error
-# nodes are the same in both. So both gaps come from what the graph froze: when a latent
-# is removed from the real model, the attention patterns and the LayerNorm scales
-# downstream recompute, and TopK may let another latent in. A graph is a linear account
-# of one prompt around one point, to be checked by intervening.
+# replacement model the prediction would be exact (the run is linear, and the error
+# nodes are the same in both), so the gap comes from what the graph froze and the real
+# model recomputes: attention patterns, LayerNorm scales, and the TopK selection.
+#
+# circuit-tracer, the library that implements Circuit Tracing, checks graphs another way:
+# it subtracts the latent's output from the *real* MLP's and lets the real MLPs, not the
+# transcoders, compute everything downstream, with the attention patterns frozen. Under
+# that protocol the agreement is 0.60<!-- out: circuit-tracer's protocol (real MLPs, attention frozen): correlation -->; letting attention
+# recompute as well drops it to 0.47<!-- out: circuit-tracer's protocol (real MLPs, attention live): correlation -->. So
+# frozen attention is part of the gap, and not all of it. A graph is a linear account of
+# one prompt around one point, to be checked by intervening.
 #
 # ## 6. What a graph with frozen attention cannot show: IOI
 #

@@ -253,7 +253,7 @@ _REPLACEMENT_MISTAKES = [
 
 def _check_replacement(fn: Callable, hidden: bool) -> None:
     compare_on_models(fn, ref.replacement_loss, _replacement_cases(hidden), "replacement_loss", _REPLACEMENT_MISTAKES,
-                      atol=1e-4)
+                      atol=1e-5, rtol=1e-5)  # reading layer 1's input from the clean run moves the loss by 2e-4 here
 
 
 check_replacement_loss, grade_replacement_loss = check_and_grade("replacement_loss", _check_replacement)

@@ -137,16 +137,18 @@ def scores(graph: Graph) -> dict[str, float]:
       with no inputs (embeddings and errors), the share that starts at an embedding:
       1 when no path runs through an error node;
     - *completeness score*: the share of every node's input that comes from non-error
-      nodes, weighted by the node's influence on the target (the target counted with weight 1)."""
+      nodes, weighted by the node's influence on the target (the target counted with weight 1;
+      nodes without inputs count as complete).
+
+    Both as circuit-tracer's `compute_graph_scores` computes them, on the unpruned graph."""
     An = normalised(graph.adjacency)
     weights = torch.zeros(len(graph.nodes))
     weights[-1] = 1.0
     through = weights @ (torch.linalg.inv(torch.eye(len(An)) - An))  # includes the target itself
     errors, embeddings = graph.mask("error"), graph.mask("embedding")
     replacement = float(through[embeddings].sum() / (through[embeddings].sum() + through[errors].sum()))
-    non_error = 1 - An[:, errors].sum(-1)
-    has_inputs = An.sum(-1) > 0
-    completeness = float((non_error * through * has_inputs).sum() / (through * has_inputs).sum())
+    non_error = 1 - An[:, errors].sum(-1)  # 1 for nodes without inputs (embeddings, errors), as circuit-tracer counts
+    completeness = float((non_error * through).sum() / through.sum())
     return {"replacement": replacement, "completeness": completeness}
 
 
@@ -172,8 +174,9 @@ def prune(graph: Graph, node_share: float = 0.8, edge_share: float = 0.98
     through = weights @ torch.linalg.inv(torch.eye(N) - An)
     edge_scores = An * through[:, None]
     edges = threshold_mask(edge_scores.flatten(), edge_share).reshape(N, N) & (A != 0)
-    for _ in range(N):  # drop nodes that no longer reach the target through kept edges
-        reaches = keep & (edges.any(0) | graph.mask("target"))
+    latents = graph.mask("latent")
+    for _ in range(N):  # drop nodes that lost every outgoing kept edge, and latents that lost every incoming one
+        reaches = keep & (edges.any(0) | graph.mask("target") | graph.mask("embedding")) & (~latents | edges.any(1))
         if torch.equal(reaches, keep):
             break
         keep = reaches
@@ -324,13 +327,49 @@ def intervention_table(model, transcoders, people, ablate: Callable, k: int = 8,
         lr = LocalReplacement(model, transcoders, tokens)
         effects = total_effects(lr, target)[: lr.n_latents]
         base = float(target(lr.clean_logits))
+        with torch.no_grad():
+            _, cache = model.run_with_cache(lr.tokens[None], names_filter=lambda n: n.endswith("attn.hook_pattern"))
+        patterns = dict(cache.items())
         for i in effects.abs().argsort(descending=True)[:k].tolist():
             node = lr.nodes[i]
-            real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, [(node.layer, node.position,
-                                                                                    node.latent)]))) - base
+            nodes = [(node.layer, node.position, node.latent)]
+            real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, nodes))) - base
+            live = {frozen: float(target(ablate_with_live_mlps(model, transcoders, lr.tokens, nodes, frozen,
+                                                                patterns))) - base for frozen in (True, False)}
             rows.append({"person": person.name, "node": node.label(lr.words), "predicted": -float(effects[i]),
-                         "real": real})
+                         "real": real, "real MLPs, attention frozen": live[True],
+                         "real MLPs, attention live": live[False]})
     return pd.DataFrame(rows)
+
+
+def ablate_with_live_mlps(model, transcoders, tokens: Int[Tensor, "pos"], nodes, freeze_attention: bool,
+                          cache_patterns: dict | None = None) -> Float[Tensor, "pos d_vocab"]:
+    """circuit-tracer's protocol for checking a graph: the real model with its real MLPs, each
+    ablated latent's current output (activation times decoder row) subtracted from its
+    MLP's output, everything downstream recomputed, with the attention patterns frozen at
+    the clean prompt's (`freeze_attention`) or live."""
+    inputs, hooks = {}, []
+    if freeze_attention:
+        hooks += [(name, lambda t, hook, name=name: cache_patterns[name]) for name in cache_patterns]
+    for layer, tc in enumerate(transcoders):
+        mine = [(p, i) for l, p, i in nodes if l == layer]
+        if not mine:
+            continue
+
+        def keep(t, hook, layer=layer):
+            inputs[layer] = t[0]
+            return t
+
+        def subtract(t, hook, layer=layer, tc=tc, mine=mine):
+            z = tc.encode(inputs[layer])
+            removed = torch.zeros_like(z)
+            for p, i in mine:
+                removed[p, i] = z[p, i]
+            return t - (removed @ tc.W_dec / tc.out_scale)[None]
+
+        hooks += [(f"blocks.{layer}.ln2.hook_out", keep), (f"blocks.{layer}.hook_mlp_out", subtract)]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
 
 
 def plot_interventions(table) -> "plt.Figure":
