@@ -213,43 +213,52 @@ def missed_targets(name: str, metrics: dict[str, float]) -> list[str]:
     return zoo.missed_targets(_spec(name), metrics)
 
 
-def _report(name: str, meta: dict[str, Any]) -> str:
-    m = meta["metrics"]
-    missed = missed_targets(name, m)
-    return (f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items())
+def report(name: str, metrics: dict[str, float], missed: list[str]) -> str:
+    return (f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             + f"\n  targets: {'all met' if not missed else 'MISSED ' + '; '.join(missed)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechlab.sparse_autoencoders.zoo", description=__doc__.split("\n\n")[0])
+def cli(argv: list[str] | None, *, prog: str, description: str, specs: dict, train, measure, save_to,
+        missed) -> int:
+    """The command line of a zoo of trained dictionaries (this one, chapter 6's transcoders):
+    `list`, `train NAME... [--out DIR]` (or `all`) and `eval NAME...`. `train(name)` gives
+    (module, metadata), `measure(name)` the committed checkpoint's metrics, `save_to(module,
+    metadata, path)` writes one, `missed(name, metrics)` lists the targets it misses."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the zoo's SAEs")
-    t = sub.add_parser("train", help="retrain SAEs from scratch (fixed seeds) and write their checkpoints")
-    t.add_argument("names", nargs="+", help="SAE names, or 'all'")
+    sub.add_parser("list", help="the zoo's checkpoints")
+    t = sub.add_parser("train", help="retrain from scratch (fixed seeds) and write the checkpoints")
+    t.add_argument("names", nargs="+", help="names, or 'all'")
     t.add_argument("--out", type=Path, help="folder to write checkpoints to (default: the committed ones)")
     e = sub.add_parser("eval", help="measure committed checkpoints")
-    e.add_argument("names", nargs="+")
+    e.add_argument("names", nargs="+", help="names, or 'all'")
     args = parser.parse_args(argv)
     if args.command == "list":
-        for spec in SAE_ZOO.values():
+        for spec in specs.values():
             print(f"{spec.name}: {spec.description}")
         return 0
-    names = list(SAE_ZOO) if args.names == ["all"] else args.names
+    names = list(specs) if args.names == ["all"] else args.names
     failed = 0
     for name in names:
         if args.command == "eval":
-            sae = load(name)
-            meta = {"metrics": evaluate(sae, sae.scale)}
+            metrics = measure(name)
         else:
-            sae, meta = train(name)
-            out = (args.out / f"{name}.safetensors") if args.out else _spec(name).path
-            save(sae, meta, out)
-        print(_report(name, meta), flush=True)
+            module, meta = train(name)
+            out = (args.out / f"{name}.safetensors") if args.out else specs[name].path
+            save_to(module, meta, out)
+            metrics = meta["metrics"]
+        print(report(name, metrics, missed(name, metrics)), flush=True)
         if args.command == "train":
-            print(f"  trained in {meta['seconds']} s ({meta['activations_per_second']} activations/s); wrote {out}",
-                  flush=True)
-        failed += bool(missed_targets(name, meta["metrics"]))
+            speed = f" ({meta['activations_per_second']} activations/s)" if "activations_per_second" in meta else ""
+            print(f"  trained in {meta['seconds']} s{speed}; wrote {out}", flush=True)
+        failed += bool(missed(name, metrics))
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, prog="python -m mechlab.sparse_autoencoders.zoo", description=__doc__.split("\n\n")[0],
+               specs=SAE_ZOO, train=train, measure=lambda name: evaluate(sae := load(name), sae.scale),
+               save_to=save, missed=missed_targets)
 
 
 if __name__ == "__main__":

@@ -562,24 +562,17 @@ def _ablate_recomputed_errors(model, transcoders, tokens, errors, nodes):
 
 
 def _ablate_pre_topk(model, transcoders, tokens, errors, nodes):
-    inputs, hooks = {}, []
-    for layer, tc in enumerate(transcoders):
-        def keep(t, hook, layer=layer):
-            inputs[layer] = t[0]
-            return t
-
-        def replace(t, hook, layer=layer, tc=tc):
-            x = inputs[layer]
+    def removed_before_topk(layer, tc):
+        def fn(x, out):
             pre = tc.pre_acts(x).clone()
             for l, p, i in nodes:
                 if l == layer:
                     pre[p, i] = -torch.inf
-            z = topk_activation(pre, tc.cfg.k).nan_to_num(0.0)
-            return (tc.decode(z, x) + errors[layer])[None]
+            return tc.decode(topk_activation(pre, tc.cfg.k).nan_to_num(0.0), x) + errors[layer]
+        return fn
 
-        hooks += [(f"blocks.{layer}.ln2.hook_out", keep), (f"blocks.{layer}.hook_mlp_out", replace)]
-    with torch.no_grad():
-        return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    return ag.run_with_mlps(model, tokens, {layer: removed_before_topk(layer, tc)
+                                            for layer, tc in enumerate(transcoders)})
 
 
 def _ablate_every_position(model, transcoders, tokens, errors, nodes):

@@ -342,34 +342,45 @@ def intervention_table(model, transcoders, people, ablate: Callable, k: int = 8,
     return pd.DataFrame(rows)
 
 
+def run_with_mlps(model, tokens: Int[Tensor, "pos"], rewrite: dict[int, Callable], extra_hooks: Sequence = ()
+                  ) -> Float[Tensor, "pos d_vocab"]:
+    """The logits of one prompt with the output of each MLP of a layer in `rewrite`
+    replaced by `rewrite[layer](x, out)`: `x` is the MLP's input in this run, `out` its
+    output (both `[pos, d_model]`)."""
+    inputs, hooks = {}, list(extra_hooks)
+    for layer, fn in rewrite.items():
+        def keep(t, hook, layer=layer):
+            inputs[layer] = t[0]
+            return t
+
+        def replace(t, hook, layer=layer, fn=fn):
+            return fn(inputs[layer], t[0])[None]
+
+        hooks += [(f"blocks.{layer}.ln2.hook_out", keep), (f"blocks.{layer}.hook_mlp_out", replace)]
+    with torch.no_grad():
+        return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+
+
 def ablate_with_live_mlps(model, transcoders, tokens: Int[Tensor, "pos"], nodes, freeze_attention: bool,
                           cache_patterns: dict | None = None) -> Float[Tensor, "pos d_vocab"]:
     """circuit-tracer's protocol for checking a graph: the real model with its real MLPs, each
     ablated latent's current output (activation times decoder row) subtracted from its
     MLP's output, everything downstream recomputed, with the attention patterns frozen at
     the clean prompt's (`freeze_attention`) or live."""
-    inputs, hooks = {}, []
-    if freeze_attention:
-        hooks += [(name, lambda t, hook, name=name: cache_patterns[name]) for name in cache_patterns]
-    for layer, tc in enumerate(transcoders):
-        mine = [(p, i) for l, p, i in nodes if l == layer]
-        if not mine:
-            continue
-
-        def keep(t, hook, layer=layer):
-            inputs[layer] = t[0]
-            return t
-
-        def subtract(t, hook, layer=layer, tc=tc, mine=mine):
-            z = tc.encode(inputs[layer])
+    def subtract(tc, mine):
+        def fn(x, out):
+            z = tc.encode(x)
             removed = torch.zeros_like(z)
             for p, i in mine:
                 removed[p, i] = z[p, i]
-            return t - (removed @ tc.W_dec / tc.out_scale)[None]
+            return out - removed @ tc.W_dec / tc.out_scale
+        return fn
 
-        hooks += [(f"blocks.{layer}.ln2.hook_out", keep), (f"blocks.{layer}.hook_mlp_out", subtract)]
-    with torch.no_grad():
-        return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+    rewrite = {layer: subtract(tc, [(p, i) for l, p, i in nodes if l == layer])
+               for layer, tc in enumerate(transcoders) if any(l == layer for l, _, _ in nodes)}
+    frozen = [(name, lambda t, hook, name=name: cache_patterns[name]) for name in cache_patterns] \
+        if freeze_attention else []
+    return run_with_mlps(model, tokens, rewrite, frozen)
 
 
 def plot_interventions(table) -> "plt.Figure":

@@ -22,7 +22,6 @@ after that rounding), with config, metrics and a thinned training history in the
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -255,41 +254,10 @@ def missed_targets(name: str, metrics: dict[str, float]) -> list[str]:
     return zoo.missed_targets(_spec(name), metrics)
 
 
-def _report(name: str, meta: dict[str, Any]) -> str:
-    m = meta["metrics"]
-    missed = missed_targets(name, m)
-    return (f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in m.items())
-            + f"\n  targets: {'all met' if not missed else 'MISSED ' + '; '.join(missed)}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechlab.transcoders.zoo", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the zoo's transcoders")
-    t = sub.add_parser("train", help="retrain transcoders from scratch (fixed seeds) and write their checkpoints")
-    t.add_argument("names", nargs="+", help="names, or 'all'")
-    t.add_argument("--out", type=Path, help="folder to write checkpoints to (default: the committed ones)")
-    e = sub.add_parser("eval", help="measure committed checkpoints")
-    e.add_argument("names", nargs="+")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for spec in TC_ZOO.values():
-            print(f"{spec.name}: {spec.description}")
-        return 0
-    names = list(TC_ZOO) if args.names == ["all"] else args.names
-    failed = 0
-    for name in names:
-        if args.command == "eval":
-            meta = {"metrics": evaluate(load(name))}
-        else:
-            tc, meta = train(name)
-            out = (args.out / f"{name}.safetensors") if args.out else _spec(name).path
-            sae_zoo.save(tc, meta, out)
-        print(_report(name, meta), flush=True)
-        if args.command == "train":
-            print(f"  trained in {meta['seconds']} s; wrote {out}", flush=True)
-        failed += bool(missed_targets(name, meta["metrics"]))
-    return 1 if failed else 0
+    return sae_zoo.cli(argv, prog="python -m mechlab.transcoders.zoo", description=__doc__.split("\n\n")[0],
+                       specs=TC_ZOO, train=train, measure=lambda name: evaluate(load(name)), save_to=sae_zoo.save,
+                       missed=missed_targets)
 
 
 if __name__ == "__main__":
