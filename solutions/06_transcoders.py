@@ -758,8 +758,7 @@ for i in ag.top_nodes(g, 8):
 # Read the list from the bottom of the model up. The token `mary` carries the most
 # influence (0.363<!-- out: embedding 'mary'@1: influence -->), more than `brown` (0.134<!-- out: embedding 'brown'@2: influence -->), and
 # part of it flows through layer 0's latents at `mary`, which already guess the last
-# name: their logit lens reads `brown`, `jones`, `taylor`, the names that follow `mary`
-# in the corpus. At `in`, layer 1's latents write cities; but the second
+# name: their logit lens (printed above) reads last names. At `in`, layer 1's latents write cities; but the second
 # largest single node is layer 1's *error* at `in` (0.167<!-- out: L1 error 'in'@4: influence -->): what the
 # transcoder misses of MLP 1 at the position where the answer is written carries a
 # sixth of the influence. The replacement score (0.76<!-- out: mary brown's graph, replacement score -->) says
