@@ -450,3 +450,20 @@ def test_viewer_draws_the_pruned_graph_and_redraws_when_the_slider_moves(model, 
     assert picture.count("<line") == int(edges.sum())
     wide, _ = ag.prune(g, 0.95)
     assert int(wide.sum()) > int(keep.sum())
+
+
+def test_retraining_a_transcoder_from_scratch_reproduces_the_committed_one(tmp_path):
+    """`python -m mechlab.transcoders.zoo train NAME` really retrains: the same recipe and
+    seeds reach the committed checkpoint's metrics, and the written file loads."""
+    name = "tc_l0_w1024"
+    tc, meta = tc_zoo.train(name)
+    stored = tc_zoo.info(name)["metrics"]
+    for key, tolerance in (("variance_explained", 0.005), ("l0", 0.3), ("dead_fraction", 0.05),
+                           ("replacement_loss", 0.005)):
+        assert meta["metrics"][key] == pytest.approx(stored[key], abs=tolerance), key
+    assert tc_zoo.missed_targets(name, meta["metrics"]) == []
+    path = tmp_path / f"{name}.safetensors"
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    sae_zoo.save(tc, meta, path)
+    assert path.stat().st_size < 600_000  # float16 weights
