@@ -10,7 +10,7 @@ measures the answer in the real model against the corpus's world
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
