@@ -321,10 +321,8 @@ def ablate_with_module_forward(model, transcoders, tokens, errors, nodes):
 
 
 def explain_by_direct_effect(model, transcoders, tokens):
-    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
-    g = ag.attribution_graph(model, transcoders, tokens, ag.city_target(corpus.CITIES[city]))
-    top = g.adjacency[-1, : g.n_latents].argsort(descending=True)[:6]
-    return [(g.nodes[i].layer, g.nodes[i].position, g.nodes[i].latent) for i in top.tolist()]
+    g = checks.predicted_city_graph(model, transcoders, tokens)
+    return ag.latent_triples(g.nodes, g.adjacency[-1, : g.n_latents].argsort(descending=True)[:6].tolist())
 
 
 VARIANTS = [
@@ -415,11 +413,9 @@ def test_total_effects_predict_ablation_in_the_frozen_model_exactly(model, tcs):
 
 def test_the_investigation_bar_separates_the_graph_from_activation(model, tcs):
     """The solution clears the bar with margin, and the most active latents fall well short."""
-    prompts = inv.prompts(True)[::10]
-    solution = [inv.removed_share(model, tcs, p, t, ref.explain_recall(model, tcs, ag.recall_prompt(model, p, t)))
-                for p, t in prompts]
-    active = [inv.removed_share(model, tcs, p, t, explain_by_activation(model, tcs, ag.recall_prompt(model, p, t)))
-              for p, t in prompts]
+    replacements = [(inv.replacement(model, tcs, p, t), p.city) for p, t in inv.prompts(True)[::10]]
+    solution = [inv.removed_share(lr, city, ref.explain_recall(model, tcs, lr.tokens)) for lr, city in replacements]
+    active = [inv.removed_share(lr, city, explain_by_activation(model, tcs, lr.tokens)) for lr, city in replacements]
     assert inv.mean_share(solution) > inv.BAR + 0.05 > inv.mean_share(active) + 0.1
 
 

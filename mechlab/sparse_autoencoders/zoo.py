@@ -110,36 +110,51 @@ def _spec(name: str) -> SAESpec:
 # ---------------------------------------------------------------- loading
 
 
-def info(name: str) -> dict[str, Any]:
-    """The checkpoint's metadata: config, scale, metrics, training history, seconds."""
+def read_metadata(path: Path, train_command: str) -> dict[str, Any]:
+    """A dictionary checkpoint's metadata (config, metrics, training history, seconds...)."""
     from safetensors import safe_open
 
-    path = _spec(name).path
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.sparse_autoencoders.zoo train {name}`")
+        raise FileNotFoundError(f"no checkpoint at {path}; train it with `{train_command}`")
     with safe_open(str(path), framework="pt") as f:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def load_checked(module, path: Path, stored_config: dict[str, Any], where: str, train_command: str):
+    """`module` (built from the zoo's config) with the checkpoint's weights as float32, in eval
+    mode, after checking that the config the checkpoint was trained with is the zoo's
+    (`where` names the zoo's entry in the message)."""
+    from safetensors.torch import load_file
+
+    wanted = asdict(module.cfg)
+    if stored_config != wanted:
+        diffs = [f"{k}: checkpoint {stored_config.get(k)!r}, zoo {v!r}" for k, v in wanted.items()
+                 if stored_config.get(k) != v]
+        raise zoo.CheckpointMismatch(f"{path.name} does not match {where}:\n  " + "\n  ".join(diffs)
+                                     + f"\nRetrain it with `{train_command}`.")
+    module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+    return module.eval()
+
+
+def _train_command(name: str) -> str:
+    return f"python -m mechlab.sparse_autoencoders.zoo train {name}"
+
+
+def info(name: str) -> dict[str, Any]:
+    """The checkpoint's metadata: config, scale, metrics, training history, seconds."""
+    return read_metadata(_spec(name).path, _train_command(name))
 
 
 def load(name: str, device: str | torch.device = "cpu"):
     """The committed SAE `name` (chapter 4's `SAE`, float32, eval mode) on `device`.
     Its normalisation scale is `info(name)["scale"]`, also kept as `sae.scale`."""
-    from safetensors.torch import load_file
-
     from mechlab.sparse_autoencoders.reference import SAE
 
     spec = _spec(name)
     meta = info(name)
-    cfg = spec.sae_config()
-    if meta["config"] != asdict(cfg):
-        diffs = [f"{k}: checkpoint {meta['config'].get(k)!r}, zoo {v!r}" for k, v in asdict(cfg).items()
-                 if meta["config"].get(k) != v]
-        raise zoo.CheckpointMismatch(f"{spec.path.name} does not match SAE_ZOO[{name!r}]:\n  " + "\n  ".join(diffs)
-                                     + f"\nRetrain it with `python -m mechlab.sparse_autoencoders.zoo train {name}`.")
-    sae = SAE(cfg)
-    sae.load_state_dict({k: v.float() for k, v in load_file(str(spec.path)).items()}, strict=True)
+    sae = load_checked(SAE(spec.sae_config()), spec.path, meta["config"], f"SAE_ZOO[{name!r}]", _train_command(name))
     sae.scale = float(meta["scale"])
-    return sae.to(device).eval()
+    return sae.to(device)
 
 
 # ---------------------------------------------------------------- training and evaluation

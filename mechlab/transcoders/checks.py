@@ -383,10 +383,8 @@ def _check_adjacency(fn: Callable, hidden: bool) -> None:
     lr, target = cases[0].args
     rows = call_learner(fn, "adjacency_matrix", cases[0].description, (lr, target)).detach()
     with torch.no_grad():
-        pre0, logits0 = lr.run(torch.zeros_like(lr.coefficients))
-        pre1, logits1 = lr.run()
-    assert_tensor_close(rows.sum(-1) + torch.cat([pre0, target(logits0)[None]]),
-                        torch.cat([pre1, target(logits1)[None]]),
+        pre, logits = lr.run()
+    assert_tensor_close(rows.sum(-1) + ag.bias_constant(lr, target), torch.cat([pre, target(logits)[None]]),
                         name="each row's sum plus the biases' constant against the value it differentiates", atol=1e-3)
     passed(f"adjacency_matrix matches the reference on {len(cases)} prompts, and every row adds up to its "
            "pre-activation (or target) with the biases' constant")
@@ -548,8 +546,7 @@ def _ablate_cases(hidden: bool) -> list[Case]:
         for which in (("w1024", "skip_w1024") if hidden and k == 0 else ("w1024",)):
             lr = ag.LocalReplacement(model, _tcs(which), tokens)
             effects = ag.total_effects(lr, target)[: lr.n_latents]
-            top = [lr.nodes[i] for i in effects.abs().argsort(descending=True)[: 3 + k].tolist()]
-            nodes = [(n.layer, n.position, n.latent) for n in top]
+            nodes = ag.latent_triples(lr.nodes, effects.abs().argsort(descending=True)[: 3 + k].tolist())
             cases.append(Case(f"{description}, {which}, ablating {nodes}",
                               (model, _tcs(which), lr.tokens, lr.errors, nodes)))
     cases.append(Case(f"{_prompts(False)[0][0]}, nothing ablated",
@@ -600,21 +597,24 @@ check_ablate_latents, grade_ablate_latents = check_and_grade("ablate_latents", _
 # ---------------------------------------------------------------- 10. the investigation
 
 
-def _recall_answers(fn: Callable, hidden: bool) -> list[tuple[corpus.Person, str, list[tuple[int, int, int]]]]:
+def _recall_answers(fn: Callable, hidden: bool
+                    ) -> list[tuple[corpus.Person, str, ag.LocalReplacement, list[tuple[int, int, int]]]]:
+    """The learner's answer on each prompt, checked for form, with the prompt's local
+    replacement model it is measured with."""
     model, tcs = course_model("corpus_2l"), _tcs()
     call = guard_model(fn, "explain_recall")
     answers = []
     for person, template in investigation.prompts(hidden):
-        tokens = ag.recall_prompt(model, person, template)
+        lr = investigation.replacement(model, tcs, person, template)
         description = f"the prompt {template.format(p=person.name)!r}"
-        answer = call_learner(call, "explain_recall", description, (model, tcs, tokens.clone()))
+        answer = call_learner(call, "explain_recall", description, (model, tcs, lr.tokens.clone()))
         try:
-            nodes = investigation.normalise(answer, ag.LocalReplacement(model, tcs, tokens))
+            nodes = investigation.normalise(answer, lr)
         except CheckFailed as e:
             raise CheckFailed(f"explain_recall({description}): {e}") from None
         if not nodes:
             raise CheckFailed(f"explain_recall({description}) returned no latent")
-        answers.append((person, template, nodes))
+        answers.append((person, template, lr, nodes))
     return answers
 
 
@@ -624,12 +624,11 @@ def _check_explain_recall(fn: Callable, hidden: bool) -> None:
         passed(f"explain_recall returned well-formed answers (at most {investigation.BUDGET} latents) on "
                f"{len(answers)} prompts; the hidden test measures what ablating them removes")
         return
-    model, tcs = course_model("corpus_2l"), _tcs()
-    shares = [investigation.removed_share(model, tcs, p, t, nodes) for p, t, nodes in answers]
+    shares = [investigation.removed_share(lr, p.city, nodes) for p, _, lr, nodes in answers]
     mean = investigation.mean_share(shares)
     if not mean >= investigation.BAR:
         worst = int(np.argmin(shares))
-        person, template, nodes = answers[worst]
+        person, template, _, nodes = answers[worst]
         raise CheckFailed(
             f"ablating your latents removes {mean:.2f} of the target on average over the {len(shares)} prompts; the "
             f"bar is {investigation.BAR}. Worst: {template.format(p=person.name)!r}, where your latents {nodes} "
@@ -645,22 +644,25 @@ check_explain_recall, grade_explain_recall = check_and_grade("explain_recall", _
 def _top_activations(model, transcoders, tokens):
     lr = ag.LocalReplacement(model, transcoders, tokens)
     top = torch.tensor([n.value for n in lr.nodes[: lr.n_latents]]).argsort(descending=True)[: investigation.BUDGET]
-    return [(lr.nodes[i].layer, lr.nodes[i].position, lr.nodes[i].latent) for i in top.tolist()]
+    return ag.latent_triples(lr.nodes, top.tolist())
+
+
+def predicted_city_graph(model, transcoders, tokens) -> ag.Graph:
+    """The graph of the city the model itself prefers on the prompt (what an answer that is
+    not told the city builds)."""
+    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
+    return ag.attribution_graph(model, transcoders, tokens, ag.city_target(corpus.CITIES[city]))
 
 
 def _last_position_influence(model, transcoders, tokens):
-    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
-    g = ag.attribution_graph(model, transcoders, tokens, ag.city_target(corpus.CITIES[city]))
+    g = predicted_city_graph(model, transcoders, tokens)
     last = [i for i in range(g.n_latents) if g.nodes[i].position == len(tokens) - 1]
-    top = sorted(last, key=lambda i: -float(g.influence[i]))[: investigation.BUDGET]
-    return [(g.nodes[i].layer, g.nodes[i].position, g.nodes[i].latent) for i in top]
+    return ag.latent_triples(g.nodes, sorted(last, key=lambda i: -float(g.influence[i]))[: investigation.BUDGET])
 
 
 def _influence(model, transcoders, tokens):
-    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
-    g = ag.attribution_graph(model, transcoders, tokens, ag.city_target(corpus.CITIES[city]))
-    top = [i for i in ag.top_nodes(g, investigation.BUDGET, ("latent",))]
-    return [(g.nodes[i].layer, g.nodes[i].position, g.nodes[i].latent) for i in top]
+    g = predicted_city_graph(model, transcoders, tokens)
+    return ag.latent_triples(g.nodes, ag.top_nodes(g, investigation.BUDGET, ("latent",)))
 
 
 STRATEGIES = {"the 6 most active latents": _top_activations,
@@ -673,12 +675,11 @@ def recall_comparison(fn: Callable):
     it, on the 90 graded prompts: the mean share of the target removed."""
     import pandas as pd
 
-    model, tcs = course_model("corpus_2l"), _tcs()
     rows = {}
     for name, strategy in {"your explain_recall": fn, **STRATEGIES}.items():
         answers = _recall_answers(strategy, True)
-        shares = [investigation.removed_share(model, tcs, p, t, nodes) for p, t, nodes in answers]
-        last = [n[1] == len(ag.recall_prompt(model, p, t)) - 1 for p, t, nodes in answers for n in nodes]
+        shares = [investigation.removed_share(lr, p.city, nodes) for p, _, lr, nodes in answers]
+        last = [n[1] == len(lr.tokens) - 1 for _, _, lr, nodes in answers for n in nodes]
         rows[name] = {"mean share removed": round(investigation.mean_share(shares), 3),
                       "lowest": round(min(shares), 3), "at the last position": round(float(np.mean(last)), 2),
                       "passes": investigation.mean_share(shares) >= investigation.BAR}

@@ -100,6 +100,28 @@ class Graph:
         return self.nodes[i].label(self.words)
 
 
+def bias_constant(replacement: LocalReplacement, target: Target) -> Float[Tensor, "n_latents_plus_1"]:
+    """What the graph's rows do not explain: each active latent's pre-activation, and the
+    target, with every node switched off (the biases' contribution)."""
+    with torch.no_grad():
+        pre, logits = replacement.run(torch.zeros_like(replacement.coefficients))
+    return torch.cat([pre, target(logits)[None]])
+
+
+def target_weights(n: int) -> Float[Tensor, "n"]:
+    """The output weights of a graph of `n` nodes whose last node is its one target."""
+    weights = torch.zeros(n)
+    weights[-1] = 1.0
+    return weights
+
+
+def reach(adjacency: Float[Tensor, "N N"]) -> Float[Tensor, "N"]:
+    """Each node's influence on the target through paths of every length, the target itself
+    counting 1: w^T (I - Â)^-1, from the reference `node_influence`."""
+    weights = target_weights(len(adjacency))
+    return ref.node_influence(adjacency, weights) + weights
+
+
 def attribution_graph(model, transcoders: Sequence, tokens: Int[Tensor, "pos"], target: Target, *,
                       adjacency: Callable | None = None, influence: Callable | None = None,
                       freeze: Callable | None = None, name: str = "") -> Graph:
@@ -107,21 +129,15 @@ def attribution_graph(model, transcoders: Sequence, tokens: Int[Tensor, "pos"], 
     (defaults: the reference `adjacency_matrix`, `node_influence`, `freeze_hooks`)."""
     adjacency, influence = adjacency or ref.adjacency_matrix, influence or ref.node_influence
     lr = LocalReplacement(model, transcoders, tokens, freeze)
-    rows = adjacency(lr, target).detach()
+    rows = adjacency(lr, target).detach().cpu()
     n_src = len(lr.nodes)
-    N = n_src + 1
-    A = torch.zeros(N, N, device=rows.device)
+    A = torch.zeros(n_src + 1, n_src + 1)
     A[: lr.n_latents, :n_src] = rows[: lr.n_latents]
-    A[N - 1, :n_src] = rows[-1]
-    weights = torch.zeros(N, device=rows.device)
-    weights[-1] = 1.0
-    with torch.no_grad():
-        pre0, logits0 = lr.run(torch.zeros_like(lr.coefficients))
-        _, logits = lr.run()
-    constant = torch.cat([pre0, target(logits0)[None]])
-    nodes = lr.nodes + [Node("target", model.cfg.n_layers, len(lr.tokens) - 1, value=float(target(logits)))]
-    return Graph(lr, nodes, A.cpu(), influence(A, weights).detach().cpu(), float(target(logits)), constant.cpu(),
-                 target, name)
+    A[-1, :n_src] = rows[-1]
+    value = float(target(lr.clean_logits))  # the run at coefficients one is the model
+    nodes = lr.nodes + [Node("target", model.cfg.n_layers, len(lr.tokens) - 1, value=value)]
+    return Graph(lr, nodes, A, influence(A, target_weights(len(A))).detach().cpu(), value,
+                 bias_constant(lr, target).cpu(), target, name)
 
 
 def normalised(adjacency: Float[Tensor, "N N"]) -> Float[Tensor, "N N"]:
@@ -142,9 +158,7 @@ def scores(graph: Graph) -> dict[str, float]:
 
     Both as circuit-tracer's `compute_graph_scores` computes them, on the unpruned graph."""
     An = normalised(graph.adjacency)
-    weights = torch.zeros(len(graph.nodes))
-    weights[-1] = 1.0
-    through = weights @ (torch.linalg.inv(torch.eye(len(An)) - An))  # includes the target itself
+    through = reach(graph.adjacency)
     errors, embeddings = graph.mask("error"), graph.mask("embedding")
     replacement = float(through[embeddings].sum() / (through[embeddings].sum() + through[errors].sum()))
     non_error = 1 - An[:, errors].sum(-1)  # 1 for nodes without inputs (embeddings, errors), as circuit-tracer counts
@@ -152,28 +166,21 @@ def scores(graph: Graph) -> dict[str, float]:
     return {"replacement": replacement, "completeness": completeness}
 
 
-def threshold_mask(values: Float[Tensor, "n"], share: float) -> Bool[Tensor, "n"]:
-    """The fewest entries of `values` (non-negative) whose sum reaches `share` of the total."""
-    return ref.prune_nodes(values, share)
-
-
 def prune(graph: Graph, node_share: float = 0.8, edge_share: float = 0.98
           ) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N N"]]:
     """Circuit Tracing's pruning: keep the nodes that carry `node_share` of the influence on
     the target (embeddings and the target always kept), then, on the graph of those nodes,
     the edges that carry `edge_share` of the edge influence (an edge's normalised weight
-    times its target node's influence, the target counting 1); nodes left with no kept
-    edge to anything are dropped."""
+    times its target node's influence, the target counting 1); then, until nothing
+    changes, nodes left without a kept outgoing edge are dropped, and latents without a
+    kept incoming one (as circuit-tracer's `prune_graph`). Both cut-offs are the reference
+    `prune_nodes`."""
     N = len(graph.nodes)
-    keep = threshold_mask(graph.influence.clamp_min(0), node_share)
+    keep = ref.prune_nodes(graph.influence.clamp_min(0), node_share)
     keep |= graph.mask("embedding") | graph.mask("target")
     A = graph.adjacency * keep[:, None] * keep[None, :]
-    An = normalised(A)
-    weights = torch.zeros(N)
-    weights[-1] = 1.0
-    through = weights @ torch.linalg.inv(torch.eye(N) - An)
-    edge_scores = An * through[:, None]
-    edges = threshold_mask(edge_scores.flatten(), edge_share).reshape(N, N) & (A != 0)
+    edge_scores = normalised(A) * reach(A)[:, None]
+    edges = ref.prune_nodes(edge_scores.flatten(), edge_share).reshape(N, N) & (A != 0)
     latents = graph.mask("latent")
     for _ in range(N):  # drop nodes that lost every outgoing kept edge, and latents that lost every incoming one
         reaches = keep & (edges.any(0) | graph.mask("target") | graph.mask("embedding")) & (~latents | edges.any(1))
@@ -182,6 +189,11 @@ def prune(graph: Graph, node_share: float = 0.8, edge_share: float = 0.98
         keep = reaches
         edges &= keep[:, None] & keep[None, :]
     return keep, edges
+
+
+def latent_triples(nodes: Sequence[Node], indices: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(layer, position, latent) of the nodes at `indices`: the form an ablation takes."""
+    return [(nodes[i].layer, nodes[i].position, nodes[i].latent) for i in indices]
 
 
 def top_nodes(graph: Graph, k: int = 10, kinds: Sequence[str] = ("latent", "error", "embedding")) -> list[int]:
@@ -240,9 +252,8 @@ def explained_share(graph: Graph, keep: Bool[Tensor, "N"]) -> float:
     biases' constant, over the same with every node on."""
     lr = graph.replacement
     with torch.no_grad():
-        target = graph.target_fn
-        zero = float(target(lr.run(torch.zeros_like(lr.coefficients))[1]))
-        kept = float(target(lr.run(keep[: len(lr.nodes)].float().to(lr.coefficients.device))[1]))
+        kept = float(graph.target_fn(lr.run(keep[: len(lr.nodes)].float().to(lr.coefficients.device))[1]))
+    zero = float(graph.constant[-1])
     return (kept - zero) / (graph.target_value - zero)
 
 
@@ -279,13 +290,14 @@ def last_position_latents(model, transcoders, people, templates: Sequence[str] =
     recall prompt, and the index of the person's city in `corpus.CITIES` for each prompt."""
     acts = [[] for _ in transcoders]
     cities = []
+    names = [f"blocks.{tc.cfg.layer}.ln2.hook_out" for tc in transcoders]  # every MLP's input, in one run
     for person in people:
         for template in templates:
             tokens = recall_prompt(model, person, template)[None].to(next(model.parameters()).device)
-            for tc in transcoders:
-                x, _ = ref.collect_mlp_io(model, tokens, tc.cfg.layer)
-                with torch.no_grad():
-                    acts[tc.cfg.layer].append(tc.encode(x[0, -1].to(tc.W_dec.device)).cpu())
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens, names_filter=names)
+                for tc, name in zip(transcoders, names):
+                    acts[tc.cfg.layer].append(tc.encode(cache[name][0, -1]).cpu())
             cities.append(corpus.CITIES.index(person.city))
     return [torch.stack(a) for a in acts], torch.tensor(cities)
 
@@ -327,15 +339,14 @@ def intervention_table(model, transcoders, people, ablate: Callable, k: int = 8,
         lr = LocalReplacement(model, transcoders, tokens)
         effects = total_effects(lr, target)[: lr.n_latents]
         base = float(target(lr.clean_logits))
-        with torch.no_grad():
-            _, cache = model.run_with_cache(lr.tokens[None], names_filter=lambda n: n.endswith("attn.hook_pattern"))
-        patterns = dict(cache.items())
+        frozen_patterns = [hook for hook in lr.frozen if hook[0].endswith("attn.hook_pattern")]
         for i in effects.abs().argsort(descending=True)[:k].tolist():
             node = lr.nodes[i]
-            nodes = [(node.layer, node.position, node.latent)]
+            nodes = latent_triples(lr.nodes, [i])
             real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, nodes))) - base
-            live = {frozen: float(target(ablate_with_live_mlps(model, transcoders, lr.tokens, nodes, frozen,
-                                                                patterns))) - base for frozen in (True, False)}
+            live = {frozen: float(target(ablate_with_live_mlps(model, transcoders, lr.tokens, nodes,
+                                                                frozen_patterns if frozen else ()))) - base
+                    for frozen in (True, False)}
             rows.append({"person": person.name, "node": node.label(lr.words), "predicted": -float(effects[i]),
                          "real": real, "real MLPs, attention frozen": live[True],
                          "real MLPs, attention live": live[False]})
@@ -361,12 +372,12 @@ def run_with_mlps(model, tokens: Int[Tensor, "pos"], rewrite: dict[int, Callable
         return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
 
 
-def ablate_with_live_mlps(model, transcoders, tokens: Int[Tensor, "pos"], nodes, freeze_attention: bool,
-                          cache_patterns: dict | None = None) -> Float[Tensor, "pos d_vocab"]:
+def ablate_with_live_mlps(model, transcoders, tokens: Int[Tensor, "pos"], nodes, frozen_patterns: Sequence = ()
+                          ) -> Float[Tensor, "pos d_vocab"]:
     """circuit-tracer's protocol for checking a graph: the real model with its real MLPs, each
     ablated latent's current output (activation times decoder row) subtracted from its
-    MLP's output, everything downstream recomputed, with the attention patterns frozen at
-    the clean prompt's (`freeze_attention`) or live."""
+    MLP's output, everything downstream recomputed, with the attention patterns frozen by
+    `frozen_patterns` (hooks, e.g. a `LocalReplacement`'s) or, without them, live."""
     def subtract(tc, mine):
         def fn(x, out):
             z = tc.encode(x)
@@ -378,9 +389,7 @@ def ablate_with_live_mlps(model, transcoders, tokens: Int[Tensor, "pos"], nodes,
 
     rewrite = {layer: subtract(tc, [(p, i) for l, p, i in nodes if l == layer])
                for layer, tc in enumerate(transcoders) if any(l == layer for l, _, _ in nodes)}
-    frozen = [(name, lambda t, hook, name=name: cache_patterns[name]) for name in cache_patterns] \
-        if freeze_attention else []
-    return run_with_mlps(model, tokens, rewrite, frozen)
+    return run_with_mlps(model, tokens, rewrite, frozen_patterns)
 
 
 def plot_interventions(table) -> "plt.Figure":
@@ -440,8 +449,8 @@ def ioi_comparison(model, transcoders, prompts, **functions) -> dict[str, float]
         c = int(zoo.token_ids([third])[0])
         corrupted = tokens.clone()
         corrupted[s_at[1]] = c
+        clean_value = g.target_value
         with torch.no_grad():
-            clean_value = float(target(model(tokens[None])[0]))
             real.append(float(target(model(corrupted[None])[0])) - clean_value)
         grad = embedding_gradient(g.replacement, target)
         predicted.append(float(grad[s_at[1]] @ (model.W_E[c] - model.W_E[tokens[s_at[1]]])))

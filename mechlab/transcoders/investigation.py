@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from mechlab import corpus
 from mechlab.checks import CheckFailed
@@ -65,22 +64,21 @@ def normalise(answer, replacement: ag.LocalReplacement) -> list[tuple[int, int, 
     return out
 
 
-def removed_share(model, transcoders, person: corpus.Person, template: str,
-                  nodes: Sequence[tuple[int, int, int]]) -> float:
-    """The share of the person's city preference that ablating `nodes` removes in the real
-    model (errors frozen, attention and LayerNorm live)."""
-    target = ag.city_target(person.city)
-    lr = ag.LocalReplacement(model, transcoders, ag.recall_prompt(model, person, template))
-    base = float(target(lr.clean_logits))
-    ablated = float(target(ref.ablate_latents(model, transcoders, lr.tokens, lr.errors, list(nodes))))
+def replacement(model, transcoders, person: corpus.Person, template: str) -> ag.LocalReplacement:
+    """The local replacement model of the person's recall prompt: what an answer is checked
+    against (its active latents) and measured with (its error vectors)."""
+    return ag.LocalReplacement(model, transcoders, ag.recall_prompt(model, person, template))
+
+
+def removed_share(replacement: ag.LocalReplacement, city: str, nodes: Sequence[tuple[int, int, int]]) -> float:
+    """The share of the preference for `city` on the replacement's prompt that ablating
+    `nodes` removes in the real model (errors frozen, attention and LayerNorm live)."""
+    target = ag.city_target(city)
+    base = float(target(replacement.clean_logits))
+    ablated = float(target(ref.ablate_latents(replacement.model, replacement.transcoders, replacement.tokens,
+                                              replacement.errors, list(nodes))))
     return (base - ablated) / base
 
 
 def mean_share(shares: Sequence[float]) -> float:
     return float(np.mean(shares))
-
-
-def active(replacement: ag.LocalReplacement, nodes: Sequence[tuple[int, int, int]]) -> int:
-    """How many of `nodes` are active latents on the prompt (ablating an inactive one does nothing)."""
-    return sum(bool(torch.any((replacement.active[l][:, 0] == p) & (replacement.active[l][:, 1] == i)))
-               for l, p, i in nodes)

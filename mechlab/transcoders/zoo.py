@@ -23,7 +23,6 @@ after that rounding), with config, metrics and a thinned training history in the
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,33 +82,22 @@ def _spec(name: str) -> TCSpec:
     return TC_ZOO[name]
 
 
+def _train_command(name: str) -> str:
+    return f"python -m mechlab.transcoders.zoo train {name}"
+
+
 def info(name: str) -> dict[str, Any]:
     """The checkpoint's metadata: config, metrics, training history, seconds."""
-    from safetensors import safe_open
-
-    path = _spec(name).path
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; train it with `python -m mechlab.transcoders.zoo train {name}`")
-    with safe_open(str(path), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return sae_zoo.read_metadata(_spec(name).path, _train_command(name))
 
 
 def load(name: str, device: str | torch.device = "cpu"):
     """The committed transcoder `name` (chapter 6's `Transcoder`, float32, eval mode)."""
-    from safetensors.torch import load_file
-
     from mechlab.transcoders.reference import Transcoder
 
     spec = _spec(name)
-    cfg = spec.tc_config()
-    stored = info(name)["config"]
-    if stored != asdict(cfg):
-        diffs = [f"{k}: checkpoint {stored.get(k)!r}, zoo {v!r}" for k, v in asdict(cfg).items() if stored.get(k) != v]
-        raise zoo.CheckpointMismatch(f"{spec.path.name} does not match TC_ZOO[{name!r}]:\n  " + "\n  ".join(diffs)
-                                     + f"\nRetrain it with `python -m mechlab.transcoders.zoo train {name}`.")
-    tc = Transcoder(cfg)
-    tc.load_state_dict({k: v.float() for k, v in load_file(str(spec.path)).items()}, strict=True)
-    return tc.to(device).eval()
+    return sae_zoo.load_checked(Transcoder(spec.tc_config()), spec.path, info(name)["config"], f"TC_ZOO[{name!r}]",
+                                _train_command(name)).to(device)
 
 
 def load_pair(which: str = "w1024", device: str | torch.device = "cpu") -> list:
@@ -162,31 +150,35 @@ def fit_scales(tc, pairs: torch.Tensor) -> None:
     tc.out_scale.fill_(normalisation_scale(sample[:, 1]))
 
 
-def measure(model, tokens: torch.Tensor, transcoders: list, *, fve=None, replacement=None) -> dict[str, Any]:
-    """Variance explained, L0 and dead fraction of each transcoder on the pairs of `tokens`,
-    and the model's loss on `tokens` with every given MLP replaced (`replacement_loss`),
-    with the clean loss and the loss with those MLPs' outputs zeroed for scale (defaults:
-    chapter 6's reference `variance_explained` and `replacement_loss`)."""
+def fit_metrics(model, tokens: torch.Tensor, tc, fve=None) -> dict[str, float]:
+    """Variance explained (default: the reference `variance_explained`), L0 and dead
+    fraction of one transcoder on the (input, output) pairs of `tokens`."""
     from mechlab.transcoders import reference as ref
 
-    fve, replacement = fve or ref.variance_explained, replacement or ref.replacement_loss
-    out: dict[str, Any] = {}
-    for tc in transcoders:
-        pairs = collect_pairs(model, tokens, tc.cfg.layer)
-        with torch.no_grad():
-            x = pairs[:, 0].to(tc.W_dec.device)
-            pred, z = tc(x).cpu(), tc.encode(x).cpu()
-        out[f"layer {tc.cfg.layer}"] = {
-            "variance_explained": round(fve(pred, pairs[:, 1]), 4),
+    pairs = collect_pairs(model, tokens, tc.cfg.layer)
+    with torch.no_grad():
+        x = pairs[:, 0].to(tc.W_dec.device)
+        pred, z = tc(x).cpu(), tc.encode(x).cpu()
+    return {"variance_explained": round((fve or ref.variance_explained)(pred, pairs[:, 1]), 4),
             "l0": round(float((z > 0).sum(-1).float().mean()), 2),
             "dead_fraction": round(float(((z > 0).sum(0) == 0).float().mean()), 4)}
-    layers = [tc.cfg.layer for tc in transcoders]
+
+
+def clean_loss(model, tokens: torch.Tensor) -> float:
     with torch.no_grad():
-        out["clean_loss"] = round(float(model(tokens, return_type="loss")), 4)
-        zero = [(f"blocks.{l}.hook_mlp_out", lambda t, hook: torch.zeros_like(t)) for l in layers]
-        out["zero_ablated_loss"] = round(float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=zero)), 4)
-    out["replacement_loss"] = round(float(replacement(model, tokens, transcoders)), 4)
-    return out
+        return round(float(model(tokens, return_type="loss")), 4)
+
+
+def replaced_losses(model, tokens: torch.Tensor, transcoders: list, replacement=None) -> dict[str, float]:
+    """The model's loss with every given MLP replaced (default: the reference
+    `replacement_loss`), and with those MLPs' outputs zeroed, for scale."""
+    from mechlab.transcoders import reference as ref
+
+    zero = [(f"blocks.{tc.cfg.layer}.hook_mlp_out", lambda t, hook: torch.zeros_like(t)) for tc in transcoders]
+    with torch.no_grad():
+        zeroed = float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=zero))
+    return {"zero_ablated_loss": round(zeroed, 4),
+            "replacement_loss": round(float((replacement or ref.replacement_loss)(model, tokens, transcoders)), 4)}
 
 
 def eval_tokens() -> torch.Tensor:
@@ -196,29 +188,29 @@ def eval_tokens() -> torch.Tensor:
 
 def evaluate(tc) -> dict[str, Any]:
     """One transcoder's metrics on the held-out windows, its MLP replaced alone."""
-    metrics = measure(_model(), eval_tokens(), [tc])
-    return {**metrics.pop(f"layer {tc.cfg.layer}"), **metrics}
+    model, tokens = _model(), eval_tokens()
+    return {**fit_metrics(model, tokens, tc), "clean_loss": clean_loss(model, tokens),
+            **replaced_losses(model, tokens, [tc])}
 
 
-def table(sets: dict[str, list], model, tokens: torch.Tensor, **functions):
+def table(sets: dict[str, list], model, tokens: torch.Tensor, *, fve=None, replacement=None):
     """One row per set of transcoders: each one's variance explained, L0 and dead
     fraction, the loss with each MLP replaced alone and with all of the set's MLPs
     replaced, and the clean and zero-ablated losses for scale."""
     import pandas as pd
 
+    clean = clean_loss(model, tokens)
     rows = {}
     for name, transcoders in sets.items():
         row = {}
         for tc in transcoders:
-            alone = measure(model, tokens, [tc], **functions)
-            l = tc.cfg.layer
-            row.update({f"FVE {l}": alone[f"layer {l}"]["variance_explained"], f"L0 {l}": alone[f"layer {l}"]["l0"],
-                        f"dead {l}": alone[f"layer {l}"]["dead_fraction"],
-                        f"loss, MLP {l} replaced": alone["replacement_loss"]})
+            fit, l = fit_metrics(model, tokens, tc, fve), tc.cfg.layer
+            row.update({f"FVE {l}": fit["variance_explained"], f"L0 {l}": fit["l0"], f"dead {l}": fit["dead_fraction"],
+                        f"loss, MLP {l} replaced": replaced_losses(model, tokens, [tc], replacement)["replacement_loss"]})
         if len(transcoders) > 1:
-            both = measure(model, tokens, transcoders, **functions)
+            both = replaced_losses(model, tokens, transcoders, replacement)
             row.update({"loss, all replaced": both["replacement_loss"], "loss, all zeroed": both["zero_ablated_loss"]})
-        row["clean loss"] = alone["clean_loss"]
+        row["clean loss"] = clean
         rows[name] = row
     return pd.DataFrame(rows).T
 
