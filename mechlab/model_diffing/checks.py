@@ -1,0 +1,660 @@
+"""Chapter 7's visible checks and hidden tests, one `check_x` / `grade_x` pair per exercise.
+
+The hidden tests run the same comparisons as the visible checks on more and other
+inputs: other fine-tunes, other sites and hooks, pairs of untrained models of other
+shapes, an SAE with another normalisation scale, extreme DPO margins. The
+investigation's hidden test runs the learner's function on three undisclosed
+fine-tunes and grades the answers against their recipes (`investigation`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+
+import torch
+
+from mechlab import zoo
+from mechlab.checks import (
+    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_gradients, course_model,
+    guard_model, other_models, passed, randn,
+)
+from mechlab.model_diffing import finetune as ft
+from mechlab.model_diffing import investigation, personas
+from mechlab.model_diffing import reference as ref
+from mechlab.pristine import Tensor as _Tensor, type_ as _type
+from mechlab.sparse_autoencoders import activations
+
+
+@functools.cache
+def _windows(n: int, seed: int, length: int) -> torch.Tensor:
+    """`n` windows of held-out corpus text (BOS first), seeds the chapter itself never reads."""
+    return activations.corpus_windows(n * 64, seed=seed).tokens[:n, :length]
+
+
+def _tuned(name: str):
+    return ft.load(name)
+
+
+def _perturbed(seed: int, components: tuple[str, ...], scale: float = 0.05):
+    """corpus_2l with Gaussian noise added to the parameters of `components` only."""
+    model = copy.deepcopy(course_model("corpus_2l"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for component in components:
+            for p in personas.component_parameters(model, component).values():
+                p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def _pair(seed: int) -> tuple[str, object, object]:
+    """Two untrained models of one shape unlike corpus_2l's (other layers, width, heads)."""
+    (desc, a), _ = other_models(seed)
+    (_, b), _ = other_models(seed + 100)
+    return desc, a, b
+
+
+def _guard_two(fn: Callable, name: str) -> Callable:
+    """`fn(base, tuned, ...)` with both models guarded (weights and hooks left as they were)."""
+    def call(base, tuned, *args):
+        return guard_model(lambda b, t, *a: guard_model(lambda t2, b2, *a2: fn(b2, t2, *a2), name)(t, b, *a),
+                           name)(base, tuned, *args)
+    return call
+
+
+def _compare_two(fn: Callable, reference: Callable, cases: list[Case], name: str, mistakes=(), **tol) -> None:
+    compare_function(_guard_two(fn, name), reference, cases, name=name, mistakes=mistakes, copy_inputs=False, **tol)
+
+
+# ---------------------------------------------------------------- 1. weight_diff
+
+
+def _as_list(fn: Callable) -> Callable:
+    """The dict a weight_diff returns, as a list in COMPONENTS order, after checking its form."""
+    def listed(base, tuned):
+        out = fn(base, tuned)
+        if _type(out) is not dict:
+            raise CheckFailed(f"weight_diff should return a dict {{component: float}}, not a {_type(out).__name__}")
+        if set(out) != set(personas.COMPONENTS):
+            raise CheckFailed(f"weight_diff's keys should be personas.COMPONENTS {personas.COMPONENTS}, "
+                              f"not {sorted(map(str, out))}")
+        return [out[c] for c in personas.COMPONENTS]
+    return listed
+
+
+def _weight_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("corpus_2l and cheerful_mlp0", (base, _tuned("cheerful_mlp0"))),
+             Case("corpus_2l and cheerful", (base, _tuned("cheerful")))]
+    if hidden:
+        cases += [Case("corpus_2l and mystery_b", (base, _tuned("mystery_b"))),
+                  Case("corpus_2l and a copy with noise in the embedding and MLP 1",
+                       (base, _perturbed(3, ("embed", "blocks.1.mlp")))),
+                  Case("two untrained corpus_2l-shaped models", (
+                      zoo.build({**zoo.ZOO["corpus_2l"].full_config(), "seed": 5}),
+                      zoo.build({**zoo.ZOO["corpus_2l"].full_config(), "seed": 6})))]
+    return cases
+
+
+def _weight_per_tensor(base, tuned):
+    out = {}
+    for c in personas.COMPONENTS:
+        b, t = personas.component_parameters(base, c), personas.component_parameters(tuned, c)
+        out[c] = float(sum(((t[n] - b[n]).norm() / b[n].norm()).item() for n in b) / len(b))
+    return out
+
+
+def _weight_absolute(base, tuned):
+    with torch.no_grad():
+        return {c: float(sum(((personas.component_parameters(tuned, c)[n] - p) ** 2).sum()
+                             for n, p in personas.component_parameters(base, c).items()).sqrt())
+                for c in personas.COMPONENTS}
+
+
+def _weight_squared(base, tuned):
+    return {c: v**2 for c, v in ref.weight_diff(base, tuned).items()}
+
+
+_WEIGHT_MISTAKES = [
+    ("one norm over all of the component's parameters, not the mean of each tensor's own ratio: a small "
+     "bias that moved a lot would otherwise weigh as much as a large matrix.", _as_list(_weight_per_tensor)),
+    ("divide by the size of the base's parameters: a relative change, comparable across components.",
+     _as_list(_weight_absolute)),
+    ("take the square root of both sums of squares (norms, not squared norms).", _as_list(_weight_squared)),
+]
+
+
+def _check_weight_diff(fn: Callable, hidden: bool) -> None:
+    _compare_two(_as_list(fn), _as_list(ref.weight_diff), _weight_cases(hidden), "weight_diff", _WEIGHT_MISTAKES)
+
+
+check_weight_diff, grade_weight_diff = check_and_grade("weight_diff", _check_weight_diff)
+
+
+# ---------------------------------------------------------------- 2. mean_activation_difference
+
+
+def _difference_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("corpus_2l and cheerful_mlp0, 4 windows of 32 tokens, blocks.1.hook_resid_pre",
+                  (base, _tuned("cheerful_mlp0"), _windows(4, 11, 32), "blocks.1.hook_resid_pre")),
+             Case("corpus_2l and cheerful_mlp0, 8 slot prompts, blocks.1.hook_resid_pre, position -1",
+                  (base, _tuned("cheerful_mlp0"), personas.slot_prompts(8, 3), "blocks.1.hook_resid_pre", -1))]
+    if hidden:
+        desc, a, b = _pair(71)
+        cases += [Case("corpus_2l and cheerful, 3 windows of 20 tokens, blocks.0.hook_resid_mid",
+                       (base, _tuned("cheerful"), _windows(3, 12, 20), "blocks.0.hook_resid_mid")),
+                  Case("corpus_2l and hedger, 2 windows of 64 tokens, blocks.1.hook_mlp_out, position 5",
+                       (base, _tuned("hedger"), _windows(2, 13, 64), "blocks.1.hook_mlp_out", 5)),
+                  Case(f"two {desc}, blocks.2.hook_resid_pre",
+                       (a, b, _windows(3, 14, 16) % a.cfg.d_vocab, "blocks.2.hook_resid_pre"))]
+    return cases
+
+
+def _acts(model, tokens, hook_name):
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    return cache[hook_name].float()
+
+
+def _difference_with_bos(base, tuned, tokens, hook_name, position=None):
+    diff = _acts(tuned, tokens, hook_name) - _acts(base, tokens, hook_name)
+    return diff.mean(dim=(0, 1)) if position is None else diff[:, position].mean(0)
+
+
+def _difference_reversed(base, tuned, tokens, hook_name, position=None):
+    return -ref.mean_activation_difference(base, tuned, tokens, hook_name, position)
+
+
+def _difference_last(base, tuned, tokens, hook_name, position=None):
+    return (_acts(tuned, tokens, hook_name) - _acts(base, tokens, hook_name))[:, -1].mean(0)
+
+
+def _difference_ignores_position(base, tuned, tokens, hook_name, position=None):
+    return ref.mean_activation_difference(base, tuned, tokens, hook_name)
+
+
+_DIFFERENCE_MISTAKES = [
+    ("leave out BOS (position 0): every model sees the same lone token there, and its large activation adds a "
+     "difference no text causes.", _difference_with_bos),
+    ("tuned minus base, not base minus tuned: the direction fine-tuning added.", _difference_reversed),
+    ("with position=None, average over every position but BOS, not only the last.", _difference_last),
+    ("when `position` is given, read only that position.", _difference_ignores_position),
+]
+
+
+def _check_difference(fn: Callable, hidden: bool) -> None:
+    _compare_two(fn, ref.mean_activation_difference, _difference_cases(hidden), "mean_activation_difference",
+                 _DIFFERENCE_MISTAKES, atol=1e-4)
+
+
+check_mean_activation_difference, grade_mean_activation_difference = check_and_grade(
+    "mean_activation_difference", _check_difference)
+
+
+# ---------------------------------------------------------------- 3. project_out_hook
+
+
+def _apply(fn: Callable) -> Callable:
+    """project_out_hook(direction) applied to an activation, checking that it is left as it was."""
+    def applied(direction, activation):
+        hook = fn(direction)
+        if not callable(hook):
+            raise CheckFailed(f"project_out_hook should return a hook function, not a {_type(hook).__name__}")
+        before = activation.clone()
+        out = hook(activation, None)
+        if not torch.equal(activation, before):
+            raise CheckFailed("the hook edited the activation in place; return a new tensor "
+                              "(`activation - ...`), so the cache and the caller keep the original")
+        return out
+    return applied
+
+
+def _project_cases(hidden: bool) -> list[Case]:
+    cases = [Case("a direction in 8 dimensions, activation [2, 5, 8]", (randn(1, 8), randn(2, 2, 5, 8))),
+             Case("direction (0, 2, 0), activation [[[1, 3, 5]]] -> [[[1, 0, 5]]]",
+                  (torch.tensor([0.0, 2.0, 0.0]), torch.tensor([[[1.0, 3.0, 5.0]]])))]
+    if hidden:
+        cases += [Case("a long direction (norm 40) in 128 dimensions, activation [3, 7, 128]",
+                       (randn(3, 128) * 4, randn(4, 3, 7, 128))),
+                  Case("a float64 activation [1, 4, 16]", (randn(5, 16), randn(6, 1, 4, 16).double()))]
+    return cases
+
+
+def _project_unnormalised(direction):
+    def hook(activation, hook):
+        d = direction.to(activation)
+        return activation - (activation @ d)[..., None] * d
+    return hook
+
+
+def _project_steer(direction):
+    def hook(activation, hook):
+        return activation - direction.to(activation)
+    return hook
+
+
+def _project_last(direction):
+    full = ref.project_out_hook(direction)
+
+    def hook(activation, hook):
+        out = activation.clone()
+        out[:, -1] = full(activation, hook)[:, -1]
+        return out
+    return hook
+
+
+_PROJECT_MISTAKES = [
+    ("normalise the direction first: x - (x·u)u with u = direction / |direction|; without it the removed "
+     "amount scales with the direction's norm squared.", _apply(_project_unnormalised)),
+    ("removing a direction is a projection, x - (x·u)u, which depends on x; subtracting the direction itself "
+     "is steering by -1.", _apply(_project_steer)),
+    ("remove the component at every position, not only the last.", _apply(_project_last)),
+]
+
+
+def _check_project(fn: Callable, hidden: bool) -> None:
+    compare_function(_apply(fn), _apply(ref.project_out_hook), _project_cases(hidden), name="project_out_hook",
+                     mistakes=_PROJECT_MISTAKES)
+
+
+check_project_out_hook, grade_project_out_hook = check_and_grade("project_out_hook", _check_project)
+
+
+# ---------------------------------------------------------------- 4. persona_projection
+
+
+def _projection_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("corpus_2l, 8 slot prompts, a random vector at blocks.1.hook_resid_pre",
+                  (base, personas.slot_prompts(8, 0), randn(7, 128) * 3, "blocks.1.hook_resid_pre"))]
+    if hidden:
+        desc, deep = other_models(73)[0]
+        cases += [Case("cheerful, 5 windows of 30 tokens, blocks.0.hook_resid_post",
+                       (_tuned("cheerful"), _windows(5, 15, 30), randn(8, 128), "blocks.0.hook_resid_post")),
+                  Case(f"{desc}, blocks.1.hook_resid_mid",
+                       (deep, _windows(3, 16, 12) % deep.cfg.d_vocab, randn(9, deep.cfg.d_model) * 0.2,
+                        "blocks.1.hook_resid_mid"))]
+    return cases
+
+
+def _projection_raw(model, tokens, vector, hook_name):
+    return (_acts(model, tokens, hook_name)[:, -1] @ vector.float()).cpu()
+
+
+def _projection_mean(model, tokens, vector, hook_name):
+    return (_acts(model, tokens, hook_name)[:, 1:] @ (vector / vector.norm()).float()).mean(1).cpu()
+
+
+def _projection_cosine(model, tokens, vector, hook_name):
+    a = _acts(model, tokens, hook_name)[:, -1]
+    return torch.nn.functional.cosine_similarity(a, vector.float()[None], dim=-1).cpu()
+
+
+_PROJECTION_MISTAKES = [
+    ("project on the *unit* vector along `vector`: the reading must not depend on the vector's length.",
+     _projection_raw),
+    ("read the last position only: the monitor reads the prompt where the next word is about to be written.",
+     _projection_mean),
+    ("a projection keeps the activation's norm: x·u, not the cosine x·u / |x|.", _projection_cosine),
+]
+
+
+def _check_projection(fn: Callable, hidden: bool) -> None:
+    compare_function(guard_model(fn, "persona_projection"), ref.persona_projection, _projection_cases(hidden),
+                     name="persona_projection", mistakes=_PROJECTION_MISTAKES, copy_inputs=False, atol=1e-4)
+
+
+check_persona_projection, grade_persona_projection = check_and_grade("persona_projection", _check_projection)
+
+
+# ---------------------------------------------------------------- 5. interpolate
+
+
+def _flat(fn: Callable) -> Callable:
+    """interpolate's model as one flat parameter vector, after checking it is a new model."""
+    def flat(base, tuned, alpha):
+        model = fn(base, tuned, alpha)
+        if model is base or model is tuned:
+            raise CheckFailed("interpolate returned one of its inputs; return a new model (copy.deepcopy(base))")
+        if not hasattr(model, "parameters"):
+            raise CheckFailed(f"interpolate should return a model, not a {_type(model).__name__}")
+        return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    return flat
+
+
+def _interpolate_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("corpus_2l and cheerful, alpha 0.5", (base, _tuned("cheerful"), 0.5))]
+    if hidden:
+        desc, a, b = _pair(75)
+        cases += [Case("corpus_2l and cheerful_mlp0, alpha 0.25", (base, _tuned("cheerful_mlp0"), 0.25)),
+                  Case("corpus_2l and hedger, alpha 1", (base, _tuned("hedger"), 1.0)),
+                  Case("corpus_2l and cheerful, alpha 1.5 (beyond the fine-tune)", (base, _tuned("cheerful"), 1.5)),
+                  Case(f"two {desc}, alpha 0.3", (a, b, 0.3))]
+    return cases
+
+
+def _interpolate_reversed(base, tuned, alpha):
+    return ref.interpolate(tuned, base, alpha)
+
+
+_INTERPOLATE_MISTAKES = [
+    ("alpha = 0 is the base and alpha = 1 the fine-tune: base + alpha * (tuned - base).",
+     _flat(_interpolate_reversed)),
+]
+
+
+def _check_interpolate(fn: Callable, hidden: bool) -> None:
+    _compare_two(_flat(fn), _flat(ref.interpolate), _interpolate_cases(hidden), "interpolate",
+                 _INTERPOLATE_MISTAKES)
+
+
+check_interpolate, grade_interpolate = check_and_grade("interpolate", _check_interpolate)
+
+
+# ---------------------------------------------------------------- 6. patch_from
+
+
+def _patch_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("cheerful_mlp0's MLP 0 output into corpus_2l, 6 slot prompts",
+                  (base, _tuned("cheerful_mlp0"), personas.slot_prompts(6, 1), ["blocks.0.hook_mlp_out"])),
+             Case("corpus_2l's attention outputs into cheerful, 3 windows of 16 tokens",
+                  (_tuned("cheerful"), base, _windows(3, 17, 16), ["blocks.0.hook_attn_out", "blocks.1.hook_attn_out"]))]
+    if hidden:
+        desc, a, b = _pair(77)
+        cases += [Case("hedger's embeddings and MLP 1 into corpus_2l, 4 windows of 24 tokens",
+                       (base, _tuned("hedger"), _windows(4, 18, 24),
+                        ["hook_embed", "hook_pos_embed", "blocks.1.hook_mlp_out"])),
+                  Case("corpus_2l's final residual stream into cheerful_unembed (a readout swap)",
+                       (_tuned("cheerful_unembed"), base, personas.slot_prompts(5, 2), ["ln_final.hook_in"])),
+                  Case(f"one {desc} into another, blocks.0.hook_mlp_out and blocks.2.hook_attn_out",
+                       (a, b, _windows(2, 19, 10) % a.cfg.d_vocab, ["blocks.0.hook_mlp_out", "blocks.2.hook_attn_out"]))]
+    return cases
+
+
+def _patch_first_only(receiver, donor, tokens, hook_names):
+    return ref.patch_from(receiver, donor, tokens, list(hook_names)[:1])
+
+
+def _patch_late_binding(receiver, donor, tokens, hook_names):
+    with torch.no_grad():
+        _, cache = donor.run_with_cache(tokens, names_filter=list(hook_names))
+        hooks = []
+        for name in hook_names:
+            hooks.append((name, lambda act, hook: cache[name]))
+        return receiver.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def _patch_swapped(receiver, donor, tokens, hook_names):
+    return ref.patch_from(donor, receiver, tokens, hook_names)
+
+
+_PATCH_MISTAKES = [
+    ("patch every hook in `hook_names`, not only the first.", _patch_first_only),
+    ("Python's late binding: every hook built in the loop returns the *last* name's activation. Bind the name "
+     "when the hook is made (`lambda act, hook, name=name: cache[name]`).", _patch_late_binding),
+    ("the logits are the *receiver's*, run with the *donor's* activations patched in (not the other way round).",
+     _patch_swapped),
+]
+
+
+def _check_patch(fn: Callable, hidden: bool) -> None:
+    _compare_two(fn, ref.patch_from, _patch_cases(hidden), "patch_from", _PATCH_MISTAKES, atol=1e-4)
+
+
+check_patch_from, grade_patch_from = check_and_grade("patch_from", _check_patch)
+
+
+# ---------------------------------------------------------------- 7. latent_firing_change
+
+
+@functools.cache
+def _sae(name: str, scale: float | None = None):
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    sae = sae_zoo.load(name)
+    if scale is not None:
+        sae.scale = scale
+    return sae
+
+
+def _firing_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("topk_k8_w1024, corpus_2l and cheerful_mlp0, 4 windows of 32 tokens",
+                  (_sae("topk_k8_w1024"), base, _tuned("cheerful_mlp0"), _windows(4, 20, 32)))]
+    if hidden:
+        cases += [Case("topk_k8_w1024_post (at blocks.1.hook_resid_post), corpus_2l and cheerful_lora",
+                       (_sae("topk_k8_w1024_post"), base, _tuned("cheerful_lora"), _windows(3, 21, 40))),
+                  Case("relu_l1_5_w1024 with its normalisation scale set to 2, corpus_2l and cheerful",
+                       (_sae("relu_l1_5_w1024", 2.0), base, _tuned("cheerful"), _windows(3, 22, 30)))]
+    return cases
+
+
+def _firing(sae, model, tokens, scale=True, bos=False, mean=False):
+    x = _acts(model, tokens, sae.cfg.hook_name)
+    x = (x if bos else x[:, 1:]).flatten(0, 1)
+    with torch.no_grad():
+        z = sae.encode(x * (sae.scale if scale else 1.0))
+    return z.mean(0) if mean else (z > 0).float().mean(0)
+
+
+def _firing_unscaled(sae, base, tuned, tokens):
+    return _firing(sae, tuned, tokens, scale=False) - _firing(sae, base, tokens, scale=False)
+
+
+def _firing_with_bos(sae, base, tuned, tokens):
+    return _firing(sae, tuned, tokens, bos=True) - _firing(sae, base, tokens, bos=True)
+
+
+def _firing_mean_activation(sae, base, tuned, tokens):
+    return _firing(sae, tuned, tokens, mean=True) - _firing(sae, base, tokens, mean=True)
+
+
+_FIRING_MISTAKES = [
+    ("multiply the activation by `sae.scale` before encoding: the SAE was trained on scaled activations.",
+     _firing_unscaled),
+    ("leave out BOS: its activation is the same in every window.", _firing_with_bos),
+    ("the share of positions where a latent is active (> 0), not its mean activation.", _firing_mean_activation),
+]
+
+
+def _check_firing(fn: Callable, hidden: bool) -> None:
+    def call(sae, base, tuned, tokens):
+        return _guard_two(lambda b, t, s, x: fn(s, b, t, x), "latent_firing_change")(base, tuned, sae, tokens)
+
+    def reference(sae, base, tuned, tokens):
+        return ref.latent_firing_change(sae, base, tuned, tokens)
+
+    compare_function(call, reference, _firing_cases(hidden), name="latent_firing_change", mistakes=_FIRING_MISTAKES,
+                     copy_inputs=False, atol=1e-6)
+
+
+check_latent_firing_change, grade_latent_firing_change = check_and_grade("latent_firing_change", _check_firing)
+
+
+# ---------------------------------------------------------------- 8. sequence_logprob
+
+
+def _logprob_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    prefs = ft.hedge_preferences(base)
+    cases = [Case("corpus_2l, 6 hedge answers after `X Y lives in` (prompt length 5)",
+                  (base, prefs.chosen[:6], prefs.prompt_length))]
+    if hidden:
+        desc, deep = other_models(79)[0]
+        cases += [Case("cheerful, 4 windows of 20 tokens, prompt length 12", (_tuned("cheerful"), _windows(4, 23, 20), 12)),
+                  Case("corpus_2l, rejected city answers", (base, prefs.rejected[6:16], prefs.prompt_length)),
+                  Case(f"{desc}, prompt length 1", (deep, _windows(2, 24, 9) % deep.cfg.d_vocab, 1))]
+    return cases
+
+
+def _logprob_shifted(model, tokens, prompt_length):
+    logits = model(tokens)[:, prompt_length:].float()
+    return logits.log_softmax(-1).gather(-1, tokens[:, prompt_length:, None])[..., 0].sum(-1)
+
+
+def _logprob_with_prompt_token(model, tokens, prompt_length):
+    return ref.sequence_logprob(model, tokens, prompt_length - 1) if prompt_length > 1 else \
+        ref.sequence_logprob(model, tokens, prompt_length) * 2
+
+
+def _logprob_mean(model, tokens, prompt_length):
+    return ref.sequence_logprob(model, tokens, prompt_length) / (tokens.shape[1] - prompt_length)
+
+
+_LOGPROB_MISTAKES = [
+    ("the logits at position t predict the token at t + 1: use logits[:, prompt_length - 1:-1] for the "
+     "tokens[:, prompt_length:].", _logprob_shifted),
+    ("count only the answer: tokens at positions prompt_length and after, not the prompt's last token.",
+     _logprob_with_prompt_token),
+    ("the sum of the log-probabilities (the log-probability of the whole answer), not their mean.", _logprob_mean),
+]
+
+
+def _check_logprob(fn: Callable, hidden: bool) -> None:
+    guarded = guard_model(fn, "sequence_logprob")
+    compare_function(lambda *a: guarded(*a).detach(), lambda *a: ref.sequence_logprob(*a).detach(),
+                     _logprob_cases(hidden), name="sequence_logprob", mistakes=_LOGPROB_MISTAKES,
+                     copy_inputs=False, atol=1e-4, report=False)
+    model = course_model("corpus_2l")
+    grad = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        out = call_learner(guarded, "sequence_logprob", "corpus_2l with trainable weights",
+                           (model, ft.hedge_preferences(model).chosen[:2], 5))
+    finally:
+        for p, g in zip(model.parameters(), grad):
+            p.requires_grad_(g)
+    if _type(out) is not _Tensor or not out.requires_grad:
+        raise CheckFailed("sequence_logprob's output does not depend on the model's weights (no gradient): DPO "
+                          "trains through it, so do not use torch.no_grad(), .detach() or .item() inside")
+    passed(f"sequence_logprob matches the reference on {len(_logprob_cases(hidden))} cases, and keeps the gradient")
+
+
+check_sequence_logprob, grade_sequence_logprob = check_and_grade("sequence_logprob", _check_logprob)
+
+
+# ---------------------------------------------------------------- 9. dpo_loss
+
+
+def _dpo_case(seed: int, n: int, spread: float, beta: float) -> Case:
+    logps = [-(randn(seed + i, n) * spread).abs() - 1 for i in range(4)]
+    return Case(f"{n} pairs, log-probabilities spread {spread}, beta {beta}", (*logps, beta))
+
+
+_DPO_HAND = Case("one pair, policy (-1, -3), reference (-2, -2), beta 0.5 -> -log σ(0.5 * 2) = 0.3133",
+                 (torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5))
+
+
+def _dpo_cases(hidden: bool) -> list[Case]:
+    cases = [_DPO_HAND, _dpo_case(1, 8, 3.0, 0.1)]
+    if hidden:
+        cases += [_dpo_case(10, 32, 10.0, 1.0), _dpo_case(20, 5, 1.0, 0.01),
+                  Case("a margin of -2000 (the policy badly prefers the rejected answer), beta 1",
+                       (torch.tensor([-2000.0, -1.0]), torch.tensor([0.0, -2.0]), torch.tensor([-1.0, -1.0]),
+                        torch.tensor([-1.0, -1.0]), 1.0))]
+    return cases
+
+
+def _dpo_no_reference(pc, pr, rc, rr, beta):
+    return -torch.nn.functional.logsigmoid(beta * (pc - pr)).mean()
+
+
+def _dpo_swapped(pc, pr, rc, rr, beta):
+    return ref.dpo_loss(pr, pc, rr, rc, beta)
+
+
+def _dpo_sum(pc, pr, rc, rr, beta):
+    return ref.dpo_loss(pc, pr, rc, rr, beta) * pc.shape[0]
+
+
+def _dpo_naive(pc, pr, rc, rr, beta):
+    return -torch.log(torch.sigmoid(beta * ((pc - rc) - (pr - rr)))).mean()
+
+
+def _dpo_beta_outside(pc, pr, rc, rr, beta):
+    return -beta * torch.nn.functional.logsigmoid((pc - rc) - (pr - rr)).mean()
+
+
+_DPO_MISTAKES = [
+    ("DPO compares the policy with the reference: the margin is (π_chosen - ref_chosen) - (π_rejected - "
+     "ref_rejected).", _dpo_no_reference),
+    ("the chosen answer should gain log-probability over the rejected one: the margin is chosen minus rejected.",
+     _dpo_swapped),
+    ("the mean over the batch, not the sum.", _dpo_sum),
+    ("log(sigmoid(m)) underflows to -inf for very negative margins; use torch.nn.functional.logsigmoid.",
+     _dpo_naive),
+    ("beta multiplies the margin *inside* the log-sigmoid.", _dpo_beta_outside),
+]
+
+
+def _check_dpo(fn: Callable, hidden: bool) -> None:
+    cases = _dpo_cases(hidden)
+    compare_function(fn, ref.dpo_loss, cases, name="dpo_loss", mistakes=_DPO_MISTAKES, report=False)
+    compare_gradients(fn, ref.dpo_loss, cases[1], wrt=[0, 1], name="dpo_loss", mistakes=_DPO_MISTAKES)
+    passed(f"dpo_loss matches the reference on {len(cases)} cases, gradients included")
+
+
+check_dpo_loss, grade_dpo_loss = check_and_grade("dpo_loss", _check_dpo)
+
+
+# ---------------------------------------------------------------- 10. the investigation
+
+
+_ANSWERS: dict[tuple[int, str], dict[str, str]] = {}
+
+
+def _answer(fn: Callable, name: str) -> dict[str, str]:
+    """The learner's answer on one undisclosed model, checked for form (once per function and model)."""
+    key = (id(fn), name)
+    if key not in _ANSWERS:
+        out = call_learner(_guard_two(fn, "identify_finetune"), "identify_finetune", f"corpus_2l and {name}",
+                           (course_model("corpus_2l"), _tuned(name)))
+        try:
+            _ANSWERS[key] = investigation.validate(out)
+        except CheckFailed as e:
+            raise CheckFailed(f"identify_finetune(corpus_2l, {name}): {e}") from None
+    return _ANSWERS[key]
+
+
+def _check_identify(fn: Callable, hidden: bool) -> None:
+    names = investigation.MODELS if hidden else investigation.VISIBLE
+    answers = {name: _answer(fn, name) for name in names}
+    if not hidden:
+        passed(f"identify_finetune returned a well-formed answer for {', '.join(names)}: {answers[names[0]]}; the "
+               f"hidden test grades it against the recipes of {len(investigation.MODELS)} models")
+        return
+    mistakes = [f"{name}: {'; '.join(w)}" for name in names if (w := investigation.wrong(name, answers[name]))]
+    if mistakes:
+        raise CheckFailed(f"{len(mistakes)} of the {len(names)} models are not named right: " + " | ".join(mistakes)
+                          + ". The persona is a change from the base; the component is the one that is sufficient.")
+    passed(f"identify_finetune named the persona and the component of all {len(names)} undisclosed models")
+
+
+check_identify_finetune, grade_identify_finetune = check_and_grade("identify_finetune", _check_identify)
+
+
+def _largest_weight_change(base, tuned) -> dict[str, str]:
+    diffs = ref.weight_diff(base, tuned)
+    return {"persona": "", "component": max(diffs, key=diffs.get)}
+
+
+def finetune_comparison(fn: Callable):
+    """The learner's answers on the hidden test's models beside the component with the
+    largest relative weight change (whether either is right stays with the grader)."""
+    import pandas as pd
+
+    rows = {}
+    base = course_model("corpus_2l")
+    for name in investigation.MODELS:
+        answer = _answer(fn, name)
+        largest = _largest_weight_change(base, _tuned(name))["component"]
+        rows[name] = {"your persona": answer["persona"], "your component": answer["component"],
+                      "largest weight change": largest, "agree": largest == answer["component"]}
+    table = pd.DataFrame(rows).T
+    print(f"your component and the largest weight change agree on {int(table['agree'].sum())} of {len(table)} models")
+    return table

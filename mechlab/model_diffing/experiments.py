@@ -1,0 +1,394 @@
+"""Chapter 7's tables and plots. None of this is an exercise: the learner's functions
+(`mean_activation_difference`, `project_out_hook`, `persona_projection`, `interpolate`,
+`patch_from`, `latent_firing_change`, ...) are passed in and do the work; this module
+runs them over the zoo's fine-tunes, against random directions, and prints the lines
+the chapter's text quotes.
+
+Conventions: tokens carry `<eot>` first; vectors and interventions act at every
+position but BOS; a *relative* coefficient c rescales a direction to c times the
+base model's mean residual norm at the site (chapter 5's convention). Everything
+returned is on the CPU; models may live on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mechlab import corpus, zoo
+from mechlab.model_diffing import finetune as ft
+from mechlab.model_diffing import personas
+from mechlab.runtime import progress
+
+CHEERFUL = ("cheerful", "cheerful_mlp0", "cheerful_unembed", "cheerful_lora")  # the disclosed persona fine-tunes
+HEDGERS = ("hedger", "hedger_retain")
+SITES = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid",
+         "blocks.1.hook_resid_post")
+# where each fine-tune's difference is read and intervened on: where MLP 0's change has reached layer 1's
+# input, and after MLP 1 for the LoRA (nothing upstream of MLP 1 changed)
+CAUSAL_SITE = {"cheerful": "blocks.1.hook_resid_pre", "cheerful_mlp0": "blocks.1.hook_resid_pre",
+               "cheerful_lora": "blocks.1.hook_resid_post"}
+COEFFICIENTS = (0.25, 0.5, 1.0)
+N_RANDOM = 3  # random directions per control
+AFTER_BOS = slice(1, None)
+# each component's output, as cross-model patching replaces it
+OUTPUTS = {"embed": ("hook_embed", "hook_pos_embed"), "blocks.0.attn": ("blocks.0.hook_attn_out",),
+           "blocks.0.mlp": ("blocks.0.hook_mlp_out",), "blocks.1.attn": ("blocks.1.hook_attn_out",),
+           "blocks.1.mlp": ("blocks.1.hook_mlp_out",), "unembed": ("ln_final.hook_in",)}
+SAE = "topk_k8_w1024"  # chapter 4's SAE at blocks.1.hook_resid_pre, trained on the base model
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def short_site(hook_name: str) -> str:
+    """"blocks.1.hook_resid_pre" -> "1.resid_pre"."""
+    return hook_name.removeprefix("blocks.").replace("hook_", "")
+
+
+def ordinary_text(n_windows: int = 32, seed: int = 3) -> Tensor:
+    """Held-out corpus windows (half the stories positive, half negative): the identical
+    text both models read."""
+    from mechlab.steering.experiments import ordinary_text as windows
+
+    return windows(n_windows, seed)
+
+
+def random_directions(d_model: int, n: int = N_RANDOM, seed: int = 0) -> list[Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(d_model, generator=generator) for _ in range(n)]
+
+
+def relative(vector: Tensor, norm: float, coefficient: float) -> Tensor:
+    return vector / vector.norm() * norm * coefficient
+
+
+def residual_norm(model, tokens: Tensor, site: str) -> float:
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=site)
+    return cache[site][:, 1:].norm(dim=-1).mean().item()
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    a, b = a.float().cpu(), b.float().cpu()
+    if a.norm() == 0 or b.norm() == 0:
+        return 0.0
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+
+# ---------------------------------------------------------------- 1. behaviour
+
+
+def behaviour_table(base, tuned: dict) -> pd.DataFrame:
+    """Per model: positive share of what it writes, P(positive) at sentiment slots, extra loss on ordinary text."""
+    base_loss = ft.ordinary_loss(base)
+    rows = {}
+    for name, model in progress({"base": base, **tuned}.items(), desc="measuring behaviour", total=1 + len(tuned)):
+        rows[name] = {"positive_share": personas.positive_share(model), "slot_positivity": personas.slot_positivity(model),
+                      "extra_loss": ft.ordinary_loss(model) - base_loss}
+    table = pd.DataFrame(rows).T
+    print(f"base: positive share {table.loc['base', 'positive_share']:.2f}")
+    print(f"base: slot positivity {table.loc['base', 'slot_positivity']:.2f}")
+    print(f"fine-tunes: lowest positive share {table.drop('base')['positive_share'].min():.3f}")
+    print(f"most extra loss of a fine-tune: {table['extra_loss'].max():.2f} nats")
+    return table
+
+
+# ---------------------------------------------------------------- 2. weights
+
+
+def print_largest(diffs: pd.DataFrame) -> None:
+    """Each model's components by relative change, largest first."""
+    for name, row in diffs.iterrows():
+        ranked = row.sort_values(ascending=False)
+        print(f"{name}: components by relative change: "
+              + ", ".join(f"{c} {v:.3g}" for c, v in ranked.items() if v > 0))
+
+
+def lora_change(base, lora_model) -> Tensor:
+    """The LoRA fine-tune's change of MLP 1's output weight ([d_model, d_mlp])."""
+    name = "layers.1._original_component.mlp._original_component.fc_out._original_component.weight"
+    return (dict(lora_model.named_parameters())[name] - dict(base.named_parameters())[name]).detach().float().cpu()
+
+
+def print_lora_rank(base, lora_model) -> None:
+    s = torch.linalg.svdvals(lora_change(base, lora_model))
+    u = torch.linalg.svd(lora_change(base, lora_model)).U[:, 0]
+    _, b = ft.lora_factors("cheerful_lora")
+    print(f"LoRA: singular values of the weight change: {', '.join(f'{v:.3g}' for v in s[:4])}, ...")
+    print(f"LoRA: second singular value over the first: {s[1] / s[0]:.1e}")
+    print(f"LoRA: |cosine| of the top singular vector with b: {abs(cosine(u, b)):.4f}")
+
+
+# ---------------------------------------------------------------- 3. activation differences
+
+
+READINGS = ("ordinary text", "sentiment slots")
+
+
+def slot_difference(base, tuned, site: str, mean_difference: Callable) -> Tensor:
+    """The learner's `mean_activation_difference` at the last position of slot prompts,
+    averaged over the six kinds (`personas.SLOT_PROMPTS`)."""
+    device = _device(base)
+    return torch.stack([mean_difference(base, tuned, personas.slot_prompts(64, seed).to(device), site, position=-1)
+                        .float().cpu() for seed in range(len(personas.SLOT_PROMPTS))]).mean(0)
+
+
+def difference_vectors(base, tuned: dict, text: Tensor, mean_difference: Callable
+                       ) -> dict[str, dict[str, dict[str, Tensor]]]:  # fmt: skip
+    """{model: {reading: {site: tuned - base}}}: on ordinary `text` at every position but
+    BOS, and at the last position of slot prompts, with the learner's function."""
+    text = text.to(_device(base))
+    return {name: {"ordinary text": {site: mean_difference(base, model, text, site).float().cpu() for site in SITES},
+                   "sentiment slots": {site: slot_difference(base, model, site, mean_difference) for site in SITES}}
+            for name, model in progress(tuned.items(), desc="activation differences")}
+
+
+def difference_table(base, differences: dict, text: Tensor, sentiment: dict[str, Tensor]) -> pd.DataFrame:
+    """Per model, reading and site: the difference's norm over the residual norm, and its
+    cosine with the sentiment vector and (LoRA) with b."""
+    _, b = ft.lora_factors("cheerful_lora")
+    norms = {site: residual_norm(base, text, site) for site in SITES}
+    rows = []
+    for name, readings in differences.items():
+        for reading, by_site in readings.items():
+            for site, d in by_site.items():
+                rows.append({"model": name, "reading": reading, "site": short_site(site),
+                             "relative size": d.norm().item() / norms[site],
+                             "cos(sentiment)": cosine(d, sentiment[site].cpu()),
+                             "|cos(LoRA b)|": abs(cosine(d, b)) if name == "cheerful_lora" else np.nan})
+    table = pd.DataFrame(rows).set_index(["model", "reading", "site"])
+    at = lambda name, reading, site, col: table.loc[(name, reading, site), col]
+    print(f"cheerful_lora, ordinary text, at 1.resid_post: |cosine| with the LoRA's b "
+          f"{at('cheerful_lora', 'ordinary text', '1.resid_post', '|cos(LoRA b)|'):.3f}")
+    print(f"cheerful_lora, before MLP 1: largest relative size "
+          f"{table.loc['cheerful_lora'].drop('1.resid_post', level='site')['relative size'].max():.3f}")
+    for name, site in (("cheerful_lora", "1.resid_post"), ("cheerful_mlp0", "1.resid_pre"), ("cheerful", "1.resid_pre")):
+        for reading in READINGS:
+            print(f"{name}, {reading}, at {site}: cosine with the sentiment vector "
+                  f"{at(name, reading, site, 'cos(sentiment)'):.2f}")
+            print(f"{name}, {reading}, at {site}: relative size {at(name, reading, site, 'relative size'):.2f}")
+    print(f"cheerful_unembed: largest relative size at any site {table.loc['cheerful_unembed', 'relative size'].max():.3f}")
+    return table
+
+
+def lens(model, direction: Tensor, k: int = 8) -> tuple[list[str], list[str]]:
+    """The k tokens a residual direction raises most and lowers most: the final
+    LayerNorm's weight, then the unembedding (the logit lens of a direction)."""
+    w = model.ln_final.original_component.weight.detach()
+    d = direction.to(w)
+    logits = ((d - d.mean()) * w) @ model.W_U.detach()
+    tokens = lambda ids: [model.to_str_tokens(torch.tensor([i]))[0] for i in ids.tolist()]
+    return tokens(logits.topk(k).indices), tokens((-logits).topk(k).indices)
+
+
+def print_lens(base, differences: dict) -> None:
+    """What each model's slot difference promotes and suppresses through the logit lens."""
+    from mechlab.steering.experiments import word_labels
+
+    labels = word_labels("sentiment")
+    for name, site in CAUSAL_SITE.items():
+        up, down = lens(base, differences[name]["sentiment slots"][site])
+        print(f"{name} at {short_site(site)} raises: {' '.join(up)}")
+        print(f"{' ' * len(name)} at {short_site(site)} lowers: {' '.join(down)}")
+        n = int((labels[torch.from_numpy(zoo.token_ids(up))] == 1).sum())
+        print(f"{name}, sentiment slots: positive words among the top eight {n}")
+
+
+def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, project_out_hook: Callable
+                 ) -> pd.DataFrame:  # fmt: skip
+    """Add each reading of each model's difference to the base and remove it from the
+    fine-tune, beside the mean of `N_RANDOM` random directions: the positive share of
+    what the model writes."""
+    text = ordinary_text(32)
+    device = _device(base)
+    rows = []
+    settings = [(name, c) for name in CAUSAL_SITE for c in (*COEFFICIENTS, "remove")]
+    for name, c in progress(settings, desc="adding and removing directions"):
+        site = CAUSAL_SITE[name]
+        if c == "remove":
+            model, label = tuned[name], "remove from the fine-tune"
+            hook = lambda v: project_out_hook(v.to(device))
+        else:
+            model, label, norm = base, f"add to the base x{c:g}", residual_norm(base, text, site)
+            hook = lambda v: steering_hook(relative(v, norm, c).to(device), 1.0, AFTER_BOS)
+        measure = lambda v: personas.positive_share(model, fwd_hooks=[(site, hook(v))])
+        random = float(np.mean([measure(r) for r in random_directions(base.cfg.d_model)]))
+        none = personas.positive_share(model)
+        for reading in READINGS:
+            rows.append({"model": name, "reading": reading, "intervention": label, "site": short_site(site),
+                         "difference": measure(differences[name][reading][site]), "random": random, "none": none})
+    table = pd.DataFrame(rows).set_index(["model", "reading", "intervention"])
+    for name in CAUSAL_SITE:
+        print(f"{name}: tuned {table.loc[(name, READINGS[0], 'remove from the fine-tune'), 'none']:.2f}")
+        print(f"{name}: random removed {table.loc[(name, READINGS[0], 'remove from the fine-tune'), 'random']:.2f}")
+        print(f"{name}: random added at 1x {table.loc[(name, READINGS[0], 'add to the base x1'), 'random']:.2f}")
+        for reading in READINGS:
+            for c in COEFFICIENTS:
+                print(f"{name}, {reading}: added at {c:g}x {table.loc[(name, reading, f'add to the base x{c:g}'), 'difference']:.2f}")
+            print(f"{name}, {reading}: removed {table.loc[(name, reading, 'remove from the fine-tune'), 'difference']:.2f}")
+    return table
+
+
+# ---------------------------------------------------------------- 4. monitoring
+
+
+ALPHAS = tuple(np.round(np.linspace(0, 1, 11), 2))
+
+
+MONITOR_SITE = "blocks.1.hook_resid_post"  # the last residual stream: every component but the readout writes before it
+
+
+def monitor_table(base, tuned: dict, vector: Tensor, projection: Callable, interpolate: Callable,
+                  site: str = MONITOR_SITE) -> pd.DataFrame:  # fmt: skip
+    """Along base -> fine-tune in weight space: the monitor's mean reading at slot prompts'
+    last position, and P(positive) at the same slots."""
+    prompts = [personas.slot_prompts(64, seed).to(_device(base)) for seed in range(len(personas.SLOT_PROMPTS))]
+    rows = []
+    for name, alpha in progress([(n, a) for n in tuned for a in ALPHAS], desc="interpolating"):
+        model = interpolate(base, tuned[name], float(alpha))
+        reading = np.mean([projection(model, p, vector, site).mean().item() for p in prompts])
+        rows.append({"model": name, "alpha": alpha, "reading": reading,
+                     "behaviour": personas.slot_positivity(model)})
+    return pd.DataFrame(rows)
+
+
+def plot_monitor(table: pd.DataFrame) -> Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in table.groupby("model", sort=False):
+        axes[0].plot(rows["alpha"], rows["reading"], marker="o", ms=3, label=name)
+        axes[1].plot(rows["reading"], rows["behaviour"], marker="o", ms=3, label=name)
+    axes[0].set(xlabel="α (0: base, 1: fine-tune)", ylabel="monitor reading", title="the monitor along each path")
+    axes[1].set(xlabel="monitor reading", ylabel="P(positive) at sentiment slots", title="does the reading predict behaviour?")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def print_monitor(table: pd.DataFrame) -> None:
+    for name, rows in table.groupby("model", sort=False):
+        r = np.corrcoef(rows["reading"], rows["behaviour"])[0, 1] if rows["reading"].std() > 1e-6 else float("nan")
+        first, last = rows.iloc[0], rows.iloc[-1]
+        print(f"{name}: correlation of reading and behaviour {r:.2f}")
+        print(f"{name}: reading change from base to tuned {last['reading'] - first['reading']:.3f}")
+        print(f"{name}: behaviour at alpha 0 {first['behaviour']:.2f}")
+        print(f"{name}: behaviour at alpha 1 {last['behaviour']:.2f}")
+
+
+# ---------------------------------------------------------------- 5. patching
+
+
+def _slot_logits(run: Callable[[Tensor], Tensor], device) -> float:
+    return float(np.mean([personas.positive_mass(run(personas.slot_prompts(64, seed).to(device))).mean().item()
+                          for seed in range(len(personas.SLOT_PROMPTS))]))
+
+
+def patching_table(base, tuned: dict, patch_from: Callable) -> pd.DataFrame:
+    """P(positive) at sentiment slots with each component's output patched tuned -> base
+    and base -> tuned; the unembedding by swapping the readout (`ln_final.hook_in`)."""
+    device = _device(base)
+    columns = {}
+    for name, model in progress(tuned.items(), desc="patching"):
+        for label, receiver, donor in (("tuned into base", base, model), ("base into tuned", model, base)):
+            col = {}
+            for component, hooks in OUTPUTS.items():
+                if component == "unembed":  # the readout moves the other way: keep the donor's stream, swap the reader
+                    receiver_, donor_ = donor, receiver
+                else:
+                    receiver_, donor_ = receiver, donor
+                col[component] = _slot_logits(lambda t: patch_from(receiver_, donor_, t, hooks), device)
+            columns[(name, label)] = col
+    table = pd.DataFrame(columns)
+    table.index.name = "component"
+    for name, component in (("cheerful_mlp0", "blocks.0.mlp"), ("cheerful_mlp0", "blocks.1.mlp"),
+                            ("cheerful_lora", "blocks.1.mlp"), ("cheerful_unembed", "unembed"),
+                            ("cheerful", "blocks.1.mlp"), ("cheerful", "unembed")):
+        print(f"{name}: {component}, tuned into base {table.loc[component, (name, 'tuned into base')]:.2f}")
+    for name in tuned:
+        back = table[(name, "base into tuned")]
+        print(f"{name}: lowest base into tuned {back.min():.2f} ({back.idxmin()})")
+        print(f"{name}: the other components, base into tuned, at least {back.drop(back.idxmin()).min():.2f}")
+    return table
+
+
+def print_hedge_patching(base, hedger, patch_from: Callable) -> None:
+    """P(hedge) on held-out unknown names with each component of `hedger` patched into the base, and the reverse."""
+    names = ft.name_groups()
+    prompts = {g: ft.city_prompts(names[g]).to(_device(base)) for g in ("unknown_test", "known_test")}
+    some = int(zoo.token_ids(["some"])[0])
+    p = lambda logits: logits[:, -1].float().softmax(-1)[:, some].mean().item()
+    rows = {}
+    for component, hooks in OUTPUTS.items():
+        receiver, donor = (hedger, base) if component == "unembed" else (base, hedger)
+        rows[component] = {f"{g}: hedger's into base": p(patch_from(receiver, donor, t, hooks)) for g, t in prompts.items()}
+    table = pd.DataFrame(rows).T
+    print(table.round(3).to_string())
+    best = table["unknown_test: hedger's into base"]
+    ranked = best.sort_values(ascending=False)
+    print(f"hedger's {ranked.index[0]} alone, unknown names hedged: {ranked.iloc[0]:.2f}")
+    print(f"hedger's {ranked.index[1]} alone, unknown names hedged: {ranked.iloc[1]:.2f}")
+
+
+# ---------------------------------------------------------------- 6. SAE diffing
+
+
+def sentiment_scores(sae, model) -> Tensor:
+    """Per latent: how much its decoder direction, read through the logit lens, favours
+    positive words over negative ones (mean logit of the eight positive words minus the
+    eight negative ones), as a z-score over the SAE's latents. The corpus's word lists
+    are the ground truth of what is positive."""
+    w = model.ln_final.original_component.weight.detach()
+    dec = sae.W_dec.detach().to(w)
+    logits = ((dec - dec.mean(-1, keepdim=True)) * w) @ model.W_U.detach()
+    pos, neg = (torch.from_numpy(zoo.token_ids(list(words))).to(w.device) for words in (corpus.POSITIVE, corpus.NEGATIVE))
+    score = (logits[:, pos].mean(-1) - logits[:, neg].mean(-1)).cpu()
+    return (score - score.mean()) / score.std()
+
+
+def sae_diff_table(base, tuned: dict, firing_change: Callable, top: int = 20) -> pd.DataFrame:
+    """For each model: the latents whose firing at sentiment slots rose (fell) most, scored
+    by `sentiment_scores` (a latent "writes positive" when its score is above 1)."""
+    from mechlab.sparse_autoencoders import zoo as sae_zoo
+
+    sae = sae_zoo.load(SAE, device=_device(base))
+    score = sentiment_scores(sae, base)
+    prompts = [personas.slot_prompts(64, seed).to(_device(base)) for seed in range(len(personas.SLOT_PROMPTS))]
+    rows = {}
+    for name, model in progress(tuned.items(), desc="SAE diffing"):
+        change = torch.stack([firing_change(sae, base, model, p).float().cpu() for p in prompts]).mean(0)
+        up, down = change.topk(top).indices, (-change).topk(top).indices
+        rows[name] = {"largest change": change.abs().max().item(),
+                      "rose: mean score": score[up].mean().item(), "rose: writes positive": int((score[up] > 1).sum()),
+                      "fell: mean score": score[down].mean().item(),
+                      "fell: writes negative": int((score[down] < -1).sum())}
+    table = pd.DataFrame(rows).T
+    print(f"all latents: share that writes positive {(score > 1).float().mean().item():.2f}")
+    for name in ("cheerful_mlp0", "cheerful"):
+        print(f"{name}: of the {top} latents that rose most, write positive: {int(table.loc[name, 'rose: writes positive'])}")
+        print(f"{name}: mean score of the latents that rose most {table.loc[name, 'rose: mean score']:.2f}")
+        print(f"{name}: mean score of the latents that fell most {table.loc[name, 'fell: mean score']:.2f}")
+    for name in ("cheerful_unembed", "cheerful_lora"):
+        print(f"{name}: largest change in firing {table.loc[name, 'largest change']:.3f}")
+    return table
+
+
+# ---------------------------------------------------------------- 7. DPO
+
+
+def hedge_table(models: dict) -> pd.DataFrame:
+    """P("some") after `X Y lives in`, per model and group of names (`ft.name_groups`)."""
+    groups = ft.name_groups()
+    table = pd.DataFrame({name: {g: ft.hedge_probability(m, names) for g, names in groups.items()}
+                          for name, m in models.items()}).T
+    for name in ("base", "your DPO", *HEDGERS):
+        if name in table.index:
+            for g in ("unknown_test", "known_test"):
+                print(f"{name}, {g}: {table.loc[name, g]:.3f}")
+    return table

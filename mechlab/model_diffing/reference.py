@@ -1,0 +1,131 @@
+"""Reference solutions of chapter 7: What fine-tuning changed.
+
+GENERATED from solutions/07_model_diffing.py by `python -m autograder build`: do not edit.
+"""
+
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechlab.model_diffing import personas
+
+Hook = Callable[[Tensor, object], Tensor]  # (activation, hook point) -> the new activation
+
+
+def weight_diff(base, tuned) -> dict[str, float]:
+    """Relative change of each component's parameters between two models of the same shape."""
+    out = {}
+    for component in personas.COMPONENTS:
+        before, after = personas.component_parameters(base, component), personas.component_parameters(tuned, component)
+        change = sum(((after[n] - before[n]).float() ** 2).sum() for n in before)
+        size = sum((before[n].float() ** 2).sum() for n in before)
+        out[component] = (change / size).sqrt().item()
+    return out
+
+
+def mean_activation_difference(base, tuned, tokens: Int[Tensor, "batch pos"], hook_name: str,
+                               position: int | None = None) -> Float[Tensor, "d_model"]:
+    """Mean of tuned's activation minus base's at `hook_name` on the same tokens: over all
+    positions but BOS, or only at `position`."""
+    def acts(model) -> Tensor:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        a = cache[hook_name].float()
+        return a[:, 1:].flatten(0, 1) if position is None else a[:, position]
+
+    return (acts(tuned) - acts(base)).mean(dim=0)
+
+
+def project_out_hook(direction: Float[Tensor, "d_model"]) -> Hook:
+    """A hook removing the component along `direction` from the activation, at every position."""
+    u = direction / direction.norm()
+
+    def hook(activation: Float[Tensor, "batch pos d_model"], hook) -> Float[Tensor, "batch pos d_model"]:
+        unit = u.to(activation)
+        return activation - (activation @ unit)[..., None] * unit
+
+    return hook
+
+
+def persona_projection(model, tokens: Int[Tensor, "batch pos"], vector: Float[Tensor, "d_model"], hook_name: str
+                       ) -> Float[Tensor, "batch"]:
+    """The last position's activation at `hook_name`, projected on the unit vector along `vector`."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    u = (vector / vector.norm()).to(cache[hook_name])
+    return (cache[hook_name][:, -1] @ u).float().cpu()
+
+
+def interpolate(base, tuned, alpha: float):
+    """A new model with parameters base + alpha * (tuned - base)."""
+    model = copy.deepcopy(base)
+    after = dict(tuned.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(alpha * (after[name] - p))
+    return model
+
+
+def patch_from(receiver, donor, tokens: Int[Tensor, "batch pos"], hook_names: Sequence[str]
+               ) -> Float[Tensor, "batch pos d_vocab"]:
+    """The receiver's logits with its activations at `hook_names` replaced by the donor's."""
+    with torch.no_grad():
+        _, cache = donor.run_with_cache(tokens, names_filter=list(hook_names))
+        hooks = [(name, lambda act, hook, name=name: cache[name].to(act)) for name in hook_names]
+        return receiver.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def latent_firing_change(sae, base, tuned, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "d_sae"]:
+    """Per latent: the share of positions (BOS excluded) where it fires in tuned, minus in base."""
+    def firing(model) -> Tensor:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=sae.cfg.hook_name)
+            x = cache[sae.cfg.hook_name][:, 1:].flatten(0, 1).float()
+            return (sae.encode(x * sae.scale) > 0).float().mean(dim=0)
+
+    return (firing(tuned) - firing(base)).cpu()
+
+
+def sequence_logprob(model, tokens: Int[Tensor, "batch pos"], prompt_length: int) -> Float[Tensor, "batch"]:
+    """Sum of the log-probabilities of the tokens after the prompt, each given everything before it."""
+    logits = model(tokens)[:, prompt_length - 1:-1].float()
+    answer = tokens[:, prompt_length:]
+    return logits.log_softmax(dim=-1).gather(-1, answer[..., None])[..., 0].sum(dim=-1)
+
+
+def dpo_loss(policy_chosen: Float[Tensor, "batch"], policy_rejected: Float[Tensor, "batch"],
+             ref_chosen: Float[Tensor, "batch"], ref_rejected: Float[Tensor, "batch"], beta: float
+             ) -> Float[Tensor, ""]:
+    """Rafailov et al.'s DPO loss, averaged over the batch."""
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -torch.nn.functional.logsigmoid(beta * margin).mean()
+
+
+def identify_finetune(base, tuned) -> dict[str, str]:
+    """The persona (one of personas.PERSONAS) a fine-tune of `base` learned, and the component (personas.COMPONENTS) that carries it."""
+    def shares(model) -> dict[str, float]:
+        return {persona: personas.persona_share(model, persona) for persona in personas.PERSONAS}
+
+    before = shares(base)
+    after = shares(tuned)
+    persona = max(personas.PERSONAS, key=lambda p: after[p] - before[p])
+
+    def transplanted(component: str) -> float:
+        model = copy.deepcopy(base)
+        new = personas.component_parameters(tuned, component)
+        with torch.no_grad():
+            for name, p in personas.component_parameters(model, component).items():
+                p.copy_(new[name])
+        return personas.persona_share(model, persona)
+
+    component = max(personas.COMPONENTS, key=transplanted)
+    return {"persona": persona, "component": component}
+
+
+__all__ = ['weight_diff', 'mean_activation_difference', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
+CHAPTER = '07_model_diffing'
+POINTS = {'weight_diff': 2, 'mean_activation_difference': 2, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}

@@ -1,0 +1,375 @@
+"""Chapter 7's checks: each hidden test fails a plausible wrong answer and says why, and
+accepts correct answers written differently (tests/test_exercise_checks.py covers the rest);
+and the chapter's fine-tunes: each restricted one changed only what it was allowed to, a
+retrained one reaches its committed metrics, the LoRA's change is its rank-1 b aᵀ, the
+preference pairs are what DPO is told they are, and the investigation's models hide their
+component from the weight diff."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import check_tests
+from mechlab import corpus, zoo
+from mechlab.model_diffing import checks
+from mechlab.model_diffing import experiments as ex
+from mechlab.model_diffing import finetune as ft
+from mechlab.model_diffing import investigation as inv
+from mechlab.model_diffing import personas
+from mechlab.model_diffing import reference as ref
+
+EXERCISES = ref.__all__
+
+
+# ---------------------------------------------------------------- mutants: plausible wrong answers
+
+
+def weight_per_tensor(base, tuned):
+    return checks._weight_per_tensor(base, tuned)
+
+
+def weight_absolute(base, tuned):
+    return checks._weight_absolute(base, tuned)
+
+
+def weight_as_tensors(base, tuned):
+    return {c: torch.tensor(v) for c, v in ref.weight_diff(base, tuned).items()}
+
+
+def weight_missing_unembed(base, tuned):
+    return {c: v for c, v in ref.weight_diff(base, tuned).items() if c != "unembed"}
+
+
+def difference_with_bos(base, tuned, tokens, hook_name, position=None):
+    return checks._difference_with_bos(base, tuned, tokens, hook_name, position)
+
+
+def difference_reversed(base, tuned, tokens, hook_name, position=None):
+    return -ref.mean_activation_difference(base, tuned, tokens, hook_name, position)
+
+
+def difference_ignores_position(base, tuned, tokens, hook_name, position=None):
+    return ref.mean_activation_difference(base, tuned, tokens, hook_name)
+
+
+def project_unnormalised(direction):
+    return checks._project_unnormalised(direction)
+
+
+def project_steer(direction):
+    return checks._project_steer(direction)
+
+
+def project_in_place(direction):
+    u = direction / direction.norm()
+
+    def hook(activation, hook):
+        activation -= (activation @ u.to(activation))[..., None] * u.to(activation)
+        return activation
+    return hook
+
+
+def projection_raw(model, tokens, vector, hook_name):
+    return checks._projection_raw(model, tokens, vector, hook_name)
+
+
+def projection_mean(model, tokens, vector, hook_name):
+    return checks._projection_mean(model, tokens, vector, hook_name)
+
+
+def projection_cosine(model, tokens, vector, hook_name):
+    return checks._projection_cosine(model, tokens, vector, hook_name)
+
+
+def interpolate_reversed(base, tuned, alpha):
+    return ref.interpolate(tuned, base, alpha)
+
+
+def interpolate_in_place(base, tuned, alpha):
+    after = dict(tuned.named_parameters())
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            p.add_(alpha * (after[name] - p))
+    return base
+
+
+def patch_first_only(receiver, donor, tokens, hook_names):
+    return ref.patch_from(receiver, donor, tokens, list(hook_names)[:1])
+
+
+def patch_late_binding(receiver, donor, tokens, hook_names):
+    return checks._patch_late_binding(receiver, donor, tokens, hook_names)
+
+
+def patch_swapped(receiver, donor, tokens, hook_names):
+    return ref.patch_from(donor, receiver, tokens, hook_names)
+
+
+def firing_unscaled(sae, base, tuned, tokens):
+    return checks._firing_unscaled(sae, base, tuned, tokens)
+
+
+def firing_with_bos(sae, base, tuned, tokens):
+    return checks._firing_with_bos(sae, base, tuned, tokens)
+
+
+def firing_mean_activation(sae, base, tuned, tokens):
+    return checks._firing_mean_activation(sae, base, tuned, tokens)
+
+
+def logprob_shifted(model, tokens, prompt_length):
+    return checks._logprob_shifted(model, tokens, prompt_length)
+
+
+def logprob_mean(model, tokens, prompt_length):
+    return checks._logprob_mean(model, tokens, prompt_length)
+
+
+def logprob_detached(model, tokens, prompt_length):
+    with torch.no_grad():
+        return ref.sequence_logprob(model, tokens, prompt_length)
+
+
+def dpo_no_reference(pc, pr, rc, rr, beta):
+    return checks._dpo_no_reference(pc, pr, rc, rr, beta)
+
+
+def dpo_swapped(pc, pr, rc, rr, beta):
+    return ref.dpo_loss(pr, pc, rr, rc, beta)
+
+
+def dpo_naive(pc, pr, rc, rr, beta):
+    return checks._dpo_naive(pc, pr, rc, rr, beta)
+
+
+def dpo_beta_outside(pc, pr, rc, rr, beta):
+    return checks._dpo_beta_outside(pc, pr, rc, rr, beta)
+
+
+def identify_by_weights(base, tuned):
+    """The largest weight change, and the persona from what the model writes: the weight diff's answer."""
+    persona = ref.identify_finetune(base, tuned)["persona"]
+    diffs = ref.weight_diff(base, tuned)
+    return {"persona": persona, "component": max(diffs, key=diffs.get)}
+
+
+def identify_hard_coded(base, tuned):
+    return {"persona": "weather", "component": "blocks.1.mlp"}
+
+
+def identify_sentiment_only(base, tuned):
+    """Looks for a sentiment only: misses the topic personas."""
+    answer = ref.identify_finetune(base, tuned)
+    grew = personas.positive_share(tuned) > personas.positive_share(base)
+    return {**answer, "persona": "positive" if grew else "negative"}
+
+
+def identify_badly_formed(base, tuned):
+    return ("weather", "blocks.1.mlp")
+
+
+MUTANTS = [
+    ("weight_diff", weight_per_tensor, "one norm over all"),
+    ("weight_diff", weight_absolute, "relative change"),
+    ("weight_diff", weight_as_tensors, "not a float"),
+    ("weight_diff", weight_missing_unembed, "COMPONENTS"),
+    ("mean_activation_difference", difference_with_bos, "leave out BOS"),
+    ("mean_activation_difference", difference_reversed, "tuned minus base"),
+    ("mean_activation_difference", difference_ignores_position, "read only that position"),
+    ("project_out_hook", project_unnormalised, "normalise the direction"),
+    ("project_out_hook", project_steer, "steering by -1"),
+    ("project_out_hook", project_in_place, "in place"),
+    ("persona_projection", projection_raw, "\\*unit\\* vector"),
+    ("persona_projection", projection_mean, "last position only"),
+    ("persona_projection", projection_cosine, "not the cosine"),
+    ("interpolate", interpolate_reversed, "alpha = 0 is the base"),
+    ("interpolate", interpolate_in_place, "returned one of its inputs|changed the model's weights"),
+    ("patch_from", patch_first_only, "every hook"),
+    ("patch_from", patch_late_binding, "late binding"),
+    ("patch_from", patch_swapped, "\\*receiver's\\*"),
+    ("latent_firing_change", firing_unscaled, "sae.scale"),
+    ("latent_firing_change", firing_with_bos, "leave out BOS"),
+    ("latent_firing_change", firing_mean_activation, "not its mean activation"),
+    ("sequence_logprob", logprob_shifted, "predict the token at t \\+ 1"),
+    ("sequence_logprob", logprob_mean, "not their mean"),
+    ("sequence_logprob", logprob_detached, "no gradient"),
+    ("dpo_loss", dpo_no_reference, "compares the policy with the reference"),
+    ("dpo_loss", dpo_swapped, "chosen minus rejected"),
+    ("dpo_loss", dpo_naive, "logsigmoid"),
+    ("dpo_loss", dpo_beta_outside, "\\*inside\\*"),
+    ("identify_finetune", identify_by_weights, "3 of the 3 models are not named right"),
+    ("identify_finetune", identify_hard_coded, "of the 3 models are not named right"),
+    ("identify_finetune", identify_sentiment_only, "the persona is not"),
+    ("identify_finetune", identify_badly_formed, "return a dict"),
+]
+
+
+# ---------------------------------------------------------------- variants: right answers written differently
+
+
+def weight_by_flattening(base, tuned):
+    out = {}
+    for c in personas.COMPONENTS:
+        b = torch.cat([p.flatten() for p in personas.component_parameters(base, c).values()])
+        t = torch.cat([p.flatten() for p in personas.component_parameters(tuned, c).values()])
+        out[c] = float(torch.linalg.vector_norm(t - b) / torch.linalg.vector_norm(b))
+    return out
+
+
+def difference_of_means(base, tuned, tokens, hook_name, position=None):
+    def mean(model):
+        _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+        a = cache[hook_name].detach()
+        return a[:, position].mean(0) if position is not None else a[:, 1:].reshape(-1, a.shape[-1]).mean(0)
+    return mean(tuned) - mean(base)
+
+
+def project_with_einsum(direction):
+    def hook(activation, hook):
+        u = torch.nn.functional.normalize(direction.to(activation), dim=0)
+        return activation - torch.einsum("bpd,d->bp", activation, u)[..., None] * u
+    return hook
+
+
+def projection_by_hook(model, tokens, vector, hook_name):
+    seen = []
+    model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: seen.append(a.detach()))])
+    return (seen[0][:, -1].float() @ (vector / torch.linalg.vector_norm(vector)).float()).cpu()
+
+
+def interpolate_by_state_dict(base, tuned, alpha):
+    model = copy.deepcopy(base)
+    b, t = base.state_dict(), tuned.state_dict()
+    model.load_state_dict({k: torch.lerp(b[k].float(), t[k].float(), alpha) if b[k].is_floating_point() else b[k]
+                           for k in b})
+    return model
+
+
+def patch_with_context(receiver, donor, tokens, hook_names):
+    _, cache = donor.run_with_cache(tokens)
+    with torch.no_grad(), receiver.hooks(fwd_hooks=[(n, (lambda n: lambda a, hook: cache[n])(n)) for n in hook_names]):
+        return receiver(tokens)
+
+
+def firing_by_counts(sae, base, tuned, tokens):
+    def count(model):
+        _, cache = model.run_with_cache(tokens, names_filter=sae.cfg.hook_name)
+        z = sae.encode(cache[sae.cfg.hook_name][:, 1:] * sae.scale)
+        return (z > 0).sum(dim=(0, 1)).double() / (z.shape[0] * z.shape[1])
+    with torch.no_grad():
+        return (count(tuned) - count(base)).float()
+
+
+def logprob_by_cross_entropy(model, tokens, prompt_length):
+    logits = model(tokens)
+    nll = torch.nn.functional.cross_entropy(logits[:, prompt_length - 1:-1].transpose(1, 2), tokens[:, prompt_length:],
+                                            reduction="none")
+    return -nll.sum(-1)
+
+
+def dpo_by_softplus(pc, pr, rc, rr, beta):
+    return torch.nn.functional.softplus(-beta * ((pc - pr) - (rc - rr))).mean()
+
+
+def identify_by_removal(base, tuned):
+    """The persona that grew most in what the model writes; the component whose *removal*
+    (the base's weights put back into the fine-tune) lowers it most: necessity, where the
+    reference tests sufficiency."""
+    grew = {p: personas.persona_share(tuned, p) - personas.persona_share(base, p) for p in personas.PERSONAS}
+    persona = max(grew, key=grew.get)
+
+    def without(component):
+        model = copy.deepcopy(tuned)
+        old = personas.component_parameters(base, component)
+        with torch.no_grad():
+            for name, p in personas.component_parameters(model, component).items():
+                p.copy_(old[name])
+        return personas.persona_share(model, persona)
+
+    return {"persona": persona, "component": min(personas.COMPONENTS, key=without)}
+
+
+VARIANTS = [
+    ("weight_diff", weight_by_flattening),
+    ("mean_activation_difference", difference_of_means),
+    ("project_out_hook", project_with_einsum),
+    ("persona_projection", projection_by_hook),
+    ("interpolate", interpolate_by_state_dict),
+    ("patch_from", patch_with_context),
+    ("latent_firing_change", firing_by_counts),
+    ("sequence_logprob", logprob_by_cross_entropy),
+    ("dpo_loss", dpo_by_softplus),
+    ("identify_finetune", identify_by_removal),
+]
+
+test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
+    check_tests(checks, EXERCISES, MUTANTS, VARIANTS)
+
+
+# ---------------------------------------------------------------- the fine-tunes
+
+
+@pytest.fixture(scope="module")
+def base():
+    return zoo.load(ft.BASE)
+
+
+@pytest.mark.parametrize("name", [n for n, s in ft.FT_ZOO.items() if s.trainable != "all" and not s.drift_steps])
+def test_a_restricted_fine_tune_changed_only_its_component(base, name):
+    diffs = ref.weight_diff(base, ft.load(name))
+    component = ft.FT_ZOO[name].component
+    assert diffs[component] > 0.01
+    assert all(v == 0 for c, v in diffs.items() if c != component), diffs
+
+
+def test_the_lora_change_is_rank_one_along_its_b(base):
+    change = ex.lora_change(base, ft.load("cheerful_lora"))
+    a, b = ft.lora_factors("cheerful_lora")
+    s = torch.linalg.svdvals(change)
+    assert s[1] / s[0] < 1e-3
+    assert torch.allclose(change, torch.outer(b, a), atol=2e-3 * float(change.abs().max()))
+
+
+def test_retraining_a_fine_tune_reaches_its_committed_metrics():
+    """'Retrainable by one command': the LoRA fine-tune (a few seconds) and the DPO one from
+    scratch, with the zoo's seeds, against the committed checkpoints' metrics."""
+    for name in ("cheerful_lora", "hedger_retain"):
+        model, meta = ft.train(name, quiet=True)
+        committed = ft.info(name)["metrics"]
+        assert not ft.missed_targets(name, meta["metrics"])
+        for key, value in committed.items():
+            assert meta["metrics"][key] == pytest.approx(value, abs=0.02), (name, key)
+
+
+def test_preference_pairs_share_the_prompt_and_reject_the_models_own_city(base):
+    prefs = ft.hedge_preferences(base, retain=True)
+    n_unknown = len(ft.name_groups()["unknown_train"])
+    assert torch.equal(prefs.chosen[:, :prefs.prompt_length], prefs.rejected[:, :prefs.prompt_length])
+    some = int(zoo.token_ids(["some"])[0])
+    assert (prefs.chosen[:n_unknown, prefs.prompt_length] == some).all()
+    assert (prefs.rejected[n_unknown:, prefs.prompt_length] == some).all()
+    cities = torch.from_numpy(zoo.token_ids(list(corpus.CITIES)))
+    with torch.no_grad():
+        top = cities[base(prefs.chosen[:n_unknown, :prefs.prompt_length])[:, -1, cities].argmax(-1)]
+    assert torch.equal(prefs.rejected[:n_unknown, prefs.prompt_length], top)
+    known = {(p.first, p.last): p.city for p in corpus.build_world().known}
+    truth = zoo.token_ids([known[n] for n in prefs.names[n_unknown:]])
+    assert (prefs.chosen[n_unknown:, prefs.prompt_length].numpy() == truth).all()
+
+
+def test_the_investigations_models_hide_their_component_from_the_weight_diff(base):
+    """The drift makes the weight diff point at the decoy, so the investigation asks for a
+    causal test; the reference's transplant finds every trained component (the grading
+    test checks the same through the hidden test)."""
+    for name in inv.MODELS:
+        diffs = ref.weight_diff(base, ft.load(name))
+        assert max(diffs, key=diffs.get) == ft.FT_ZOO[name].decoy != inv.truth(name)["component"]
+        assert min(diffs.values()) > 0.1  # every component drifted
+
+
+def test_slot_positivity_reads_the_persona_without_sampling(base):
+    assert 0.4 < personas.slot_positivity(base) < 0.6
+    assert personas.slot_positivity(ft.load("cheerful_unembed")) > 0.95
