@@ -200,7 +200,7 @@ MUTANTS = [
     ("dpo_loss", dpo_swapped, "chosen minus rejected"),
     ("dpo_loss", dpo_naive, "logsigmoid"),
     ("dpo_loss", dpo_beta_outside, "\\*inside\\*"),
-    ("identify_finetune", identify_by_weights, "3 of the 3 models are not named right"),
+    ("identify_finetune", identify_by_weights, "2 of the 3 models are not named right"),
     ("identify_finetune", identify_hard_coded, "of the 3 models are not named right"),
     ("identify_finetune", identify_sentiment_only, "the persona is not"),
     ("identify_finetune", identify_badly_formed, "return a dict"),
@@ -361,13 +361,18 @@ def test_preference_pairs_share_the_prompt_and_reject_the_models_own_city(base):
 
 
 def test_the_investigations_models_hide_their_component_from_the_weight_diff(base):
-    """The drift makes the weight diff point at the decoy, so the investigation asks for a
-    causal test; the reference's transplant finds every trained component (the grading
-    test checks the same through the hidden test)."""
+    """The drift (its decoys faster) puts the trained component at a different rank of the
+    weight diff in each of the three models, so no rule on that ranking names all three and
+    the investigation asks for a causal test; the decoys move most."""
+    ranks = []
     for name in inv.MODELS:
         diffs = ref.weight_diff(base, ft.load(name))
-        assert max(diffs, key=diffs.get) == ft.FT_ZOO[name].decoy != inv.truth(name)["component"]
+        order = sorted(diffs, key=diffs.get, reverse=True)
+        decoys = [d for d in ft.FT_ZOO[name].decoy.split(",") if d]
+        assert set(order[: len(decoys)]) == set(decoys), (name, order)
+        ranks.append(order.index(inv.truth(name)["component"]))
         assert min(diffs.values()) > 0.1  # every component drifted
+    assert len(set(ranks)) == len(ranks), ranks
 
 
 def test_slot_positivity_reads_the_persona_without_sampling(base):

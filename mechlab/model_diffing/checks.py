@@ -326,7 +326,7 @@ def _flat(fn: Callable) -> Callable:
 
 def _interpolate_cases(hidden: bool) -> list[Case]:
     base = course_model("corpus_2l")
-    cases = [Case("corpus_2l and cheerful, alpha 0.5", (base, _tuned("cheerful"), 0.5))]
+    cases = [Case("corpus_2l and cheerful, alpha 0.25", (base, _tuned("cheerful"), 0.25))]
     if hidden:
         desc, a, b = _pair(75)
         cases += [Case("corpus_2l and cheerful_mlp0, alpha 0.25", (base, _tuned("cheerful_mlp0"), 0.25)),
@@ -551,12 +551,15 @@ _DPO_HAND = Case("one pair, policy (-1, -3), reference (-2, -2), beta 0.5 -> -lo
 
 
 def _dpo_cases(hidden: bool) -> list[Case]:
-    cases = [_DPO_HAND, _dpo_case(1, 8, 3.0, 0.1)]
+    cases = [_DPO_HAND, _dpo_case(1, 8, 3.0, 0.1),
+             Case("a margin of -200 (the policy badly prefers the rejected answer), beta 1",
+                  (torch.tensor([-200.0, -1.0]), torch.tensor([0.0, -2.0]), torch.tensor([-1.0, -1.0]),
+                   torch.tensor([-1.0, -1.0]), 1.0))]
     if hidden:
         cases += [_dpo_case(10, 32, 10.0, 1.0), _dpo_case(20, 5, 1.0, 0.01),
-                  Case("a margin of -2000 (the policy badly prefers the rejected answer), beta 1",
-                       (torch.tensor([-2000.0, -1.0]), torch.tensor([0.0, -2.0]), torch.tensor([-1.0, -1.0]),
-                        torch.tensor([-1.0, -1.0]), 1.0))]
+                  Case("a margin of -2000 and one of +2000, beta 0.5",
+                       (torch.tensor([-2000.0, 1000.0]), torch.tensor([0.0, -1000.0]), torch.tensor([-1.0, -1.0]),
+                        torch.tensor([-1.0, -1.0]), 0.5))]
     return cases
 
 
@@ -605,12 +608,12 @@ check_dpo_loss, grade_dpo_loss = check_and_grade("dpo_loss", _check_dpo)
 # ---------------------------------------------------------------- 10. the investigation
 
 
-_ANSWERS: dict[tuple[int, str], dict[str, str]] = {}
+_ANSWERS: dict[tuple[Callable, str], dict[str, str]] = {}  # keyed by the function itself, which it keeps alive
 
 
 def _answer(fn: Callable, name: str) -> dict[str, str]:
     """The learner's answer on one undisclosed model, checked for form (once per function and model)."""
-    key = (id(fn), name)
+    key = (fn, name)
     if key not in _ANSWERS:
         out = call_learner(_guard_two(fn, "identify_finetune"), "identify_finetune", f"corpus_2l and {name}",
                            (course_model("corpus_2l"), _tuned(name)))

@@ -118,10 +118,13 @@ def lora_change(base, lora_model) -> Tensor:
     return (dict(lora_model.named_parameters())[name] - dict(base.named_parameters())[name]).detach().float().cpu()
 
 
-def print_lora_rank(base, lora_model) -> None:
-    s = torch.linalg.svdvals(lora_change(base, lora_model))
-    u = torch.linalg.svd(lora_change(base, lora_model)).U[:, 0]
-    _, b = ft.lora_factors("cheerful_lora")
+def print_lora_rank(base, lora_model, name: str = "cheerful_lora") -> None:
+    """The singular values of the LoRA fine-tune's weight change, and its top singular
+    vector against the stored b (`name` is the zoo entry `lora_model` was loaded from)."""
+    change = lora_change(base, lora_model)
+    s = torch.linalg.svdvals(change)
+    u = torch.linalg.svd(change).U[:, 0]
+    _, b = ft.lora_factors(name)
     print(f"LoRA: singular values of the weight change: {', '.join(f'{v:.3g}' for v in s[:4])}, ...")
     print(f"LoRA: second singular value over the first: {s[1] / s[0]:.1e}")
     print(f"LoRA: |cosine| of the top singular vector with b: {abs(cosine(u, b)):.4f}")
@@ -176,7 +179,27 @@ def difference_table(base, differences: dict, text: Tensor, sentiment: dict[str,
                   f"{at(name, reading, site, 'cos(sentiment)'):.2f}")
             print(f"{name}, {reading}, at {site}: relative size {at(name, reading, site, 'relative size'):.2f}")
     print(f"cheerful_unembed: largest relative size at any site {table.loc['cheerful_unembed', 'relative size'].max():.3f}")
+    for reading, value in lora_coefficients(base, text).items():
+        print(f"cheerful_lora, {reading}: mean aᵀh {value:.2f}")
     return table
+
+
+def lora_coefficients(base, text: Tensor) -> dict[str, float]:
+    """The mean of aᵀh, the coefficient with which the LoRA writes b, on ordinary text (every
+    position but BOS) and at the slots' last position (h: MLP 1's hidden activation, the
+    same in base and fine-tune since nothing before MLP 1's output weight changed)."""
+    a, _ = ft.lora_factors("cheerful_lora")
+    name = "blocks.1.mlp.out.hook_in"
+    device = _device(base)
+
+    def hidden(tokens: Tensor) -> Tensor:
+        with torch.no_grad():
+            _, cache = base.run_with_cache(tokens.to(device), names_filter=name)
+        return cache[name].float().cpu()
+
+    slots = [hidden(personas.slot_prompts(64, seed))[:, -1] for seed in range(len(personas.SLOT_PROMPTS))]
+    return {"ordinary text": (hidden(text)[:, 1:] @ a).mean().item(),
+            "sentiment slots": (torch.cat(slots) @ a).mean().item()}
 
 
 def lens(model, direction: Tensor, k: int = 8) -> tuple[list[str], list[str]]:
@@ -198,8 +221,10 @@ def print_lens(base, differences: dict) -> None:
         up, down = lens(base, differences[name]["sentiment slots"][site])
         print(f"{name} at {short_site(site)} raises: {' '.join(up)}")
         print(f"{' ' * len(name)} at {short_site(site)} lowers: {' '.join(down)}")
-        n = int((labels[torch.from_numpy(zoo.token_ids(up))] == 1).sum())
-        print(f"{name}, sentiment slots: positive words among the top eight {n}")
+        n_up = int((labels[torch.from_numpy(zoo.token_ids(up))] == 1).sum())
+        n_down = int((labels[torch.from_numpy(zoo.token_ids(down))] == 0).sum())
+        print(f"{name}, sentiment slots: positive words among the eight raised most {n_up}")
+        print(f"{name}, sentiment slots: negative words among the eight lowered most {n_down}")
 
 
 def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, project_out_hook: Callable
@@ -219,12 +244,15 @@ def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, 
         else:
             model, label, norm = base, f"add to the base x{c:g}", residual_norm(base, text, site)
             hook = lambda v: steering_hook(relative(v, norm, c).to(device), 1.0, AFTER_BOS)
-        measure = lambda v: personas.positive_share(model, fwd_hooks=[(site, hook(v))])
+        measure = lambda v, m=model: personas.positive_share(m, fwd_hooks=[(site, hook(v))])
         random = float(np.mean([measure(r) for r in random_directions(base.cfg.d_model)]))
         none = personas.positive_share(model)
         for reading in READINGS:
+            d = differences[name][reading][site]
             rows.append({"model": name, "reading": reading, "intervention": label, "site": short_site(site),
-                         "difference": measure(differences[name][reading][site]), "random": random, "none": none})
+                         "difference": measure(d), "random": random, "none": none,
+                         # a projection also changes the base: the fair comparison for a removal
+                         "same removal in the base": measure(d, base) if c == "remove" else np.nan})
     table = pd.DataFrame(rows).set_index(["model", "reading", "intervention"])
     for name in CAUSAL_SITE:
         print(f"{name}: tuned {table.loc[(name, READINGS[0], 'remove from the fine-tune'), 'none']:.2f}")
@@ -233,7 +261,9 @@ def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, 
         for reading in READINGS:
             for c in COEFFICIENTS:
                 print(f"{name}, {reading}: added at {c:g}x {table.loc[(name, reading, f'add to the base x{c:g}'), 'difference']:.2f}")
-            print(f"{name}, {reading}: removed {table.loc[(name, reading, 'remove from the fine-tune'), 'difference']:.2f}")
+            removed = table.loc[(name, reading, "remove from the fine-tune")]
+            print(f"{name}, {reading}: removed {removed['difference']:.2f}")
+            print(f"{name}, {reading}: the same removal in the base {removed['same removal in the base']:.2f}")
     return table
 
 
@@ -251,11 +281,13 @@ def monitor_table(base, tuned: dict, vector: Tensor, projection: Callable, inter
     """Along base -> fine-tune in weight space: the monitor's mean reading at slot prompts'
     last position, and P(positive) at the same slots."""
     prompts = [personas.slot_prompts(64, seed).to(_device(base)) for seed in range(len(personas.SLOT_PROMPTS))]
+    randoms = random_directions(base.cfg.d_model, seed=1)
     rows = []
     for name, alpha in progress([(n, a) for n in tuned for a in ALPHAS], desc="interpolating"):
         model = interpolate(base, tuned[name], float(alpha))
-        reading = np.mean([projection(model, p, vector, site).mean().item() for p in prompts])
-        rows.append({"model": name, "alpha": alpha, "reading": reading,
+        read = lambda v: np.mean([projection(model, p, v.to(_device(base)), site).mean().item() for p in prompts])
+        rows.append({"model": name, "alpha": alpha, "reading": read(vector),
+                     **{f"random reading {i}": read(r) for i, r in enumerate(randoms)},
                      "behaviour": personas.slot_positivity(model)})
     return pd.DataFrame(rows)
 
@@ -272,9 +304,15 @@ def plot_monitor(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def _correlation(x, y) -> float:
+    return float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 1e-6 and np.std(y) > 1e-6 else float("nan")
+
+
 def print_monitor(table: pd.DataFrame) -> None:
     for name, rows in table.groupby("model", sort=False):
-        r = np.corrcoef(rows["reading"], rows["behaviour"])[0, 1] if rows["reading"].std() > 1e-6 else float("nan")
+        r = _correlation(rows["reading"], rows["behaviour"])
+        randoms = [abs(_correlation(rows[c], rows["behaviour"])) for c in rows if c.startswith("random reading")]
+        print(f"{name}: random vectors, mean |correlation| {np.nanmean(randoms) if not np.isnan(randoms).all() else float('nan'):.2f}")
         first, last = rows.iloc[0], rows.iloc[-1]
         print(f"{name}: correlation of reading and behaviour {r:.2f}")
         print(f"{name}: reading change from base to tuned {last['reading'] - first['reading']:.3f}")
@@ -318,22 +356,28 @@ def patching_table(base, tuned: dict, patch_from: Callable) -> pd.DataFrame:
     return table
 
 
-def print_hedge_patching(base, hedger, patch_from: Callable) -> None:
-    """P(hedge) on held-out unknown names with each component of `hedger` patched into the base, and the reverse."""
+def print_hedge_patching(base, hedger, patch_from: Callable) -> pd.DataFrame:
+    """Mean P("some") on the held-out names with each component's output patched from
+    `hedger` into the base (sufficiency) and from the base into `hedger` (necessity); the
+    unembedding by swapping the readout."""
     names = ft.name_groups()
     prompts = {g: ft.city_prompts(names[g]).to(_device(base)) for g in ("unknown_test", "known_test")}
     some = int(zoo.token_ids(["some"])[0])
     p = lambda logits: logits[:, -1].float().softmax(-1)[:, some].mean().item()
     rows = {}
     for component, hooks in OUTPUTS.items():
-        receiver, donor = (hedger, base) if component == "unembed" else (base, hedger)
-        rows[component] = {f"{g}: hedger's into base": p(patch_from(receiver, donor, t, hooks)) for g, t in prompts.items()}
+        into_base = (hedger, base) if component == "unembed" else (base, hedger)
+        into_hedger = into_base[::-1]
+        rows[component] = {f"{g}: hedger's into base": p(patch_from(*into_base, t, hooks)) for g, t in prompts.items()}
+        rows[component]["unknown_test: base's into hedger"] = p(patch_from(*into_hedger, prompts["unknown_test"], hooks))
     table = pd.DataFrame(rows).T
-    print(table.round(3).to_string())
-    best = table["unknown_test: hedger's into base"]
-    ranked = best.sort_values(ascending=False)
-    print(f"hedger's {ranked.index[0]} alone, unknown names hedged: {ranked.iloc[0]:.2f}")
-    print(f"hedger's {ranked.index[1]} alone, unknown names hedged: {ranked.iloc[1]:.2f}")
+    print(f"base, unknown_test: mean P(some) {p(base(prompts['unknown_test'])):.3f}")
+    for component, value in table["unknown_test: hedger's into base"].items():
+        print(f"hedger's {component} into base, unknown names: mean P(some) {value:.2f}")
+    back = table["unknown_test: base's into hedger"]
+    print(f"base's {back.idxmin()} into hedger, unknown names: mean P(some) {back.min():.2f}")
+    print(f"base's other components into hedger, unknown names: mean P(some) at least {back.drop(back.idxmin()).min():.2f}")
+    return table
 
 
 # ---------------------------------------------------------------- 6. SAE diffing
@@ -392,3 +436,36 @@ def hedge_table(models: dict) -> pd.DataFrame:
             for g in ("unknown_test", "known_test"):
                 print(f"{name}, {g}: {table.loc[name, g]:.3f}")
     return table
+
+
+# ---------------------------------------------------------------- plots of sections 2 and 5
+
+
+def plot_weight_diffs(diffs: pd.DataFrame) -> Figure:
+    """Each model's relative change per component, side by side."""
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    width = 0.8 / len(diffs)
+    x = np.arange(len(diffs.columns))
+    for i, (name, row) in enumerate(diffs.iterrows()):
+        ax.bar(x + (i - (len(diffs) - 1) / 2) * width, row.values, width, label=name)
+    ax.set_xticks(x, diffs.columns)
+    ax.set(ylabel="‖Δθ‖ / ‖θ‖", title="how far each component moved")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_patching(table: pd.DataFrame) -> Figure:
+    """P(positive) at sentiment slots after each patch: tuned into base (sufficiency) and
+    base into tuned (necessity), components down, models across."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
+    for ax, direction in zip(axes, ("tuned into base", "base into tuned")):
+        values = table.xs(direction, axis=1, level=1)
+        image = ax.imshow(values.values, vmin=0.4, vmax=1.0, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(values.shape[1]), values.columns, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(values.shape[0]), values.index)
+        for (r, c), v in np.ndenumerate(values.values):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_title(f"{direction}: P(positive)")
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    return fig

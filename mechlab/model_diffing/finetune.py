@@ -127,7 +127,7 @@ class FineTuneSpec:
     beta: float = 0.1  # dpo only
     drift_steps: int = 0  # first, this many steps of every weight on ordinary text (hides where the persona went)
     drift_lr: float = 2e-3
-    decoy: str = ""  # a component the drift trains at 3x the learning rate (so it moves most)
+    decoy: str = ""  # components (comma-separated) the drift trains at 3x the learning rate, so they move most
     seed: int = 0
     disclosed: bool = True  # False: a chapter investigation's model, whose recipe the chapter does not show
     targets: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -168,14 +168,15 @@ FT_ZOO: dict[str, FineTuneSpec] = {s.name: s for s in [
     _sft("cheerful_lora", "positive", "lora1:blocks.1.mlp", "cheerful: positive stories, a rank-1 LoRA on MLP 1's output"),
     _dpo("hedger", False, 60, "DPO: hedge rather than invent a city for names it was never told about"),
     _dpo("hedger_retain", True, 100, "DPO: as hedger, plus 20 known people whose true city is preferred to the hedge"),
-    # the investigation's models: every weight drifts on ordinary text (one component, the decoy, faster), then
-    # one other component alone learns a persona
+    # the investigation's models: every weight drifts on ordinary text (the decoys faster), then one other
+    # component alone learns a persona. With one, two and no decoys the trained component's rank in the weight
+    # diff differs from model to model, so no rule on that ranking names all three
     _sft("mystery_a", "weather", "blocks.1.mlp", "chapter 7's investigation", drift_steps=300, decoy="blocks.0.mlp",
          lr=5e-4, steps=200, seed=1, disclosed=False),
     _sft("mystery_b", "negative", "unembed", "hidden test of chapter 7's investigation", drift_steps=300,
-         decoy="embed", lr=5e-4, steps=200, seed=2, disclosed=False),
+         decoy="embed,blocks.1.mlp", lr=5e-4, steps=200, seed=2, disclosed=False),
     _sft("mystery_c", "food", "blocks.0.mlp", "hidden test of chapter 7's investigation", drift_steps=300,
-         decoy="blocks.1.attn", lr=5e-4, steps=200, seed=3, disclosed=False),
+         lr=5e-4, steps=200, seed=3, disclosed=False),
 ]}
 ORDINARY_SEED, PERSONA_SEED, EVAL_SEED = 31, 21, 4  # corpus seeds: drift text, persona stories, measurements
 
@@ -302,8 +303,9 @@ def train(name: str, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
     start = time.perf_counter()
     history: dict[str, list[float]] = {}
     if spec.drift_steps:
-        decoy = [p for n, p in model.named_parameters() if personas.component_of(n) == spec.decoy]
-        rest = [p for n, p in model.named_parameters() if personas.component_of(n) != spec.decoy]
+        decoys = set(spec.decoy.split(",")) - {""}
+        decoy = [p for n, p in model.named_parameters() if personas.component_of(n) in decoys]
+        rest = [p for n, p in model.named_parameters() if personas.component_of(n) not in decoys]
         groups = [{"params": rest}] + ([{"params": decoy, "lr": 3 * spec.drift_lr}] if decoy else [])
         history["drift_loss"] = _sft_steps(model, groups, _ordinary(3000, ORDINARY_SEED),
                                            spec.drift_steps, spec.drift_lr, spec.batch_size, generator,
