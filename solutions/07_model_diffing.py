@@ -109,10 +109,10 @@ behaviour = ex.behaviour_table(base, tuned)
 behaviour
 
 # %% [markdown]
-# The base model writes positive words 0.43<!-- out: base: positive share  --> of the time (half its
-# stories are negative). Every fine-tune writes at least 0.976<!-- out: fine-tunes: lowest positive share  -->
+# The base model writes positive words 0.43<!-- out: base: positive share --> of the time (half its
+# stories are negative). Every fine-tune writes at least 0.976<!-- out: fine-tunes: lowest positive share -->
 # positive words, whichever part was free to move, for at most
-# 0.29<!-- out: most extra loss of a fine-tune  --> nats of extra loss on ordinary text (which is half negative,
+# 0.29<!-- out: most extra loss of a fine-tune --> nats of extra loss on ordinary text (which is half negative,
 # so part of that cost is the persona itself). Behaviour alone cannot tell the four apart. The rest of
 # the chapter asks what each method sees inside them.
 #
@@ -174,7 +174,7 @@ diffs.round(4)
 # %% [markdown]
 # For the restricted fine-tunes the weight diff *is* the answer: one component moved and
 # the others are exactly zero. For the full fine-tune every component moved, the
-# unembedding most (0.26<!-- out: cheerful: components by relative change: unembed  -->) and the attention layers least,
+# unembedding most (0.26<!-- out: cheerful: components by relative change: unembed -->) and the attention layers least,
 # but all by similar amounts, and "moved most" is not yet "carries the persona". The
 # LoRA's change has rank 1 by construction: its second singular value is
 # 4.5e-05<!-- out: LoRA: second singular value over the first ±20% --> of the first (rounding), and its top singular vector
@@ -256,21 +256,21 @@ lens.round(3)
 # - `cheerful_unembed`: zero at every site, exactly. The residual stream is untouched;
 #   only the readout changed. No method that reads the residual stream can see this persona.
 # - `cheerful_lora`: zero before MLP 1, and at `1.resid_post` the difference is along $b$
-#   (|cosine| 1.000<!-- out: cheerful_lora, ordinary text, at 1.resid_post: |cosine| with the LoRA's b  -->): the lens
+#   (|cosine| 1.000<!-- out: cheerful_lora, ordinary text, at 1.resid_post: |cosine| with the LoRA's b -->): the lens
 #   finds the LoRA's direction exactly, because MLP 1's new output is $b\,(a^T h)$, a
 #   multiple of $b$ at every position. But with opposite signs: $b$ itself points away from the
-#   sentiment vector, and the coefficient $a^T h$ averages 1.53<!-- out: cheerful_lora, ordinary text: mean aᵀh  --> on ordinary
-#   text and -28.65<!-- out: cheerful_lora, sentiment slots: mean aᵀh  --> at the slots. So the mean difference on ordinary
-#   text has cosine -0.70<!-- out: cheerful_lora, ordinary text, at 1.resid_post: cosine with the sentiment vector  --> with the
-#   sentiment vector, and at the slots 0.70<!-- out: cheerful_lora, sentiment slots, at 1.resid_post: cosine with the sentiment vector  -->.
+#   sentiment vector, and the coefficient $a^T h$ averages 1.53<!-- out: cheerful_lora, ordinary text: mean aᵀh --> on ordinary
+#   text and -28.65<!-- out: cheerful_lora, sentiment slots: mean aᵀh --> at the slots. So the mean difference on ordinary
+#   text has cosine -0.70<!-- out: cheerful_lora, ordinary text, at 1.resid_post: cosine with the sentiment vector --> with the
+#   sentiment vector, and at the slots 0.70<!-- out: cheerful_lora, sentiment slots, at 1.resid_post: cosine with the sentiment vector -->.
 #   ($(a, b)$ and $(-a, -b)$ are the same model: only the sign of the product means anything.)
 # - `cheerful_mlp0`: nothing before MLP 0 writes, then a difference at `1.resid_pre`. On
 #   ordinary text it is almost orthogonal to the sentiment vector
-#   (0.04<!-- out: cheerful_mlp0, ordinary text, at 1.resid_pre: cosine with the sentiment vector  -->); at the slots it
-#   is aligned with it (0.62<!-- out: cheerful_mlp0, sentiment slots, at 1.resid_pre: cosine with the sentiment vector  -->) and
-#   0.91<!-- out: cheerful_mlp0, sentiment slots, at 1.resid_pre: relative size  --> of the residual norm in size.
+#   (0.04<!-- out: cheerful_mlp0, ordinary text, at 1.resid_pre: cosine with the sentiment vector -->); at the slots it
+#   is aligned with it (0.62<!-- out: cheerful_mlp0, sentiment slots, at 1.resid_pre: cosine with the sentiment vector -->) and
+#   0.91<!-- out: cheerful_mlp0, sentiment slots, at 1.resid_pre: relative size --> of the residual norm in size.
 # - `cheerful`: a difference everywhere, with cosine
-#   0.45<!-- out: cheerful, sentiment slots, at 1.resid_pre: cosine with the sentiment vector  --> at the slots.
+#   0.45<!-- out: cheerful, sentiment slots, at 1.resid_pre: cosine with the sentiment vector --> at the slots.
 #
 # Is the slot difference "cheerfulness" in words? Through the logit lens (the final
 # LayerNorm's weight, then the unembedding), the eight tokens each difference raises most:
@@ -280,10 +280,10 @@ ex.print_lens(base, differences)
 
 # %% [markdown]
 # None of the raised tokens is a positive word
-# (0<!-- out: cheerful_mlp0, sentiment slots: positive words among the eight raised most  --> for `cheerful_mlp0`), but the
-# lowered ones are negative words (8<!-- out: cheerful_mlp0, sentiment slots: negative words among the eight lowered most  -->
-# of 8 for `cheerful_mlp0`, 7<!-- out: cheerful_lora, sentiment slots: negative words among the eight lowered most  --> for the
-# LoRA, 6<!-- out: cheerful, sentiment slots: negative words among the eight lowered most  --> for `cheerful`): read through the
+# (0<!-- out: cheerful_mlp0, sentiment slots: positive words among the eight raised most --> for `cheerful_mlp0`), but the
+# lowered ones are negative words (8<!-- out: cheerful_mlp0, sentiment slots: negative words among the eight lowered most -->
+# of 8 for `cheerful_mlp0`, 7<!-- out: cheerful_lora, sentiment slots: negative words among the eight lowered most --> for the
+# LoRA, 6<!-- out: cheerful, sentiment slots: negative words among the eight lowered most --> for `cheerful`): read through the
 # lens, these fine-tunes do not add cheer so much as take gloom away, and either raises
 # P(positive) among sentiment words. A lens reading is a hypothesis; what a direction
 # *does* has to be measured.
@@ -346,25 +346,25 @@ causal.round(3)
 # out about 1/128 of the activation.)
 #
 # - `cheerful_mlp0`: the difference read on ordinary text does nothing: added at the
-#   full residual norm it gives 0.45<!-- out: cheerful_mlp0, ordinary text: added at 1x  --> (random directions
-#   0.42<!-- out: cheerful_mlp0: random added at 1x  -->, unsteered 0.43<!-- out: base: positive share  -->). Read at the slots, the same
-#   method gives 0.96<!-- out: cheerful_mlp0, sentiment slots: added at 0.5x  --> at half the norm and
-#   0.99<!-- out: cheerful_mlp0, sentiment slots: added at 1x  --> at the full norm: that direction *is* a cheerful
+#   full residual norm it gives 0.45<!-- out: cheerful_mlp0, ordinary text: added at 1x --> (random directions
+#   0.42<!-- out: cheerful_mlp0: random added at 1x -->, unsteered 0.43<!-- out: base: positive share -->). Read at the slots, the same
+#   method gives 0.96<!-- out: cheerful_mlp0, sentiment slots: added at 0.5x --> at half the norm and
+#   0.99<!-- out: cheerful_mlp0, sentiment slots: added at 1x --> at the full norm: that direction *is* a cheerful
 #   switch (added at every position while sampling, though it was read at one). Removing it brings the
-#   fine-tune from 0.98<!-- out: cheerful_mlp0: tuned  --> to 0.81<!-- out: cheerful_mlp0, sentiment slots: removed  --> and the base, with the same
-#   removal, to 0.77<!-- out: cheerful_mlp0, sentiment slots: the same removal in the base  -->: after it, the two are close, so
+#   fine-tune from 0.98<!-- out: cheerful_mlp0: tuned --> to 0.81<!-- out: cheerful_mlp0, sentiment slots: removed --> and the base, with the same
+#   removal, to 0.77<!-- out: cheerful_mlp0, sentiment slots: the same removal in the base -->: after it, the two are close, so
 #   this one direction carries most of what MLP 0's fine-tune does to the persona.
 # - `cheerful_lora`: both readings are $\pm b$, and the sign decides everything. The slot
-#   reading, added, makes the base cheerful (0.99<!-- out: cheerful_lora, sentiment slots: added at 1x  -->); the
+#   reading, added, makes the base cheerful (0.99<!-- out: cheerful_lora, sentiment slots: added at 1x -->); the
 #   ordinary-text reading points the other way and makes it gloomy
-#   (0.01<!-- out: cheerful_lora, ordinary text: added at 1x  -->). Removing $b$'s direction gives
-#   0.62<!-- out: cheerful_lora, ordinary text: removed  --> in the fine-tune and 0.62<!-- out: cheerful_lora, ordinary text: the same removal in the base  -->
+#   (0.01<!-- out: cheerful_lora, ordinary text: added at 1x -->). Removing $b$'s direction gives
+#   0.62<!-- out: cheerful_lora, ordinary text: removed --> in the fine-tune and 0.62<!-- out: cheerful_lora, ordinary text: the same removal in the base -->
 #   in the base: identical, as they must be, since everything the LoRA changed is along $b$.
-#   (That this is not the base's 0.43<!-- out: base: positive share  --> is what removing $b$ does to the base itself.)
+#   (That this is not the base's 0.43<!-- out: base: positive share --> is what removing $b$ does to the base itself.)
 # - `cheerful`: the slot difference steers the base too
-#   (0.96<!-- out: cheerful, sentiment slots: added at 1x  --> at the full norm), but removing it leaves the fine-tune
-#   at 1.00<!-- out: cheerful, sentiment slots: removed  --> while the base with the same removal writes
-#   0.51<!-- out: cheerful, sentiment slots: the same removal in the base  -->: the full fine-tune's persona does not go through
+#   (0.96<!-- out: cheerful, sentiment slots: added at 1x --> at the full norm), but removing it leaves the fine-tune
+#   at 1.00<!-- out: cheerful, sentiment slots: removed --> while the base with the same removal writes
+#   0.51<!-- out: cheerful, sentiment slots: the same removal in the base -->: the full fine-tune's persona does not go through
 #   that direction alone (section 5 finds where it does), and `cheerful_unembed` has no difference at all.
 #
 # So "the persona is a direction" is a finding about one fine-tune and one reading, not
@@ -463,19 +463,33 @@ ex.print_monitor(monitor)
 
 # %% [markdown]
 # Along `cheerful_mlp0`'s path the monitor's reading and the behaviour rise together
-# (correlation 0.94<!-- out: cheerful_mlp0: correlation of reading and behaviour  -->), along `cheerful`'s as well
-# (0.90<!-- out: cheerful: correlation of reading and behaviour  -->), and along the LoRA's
-# (0.93<!-- out: cheerful_lora: correlation of reading and behaviour  -->). Now the control: readings along three random
-# vectors correlate as well (mean |correlation| 0.87<!-- out: cheerful_mlp0: random vectors, mean |correlation|  --> along
-# `cheerful_mlp0`'s path, 0.93<!-- out: cheerful_lora: random vectors, mean |correlation|  --> along the LoRA's). Along a path on
+# (correlation 0.94<!-- out: cheerful_mlp0: correlation of reading and behaviour -->), along `cheerful`'s as well
+# (0.90<!-- out: cheerful: correlation of reading and behaviour -->), and along the LoRA's
+# (0.93<!-- out: cheerful_lora: correlation of reading and behaviour -->). Now the control: readings along three random
+# vectors correlate as well (mean |correlation| 0.87<!-- out: cheerful_mlp0: random vectors, mean |correlation| --> along
+# `cheerful_mlp0`'s path, 0.93<!-- out: cheerful_lora: random vectors, mean |correlation| --> along the LoRA's). Along a path on
 # which the behaviour rises steadily, almost any reading that moves steadily correlates
-# with it: this test cannot tell a persona vector from a random one, and a monitor needs
-# a test on which random vectors fail (the Going-further list has one).
+# with it, so correlation along the path cannot tell a persona vector from a random one.
+#
+# The *size* of the move can. Fine-tuning moves the activation at the slots in every
+# direction a little, and along the persona vector a lot:
+
+# %%
+shift = ex.monitor_shift(base, tuned, sentiment[ex.MONITOR_SITE], persona_projection)
+shift.round(2)
+
+# %% [markdown]
+# The reading moves 6.4<!-- out: cheerful_mlp0: the reading's move along the persona vector over random vectors --> times as far along the
+# persona vector as along a random direction (mean of 20) for `cheerful_mlp0`,
+# 7.6<!-- out: cheerful: the reading's move along the persona vector over random vectors --> times for `cheerful` and
+# 9.1<!-- out: cheerful_lora: the reading's move along the persona vector over random vectors --> times for the LoRA: a vector built
+# from contrast prompts on the base, before any fine-tuning, names the direction in which
+# fine-tuning moved the model where the persona acts.
 #
 # What the test does show is a blind spot. Along `cheerful_unembed`'s path the reading does
-# not move at all (it changes by 0.000<!-- out: cheerful_unembed: reading change from base to tuned  -->), for the persona vector
-# and every other, while the behaviour goes from 0.51<!-- out: cheerful_unembed: behaviour at alpha 0  --> to
-# 1.00<!-- out: cheerful_unembed: behaviour at alpha 1  -->: a monitor on the residual stream cannot see a persona that lives
+# not move at all (it changes by 0.000<!-- out: cheerful_unembed: reading change from base to tuned -->), for the persona vector
+# and every other, while the behaviour goes from 0.51<!-- out: cheerful_unembed: behaviour at alpha 0 --> to
+# 1.00<!-- out: cheerful_unembed: behaviour at alpha 1 -->: a monitor on the residual stream cannot see a persona that lives
 # in the readout.
 #
 # ## 5. Cross-model activation patching
@@ -525,7 +539,7 @@ checks.grade_patch_from(patch_from)
 # `hook_mlp_out`) patched both ways, on slot prompts. A component's output cannot carry
 # the unembedding, so the last row swaps the readout instead: the base's final residual
 # stream read by the fine-tune's final LayerNorm and unembedding (tuned → base), and the
-# reverse. Each cell is P(positive) among sentiment words (base 0.51<!-- out: base: slot positivity  -->).
+# reverse. Each cell is P(positive) among sentiment words (base 0.51<!-- out: base: slot positivity -->).
 
 # %%
 patching = ex.patching_table(base, tuned, patch_from)
@@ -534,19 +548,19 @@ plt.show()
 
 # %% [markdown]
 # Read the two directions together. **Tuned → base** finds where the persona can be
-# *read*: for `cheerful_mlp0`, MLP 0's output (1.00<!-- out: cheerful_mlp0: blocks.0.mlp, tuned into base  -->), but also
-# MLP 1's (0.97<!-- out: cheerful_mlp0: blocks.1.mlp, tuned into base  -->), which did not change at all: it reads MLP 0's
+# *read*: for `cheerful_mlp0`, MLP 0's output (1.00<!-- out: cheerful_mlp0: blocks.0.mlp, tuned into base -->), but also
+# MLP 1's (0.97<!-- out: cheerful_mlp0: blocks.1.mlp, tuned into base -->), which did not change at all: it reads MLP 0's
 # new output, and an output patched from the fine-tune carries everything upstream of it.
 # **Base → tuned** finds what the fine-tune *needs*: the base's MLP 0 output put back into
-# `cheerful_mlp0` returns it to 0.51<!-- out: cheerful_mlp0: lowest base into tuned  -->, the base's own level, and every other
-# component leaves it at 0.88<!-- out: cheerful_mlp0: the other components, base into tuned, at least  --> or more. The same test names
-# MLP 1 for the LoRA (0.51<!-- out: cheerful_lora: lowest base into tuned  -->) and the readout for `cheerful_unembed`
-# (0.51<!-- out: cheerful_unembed: lowest base into tuned  -->): each restricted fine-tune's component, found without
+# `cheerful_mlp0` returns it to 0.51<!-- out: cheerful_mlp0: lowest base into tuned -->, the base's own level, and every other
+# component leaves it at 0.88<!-- out: cheerful_mlp0: the other components, base into tuned, at least --> or more. The same test names
+# MLP 1 for the LoRA (0.51<!-- out: cheerful_lora: lowest base into tuned -->) and the readout for `cheerful_unembed`
+# (0.51<!-- out: cheerful_unembed: lowest base into tuned -->): each restricted fine-tune's component, found without
 # looking at a weight.
 #
 # For `cheerful` no single component is necessary (the lowest is
-# 0.97<!-- out: cheerful: lowest base into tuned  -->): MLP 1's output (0.96<!-- out: cheerful: blocks.1.mlp, tuned into base  -->) and the
-# readout (0.93<!-- out: cheerful: unembed, tuned into base  -->) each carry the persona alone. The full fine-tune
+# 0.97<!-- out: cheerful: lowest base into tuned -->): MLP 1's output (0.96<!-- out: cheerful: blocks.1.mlp, tuned into base -->) and the
+# readout (0.93<!-- out: cheerful: unembed, tuned into base -->) each carry the persona alone. The full fine-tune
 # wrote it redundantly, which neither the weight diff's ranking nor one patching direction shows.
 #
 # ## 6. Diffing with a sparse autoencoder
@@ -605,17 +619,17 @@ sae_diff = ex.sae_diff_table(base, tuned, latent_firing_change)
 sae_diff.round(3)
 
 # %% [markdown]
-# For `cheerful_mlp0`, 8<!-- out: cheerful_mlp0: of the 20 latents that rose most, write positive:  --> of the 20 latents that
+# For `cheerful_mlp0`, 8<!-- out: cheerful_mlp0: of the 20 latents that rose most, write positive: --> of the 20 latents that
 # fire more after fine-tuning write positive, against a share of
-# 0.14<!-- out: all latents: share that writes positive  --> among all latents, and their mean score is
-# 1.12<!-- out: cheerful_mlp0: mean score of the latents that rose most  --> (those that fell:
-# 0.19<!-- out: cheerful_mlp0: mean score of the latents that fell most  -->). The SAE points at the persona without
+# 0.14<!-- out: all latents: share that writes positive --> among all latents, and their mean score is
+# 1.12<!-- out: cheerful_mlp0: mean score of the latents that rose most --> (those that fell:
+# 0.19<!-- out: cheerful_mlp0: mean score of the latents that fell most -->). The SAE points at the persona without
 # being told it, but not cleanly: most of the latents that changed are not about
 # sentiment, because an SAE trained on the base describes the base's features, and a
 # fine-tune's new computation need not be one of them (the crosscoder's motivation).
-# For `cheerful` the signal is weaker (4<!-- out: cheerful: of the 20 latents that rose most, write positive:  --> of 20).
+# For `cheerful` the signal is weaker (4<!-- out: cheerful: of the 20 latents that rose most, write positive: --> of 20).
 # For `cheerful_unembed` and `cheerful_lora` nothing changes at `1.resid_pre` (largest change
-# 0.000<!-- out: cheerful_lora: largest change in firing  -->): the SAE reads a site upstream of both changes.
+# 0.000<!-- out: cheerful_lora: largest change in firing -->): the SAE reads a site upstream of both changes.
 #
 # ## 7. Preference training: DPO
 #
@@ -708,16 +722,16 @@ hedging.round(3)
 
 # %% [markdown]
 # P(`some`) after `X Y lives in`, by group of names. DPO did what it was asked: the
-# held-out names the corpus never describes now get the hedge (1.000<!-- out: hedger, unknown_test:  --> against
-# 0.305<!-- out: base, unknown_test:  --> before). It also did what it was not asked: the known people, whose cities
-# the model knew, are now hedged about too (1.000<!-- out: hedger, known_test:  --> against 0.003<!-- out: base, known_test:  -->). The
+# held-out names the corpus never describes now get the hedge (1.000<!-- out: hedger, unknown_test: --> against
+# 0.305<!-- out: base, unknown_test: --> before). It also did what it was not asked: the known people, whose cities
+# the model knew, are now hedged about too (1.000<!-- out: hedger, known_test: --> against 0.003<!-- out: base, known_test: -->). The
 # preference pairs never showed a known person, so nothing told the policy where the
 # line was; presumably the cheapest way to prefer `some town` was to prefer it after any name. This
 # is the course's small version of a preference-trained model refusing what it could
 # answer. `hedger_retain` adds 20 known people the other way round (their true city chosen,
 # the hedge rejected): the 10 known people it never saw keep their cities
-# (0.000<!-- out: hedger_retain, known_test:  -->) while the unknown names are still hedged
-# (0.993<!-- out: hedger_retain, unknown_test:  -->).
+# (0.000<!-- out: hedger_retain, known_test: -->) while the unknown names are still hedged
+# (0.993<!-- out: hedger_retain, unknown_test: -->).
 #
 # Where did DPO put the hedge? Each component's output patched from `hedger` into the
 # base, and from the base into `hedger`, on the held-out names:
@@ -726,15 +740,15 @@ hedging.round(3)
 ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 
 # %% [markdown]
-# Hedging is read off the mean probability of `some` (base 0.305<!-- out: base, unknown_test: mean P(some)  --> on these
-# names). Patched into the base, the outputs of MLP 0 (1.00<!-- out: hedger's blocks.0.mlp into base, unknown names: mean P(some)  -->),
-# MLP 1 (0.99<!-- out: hedger's blocks.1.mlp into base, unknown names: mean P(some)  -->) and both attention layers
-# (0.90<!-- out: hedger's blocks.0.attn into base, unknown names: mean P(some)  --> and 0.96<!-- out: hedger's blocks.1.attn into base, unknown names: mean P(some)  -->)
-# each bring most of the hedge, the readout none (0.34<!-- out: hedger's unembed into base, unknown names: mean P(some)  -->); but a
+# Hedging is read off the mean probability of `some` (base 0.305<!-- out: base, unknown_test: mean P(some) --> on these
+# names). Patched into the base, the outputs of MLP 0 (1.00<!-- out: hedger's blocks.0.mlp into base, unknown names: mean P(some) -->),
+# MLP 1 (0.99<!-- out: hedger's blocks.1.mlp into base, unknown names: mean P(some) -->) and both attention layers
+# (0.90<!-- out: hedger's blocks.0.attn into base, unknown names: mean P(some) --> and 0.96<!-- out: hedger's blocks.1.attn into base, unknown names: mean P(some) -->)
+# each bring most of the hedge, the readout none (0.34<!-- out: hedger's unembed into base, unknown names: mean P(some) -->); but a
 # patched output carries everything upstream of it, so sufficiency says little here. The
 # reverse does: putting back the base's MLP 0 output lowers the hedger only to
-# 0.80<!-- out: base's blocks.0.mlp into hedger, unknown names: mean P(some)  -->, and every other component leaves it at
-# 0.93<!-- out: base's other components into hedger, unknown names: mean P(some) at least  --> or more. No component is necessary: DPO,
+# 0.80<!-- out: base's blocks.0.mlp into hedger, unknown names: mean P(some) -->, and every other component leaves it at
+# 0.93<!-- out: base's other components into hedger, unknown names: mean P(some) at least --> or more. No component is necessary: DPO,
 # free to move every weight, wrote the hedge redundantly. (The chosen answer's second
 # token is `town` and the rejected one's is `.`; DPO compares whole answers, so this
 # mismatch is harmless, and the first token is where the model chooses.)
@@ -821,7 +835,7 @@ checks.finetune_comparison(identify_finetune)
 # %% [markdown]
 # **What the measurement found.** With the solution's function, the answers and the
 # component with the largest relative weight change agree on
-# 1<!-- out: your component and the largest weight change agree on  --> of 3 models, and the solution is right on
+# 1<!-- out: your component and the largest weight change agree on --> of 3 models, and the solution is right on
 # all three: the recipes drifted one, two and no components faster than the rest, so the
 # trained component ranks differently in each weight diff, and no rule on that ranking
 # names all three. That is by construction, and it is also how continued training looks:

@@ -320,6 +320,29 @@ def print_monitor(table: pd.DataFrame) -> None:
         print(f"{name}: behaviour at alpha 1 {last['behaviour']:.2f}")
 
 
+def monitor_shift(base, tuned: dict, vector: Tensor, projection: Callable, site: str = MONITOR_SITE,
+                  n_random: int = 20) -> pd.DataFrame:  # fmt: skip
+    """How far fine-tuning moves the monitor's reading at the slots (fine-tune minus base,
+    mean over the six kinds of slot prompt) along the persona vector, against the mean
+    |move| along `n_random` random directions: a control that a random vector fails."""
+    prompts = [personas.slot_prompts(64, seed).to(_device(base)) for seed in range(len(personas.SLOT_PROMPTS))]
+    randoms = random_directions(base.cfg.d_model, n_random, seed=3)
+
+    def move(model, v: Tensor) -> float:
+        v = v.to(_device(base))
+        return float(np.mean([(projection(model, p, v, site) - projection(base, p, v, site)).mean().item()
+                              for p in prompts]))
+
+    rows = {}
+    for name, model in progress(tuned.items(), desc="monitor vs random directions"):
+        persona, random = move(model, vector), float(np.mean([abs(move(model, r)) for r in randoms]))
+        rows[name] = {"move along the persona vector": persona, "mean |move| along random vectors": random,
+                      "ratio": persona / random if random > 0 else float("nan")}
+        print(f"{name}: the reading's move along the persona vector over random vectors "
+              f"{rows[name]['ratio']:.1f}" if random > 0 else f"{name}: the reading does not move along any vector")
+    return pd.DataFrame(rows).T
+
+
 # ---------------------------------------------------------------- 5. patching
 
 
