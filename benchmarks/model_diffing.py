@@ -38,7 +38,7 @@ def main() -> None:
         _, meta = ft.train(name, quiet=True)
         total = time.perf_counter() - start
         recipe = f"{spec.objective}, {spec.persona}, {spec.trainable}, {spec.steps} steps" + (
-            f" after {spec.drift_steps} drift steps (decoy {spec.decoy})" if spec.drift_steps else "")
+            f" after {spec.drift_steps} drift steps (decoys: {spec.decoy or 'none'})" if spec.drift_steps else "")
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in meta["metrics"].items())
         lines.append(f"| `{name}` | {recipe} | {ft.info(name)['seconds']} | {meta['seconds']} | {total:.1f} | {metrics} |")
         print(lines[-1], flush=True)

@@ -39,7 +39,7 @@
 # is not shown.
 #
 # **Time budget:** about 3 hours for the exercises (the table below adds them up). The
-# notebook runs in about 80 s on a quiet 2-core CPU (`benchmarks/RESULTS.md`):
+# notebook runs in about 2 minutes on a quiet 2-core CPU (`benchmarks/RESULTS.md`):
 # the fine-tunes are committed with the course (each retrains in seconds with
 # `python -m mechlab.model_diffing.finetune train NAME`), and you train one DPO model live.
 #
