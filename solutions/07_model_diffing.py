@@ -38,7 +38,7 @@
 # course's small analogue of RLHF, and the investigation hands you a model whose recipe
 # is not shown.
 #
-# **Time budget:** about 3 hours for the exercises (the table below adds them up). The
+# **Time budget:** about 2½ hours for the exercises (the table below adds them up). The
 # notebook runs in about 2 minutes on a quiet 2-core CPU (`benchmarks/RESULTS.md`):
 # the fine-tunes are committed with the course (each retrains in seconds with
 # `python -m mechlab.model_diffing.finetune train NAME`), and you train one DPO model live.
