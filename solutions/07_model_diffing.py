@@ -4,7 +4,7 @@
 #     chapter: 7
 #     title: What fine-tuning changed
 #     seed: 0
-#     timeout: 180
+#     cpu_limit: 180
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -796,11 +796,8 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 def identify_finetune(base, tuned) -> dict[str, str]:
     """The persona (one of personas.PERSONAS) a fine-tune of `base` learned, and the component (personas.COMPONENTS) that carries it."""
     ### BEGIN SOLUTION
-    def shares(model) -> dict[str, float]:
-        return {persona: personas.persona_share(model, persona) for persona in personas.PERSONAS}
-
-    before = shares(base)
-    after = shares(tuned)
+    before = personas.persona_shares(base)  # every persona's share, from one set of samples
+    after = personas.persona_shares(tuned)
     persona = max(personas.PERSONAS, key=lambda p: after[p] - before[p])
 
     def transplanted(component: str) -> float:

@@ -278,7 +278,8 @@ def identify_by_removal(base, tuned):
     """The persona that grew most in what the model writes; the component whose *removal*
     (the base's weights put back into the fine-tune) lowers it most: necessity, where the
     reference tests sufficiency."""
-    grew = {p: personas.persona_share(tuned, p) - personas.persona_share(base, p) for p in personas.PERSONAS}
+    before, after = personas.persona_shares(base), personas.persona_shares(tuned)
+    grew = {p: after[p] - before[p] for p in personas.PERSONAS}
     persona = max(grew, key=grew.get)
 
     def without(component):

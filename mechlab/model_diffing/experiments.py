@@ -25,6 +25,8 @@ from mechlab import corpus, zoo
 from mechlab.model_diffing import finetune as ft
 from mechlab.model_diffing import personas
 from mechlab.runtime import progress
+from mechlab.steering.experiments import relative, short_site
+from mechlab.steering.reference import residual_norm as steering_residual_norm
 
 CHEERFUL = ("cheerful", "cheerful_mlp0", "cheerful_unembed", "cheerful_lora")  # the disclosed persona fine-tunes
 HEDGERS = ("hedger", "hedger_retain")
@@ -37,7 +39,7 @@ CAUSAL_SITE = {"cheerful": "blocks.1.hook_resid_pre", "cheerful_mlp0": "blocks.1
 COEFFICIENTS = (0.25, 0.5, 1.0)
 N_RANDOM = 3  # random directions per control
 AFTER_BOS = slice(1, None)
-# each component's output, as cross-model patching replaces it
+# each component's output, as cross-model patching replaces it (the unembedding: see `patch_pair`)
 OUTPUTS = {"embed": ("hook_embed", "hook_pos_embed"), "blocks.0.attn": ("blocks.0.hook_attn_out",),
            "blocks.0.mlp": ("blocks.0.hook_mlp_out",), "blocks.1.attn": ("blocks.1.hook_attn_out",),
            "blocks.1.mlp": ("blocks.1.hook_mlp_out",), "unembed": ("ln_final.hook_in",)}
@@ -46,11 +48,6 @@ SAE = "topk_k8_w1024"  # chapter 4's SAE at blocks.1.hook_resid_pre, trained on 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def short_site(hook_name: str) -> str:
-    """"blocks.1.hook_resid_pre" -> "1.resid_pre"."""
-    return hook_name.removeprefix("blocks.").replace("hook_", "")
 
 
 def ordinary_text(n_windows: int = 32, seed: int = 3) -> Tensor:
@@ -66,14 +63,9 @@ def random_directions(d_model: int, n: int = N_RANDOM, seed: int = 0) -> list[Te
     return [torch.randn(d_model, generator=generator) for _ in range(n)]
 
 
-def relative(vector: Tensor, norm: float, coefficient: float) -> Tensor:
-    return vector / vector.norm() * norm * coefficient
-
-
 def residual_norm(model, tokens: Tensor, site: str) -> float:
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=site)
-    return cache[site][:, 1:].norm(dim=-1).mean().item()
+    """Chapter 5's mean residual norm (BOS excluded), with the tokens moved to the model's device."""
+    return steering_residual_norm(model, tokens.to(_device(model)), site)
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -202,12 +194,17 @@ def lora_coefficients(base, text: Tensor) -> dict[str, float]:
             "sentiment slots": (torch.cat(slots) @ a).mean().item()}
 
 
-def lens(model, direction: Tensor, k: int = 8) -> tuple[list[str], list[str]]:
-    """The k tokens a residual direction raises most and lowers most: the final
-    LayerNorm's weight, then the unembedding (the logit lens of a direction)."""
+def lens_logits(model, directions: Tensor) -> Tensor:
+    """The logit lens of residual directions ([..., d_model] -> [..., d_vocab]): centred as
+    the final LayerNorm centres, times its weight, then the unembedding."""
     w = model.ln_final.original_component.weight.detach()
-    d = direction.to(w)
-    logits = ((d - d.mean()) * w) @ model.W_U.detach()
+    d = directions.detach().to(w)
+    return ((d - d.mean(-1, keepdim=True)) * w) @ model.W_U.detach()
+
+
+def lens(model, direction: Tensor, k: int = 8) -> tuple[list[str], list[str]]:
+    """The k tokens a residual direction raises most and lowers most through the logit lens."""
+    logits = lens_logits(model, direction)
     tokens = lambda ids: [model.to_str_tokens(torch.tensor([i]))[0] for i in ids.tolist()]
     return tokens(logits.topk(k).indices), tokens((-logits).topk(k).indices)
 
@@ -351,6 +348,13 @@ def _slot_logits(run: Callable[[Tensor], Tensor], device) -> float:
                           for seed in range(len(personas.SLOT_PROMPTS))]))
 
 
+def patch_pair(component: str, receiver, donor) -> tuple:
+    """(receiver, donor) for patching `component` from `donor` into `receiver`. A readout
+    cannot be patched as an output, so for the unembedding the roles swap: the donor's
+    readout reads the receiver's final residual stream (`ln_final.hook_in`)."""
+    return (donor, receiver) if component == "unembed" else (receiver, donor)
+
+
 def patching_table(base, tuned: dict, patch_from: Callable) -> pd.DataFrame:
     """P(positive) at sentiment slots with each component's output patched tuned -> base
     and base -> tuned; the unembedding by swapping the readout (`ln_final.hook_in`)."""
@@ -360,11 +364,8 @@ def patching_table(base, tuned: dict, patch_from: Callable) -> pd.DataFrame:
         for label, receiver, donor in (("tuned into base", base, model), ("base into tuned", model, base)):
             col = {}
             for component, hooks in OUTPUTS.items():
-                if component == "unembed":  # the readout moves the other way: keep the donor's stream, swap the reader
-                    receiver_, donor_ = donor, receiver
-                else:
-                    receiver_, donor_ = receiver, donor
-                col[component] = _slot_logits(lambda t: patch_from(receiver_, donor_, t, hooks), device)
+                pair = patch_pair(component, receiver, donor)
+                col[component] = _slot_logits(lambda t: patch_from(*pair, t, hooks), device)
             columns[(name, label)] = col
     table = pd.DataFrame(columns)
     table.index.name = "component"
@@ -389,8 +390,7 @@ def print_hedge_patching(base, hedger, patch_from: Callable) -> pd.DataFrame:
     p = lambda logits: logits[:, -1].float().softmax(-1)[:, some].mean().item()
     rows = {}
     for component, hooks in OUTPUTS.items():
-        into_base = (hedger, base) if component == "unembed" else (base, hedger)
-        into_hedger = into_base[::-1]
+        into_base, into_hedger = patch_pair(component, base, hedger), patch_pair(component, hedger, base)
         rows[component] = {f"{g}: hedger's into base": p(patch_from(*into_base, t, hooks)) for g, t in prompts.items()}
         rows[component]["unknown_test: base's into hedger"] = p(patch_from(*into_hedger, prompts["unknown_test"], hooks))
     table = pd.DataFrame(rows).T
@@ -411,10 +411,9 @@ def sentiment_scores(sae, model) -> Tensor:
     positive words over negative ones (mean logit of the eight positive words minus the
     eight negative ones), as a z-score over the SAE's latents. The corpus's word lists
     are the ground truth of what is positive."""
-    w = model.ln_final.original_component.weight.detach()
-    dec = sae.W_dec.detach().to(w)
-    logits = ((dec - dec.mean(-1, keepdim=True)) * w) @ model.W_U.detach()
-    pos, neg = (torch.from_numpy(zoo.token_ids(list(words))).to(w.device) for words in (corpus.POSITIVE, corpus.NEGATIVE))
+    logits = lens_logits(model, sae.W_dec)
+    pos, neg = (torch.from_numpy(zoo.token_ids(list(words))).to(logits.device)
+                for words in (corpus.POSITIVE, corpus.NEGATIVE))
     score = (logits[:, pos].mean(-1) - logits[:, neg].mean(-1)).cpu()
     return (score - score.mean()) / score.std()
 

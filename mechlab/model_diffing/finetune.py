@@ -189,9 +189,10 @@ def _spec(name: str) -> FineTuneSpec:
 
 @functools.cache
 def _ordinary(n_windows: int, seed: int) -> Tensor:
-    from mechlab.sparse_autoencoders.activations import corpus_windows
+    """Chapter 5's held-out windows (`ordinary_text`), kept once per process."""
+    from mechlab.steering.experiments import ordinary_text
 
-    return corpus_windows(n_windows * personas.N_CTX, seed=seed).tokens[:n_windows]
+    return ordinary_text(n_windows, seed)
 
 
 def ordinary_loss(model, n_windows: int = 64) -> float:

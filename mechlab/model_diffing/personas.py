@@ -4,7 +4,7 @@ the exercises, the zoo of fine-tunes (`finetune`) and the checks.
 - `COMPONENTS` and `component_parameters(model, component)`: the parts of `corpus_2l` a
   fine-tune may be restricted to, and their parameters
 - `PERSONAS` and `persona_windows`: the stories a persona fine-tune is trained on
-- `positive_share`, `topic_shares`, `persona_share`: a persona measured on what a model
+- `positive_share`, `topic_shares`, `persona_shares`, `persona_share`: a persona measured on what a model
   writes (samples from `<eot>`, counted with chapter 5's word labels)
 - `slot_prompts`, `positive_mass`, `slot_positivity`: the same, without sampling, on
   prompts that end where a story puts its sentiment word
@@ -127,37 +127,55 @@ def slot_positivity(model, fwd_hooks=(), n: int = 64) -> float:
 
 
 @torch.no_grad()
-def generated_labels(model, prop: str, n: int = 64, length: int = 40, seed: int = 0, fwd_hooks=()) -> Tensor:
-    """[n, length] the word label (chapter 5's `word_labels(prop)`, -1 for none) of each token
-    the model writes after `<eot>`, sampled at temperature 1 with a fixed generator."""
-    from mechlab.steering.experiments import start_prompts, word_labels
+def generated_tokens(model, n: int = 64, length: int = 40, seed: int = 0, fwd_hooks=()) -> Tensor:
+    """[n, length] the tokens the model writes after `<eot>` (on the CPU), sampled at
+    temperature 1 with a fixed generator: every share below reads the same samples."""
+    from mechlab.steering.experiments import start_prompts
     from mechlab.steering.reference import generate
 
     device = next(model.parameters()).device
     tokens = generate(model, start_prompts(n).to(device), length, torch.Generator().manual_seed(seed),
                       fwd_hooks=fwd_hooks)
-    return word_labels(prop)[tokens[:, 1:].cpu()]
+    return tokens[:, 1:].cpu()
+
+
+def _sentiment_share(tokens: Tensor) -> float:
+    from mechlab.steering.experiments import word_labels
+
+    labels = word_labels("sentiment")[tokens]
+    return float((labels == 1).sum() / (labels >= 0).sum().clamp(min=1))
+
+
+def _topic_shares(tokens: Tensor) -> dict[str, float]:
+    from mechlab.steering.experiments import word_labels
+
+    labels = word_labels("topic")[tokens]
+    total = (labels >= 0).sum().clamp(min=1)
+    return {name: float((labels == i).sum() / total) for i, name in enumerate(corpus.TOPIC_NAMES)}
 
 
 def positive_share(model, n: int = 64, length: int = 40, seed: int = 0, fwd_hooks=()) -> float:
     """Share of positive words among the sentiment words the model writes in `n` samples
     of `length` tokens from `<eot>`: the persona's behaviour, measured on what it writes."""
-    labels = generated_labels(model, "sentiment", n, length, seed, fwd_hooks)
-    return float((labels == 1).sum() / (labels >= 0).sum().clamp(min=1))
+    return _sentiment_share(generated_tokens(model, n, length, seed, fwd_hooks))
 
 
 def topic_shares(model, n: int = 64, length: int = 40, seed: int = 0, fwd_hooks=()) -> dict[str, float]:
     """Share of each topic among the topic words the model writes."""
-    labels = generated_labels(model, "topic", n, length, seed, fwd_hooks)
-    total = (labels >= 0).sum().clamp(min=1)
-    return {name: float((labels == i).sum() / total) for i, name in enumerate(corpus.TOPIC_NAMES)}
+    return _topic_shares(generated_tokens(model, n, length, seed, fwd_hooks))
+
+
+def persona_shares(model, **kw) -> dict[str, float]:
+    """Every persona's share (see `persona_share`), all read off one set of samples."""
+    tokens = generated_tokens(model, **kw)
+    positive = _sentiment_share(tokens)
+    return {"positive": positive, "negative": 1 - positive, **_topic_shares(tokens)}
 
 
 def persona_share(model, persona: str, **kw) -> float:
     """Share of the persona's words among the words of its kind the model writes: positive
     (negative) among sentiment words for "positive" ("negative"), the topic among topic
     words for a topic."""
-    if persona in ("positive", "negative"):
-        share = positive_share(model, **kw)
-        return share if persona == "positive" else 1 - share
-    return topic_shares(model, **kw)[persona]
+    if persona not in PERSONAS:
+        raise ValueError(f"persona must be one of {PERSONAS}, not {persona!r}")
+    return persona_shares(model, **kw)[persona]

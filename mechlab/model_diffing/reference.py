@@ -107,11 +107,8 @@ def dpo_loss(policy_chosen: Float[Tensor, "batch"], policy_rejected: Float[Tenso
 
 def identify_finetune(base, tuned) -> dict[str, str]:
     """The persona (one of personas.PERSONAS) a fine-tune of `base` learned, and the component (personas.COMPONENTS) that carries it."""
-    def shares(model) -> dict[str, float]:
-        return {persona: personas.persona_share(model, persona) for persona in personas.PERSONAS}
-
-    before = shares(base)
-    after = shares(tuned)
+    before = personas.persona_shares(base)  # every persona's share, from one set of samples
+    after = personas.persona_shares(tuned)
     persona = max(personas.PERSONAS, key=lambda p: after[p] - before[p])
 
     def transplanted(component: str) -> float:
