@@ -40,7 +40,7 @@ def derived_files(chapter: Chapter) -> dict[Path, str]:
     source = read_source(chapter)
     solution_text = notebook_text(source.notebook)
     with tempfile.TemporaryDirectory(prefix="mechlab-build-") as tmp:
-        course = ThrowawayCourse(chapter, Path(tmp), timeout=source.meta.timeout)
+        course = ThrowawayCourse(chapter, Path(tmp), source.meta.limits)
         release_text = clean_release(course.generate_assignment(solution_text))
     return {
         chapter.solution_notebook: solution_text,

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from autograder import integrity
 from autograder.chapters import Chapter
 from autograder.course import COURSE_ID, ThrowawayCourse
+from autograder.execute import CellLimits
 from autograder.grade import COURSE_CODE, TAMPERED, ReleaseCache, changed_files, course_digests, failure_cause
 from autograder.source import read_source
 
@@ -249,7 +250,8 @@ def grade_one(sub: Submission, root: Path, results_dir: Path, releases: ReleaseC
     cmd = [sys.executable, "-m", "autograder", "--root", str(root), "grade", str(sub.path), "--json",
            "--feedback", str(workdir), "--memory-gb", str(memory_gb), "--release-cache", releases.to_json(),
            "--sandbox", sandbox, *(arg for folder in hidden for arg in ("--hide", str(folder)))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "MECHLAB_THREADS": str(threads)}  # the kernel's share of the cores (mechlab.runtime.torch_threads)
     # its own session (process group), so that killing the group takes its kernel, and
     # whatever the learner's code started, with it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -294,7 +296,7 @@ class CourseFilesChanged(RuntimeError):
 
 
 def grade_class(path: Path, chapters: list[Chapter], out: Path, rule: StudentRule, *, jobs: int,
-                memory_gb: float = 6.0, wall_seconds: float = 1800, force: bool = False,
+                memory_gb: float = 6.0, wall_seconds: float = 3600, force: bool = False,
                 progress: bool = True, sandbox: str = "auto", scheduler: str | None = None,
                 retries: int = 2) -> ClassResult:
     """Grade every submission not graded yet: here, `jobs` at a time, or on the Dask
@@ -472,7 +474,7 @@ def record_in_gradebook(rows: list[dict], chapters: list[Chapter], out: Path) ->
     by_name = {ch.name: ch for ch in chapters}
     db = out / "gradebook.db"
     for name in sorted({r["chapter"] for r in rows if r["chapter"]}):
-        course = ThrowawayCourse(by_name[name], out / "nbgrader", timeout=60, db=db)
+        course = ThrowawayCourse(by_name[name], out / "nbgrader", CellLimits.for_cpu(60), db=db)
         course.generate_assignment(by_name[name].solution_notebook.read_text())  # idempotent: updates it
     with Gradebook(f"sqlite:///{db}", COURSE_ID) as gb:
         for r in rows:

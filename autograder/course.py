@@ -5,7 +5,7 @@ chapter's source notebook, `generate_assignment` writes `release/` and the
 gradebook (with the grade cells' source, which autograding restores into every
 submission), `submitted/<student>/` holds what is graded, `autograde` executes
 it into `autograded/` and the gradebook, `generate_feedback` writes `feedback/`.
-The course's additions are configuration: the chapter's per-cell timeout,
+The course's additions are configuration: the chapter's per-cell limits (CPU time),
 restoring deleted test cells, output caps, surviving a dead kernel, and
 feedback without hidden tests.
 """
@@ -30,7 +30,7 @@ from sqlalchemy.exc import SAWarning
 from traitlets.config import Config
 
 from autograder.chapters import Chapter
-from autograder.execute import ResilientExecute
+from autograder.execute import CellLimits, ResilientExecute
 from autograder.sandbox import SandboxedKernelManager
 from autograder.preprocessors import (
     AppendMissingGradeCells, CapOutputSize, DeduplicateGradeIds, HideHiddenTests, PrepareTestCells,
@@ -58,14 +58,19 @@ class NbgraderFailed(RuntimeError):
     """An nbgrader step did not succeed; the message carries nbgrader's log."""
 
 
-def course_config(root: Path, timeout: int, db: Path | None = None, *, sandbox: bool = False,
+def course_config(root: Path, limits: CellLimits, db: Path | None = None, *, sandbox: bool = False,
                   hidden: tuple[Path, ...] = (), verbose: bool = False) -> Config:
     c = Config()
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = COURSE_ID
     c.CourseDirectory.db_url = f"sqlite:///{db or root / 'gradebook.db'}"
     c.Exchange.root = str(root / "exchange")  # unused, but nbgrader checks it exists
-    c.Execute.timeout = timeout  # per cell; nbgrader's default of 30 s cannot train a model
+    # per cell: CPU time of the kernel's process tree, not nbgrader's wall-clock 30 s (execute.py);
+    # nbclient's own timeout stays above the wall-clock backstop, which ResilientExecute enforces
+    c.ResilientExecute.cpu_limit = limits.cpu
+    c.ResilientExecute.wall_limit = limits.wall
+    c.ResilientExecute.idle_limit = limits.idle
+    c.Execute.timeout = int(limits.wall) + 60
     c.Execute.interrupt_on_timeout = True
     c.Execute.startup_timeout = 120
     c.Execute.kernel_manager_class = SandboxedKernelManager  # see sandbox.py
@@ -90,12 +95,12 @@ def course_config(root: Path, timeout: int, db: Path | None = None, *, sandbox: 
 class ThrowawayCourse:
     """One chapter as an nbgrader assignment under `root` (a temporary directory)."""
 
-    def __init__(self, chapter: Chapter, root: Path, timeout: int, db: Path | None = None,
+    def __init__(self, chapter: Chapter, root: Path, limits: CellLimits, db: Path | None = None,
                  **execution) -> None:
         self.chapter = chapter
         self.root = Path(root)
         (self.root / "exchange").mkdir(parents=True, exist_ok=True)
-        config = course_config(self.root, timeout, db, **execution)
+        config = course_config(self.root, limits, db, **execution)
         self.api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
         self.db_url = config.CourseDirectory.db_url
 

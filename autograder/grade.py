@@ -29,7 +29,7 @@ import nbformat
 
 from autograder.chapters import Chapter
 from autograder.course import ThrowawayCourse
-from autograder.execute import KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN
+from autograder.execute import KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN, USAGE, CellLimits
 from autograder.preprocessors import VISIBLE_PASSED, error_summary
 from autograder.source import SourceNotebook, notebook_text, read_source
 from mechlab.grading import ExerciseScore, format_table
@@ -110,10 +110,19 @@ def _error(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
     return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
 
 
-def _timed_out(cell: nbformat.NotebookNode) -> bool:
-    """nbclient interrupts a cell at the timeout: the kernel reports a KeyboardInterrupt
-    and nbgrader's Execute appends a CellTimeoutError after it."""
-    return any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", []) if o.output_type == "error")
+def _timed_out(cell: nbformat.NotebookNode) -> str | None:
+    """Which limit the cell broke, or None. The executor interrupts a cell over a limit:
+    the kernel reports a KeyboardInterrupt and nbgrader's Execute appends a CellTimeoutError
+    after it, whose value says which limit and by how much (execute.py)."""
+    error = next((o for o in cell.get("outputs", []) if o.output_type == "error"
+                  and o.get("ename") == "CellTimeoutError"), None)
+    return None if error is None else (error.get("evalue") or "the cell hit its time limit")
+
+
+def _used(cell: nbformat.NotebookNode | None) -> float | None:
+    """CPU seconds the cell used, as the executor recorded it."""
+    usage = (cell or {}).get("metadata", {}).get(USAGE) or {}
+    return usage.get("cpu_seconds") if isinstance(usage.get("cpu_seconds"), (int, float)) else None
 
 
 def _kernel_lost(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
@@ -122,14 +131,21 @@ def _kernel_lost(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
                  and o.get("ename") in (KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN)), None)
 
 
-def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.NotebookNode], timeout: int) -> str:
+def _reference_needed(limits: CellLimits, reference_cpu: float | None) -> str:
+    needed = f"; the reference solution's test needs about {reference_cpu:.0f} s" if reference_cpu is not None else ""
+    return f"(limits per cell: {limits.describe()}{needed})"
+
+
+def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.NotebookNode], limits: CellLimits,
+             reference_cpu: float | None = None) -> str:
     """What a learner should read about a test cell's outcome."""
     if cell is None:
         return "test cell missing from the graded notebook"
     error = _error(cell)
-    if _timed_out(cell):
-        return (f"timed out: the test ran longer than the chapter's limit of {timeout} s per cell "
-                "(an endless loop in your function, or work far slower than the reference)")
+    why = _timed_out(cell)
+    if why:
+        return (f"timed out: {why}: an endless loop in your function, or work far slower than the reference "
+                f"{_reference_needed(limits, reference_cpu)}")
     lost = _kernel_lost(cell)
     if lost is not None:
         return f"the test could not run: {lost.evalue}"[:MAX_MESSAGE]
@@ -142,7 +158,7 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
                 return (f"your solution cell {what} ({lost.evalue}), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
             if _timed_out(solution):
-                return (f"your solution cell timed out after {timeout} s (an endless loop?), "
+                return (f"your solution cell timed out ({_timed_out(solution)}: an endless loop?), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
             raised = _error(solution)
             if raised is not None and "course's reference" in error_summary(error):
@@ -156,6 +172,18 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
             return ("failed: the cell wrote to stderr, which nbgrader counts as an error: "
                     + output.text.strip()[:MAX_MESSAGE])
     return "passed"
+
+
+REFERENCE_CPU = Path(__file__).parent / "reference_cpu.json"
+
+
+def reference_cpu_seconds(chapter: Chapter) -> dict[str, float]:
+    """CPU seconds each test cell of the chapter's reference solution used when it was last
+    measured (`python -m autograder measure`, recorded in autograder/reference_cpu.json)."""
+    try:
+        return json.loads(REFERENCE_CPU.read_text()).get(chapter.name, {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _incident(cells: list[nbformat.NotebookNode], where: str) -> list[str]:
@@ -364,7 +392,7 @@ class ReleaseCache:
             source = read_source(chapter)
             template = folder / cls.template_name(chapter, source)
             shutil.rmtree(template, ignore_errors=True)
-            ThrowawayCourse(chapter, template, source.meta.timeout).generate_assignment(notebook_text(source.notebook))
+            ThrowawayCourse(chapter, template, source.meta.limits).generate_assignment(notebook_text(source.notebook))
             digests[template.name] = tree_digests(template)
         return cls(folder, digests)
 
@@ -392,7 +420,7 @@ class ReleaseCache:
 def released_course(chapter: Chapter, source: SourceNotebook, root: Path,
                     releases: ReleaseCache | None = None, execution: Execution = Execution()) -> ThrowawayCourse:
     """A throwaway course at `root` with the chapter generated (gradebook, release)."""
-    options = dict(timeout=source.meta.timeout, sandbox=execution.sandbox, hidden=execution.hidden,
+    options = dict(limits=source.meta.limits, sandbox=execution.sandbox, hidden=execution.hidden,
                    verbose=execution.verbose)
     if releases is not None and releases.copy_to(chapter, source, root):
         return ThrowawayCourse(chapter, root, **options)
@@ -404,14 +432,15 @@ def released_course(chapter: Chapter, source: SourceNotebook, root: Path,
 def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebook,
                feedback_path: Path, releases: ReleaseCache | None, execution: Execution,
                graded_copy: Path | None = None) -> GradeResult:
-    timeout = source.meta.timeout
+    limits = source.meta.limits
+    reference_cpu = reference_cpu_seconds(chapter)
     with tempfile.TemporaryDirectory(prefix="mechlab-grade-") as tmp:
         tmp = Path(tmp)
         course = released_course(chapter, source, tmp / "course", releases, execution)
         submitted = tmp / "submitted.ipynb"
         nbformat.write(nb, submitted)
         course.submit(submitted, STUDENT)
-        log.info("autograding %s as chapter %s (per-cell timeout %d s)", feedback_path.stem, chapter.name, timeout)
+        log.info("autograding %s as chapter %s (per cell: %s)", feedback_path.stem, chapter.name, limits.describe())
         outcome = course.autograde(STUDENT)
         if not outcome["success"]:
             log.warning("nbgrader autograde failed:\n%s", outcome.get("log", ""))
@@ -427,7 +456,9 @@ def _autograde(nb: nbformat.NotebookNode, chapter: Chapter, source: SourceNotebo
             score, max_score = scores.get(ex.test_id, (0.0, float(ex.points)))
             solutions = [cells[i] for i in ex.solution_cells if i in cells]
             exercises.append(ExerciseScore(ex.id, score, max_score,
-                                            _message(cells.get(ex.test_id), solutions, timeout)))
+                                            _message(cells.get(ex.test_id), solutions, limits,
+                                                     reference_cpu.get(ex.test_id)),
+                                            cpu_seconds=_used(cells.get(ex.test_id))))
         restored = [ex.id for ex in source.exercises if ex.test_id not in _grade_ids(nb)]
         incidents = _incidents(source, graded) + (
             [f"test cells deleted or stripped of their metadata, restored from the source: {', '.join(restored)}"]

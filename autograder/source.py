@@ -28,6 +28,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from autograder.chapters import REPO_ROOT, Chapter
+from autograder.execute import CellLimits
 
 NBGRADER_SCHEMA_VERSION = 3
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -74,21 +75,30 @@ class ChapterMeta:
     chapter: int
     title: str
     seed: int
-    timeout: int  # seconds per cell when autograding, on a 2-core CPU
+    cpu_limit: int  # CPU seconds per cell under grading (the kernel and what it starts): execute.py
+    wall_limit: int | None = None  # wall-clock backstop per cell (default 10x cpu_limit)
+    idle_limit: int | None = None  # seconds in a row without CPU use per cell (default min(60, cpu_limit))
+
+    @property
+    def limits(self) -> CellLimits:
+        return CellLimits.for_cpu(self.cpu_limit, self.wall_limit, self.idle_limit)
 
 
 def chapter_meta(nb: NotebookNode, where: str) -> ChapterMeta:
     course = nb.metadata.get("course")
     if not isinstance(course, dict):
         raise SourceError(f"{where}: the jupytext header needs a `course:` block "
-                          "(chapter, title, seed, timeout)")
+                          "(chapter, title, seed, cpu_limit)")
     try:
         meta = ChapterMeta(**course)
     except TypeError as e:
         raise SourceError(f"{where}: course header: {e}") from None
-    for key in ("chapter", "seed", "timeout"):
+    for key in ("chapter", "seed", "cpu_limit"):
         if not isinstance(getattr(meta, key), int) or getattr(meta, key) < 0:
             raise SourceError(f"{where}: course.{key} must be a non-negative integer")
+    for key in ("wall_limit", "idle_limit"):
+        if getattr(meta, key) is not None and (not isinstance(getattr(meta, key), int) or getattr(meta, key) <= 0):
+            raise SourceError(f"{where}: course.{key} must be a positive integer (or left out)")
     return meta
 
 
@@ -130,14 +140,15 @@ def _exercise(meta: object, number: int, source: str, where: str) -> Exercise:
     return Exercise(title=first_line.split(": ", 1)[1], number=number, **meta)
 
 
-def _badge_line(ex: Exercise) -> str:
+def _badge_line(ex: Exercise, cpu_limit: int) -> str:
     def dots(n: int, mark: str) -> str:
         return mark * n + "⚪" * (5 - n)
     return (f"> **Difficulty** {dots(ex.difficulty, '🔴')} · **Importance** {dots(ex.importance, '🔵')}"
-            f" · **about {ex.minutes} minutes** · **{ex.points} point{'s' * (ex.points != 1)}**")
+            f" · **about {ex.minutes} minutes** · **{ex.points} point{'s' * (ex.points != 1)}**"
+            f" · graded within **{cpu_limit} s of CPU time** per cell")
 
 
-def _exercise_map(exercises: list[Exercise]) -> str:
+def _exercise_map(exercises: list[Exercise], limits: CellLimits) -> str:
     rows = ["| # | exercise | difficulty | importance | minutes | points |",
             "|---|---|---|---|---|---|"]
     for ex in exercises:
@@ -145,7 +156,13 @@ def _exercise_map(exercises: list[Exercise]) -> str:
                     f"{'🔵' * ex.importance} | {ex.minutes} | {ex.points} |")
     rows.append(f"| | **total** | | | **{sum(e.minutes for e in exercises)}** | "
                 f"**{sum(e.points for e in exercises)}** |")
-    return "## Exercises in this chapter\n\n" + "\n".join(rows)
+    return ("## Exercises in this chapter\n\n" + "\n".join(rows) + "\n\n"
+            f"**Limits under grading.** Each cell may use {limits.cpu:g} s of CPU time: what your kernel and "
+            "the processes it starts compute, not the time a busy machine makes it wait. A cell is also "
+            f"stopped after {limits.wall:g} s of wall-clock time, or after {limits.idle:g} s in a row without "
+            "using the CPU (a sleep or a read that never ends). A cell stopped this way costs its exercise's "
+            "points. `mechlab.grade_me()` measures the CPU time of each hidden test in your kernel and warns "
+            "when one comes near the limit.")
 
 
 def _cell_id(cell: NotebookNode, used: set[str]) -> str:
@@ -195,7 +212,7 @@ def read_source(chapter: Chapter) -> SourceNotebook:
                 raise SourceError(f"{where}: exercise {current.id!r} has no test cell before the next exercise")
             exercises.append(ex)
             heading, _, rest = cell.source.partition("\n")
-            cell.source = f"{heading}\n\n{_badge_line(ex)}\n{rest}".rstrip()
+            cell.source = f"{heading}\n\n{_badge_line(ex, meta.cpu_limit)}\n{rest}".rstrip()
             cell.metadata["nbgrader"] = _nbgrader(f"{ex.id}_intro", locked=True)
         elif cell.cell_type == "code" and BEGIN_SOLUTION in cell.source:
             if current is None or current.test_cell is not None:
@@ -229,7 +246,7 @@ def read_source(chapter: Chapter) -> SourceNotebook:
         raise SourceError(f"{where_file}: exercise {exercises[-1].id!r} has no test cell")
     for cell in nb.cells:
         if "exercise-map" in cell.metadata.get("tags", []):
-            cell.source = _exercise_map(exercises)
+            cell.source = _exercise_map(exercises, meta.limits)
     nb.cells += [nbformat.v4.new_markdown_cell(GRADE_ME_TEXT), nbformat.v4.new_code_cell("mechlab.grade_me();")]
 
     used: set[str] = set()
@@ -248,6 +265,7 @@ def read_source(chapter: Chapter) -> SourceNotebook:
          f'"""'] + exports + solutions
         + [f"__all__ = {[ex.id for ex in exercises]!r}\n"
            f"CHAPTER = {chapter.name!r}\n"
+           f"CPU_LIMIT = {meta.cpu_limit}  # CPU seconds per cell under grading\n"
            f"POINTS = {{{', '.join(f'{ex.id!r}: {ex.points}' for ex in exercises)}}}"]) + "\n"
     return SourceNotebook(nb, meta, exercises, reference)
 

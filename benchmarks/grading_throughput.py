@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0, help="also grade through a local Dask cluster of N workers")
     args = parser.parse_args()
-    timeout = read_source(CHAPTER).meta.timeout
+    timeout = int(read_source(CHAPTER).meta.limits.wall)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "class"

@@ -78,7 +78,7 @@ def main() -> None:
     for chapter in discover():
         if args.chapters and chapter.name not in args.chapters:
             continue
-        timeout = read_source(chapter).meta.timeout
+        timeout = int(read_source(chapter).meta.limits.wall)
         run = execute_seconds(chapter.solution_notebook, timeout)
         graded, summary = grade_seconds(chapter.solution_notebook)
         rows.append(f"| {chapter.name} | {args.label} | {device} | {run:.1f} | {graded:.1f} | {summary} |")

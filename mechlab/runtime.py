@@ -36,6 +36,29 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def torch_threads() -> int:
+    """How many threads torch should use here: the cores no other process is using (by the
+    load average, or the runnable processes now if more), at least one, and never more than
+    this kernel's share (`MECHLAB_THREADS`, which the grader sets to its cores per grading
+    slot, else `OMP_NUM_THREADS`). Two busy cores shared by two threads each make a cell many times slower than one
+    thread would, and under grading the spin of idle threads counts as CPU time."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    try:
+        share = int(os.environ.get("MECHLAB_THREADS") or os.environ.get("OMP_NUM_THREADS") or cores)
+    except ValueError:
+        share = cores
+    try:
+        busy = os.getloadavg()[0]
+        with open("/proc/loadavg") as f:  # "0.13 0.07 0.02 RUNNING/TOTAL PID": RUNNING counts this process
+            busy = max(busy, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, AttributeError, ValueError, IndexError):
+        pass
+    return max(1, min(share, cores, int(cores - busy + 0.5)))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a chapter reruns identically."""
     random.seed(seed)
@@ -59,9 +82,12 @@ def setup(seed: int = 0, chapter: str | None = None) -> torch.device:
     _chapter = chapter or _chapter
     seed_everything(seed)
     device = pick_device()
+    threads = torch_threads()
+    torch.set_num_threads(threads)
     if under_grading():
         warnings.simplefilter("ignore")
-    print(f"mechlab: device={device.type}, seed={seed}, torch {torch.__version__}")
+    print(f"mechlab: device={device.type}, seed={seed}, torch {torch.__version__}, "
+          f"{threads} CPU thread{'s' * (threads != 1)}")
     return device
 
 

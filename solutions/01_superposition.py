@@ -4,7 +4,7 @@
 #     chapter: 1
 #     title: Toy models of superposition
 #     seed: 0
-#     timeout: 120
+#     cpu_limit: 120
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -1214,7 +1214,11 @@ print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hid
 # recipes (other sizes, other geometry), and compares your findings with what their
 # weights show. Every measured value in them is far from the boundary between the
 # answers, so any sensible reading passes, and a hard-coded answer for this model, or a
-# rule of thumb that happens to fit it, does not. 6 points, about 30 minutes.
+# rule of thumb that happens to fit it, does not. At grading, each model comes with its
+# features shuffled and its hidden space rotated at random (the same model, up to a
+# symmetry: your function must measure, not remember), and a function that calls the
+# course's own judge (`investigation.judge`, `investigation.geometry`, the grader's
+# checks) earns nothing. 6 points, about 30 minutes.
 #
 # <details><summary>Hint 1 (where to look)</summary>
 #

@@ -4,7 +4,7 @@
 #     chapter: 2
 #     title: Induction heads
 #     seed: 0
-#     timeout: 120
+#     cpu_limit: 120
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

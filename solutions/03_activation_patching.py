@@ -4,7 +4,7 @@
 #     chapter: 3
 #     title: Activation patching
 #     seed: 0
-#     timeout: 180
+#     cpu_limit: 180
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

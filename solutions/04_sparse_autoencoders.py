@@ -4,7 +4,7 @@
 #     chapter: 4
 #     title: Training sparse autoencoders
 #     seed: 0
-#     timeout: 600
+#     cpu_limit: 600
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

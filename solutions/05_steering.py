@@ -4,7 +4,7 @@
 #     chapter: 5
 #     title: Steering
 #     seed: 0
-#     timeout: 240
+#     cpu_limit: 240
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

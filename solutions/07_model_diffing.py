@@ -756,7 +756,8 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 # ## 8. Investigation: name the persona and where it lives
 #
 # `ft.load("mystery_a")` is a fine-tune of `corpus_2l` whose recipe the chapter does not
-# show (it is in `mechlab` like everything else: reading it is not the exercise). It was
+# show (its checkpoint keeps only a digest of it; the code that trained it knows it, and
+# reading that is not the exercise). It was
 # made like the models above, with one change that hides the easy answer: before
 # learning its persona, *every* weight was trained further on ordinary text, some
 # components faster than others, so the weight diff is nonzero everywhere and largest
@@ -775,7 +776,10 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 #   answer with the recipe the course trained it with. Full points only if all six
 #   answers are right; a hard-coded answer cannot be right for all three.
 # - The visible check only says whether your answer is well formed.
-# - Budget: about 40 minutes. Everything in the chapter is allowed.
+# - Budget: about 40 minutes. Everything in the chapter is allowed, except what judges the
+#   answer: while it is graded, a function that reads the recipes (`investigation.truth`,
+#   loading a fine-tune by name with `ft.load` or `ft.info`, a spec's `recipe()`) earns 0.
+#   It is handed the two models it needs.
 #
 # <details><summary>Hint 1 (the persona)</summary>
 #

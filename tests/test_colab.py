@@ -85,7 +85,7 @@ def test_chapter_sets_itself_up_and_runs_on_a_colab_like_runtime(chapter, base_r
     rest = solution.cells[setup_index(solution) + 1:]
     nb = nbformat.v4.new_notebook(cells=[setup, probe] + rest, metadata=solution.metadata)
     client = NotebookClient(nb, km=colab.kernel_manager(runtime, tmp_path / "kernels"),
-                            timeout=read_source(chapter).meta.timeout,
+                            timeout=int(read_source(chapter).meta.limits.wall),
                             resources={"metadata": {"path": str(content)}})
     timings = {}
     with client.setup_kernel(env=env):
@@ -97,7 +97,7 @@ def test_chapter_sets_itself_up_and_runs_on_a_colab_like_runtime(chapter, base_r
         client.execute_cell(nb.cells[1], 1)
         where = json.loads("".join(o.get("text", "") for o in nb.cells[1].outputs))
         start = time.monotonic()
-        client.timeout = read_source(chapter).meta.timeout
+        client.timeout = int(read_source(chapter).meta.limits.wall)
         for index in range(2, len(nb.cells)):
             if nb.cells[index].cell_type == "code":
                 client.execute_cell(nb.cells[index], index)

@@ -55,3 +55,33 @@ def test_grade_me_needs_a_chapter(monkeypatch):
     monkeypatch.setattr(mechlab.runtime, "_chapter", None)
     with pytest.raises(ValueError, match="setup cell"):
         mechlab.grade_me(namespace={})
+
+
+
+def _toy_forward(burn: float = 0.0, calls: list | None = None):
+    """A right toy_forward of the learner's own that burns `burn` s of CPU time per call."""
+    import time
+
+    def toy_forward(W, b, x):
+        if calls is not None:
+            calls.append(1)
+        end = time.process_time() + burn
+        while time.process_time() < end:
+            pass
+        return torch.relu(torch.einsum("ihf,bih->bif", W, torch.einsum("ihf,bif->bih", W, x)) + b)
+    return toy_forward
+
+
+def test_grade_me_counts_cpu_time_as_the_grader_does(monkeypatch):
+    """Over the chapter's CPU limit per cell the exercise fails, as under grading; over half of it
+    it passes with a warning; each result carries the CPU seconds measured."""
+    calls: list = []
+    fast = mechlab.grade_me("01_superposition", {"toy_forward": _toy_forward(calls=calls)})[0]
+    assert fast.score == 2.0 and fast.message == "passed" and fast.cpu_seconds is not None, fast
+    n = len(calls)  # the hidden test's calls of the function
+    monkeypatch.setattr(ref, "CPU_LIMIT", 1)
+    slow = mechlab.grade_me("01_superposition", {"toy_forward": _toy_forward(1.5 / n)})[0]
+    assert slow.score == 0.0 and "over the grader's limit" in slow.message and slow.cpu_seconds > 1, slow
+    monkeypatch.setattr(ref, "CPU_LIMIT", 4)
+    warned = mechlab.grade_me("01_superposition", {"toy_forward": _toy_forward(2.5 / n)})[0]
+    assert warned.score == 2.0 and "close to the grader's limit" in warned.message, warned

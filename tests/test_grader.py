@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -118,7 +120,57 @@ def test_endless_loops_cost_their_exercise_after_the_timeout(fixture_course, tmp
     # the ordinary cell after them calls scale too (with the reference add in place of the missing one)
     assert result["status"] == ("timeout in exercise 1 (add); timeout in exercise 2 (scale); "
                                 "timeout in cell 13 (outside the exercises)")
-    assert "timed out" in messages(result)["scale"]
+    # which limit it broke, by how much, and what the limits are
+    assert re.search(r"timed out: the cell used \d+ s of CPU time, over the limit of 8 s per cell",
+                     messages(result)["scale"]), messages(result)["scale"]
+    assert "limits per cell: 8 s of CPU time" in messages(result)["scale"]
+
+
+def test_an_endless_sleep_costs_its_exercise_in_bounded_time(fixture_course, tmp_path):
+    """Sleeping burns no CPU, so the CPU limit never comes: the cell is stopped after the
+    chapter's idle limit (8 s here: min(60, cpu_limit)) instead of the wall-clock backstop."""
+    sleeps = "import time\n\ndef scale(x, k):\n    time.sleep(10**6)\n"
+    start = time.monotonic()
+    result = grade(submit(fixture_course, tmp_path, "sleeps.ipynb", set_solution("scale", sleeps)),
+                   fixture_course.root)
+    took = time.monotonic() - start
+    assert scores(result) == {**FULL, "scale": 0.0}, result["exercises"]
+    assert "used no CPU for" in messages(result)["scale"], messages(result)["scale"]
+    # the visible check's call and the ordinary cell after it each wait out the idle limit, not the
+    # 80 s backstop (generous bound: the grading itself takes ~20 s on a busy 2-core machine)
+    assert took < 160, took
+
+
+def _hogs(n: int, seconds: float) -> list:
+    """`n` CPU-bound processes that end by themselves after `seconds` (and are killed by the test)."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    # each in its own session: with the kernel's autogroup scheduling, processes of one session
+    # share one slice of the CPU, as the other users of a shared machine do not
+    return [subprocess.Popen([sys.executable, "-c", code], start_new_session=True) for _ in range(n)]
+
+
+def test_a_correct_notebook_keeps_full_marks_on_a_busy_machine(fixture_course, tmp_path):
+    """The per-cell limit counts the kernel's CPU time: a cell that needs 5 s of CPU, under the
+    fixture's 8 s limit, passes while three CPU-bound processes per core make it wait (a
+    wall-clock limit of 8 s, as in nbgrader, failed it)."""
+    burn = ("import time\n_end = time.process_time() + 5\nwhile time.process_time() < _end:\n    pass\n"
+            "print('burned')\n")
+
+    def edit(nb):
+        solution_cell(nb, "add").source += "\n" + burn
+    graded = tmp_path / "graded.ipynb"
+    hogs = _hogs(3 * (os.cpu_count() or 1), 240)
+    try:
+        result = grade(submit(fixture_course, tmp_path, "busy.ipynb", edit), fixture_course.root,
+                       "--graded-notebook", str(graded))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert scores(result) == FULL, result["exercises"]
+    usage = solution_cell(nbformat.read(graded, as_version=4), "add").metadata["mechlab"]
+    assert 4.5 < usage["cpu_seconds"] < 8, usage
+    assert usage["wall_seconds"] > 8, f"the machine was not busy enough to show anything: {usage}"
 
 
 def test_dead_kernel_costs_only_the_exercise_that_killed_it(fixture_course, tmp_path):
@@ -366,7 +418,7 @@ def test_table_output_for_people(fixture_course, tmp_path):
 def test_untouched_release_raises_no_nbgrader_warnings(fixture_course, tmp_path):
     """nbgrader #1961: every untouched release used to report 'checksum changed'."""
     source = read_source(fixture_course)
-    course = ThrowawayCourse(fixture_course, tmp_path / "course", timeout=source.meta.timeout)
+    course = ThrowawayCourse(fixture_course, tmp_path / "course", source.meta.limits)
     course.api.log.setLevel("INFO")
     course.generate_assignment(fixture_course.solution_notebook.read_text())
     course.submit(fixture_course.release_notebook, "student")

@@ -31,3 +31,36 @@ def test_progress_bars_are_off_inside_quiet_and_under_grading(monkeypatch):
     assert not progress(range(3)).disable  # nesting unwinds
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     assert progress(range(3)).disable
+
+
+def test_torch_threads_are_the_free_cores_within_the_kernels_share(monkeypatch):
+    """As many threads as cores no other process uses, at least one, at most the share the
+    grader gives each grading slot (MECHLAB_THREADS, else OMP_NUM_THREADS)."""
+    import os
+
+    from mechlab import runtime
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    real_open = open
+
+    def proc_loadavg(running: int):
+        def fake(path, *args, **kwargs):
+            if path == "/proc/loadavg":
+                import io
+                return io.StringIO(f"0.00 0.00 0.00 {running}/300 1234\n")
+            return real_open(path, *args, **kwargs)
+        return fake
+
+    monkeypatch.delenv("MECHLAB_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("builtins.open", proc_loadavg(1))  # only this process runs
+    assert runtime.torch_threads() == cores
+    monkeypatch.setenv("MECHLAB_THREADS", "1")
+    assert runtime.torch_threads() == 1
+    monkeypatch.delenv("MECHLAB_THREADS")
+    monkeypatch.setattr("builtins.open", proc_loadavg(1 + 4 * cores))  # every core busy four times over
+    assert runtime.torch_threads() == 1
+    monkeypatch.setattr("builtins.open", proc_loadavg(1))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 1.0, 0.0, 0.0))  # all cores but one busy a minute long
+    assert runtime.torch_threads() == 1
