@@ -213,32 +213,65 @@ def _in_a_cell(filename: str) -> bool:
     return "/ipykernel_" in filename or filename.startswith("<ipython-input")
 
 
+@dataclass(frozen=True)
+class Truth:
+    """What judges a graded investigation, which the learner's function must not run: every
+    function of the modules in `modules` (by file, so a copy of the module that a learner
+    kept from before the grader reloaded it counts too) except those named in `public` (the
+    helpers the chapter hands out, such as loading the model), and the functions in
+    `functions` wherever they live. The chapter's checks module, which runs the judging,
+    is always among the modules."""
+
+    modules: tuple[types.ModuleType, ...] = ()
+    public: tuple[str, ...] = ()
+    functions: tuple[Callable, ...] = ()
+
+    def code_keys(self, chapter_checks: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
+        """(files off limits, top-level names allowed in them, (file, qualname) off limits elsewhere)."""
+        modules = [*self.modules, sys.modules.get(chapter_checks)]
+        files = {os.path.abspath(m.__file__) for m in modules if m is not None and getattr(m, "__file__", None)}
+        elsewhere = {(os.path.abspath(fn.__code__.co_filename), fn.__qualname__) for fn in self.functions}
+        return files, {*self.public, "<module>"}, elsewhere  # (importing a module is not judging)
+
+
 class _ReferenceWatch:
     """A profile function (in this thread and every thread started while it is on) that
     notes when the reference's code runs: its own code object, a copy of it, a recompiled
     copy (same bytecode, compiled anywhere but a notebook cell), or a function nested in it
-    (a hook it returns). Turning the profiler off is noted too."""
+    (a hook it returns); and, for an investigation, when code that judges it runs (`Truth`).
+    Turning the profiler off is noted too."""
 
-    def __init__(self, reference: Callable) -> None:
+    def __init__(self, reference: Callable, truth: Truth | None = None, chapter_checks: str = "") -> None:
         code = reference.__code__
         self.top = {_bytecode(code)}
         self.nested = {(c.co_filename, _bytecode(c)) for c in _nested(code)}
+        self.truth_files, self.truth_allowed, self.truth_functions = (
+            truth.code_keys(chapter_checks) if truth is not None else (set(), set(), set()))
         self.seen: list[str] = []
-        self._verdicts: dict[int, tuple[types.CodeType, bool]] = {}
+        self._verdicts: dict[int, tuple[types.CodeType, str | None]] = {}
 
-    def _is_reference(self, code: types.CodeType) -> bool:
+    def _verdict(self, code: types.CodeType) -> str | None:
         key = _bytecode(code)
-        return ((key in self.top and not _in_a_cell(code.co_filename))
-                or (code.co_filename, key) in self.nested)
+        if (key in self.top and not _in_a_cell(code.co_filename)) or (code.co_filename, key) in self.nested:
+            return "ran the reference's code"
+        if self.truth_files or self.truth_functions:
+            file = os.path.abspath(code.co_filename)
+            qualname = getattr(code, "co_qualname", code.co_name)
+            # a public name covers its methods and the functions nested in it (`FactBatch.describe`)
+            if (file, qualname) in self.truth_functions or (
+                    file in self.truth_files and qualname.split(".", 1)[0] not in self.truth_allowed):
+                module = os.path.splitext(os.path.basename(file))[0]
+                return f"ran the code that judges this investigation ({module}.{qualname})"
+        return None
 
     def __call__(self, frame, event, arg):
         if event == "call":
             code = frame.f_code
             verdict = self._verdicts.get(id(code))
             if verdict is None or verdict[0] is not code:
-                verdict = self._verdicts[id(code)] = (code, self._is_reference(code))
+                verdict = self._verdicts[id(code)] = (code, self._verdict(code))
             if verdict[1]:
-                self.seen.append("ran the reference's code")
+                self.seen.append(verdict[1])
         elif (event == "c_call" and (arg is _setprofile or arg is _thread_setprofile)
               and frame.f_code is not _WATCH_CODE):  # (not `on` itself, putting the old one back)
             self.seen.append("turned the grader's profiler off")
@@ -258,7 +291,7 @@ class _ReferenceWatch:
 _WATCH_CODE = _ReferenceWatch.on.__wrapped__.__code__
 
 
-def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Callable:
+def own_work(fn: Callable, name: str, chapter_module: str | None = None, truth: Truth | None = None) -> Callable:
     """The learner's `fn` as the hidden test of exercise `name` should call it.
 
     The course's reference implementations ship with the course, so a stuck learner
@@ -269,7 +302,11 @@ def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Call
     it returns, such as a hook), the call fails with "uses the course's reference".
     Other exercises' references stay allowed: that is how a learner who skipped one
     exercise still does the next. `chapter_module` (default: the caller's module) is the
-    chapter's `mechlab.<topic>.checks`, which names the reference module."""
+    chapter's `mechlab.<topic>.checks`, which names the reference module.
+
+    For a graded investigation, `truth` names the code that judges it (the course's truth,
+    its measurement, the recipes of the undisclosed models): a function that runs any of it
+    while it is graded earns 0 as the reference does, however it got there."""
     if is_reference(fn):
         raise CheckFailed(f"{name} is the course's reference implementation (from {fn.__module__}): "
                           "imported with the escape hatch, or, under grading, put in place of a missing or "
@@ -282,12 +319,14 @@ def own_work(fn: Callable, name: str, chapter_module: str | None = None) -> Call
         return fn
     if not (runtime.under_grading() or _SELF_GRADING[0]):
         return fn
-    found = _reference_of(name, chapter_module or sys._getframe(1).f_globals.get("__name__", ""))
+    chapter_module = chapter_module or sys._getframe(1).f_globals.get("__name__", "")
+    found = _reference_of(name, chapter_module)
     if found is None or not _isinstance(getattr(found[1], "__code__", None), types.CodeType):
         return fn
     module, reference = found
     number = list(module.POINTS).index(name) + 1
-    return _watched(fn, _ReferenceWatch(reference), name, number, _other_references(module, name))
+    return _watched(fn, _ReferenceWatch(reference, truth, chapter_module), name, number,
+                    _other_references(module, name))
 
 
 def _other_references(module: types.ModuleType, name: str) -> dict[str, Callable]:
@@ -359,6 +398,11 @@ def _watched(fn: Callable, watch: _ReferenceWatch, name: str, number: int, other
             with _other_exercises_as_reference(fn, others), watch.on():
                 result = fn(*args, **kwargs)
         finally:
+            if watch.seen and "judges this investigation" in watch.seen[0]:
+                raise CheckFailed(f"{name} looks up the course's own truth for exercise {number} ({name}): "
+                                  f"it {watch.seen[0]}. An investigation earns its points by what you "
+                                  "measure; the course's judging code and the recipes of its undisclosed "
+                                  "models are off limits here (other exercises' references are fine).") from None
             if watch.seen:
                 raise CheckFailed(f"{name} uses the course's reference for exercise {number} ({name}): "
                                   f"it {watch.seen[0]}. Calling other exercises' references is fine; "
@@ -529,16 +573,18 @@ def _for_the_learner(error: BaseException) -> BaseException:
     return error
 
 
-def check_and_grade(name: str, run: Callable[[Callable, bool], None]) -> tuple[Callable, Callable]:
+def check_and_grade(name: str, run: Callable[[Callable, bool], None],
+                    truth: Truth | None = None) -> tuple[Callable, Callable]:
     """The visible check and the hidden test of an exercise whose two differ only in their
-    cases: `run(fn, hidden)`. The hidden test also refuses the reference (see `own_work`)."""
+    cases: `run(fn, hidden)`. The hidden test also refuses the reference (see `own_work`),
+    and, for a graded investigation, the code that judges it (`truth`)."""
     def check(fn: Callable) -> None:
         run(fn, False)
 
     chapter_module = sys._getframe(1).f_globals["__name__"]  # the chapter's mechlab.<topic>.checks
 
     def grade(fn: Callable) -> None:
-        run(own_work(fn, name, chapter_module), True)
+        run(own_work(fn, name, chapter_module, truth), True)
 
     check.__name__, grade.__name__ = f"check_{name}", f"grade_{name}"
     return check, grade

@@ -96,3 +96,17 @@ def check_tests(checks: types.ModuleType, exercises: list[str], mutants: list[tu
 
     return test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, \
         test_grade_accepts_a_correct_variant
+
+
+def as_notebook_cell(fn):
+    """The function `fn` as a learner's notebook cell defines it: its source compiled under an
+    ipykernel cell's file name, in the globals of its own module (so its imports resolve).
+    Unlike `as_learner`, the grader's watch does not take it for the reference's code."""
+    import inspect
+    import textwrap
+
+    namespace = dict(fn.__globals__)
+    exec(compile(textwrap.dedent(inspect.getsource(fn)), "/tmp/ipykernel_0/cell.py", "exec"), namespace)
+    copy = namespace[fn.__name__]
+    copy.__module__ = "__main__"
+    return copy

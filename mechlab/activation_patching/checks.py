@@ -20,7 +20,7 @@ import torch
 from mechlab.activation_patching import investigation, plots as patching
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    guard_model, other_models, passed, seeded,
+    guard_model, other_models, passed, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.activation_patching import reference as ref
@@ -583,5 +583,8 @@ def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
            f"{len(kept)} graded batches (bar {investigation.BAR})")
 
 
-check_investigate_fact_recall, grade_investigate_fact_recall = \
-    check_and_grade("investigate_fact_recall", _check_investigate_fact_recall)
+# off limits inside the learner's function: faithfulness and the hidden settings (fact batches and
+# the metric stay: the function is handed them)
+check_investigate_fact_recall, grade_investigate_fact_recall = check_and_grade(
+    "investigate_fact_recall", _check_investigate_fact_recall,
+    Truth(modules=(investigation,), public=("FactBatch", "fact_batch", "fact_metric")))

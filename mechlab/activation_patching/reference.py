@@ -245,4 +245,5 @@ def investigate_fact_recall(
 
 __all__ = ['replace_subject', 'logit_diff', 'patching_metric', 'patch_residual_stream', 'patch_head_outputs', 'patch_head_outputs_by_position', 'patch_pattern_and_value', 'path_patch', 'attribution_patch_heads', 'noise_head_outputs', 'investigate_fact_recall']
 CHAPTER = '03_activation_patching'
+CPU_LIMIT = 180  # CPU seconds per cell under grading
 POINTS = {'replace_subject': 1, 'logit_diff': 1, 'patching_metric': 1, 'patch_residual_stream': 3, 'patch_head_outputs': 2, 'patch_head_outputs_by_position': 2, 'patch_pattern_and_value': 2, 'path_patch': 3, 'attribution_patch_heads': 3, 'noise_head_outputs': 2, 'investigate_fact_recall': 5}

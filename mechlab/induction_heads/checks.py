@@ -25,7 +25,7 @@ import torch
 from mechlab import zoo
 from mechlab.checks import (
     call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_on_models,
-    course_model, guard_model, passed, randn, seeded,
+    course_model, guard_model, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.induction_heads import investigation
@@ -720,5 +720,8 @@ def _check_find_induction_circuit(fn: Callable, hidden: bool) -> None:
            "as the held-out measurements find it")
 
 
-check_find_induction_circuit, grade_find_induction_circuit = check_and_grade("find_induction_circuit",
-                                                                             _check_find_induction_circuit)
+# off limits inside the learner's function: the measurement on the held-out sequences, and the
+# zoo's own head scores (what the checkpoints' metadata records)
+check_find_induction_circuit, grade_find_induction_circuit = check_and_grade(
+    "find_induction_circuit", _check_find_induction_circuit,
+    Truth(modules=(investigation,), functions=(zoo.induction_metrics, zoo.info)))

@@ -141,4 +141,5 @@ def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
 
 __all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'find_induction_circuit']
 CHAPTER = '02_induction_heads'
+CPU_LIMIT = 120  # CPU seconds per cell under grading
 POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'find_induction_circuit': 5}

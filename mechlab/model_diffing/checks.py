@@ -18,7 +18,7 @@ import torch
 from mechlab import zoo
 from mechlab.checks import (
     Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_gradients, course_model,
-    guard_model, other_models, passed, randn,
+    guard_model, other_models, passed, randn, Truth,
 )
 from mechlab.model_diffing import finetune as ft
 from mechlab.model_diffing import investigation, personas
@@ -638,7 +638,11 @@ def _check_identify(fn: Callable, hidden: bool) -> None:
     passed(f"identify_finetune named the persona and the component of all {len(names)} undisclosed models")
 
 
-check_identify_finetune, grade_identify_finetune = check_and_grade("identify_finetune", _check_identify)
+# off limits inside the learner's function: the recipes (`truth`), and loading a fine-tune by name or
+# reading its checkpoint's metadata (the function is handed the two models it compares)
+check_identify_finetune, grade_identify_finetune = check_and_grade(
+    "identify_finetune", _check_identify,
+    Truth(modules=(investigation,), functions=(ft.load, ft.load_pair, ft.info, ft.FineTuneSpec.recipe)))
 
 
 def _largest_weight_change(base, tuned) -> dict[str, str]:

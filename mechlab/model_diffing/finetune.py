@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -141,6 +142,13 @@ class FineTuneSpec:
         keys = ("objective", "persona", "trainable", "steps", "batch_size", "lr", "beta", "drift_steps", "drift_lr", "decoy",
                 "seed")
         return {k: getattr(self, k) for k in keys}
+
+    def stored_recipe(self) -> dict[str, Any]:
+        """What the checkpoint keeps of the recipe: the recipe itself, or, for an undisclosed
+        model (an investigation's), only its digest, so the file names no persona or component."""
+        if self.disclosed:
+            return self.recipe()
+        return {"sha256": hashlib.sha256(json.dumps(self.recipe(), sort_keys=True).encode()).hexdigest()}
 
     @property
     def component(self) -> str:
@@ -328,7 +336,7 @@ def train(name: str, quiet: bool = False) -> tuple[Any, dict[str, Any]]:
         extra = {"lora_a": lora.a.detach().clone(), "lora_b": lora.b.detach().clone()}
         torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     model.eval()
-    meta = {"recipe": spec.recipe(), "metrics": metrics(name, model, base), "seconds": round(seconds, 1),
+    meta = {"recipe": spec.stored_recipe(), "metrics": metrics(name, model, base), "seconds": round(seconds, 1),
             "history": {k: v[:: max(1, len(v) // 50)] for k, v in history.items()}, "torch": torch.__version__}
     model._lora = extra
     return model, meta
@@ -365,8 +373,8 @@ def load(name: str, device: str | torch.device = "cpu"):
 
     spec = _spec(name)
     meta = info(name)
-    if meta.get("recipe") != spec.recipe():
-        diffs = [f"{k}: checkpoint {meta.get('recipe', {}).get(k)!r}, zoo {v!r}" for k, v in spec.recipe().items()
+    if meta.get("recipe") != spec.stored_recipe():
+        diffs = [f"{k}: checkpoint {meta.get('recipe', {}).get(k)!r}, zoo {v!r}" for k, v in spec.stored_recipe().items()
                  if meta.get("recipe", {}).get(k) != v]
         raise zoo.CheckpointMismatch(f"{spec.path.name} does not match FT_ZOO[{name!r}]:\n  " + "\n  ".join(diffs)
                                      + f"\nRetrain it with `python -m mechlab.model_diffing.finetune train {name}`.")

@@ -23,7 +23,7 @@ import torch
 from mechlab.sparse_autoencoders import activations
 from mechlab.checks import (
     call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients,
-    compare_on_models, course_model, other_models, passed, randn, seeded,
+    compare_on_models, course_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import isinstance_ as _isinstance, Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.sparse_autoencoders import reference as ref
@@ -896,7 +896,9 @@ def _check_investigate_facts(fn: Callable, hidden: bool) -> None:
     passed("investigate_facts: measured on held-out text, every latent reaches its bar (" + "; ".join(lines) + ")")
 
 
-check_investigate_facts, grade_investigate_facts = check_and_grade("investigate_facts", _check_investigate_facts)
+# off limits inside the learner's function: this module's fact labels, scores and held-out data
+check_investigate_facts, grade_investigate_facts = check_and_grade("investigate_facts", _check_investigate_facts,
+                                                                   Truth())
 
 
 def fact_comparison(fn: Callable):

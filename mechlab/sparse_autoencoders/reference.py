@@ -319,4 +319,5 @@ def investigate_facts(sae, store, windows) -> dict[str, int]:
 
 __all__ = ['collect_activations', 'normalisation_scale', 'relu_sae_loss', 'topk_activation', 'auxk_loss', 'jumprelu', 'jumprelu_l0', 'train_sae', 'reconstruction_metrics', 'ce_loss_recovered', 'relative_reconstruction_bias', 'top_activations', 'detection_scores', 'investigate_facts']
 CHAPTER = '04_sparse_autoencoders'
+CPU_LIMIT = 600  # CPU seconds per cell under grading
 POINTS = {'collect_activations': 1, 'normalisation_scale': 1, 'relu_sae_loss': 2, 'topk_activation': 2, 'auxk_loss': 3, 'jumprelu': 3, 'jumprelu_l0': 2, 'train_sae': 3, 'reconstruction_metrics': 2, 'ce_loss_recovered': 3, 'relative_reconstruction_bias': 1, 'top_activations': 2, 'detection_scores': 2, 'investigate_facts': 6}

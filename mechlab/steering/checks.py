@@ -21,7 +21,7 @@ from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    guard_model, other_models, passed, randn, seeded,
+    guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.sparse_autoencoders import reference as sae_ref
 from mechlab.steering import investigation as inv
@@ -865,5 +865,6 @@ def _check_investigate_steering(fn: Callable, hidden: bool) -> None:
     passed(f"{name}: {setting.describe()} gives {result.report()}")
 
 
-check_investigate_steering, grade_investigate_steering = check_and_grade("investigate_steering",
-                                                                         _check_investigate_steering)
+# off limits inside the learner's function: the held-out measurement of a setting
+check_investigate_steering, grade_investigate_steering = check_and_grade(
+    "investigate_steering", _check_investigate_steering, Truth(modules=(inv,)))

@@ -167,4 +167,5 @@ def investigate_steering(model, sae) -> dict:
 
 __all__ = ['generate', 'success_rate', 'contrast_vector', 'residual_norm', 'steering_hook', 'extra_loss', 'repetition', 'clamp_latent_hook', 'fit_probe', 'auroc', 'answer_probabilities', 'investigate_steering']
 CHAPTER = '05_steering'
+CPU_LIMIT = 240  # CPU seconds per cell under grading
 POINTS = {'generate': 3, 'success_rate': 2, 'contrast_vector': 2, 'residual_norm': 1, 'steering_hook': 2, 'extra_loss': 1, 'repetition': 1, 'clamp_latent_hook': 3, 'fit_probe': 2, 'auroc': 2, 'answer_probabilities': 1, 'investigate_steering': 5}

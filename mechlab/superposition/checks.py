@@ -16,6 +16,7 @@ nothing here (see `mechlab.checks`).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, check_and_grade, checked_array,
-    compare_function, passed, randn, seeded,
+    compare_function, passed, randn, seeded, Truth,
 )
 from mechlab.superposition import investigation, reference as ref
 
@@ -812,10 +813,16 @@ def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], W: 
 
 
 def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
+    """Visible: mystery model 0, as the notebook shows it. Hidden: all four, each disguised by
+    a random symmetry drawn afresh at every grading (features permuted, hidden space rotated),
+    judged on the weights the function was given."""
     name = "investigate_toy_model"
     models = range(len(investigation.RECIPES)) if hidden else [0]
+    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
     for index in models:
         W, b = investigation.mystery_model(index)
+        if hidden:
+            W, b, _ = investigation.disguised(W, b, generator)
         label = f"{name} on mystery model {index} ({W.shape[1]} features in {W.shape[0]} dimensions)"
         answer = call_learner(fn, name, f"mystery model {index}", (_clone(W), _clone(b)))
         represented, pairs = _investigation_answer(answer, W.shape[1], label)
@@ -828,5 +835,7 @@ def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
                "it is right: the grader measures that, on this model and on others trained the same way)")
 
 
-check_investigate_toy_model, grade_investigate_toy_model = check_and_grade("investigate_toy_model",
-                                                                           _check_investigate_toy_model)
+# off limits inside the learner's function: the judge, the recipes' training (this module is too)
+check_investigate_toy_model, grade_investigate_toy_model = check_and_grade(
+    "investigate_toy_model", _check_investigate_toy_model,
+    Truth(modules=(investigation,), public=("mystery_model", "MysteryRecipe")))

@@ -3,9 +3,17 @@
 Each `MysteryRecipe` fixes a toy model's sizes and its data: every feature's importance,
 its probability of being active, and pairs of features that are never active together
 (*anticorrelated*: when both are drawn active, one of them, chosen by a fair coin, is
-switched off). `mystery_model(i)` trains the ReLU output model of chapter 1 on recipe
-`i`, on the CPU from a fixed seed, and returns its weights; the learner sees recipe 0's
-model, and the hidden test runs the learner's `investigate_toy_model` on all of them.
+switched off). `train_recipes` trains the ReLU output model of chapter 1 on each recipe,
+on the CPU from a fixed seed; the trained weights are committed
+(`checkpoints/mystery_models.safetensors`, with a digest of the recipes and no recipe), so
+`mystery_model(i)` loads them in milliseconds and no grading ever trains. The learner sees
+recipe 0's model; the hidden test runs the learner's `investigate_toy_model` on all of
+them, each with its features permuted and its hidden space rotated at random (the same
+model up to a symmetry: the truth, measured on those weights, is permuted with it), so an
+answer looked up by recipe or by shape is wrong.
+
+    python -m mechlab.superposition.investigation train   # retrain all four, overwrite the checkpoint
+    python -m mechlab.superposition.investigation check   # retrain in memory, compare with the committed one
 
 The truth is measured on the trained weights, never taken from the recipe: a feature is
 represented when its column has norm near 1 rather than near 0, and two represented
@@ -17,12 +25,18 @@ the same answer, and `judge` accepts every answer that a threshold inside the ma
 
 from __future__ import annotations
 
+import argparse
 import functools
+import hashlib
 import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 
@@ -84,9 +98,47 @@ def sample_features(batch_size: int, recipes: tuple[MysteryRecipe, ...], generat
     return torch.where(active, values, 0.0)
 
 
+CHECKPOINT = Path(__file__).parent / "checkpoints" / "mystery_models.safetensors"
+
+
+def recipes_digest() -> str:
+    """What the checkpoint was trained from (the recipes and the training settings), as a
+    digest: the checkpoint names no recipe a learner could read."""
+    return hashlib.sha256(repr((RECIPES, SEED, STEPS, RESTARTS)).encode()).hexdigest()
+
+
 @functools.cache
 def _trained() -> tuple[tuple[Tensor, Tensor], ...]:
-    return train_recipes(RECIPES)
+    """The committed weights; a checkpoint trained from other recipes is refused."""
+    with safe_open(str(CHECKPOINT), framework="pt") as f:
+        digest = (f.metadata() or {}).get("recipes_sha256")
+        if digest != recipes_digest():
+            raise RuntimeError(f"{CHECKPOINT.name} was trained from other recipes than RECIPES: retrain it with "
+                               "`python -m mechlab.superposition.investigation train`")
+        return tuple((f.get_tensor(f"W_{k}"), f.get_tensor(f"b_{k}")) for k in range(len(RECIPES)))
+
+
+def train_and_save(path: Path = CHECKPOINT) -> float:
+    """Train every recipe and write the checkpoint; returns the CPU seconds it took."""
+    start = time.process_time()
+    models = train_recipes(RECIPES)
+    seconds = time.process_time() - start
+    tensors = {f"{kind}_{k}": t.contiguous() for k, model in enumerate(models) for kind, t in zip("Wb", model)}
+    save_file(tensors, str(path), metadata={"recipes_sha256": recipes_digest(), "torch": torch.__version__,
+                                            "cpu_seconds": f"{seconds:.1f}"})
+    return seconds
+
+
+def same_findings(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], atol: float = 0.05) -> list[str]:
+    """How two trainings of one recipe differ in what matters: the judged findings, and the
+    norms and cosines within `atol` (empty: they agree)."""
+    problems = []
+    if judge(a[0]) != judge(b[0]):
+        problems.append("the judged features or pairs differ")
+    for what, x, y in zip(("norms", "cosines"), geometry(a[0]), geometry(b[0])):
+        if not torch.allclose(x, y, atol=atol):
+            problems.append(f"{what} differ by up to {(x - y).abs().max():.3f}")
+    return problems
 
 
 def train_recipes(recipes: tuple[MysteryRecipe, ...], seed: int = SEED) -> tuple[tuple[Tensor, Tensor], ...]:
@@ -131,6 +183,17 @@ def mystery_model(index: int = 0) -> tuple[Float[Tensor, "hidden feature"], Floa
     return W.clone(), b.clone()
 
 
+def disguised(W: Float[Tensor, "hidden feature"], b: Float[Tensor, "feature"], generator: torch.Generator
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The same model up to its symmetries: features permuted, hidden space rotated
+    (W' = Q W P, b' = P b; x -> ReLU(W'ᵀW' x + b') is the model on permuted features).
+    Returns (W', b', perm), feature i of the new model being feature perm[i] of the old."""
+    n_hidden, n_features = W.shape
+    perm = torch.randperm(n_features, generator=generator)
+    Q, _ = torch.linalg.qr(torch.randn(n_hidden, n_hidden, generator=generator, dtype=torch.float64))
+    return (Q.to(W.dtype) @ W[:, perm]).contiguous(), b[perm].clone(), perm
+
+
 def geometry(W: Float[Tensor, "hidden feature"]) -> tuple[Tensor, Tensor]:
     """Each feature's norm ‖W_i‖ and the cosines cos(W_i, W_j) between all features."""
     norms = W.norm(dim=0)
@@ -156,3 +219,25 @@ def judge(W: Float[Tensor, "hidden feature"]) -> dict[str, dict]:
                 c = float(cos[i, j])
                 pairs[(i, j)] = True if c < c_lo else False if c > c_hi else None
     return {"features": features, "pairs": pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="chapter 1's mystery models")
+    parser.add_argument("command", choices=["train", "check"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the committed checkpoint was trained on one thread
+    if args.command == "train":
+        seconds = train_and_save()
+        _trained.cache_clear()
+        print(f"trained {len(RECIPES)} mystery models in {seconds:.1f} s of CPU time: {CHECKPOINT}")
+        return
+    retrained = train_recipes(RECIPES)
+    for k, (model, committed) in enumerate(zip(retrained, _trained())):
+        problems = same_findings(model, committed)
+        print(f"mystery model {k}: {'as committed' if not problems else '; '.join(problems)}")
+        if problems:
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -205,4 +205,5 @@ def investigate_toy_model(
 
 __all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score', 'investigate_toy_model']
 CHAPTER = '01_superposition'
+CPU_LIMIT = 120  # CPU seconds per cell under grading
 POINTS = {'toy_forward': 2, 'generate_batch': 2, 'importance_weighted_loss': 1, 'train_toy_models': 3, 'feature_norms_and_interference': 2, 'feature_dimensionality': 2, 'feature_phase': 2, 'sae_forward': 2, 'sae_loss': 1, 'train_sae': 3, 'feature_recovery_score': 2, 'investigate_toy_model': 6}

@@ -18,7 +18,7 @@ import torch
 from mechlab import corpus, zoo
 from mechlab.checks import (
     Case, CheckFailed, assert_tensor_close, call_learner, check_and_grade, compare_function, compare_on_models,
-    course_model, guard_model, other_models, passed, randn, seeded,
+    course_model, guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
 from mechlab.sparse_autoencoders import activations
@@ -638,7 +638,11 @@ def _check_explain_recall(fn: Callable, hidden: bool) -> None:
            f"{len(shares)} prompts (bar {investigation.BAR})")
 
 
-check_explain_recall, grade_explain_recall = check_and_grade("explain_recall", _check_explain_recall)
+# off limits inside the learner's function: the ablation that judges an answer, and this module's
+# strategies (the graded prompts and their replacement models stay: the function is handed them)
+check_explain_recall, grade_explain_recall = check_and_grade(
+    "explain_recall", _check_explain_recall,
+    Truth(modules=(investigation,), public=("prompts", "replacement", "normalise")))
 
 
 def _top_activations(model, transcoders, tokens):
