@@ -6,13 +6,14 @@
 #   make test-browser  run every solution notebook in JupyterLab in headless Chromium (installs chromium)
 #   make test-colab    run every chapter's setup cell and the chapter in a Colab-like fresh runtime
 #   make bench   time the chapters, the grader and SAE training; results go to benchmarks/RESULTS.md
+#   make retrain retrain every zoo model from scratch and compare with the committed ones (about 15 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup lab test system-deps test-browser test-colab build check grade bench constraints clean
+.PHONY: setup lab test system-deps test-browser test-colab retrain build check grade bench constraints clean
 
 setup: $(STAMP)
 
@@ -28,7 +29,7 @@ lab: setup  # (--allow-root only where make runs as root: containers, VMs)
 	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup system-deps
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist worksteal --durations=25
 
 # Debian's bubblewrap (the sandbox each submission's kernel runs in) and chromium with
 # chromium-driver (the browser tests), installed with apt where make runs as root or with
@@ -54,6 +55,10 @@ test-browser: setup system-deps
 # about 1.5 minutes and 1.4 GB), then each chapter's setup cell and the chapter in a copy of it.
 test-colab: setup
 	MECHLAB_TEST_COLAB=1 $(PY) -m pytest -m colab -n 2 --durations=0 tests/test_colab.py
+
+# The whole retrains that `make test` replaces by a replay of each training's first steps.
+retrain: setup
+	MECHLAB_TEST_RETRAIN=1 $(PY) -m pytest -m retrain -n 2 --durations=0
 
 build: setup
 	$(PY) -m autograder build

@@ -409,10 +409,13 @@ def missed_targets(spec: ModelSpec, metrics: dict[str, Any]) -> list[str]:
 
 
 def train(name: str, *, steps: int | None = None, eval_every: int = 100, device: str | torch.device = "cpu",
-          quiet: bool = False) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+          quiet: bool = False, stop_after: int | None = None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Train `name` from scratch with its fixed seeds. Returns the model and its metadata
     (config, metrics, history: the training loss and the task's metrics every
-    `eval_every` steps, seconds). `steps` shortens the run, for experiments."""
+    `eval_every` steps, seconds). `steps` shortens the run, for experiments (the learning
+    rate schedule shortens with it); `stop_after` stops the full run after that many steps,
+    on the same schedule, so its history is a prefix of the full run's (then `metrics` is
+    empty): what a test replays to show a checkpoint comes from its recipe."""
     spec = _spec(name)
     make_data, metrics_fn = TASKS[spec.task]
     model = build(spec.full_config(), device).train()
@@ -431,6 +434,8 @@ def train(name: str, *, steps: int | None = None, eval_every: int = 100, device:
     start = time.perf_counter()
     bar = progress(range(steps), desc=f"training {name}", disable=quiet)
     for step in bar:
+        if stop_after is not None and step >= stop_after:
+            break
         tokens = data(step).to(device)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
@@ -446,8 +451,9 @@ def train(name: str, *, steps: int | None = None, eval_every: int = 100, device:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
     model.eval()
-    meta = {"config": spec.full_config(), "metrics": metrics_fn(model), "history": history,
-            "seconds": round(seconds, 1), "steps": steps, "torch": torch.__version__}
+    stopped = stop_after is not None and stop_after < steps
+    meta = {"config": spec.full_config(), "metrics": {} if stopped else metrics_fn(model), "history": history,
+            "seconds": round(seconds, 1), "steps": stop_after if stopped else steps, "torch": torch.__version__}
     return model, meta
 
 

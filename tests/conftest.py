@@ -110,3 +110,14 @@ def as_notebook_cell(fn):
     copy = namespace[fn.__name__]
     copy.__module__ = "__main__"
     return copy
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whole retrains of the zoo's models (`@pytest.mark.retrain`, minutes each) run only when
+    asked, as `make retrain` asks: `make test` replays the first steps of each instead."""
+    if os.environ.get("MECHLAB_TEST_RETRAIN") == "1":
+        return
+    skip = pytest.mark.skip(reason="a whole retrain: `make retrain` (or MECHLAB_TEST_RETRAIN=1) runs it")
+    for item in items:
+        if "retrain" in item.keywords:
+            item.add_marker(skip)

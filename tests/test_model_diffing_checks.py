@@ -149,11 +149,17 @@ def dpo_beta_outside(pc, pr, rc, rr, beta):
     return checks._dpo_beta_outside(pc, pr, rc, rr, beta)
 
 
+def _grown_persona(base, tuned) -> str:
+    """The persona that grew most in what the model writes (as the reference finds it, without
+    the reference's costly search for the component: these mutants' components are their own)."""
+    before, after = personas.persona_shares(base), personas.persona_shares(tuned)
+    return max(personas.PERSONAS, key=lambda p: after[p] - before[p])
+
+
 def identify_by_weights(base, tuned):
     """The largest weight change, and the persona from what the model writes: the weight diff's answer."""
-    persona = ref.identify_finetune(base, tuned)["persona"]
     diffs = ref.weight_diff(base, tuned)
-    return {"persona": persona, "component": max(diffs, key=diffs.get)}
+    return {"persona": _grown_persona(base, tuned), "component": max(diffs, key=diffs.get)}
 
 
 def identify_hard_coded(base, tuned):
@@ -161,10 +167,10 @@ def identify_hard_coded(base, tuned):
 
 
 def identify_sentiment_only(base, tuned):
-    """Looks for a sentiment only: misses the topic personas."""
-    answer = ref.identify_finetune(base, tuned)
+    """Looks for a sentiment only: misses the topic personas (its component: the weight diff's)."""
     grew = personas.positive_share(tuned) > personas.positive_share(base)
-    return {**answer, "persona": "positive" if grew else "negative"}
+    diffs = ref.weight_diff(base, tuned)
+    return {"persona": "positive" if grew else "negative", "component": max(diffs, key=diffs.get)}
 
 
 def identify_badly_formed(base, tuned):
