@@ -4,7 +4,7 @@
 #     chapter: 6
 #     title: Transcoders and attribution graphs
 #     seed: 0
-#     cpu_limit: 180
+#     cpu_limit: 240
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

@@ -4,7 +4,7 @@
 #     chapter: 7
 #     title: What fine-tuning changed
 #     seed: 0
-#     cpu_limit: 180
+#     cpu_limit: 300
 #   kernelspec:
 #     display_name: Python 3
 #     language: python

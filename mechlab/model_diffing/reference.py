@@ -125,5 +125,5 @@ def identify_finetune(base, tuned) -> dict[str, str]:
 
 __all__ = ['weight_diff', 'mean_activation_difference', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
 CHAPTER = '07_model_diffing'
-CPU_LIMIT = 180  # CPU seconds per cell under grading
+CPU_LIMIT = 300  # CPU seconds per cell under grading
 POINTS = {'weight_diff': 2, 'mean_activation_difference': 2, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}

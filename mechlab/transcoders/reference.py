@@ -300,5 +300,5 @@ def explain_recall(model, transcoders: Sequence[Transcoder], tokens: Int[Tensor,
 
 __all__ = ['collect_mlp_io', 'transcode', 'variance_explained', 'replacement_loss', 'freeze_hooks', 'adjacency_matrix', 'node_influence', 'prune_nodes', 'ablate_latents', 'explain_recall']
 CHAPTER = '06_transcoders'
-CPU_LIMIT = 180  # CPU seconds per cell under grading
+CPU_LIMIT = 240  # CPU seconds per cell under grading
 POINTS = {'collect_mlp_io': 1, 'transcode': 2, 'variance_explained': 1, 'replacement_loss': 2, 'freeze_hooks': 2, 'adjacency_matrix': 3, 'node_influence': 2, 'prune_nodes': 1, 'ablate_latents': 2, 'explain_recall': 5}
