@@ -29,7 +29,7 @@ lab: setup  # (--allow-root only where make runs as root: containers, VMs)
 	$(VENV)/bin/jupyter lab chapters/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup system-deps
-	$(PY) -m pytest -n 2 --dist worksteal --durations=25
+	$(PY) -m pytest -n 2 --dist load --maxschedchunk 1 --durations=25
 
 # Debian's bubblewrap (the sandbox each submission's kernel runs in) and chromium with
 # chromium-driver (the browser tests), installed with apt where make runs as root or with

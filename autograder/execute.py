@@ -46,7 +46,7 @@ KERNEL_UNRESPONSIVE = "KernelUnresponsive"
 NOT_RUN = "NotRun"
 MAX_RESTARTS = 5
 PROBE_SECONDS = 10  # how long a kernel may take to answer after an interrupted timeout
-POLL_SECONDS = 0.25  # how often a running cell's CPU time is read
+POLL_SECONDS = (0.25, 1.0)  # how often a running cell's CPU time is read: in its first 5 s, then after
 IDLE_SHARE = 0.01  # a cell using under 1% of one core is waiting, not computing
 USAGE = "mechlab"  # cell metadata key: what the cell used
 
@@ -237,8 +237,9 @@ class ResilientExecute(Execute):
             if reply is not None:
                 msg = reply
             else:
-                try:
-                    msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=POLL_SECONDS))
+                try:  # (reading a process tree scans /proc: a long cell is read once a second)
+                    poll = POLL_SECONDS[0] if meter.wall < 5 else POLL_SECONDS[1]
+                    msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=poll))
                 except Empty:
                     why = meter.exceeded()
                     if why is None:

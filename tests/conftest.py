@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from autograder.chapters import REPO_ROOT, Chapter
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURE_SOURCE = Path(__file__).parent / "fixtures" / "00_fixture.py"
+CHAPTER_NAME_IN_ID = re.compile(r"\d\d_[a-z][a-z0-9_]*")
 
 
 def run_cli(*args: str, root: Path | None = None, timeout: float = 600,
@@ -112,9 +114,33 @@ def as_notebook_cell(fn):
     return copy
 
 
+# Seconds a slow test takes in CI (two workers on two cores), to start the longest first: with
+# `--dist load --maxschedchunk 1` (the Makefile) each worker takes the next test when it is free,
+# so the two finish together instead of one grading chapter 7 alone at the end. A chapter's
+# executions (its grading, its lost-exercise grading, its browser run) cost about the same;
+# a chapter not listed counts as 120 s.
+CHAPTER_SECONDS = {"07_model_diffing": 230, "06_transcoders": 210, "04_sparse_autoencoders": 170,
+                   "01_superposition": 80, "05_steering": 80, "02_induction_heads": 60,
+                   "03_activation_patching": 45}
+SLOW_TESTS = {"test_retraining_a_transcoder": 135, "test_latent_browser_redraws": 125,
+              "test_retraining_from_scratch_reproduces_the_committed_sae": 80,
+              "keeps_full_marks_on_a_busy_machine": 75}
+
+
+def expected_seconds(item) -> float:
+    callspec = getattr(item, "callspec", None)
+    chapter = CHAPTER_NAME_IN_ID.search(callspec.id) if callspec is not None else None
+    if item.path.name in ("test_chapters.py", "test_browser.py") and chapter is not None:
+        seconds = CHAPTER_SECONDS.get(chapter[0], 120)
+        return seconds / 4 if "untouched_release" in item.name else seconds  # (its stubs fail fast)
+    return next((seconds for key, seconds in SLOW_TESTS.items() if key in item.name), 0.0)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Whole retrains of the zoo's models (`@pytest.mark.retrain`, minutes each) run only when
-    asked, as `make retrain` asks: `make test` replays the first steps of each instead."""
+    """Longest first (`expected_seconds`; the rest keep their order, after them). Whole retrains
+    of the zoo's models (`@pytest.mark.retrain`, minutes each) run only when asked, as `make
+    retrain` asks: `make test` replays the first steps of each instead."""
+    items.sort(key=lambda item: -expected_seconds(item))
     if os.environ.get("MECHLAB_TEST_RETRAIN") == "1":
         return
     skip = pytest.mark.skip(reason="a whole retrain: `make retrain` (or MECHLAB_TEST_RETRAIN=1) runs it")

@@ -33,6 +33,13 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 # Outputs whose rendering the tests check, by the DOM they produce in JupyterLab 4:
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # ipywidgets: a .jupyter-widgets lumino widget
+# What a real browser proves that a kernel cannot: JavaScript outputs draw (ipywidgets panels,
+# circuitsvis pictures) and sliders move. Progress bars and images are the same in every
+# chapter, and chapter 1 draws 22 bars and 9 images in test_browser.py; a chapter whose outputs
+# are nothing else is not run a third time there (after its grading and its lost-exercise
+# grading) just for them. test_chapters.py checks, on each one's graded run, that it still
+# shows no widget panel and no circuitsvis picture.
+PROGRESS_BARS_AND_IMAGES_ONLY = ("03_activation_patching", "07_model_diffing")
 CIRCUITSVIS_ID = "circuits-vis-"  # circuitsvis: <div id="circuits-vis-…"> that its React bundle fills
 
 # JupyterLab's settings for the test server (a fresh settings folder: a learner's own

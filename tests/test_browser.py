@@ -17,16 +17,17 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from autograder.chapters import CHAPTER_NAME, REPO_ROOT
-from labbrowser import JupyterLab, Notebook, chrome, copy_notebooks, missing
+from labbrowser import PROGRESS_BARS_AND_IMAGES_ONLY, JupyterLab, Notebook, chrome, copy_notebooks, missing
 
-NOTEBOOKS = sorted(p for p in (REPO_ROOT / "solutions").glob("*.ipynb") if CHAPTER_NAME.match(p.stem))
+NOTEBOOKS = sorted(p for p in (REPO_ROOT / "solutions").glob("*.ipynb")
+                   if CHAPTER_NAME.match(p.stem) and p.stem not in PROGRESS_BARS_AND_IMAGES_ONLY)
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 RUN_TIMEOUT = 1800  # seconds for one notebook's Run All; chapters take 0.5-3 min on 2 idle cores
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(missing() is not None, reason=f"browser tests: {missing()}")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # (the slow tests run first, between other files' tests: see conftest)
 def lab(tmp_path_factory):
     """JupyterLab serving copies of the solution notebooks (and the self-test's notebook)."""
     root = tmp_path_factory.mktemp("lab") / "notebooks"
@@ -36,7 +37,7 @@ def lab(tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     driver = chrome(tmp_path_factory.mktemp("chromium-profile"))
     yield driver

@@ -5,6 +5,8 @@ submission with exercise 1 missing and exercise 2 wrong loses exactly their poin
 
 from __future__ import annotations
 
+import re
+
 import nbformat
 import pytest
 
@@ -15,6 +17,7 @@ from autograder.chapters import REPO_ROOT, discover
 from autograder.grade import changed_files, course_digests
 from autograder.source import read_source
 from conftest import grade, scores, solution_cell
+from labbrowser import CIRCUITSVIS_ID, PROGRESS_BARS_AND_IMAGES_ONLY
 
 CHAPTERS = discover()
 
@@ -56,6 +59,27 @@ def test_solution_executes_cleanly_and_gets_full_marks(chapter, tmp_path):
     assert result["score"] == result["max_score"] > 0
     graded = nbformat.read(tmp_path / "graded.ipynb", as_version=4)
     assert claims.disagreements(graded) == []
+    if chapter.name in PROGRESS_BARS_AND_IMAGES_ONLY:  # what lets test_browser.py leave it out
+        assert interactive_outputs(graded) == [], "it now shows a widget or circuitsvis: run it in the browser test"
+
+
+TQDM_BAR = re.compile(r"^[^|\n]*\d+%\|.*\| *\d+/\d+")  # "DPO:   0%|          | 0/60 [00:00<?, ?it/s]"
+
+
+def interactive_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """The outputs only a browser can draw, as 'cell N: kind': ipywidgets views other than
+    progress bars (the course's are off under grading; a library's tqdm bar is still a widget)
+    and circuitsvis pictures."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if ("application/vnd.jupyter.widget-view+json" in data
+                    and not TQDM_BAR.match(str(data.get("text/plain", "")))):
+                found.append(f"cell {i + 1}: widget")
+            if CIRCUITSVIS_ID in str(data.get("text/html", "")):
+                found.append(f"cell {i + 1}: circuitsvis")
+    return found
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: c.name)
@@ -93,3 +117,13 @@ def test_losing_exercise_1_and_a_wrong_exercise_2_cost_exactly_their_points(chap
     result = grade(path, None, "--feedback", str(tmp_path))
     expected = {e.id: float(e.points) for e in source.exercises} | {first.id: 0.0, second.id: 0.0}
     assert scores(result) == expected, (way, result["exercises"])
+
+
+def test_interactive_outputs_tells_a_panel_and_a_picture_from_a_progress_bar():
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0}}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[
+        nbformat.v4.new_output("display_data", data={**view, "text/plain": "  0%|          | 0/30 [00:00<?, ?it/s]"}),
+        nbformat.v4.new_output("display_data", data={**view, "text/plain": "interactive(children=(IntSlider("}),
+        nbformat.v4.new_output("display_data", data={"text/html": f'<div id="{CIRCUITSVIS_ID}1a2b"></div>'}),
+    ])])
+    assert interactive_outputs(nb) == ["cell 1: widget", "cell 1: circuitsvis"]
