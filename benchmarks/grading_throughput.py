@@ -56,7 +56,7 @@ def make_class(folder: Path, n: int) -> list[Path]:
 
 def plain_nbgrader(paths: list[Path], timeout: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        course = ThrowawayCourse(CHAPTER, Path(tmp), timeout)
+        course = ThrowawayCourse(CHAPTER, Path(tmp), read_source(CHAPTER).meta.limits)  # (for its release and gradebook)
         course.generate_assignment(CHAPTER.solution_notebook.read_text())
         for path in paths:
             course.submit(path, path.parent.name)
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0, help="also grade through a local Dask cluster of N workers")
     args = parser.parse_args()
-    timeout = int(read_source(CHAPTER).meta.limits.wall)
+    timeout = int(read_source(CHAPTER).meta.limits.wall)  # plain nbgrader has only a wall-clock timeout
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "class"
