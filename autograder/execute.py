@@ -148,6 +148,13 @@ class _KernelLost(Exception):
         self.ename, self.why = ename, why
 
 
+def timeout_error(cell):
+    """The CellTimeoutError output of a cell the executor stopped at a limit (its value says
+    which limit and by how much), or None."""
+    return next((o for o in cell.get("outputs", []) if o.output_type == "error"
+                 and o.get("ename") == "CellTimeoutError"), None)
+
+
 def _failed_hard(cell) -> bool:
     """Cells not worth replaying: they killed or hung the kernel, or hit the timeout."""
     return any(o.output_type == "error" and o.get("ename") in (KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN,
@@ -213,8 +220,7 @@ class ResilientExecute(Execute):
             raise _KernelLost(KERNEL_DIED, "the kernel died (os._exit, a crash, or running out of memory)") from None
         except CellTimeoutError:
             raise _KernelLost(KERNEL_UNRESPONSIVE, "the cell did not finish in time") from None
-        timed_out = next((o for o in cell.get("outputs", []) if o.output_type == "error"
-                          and o.get("ename") == "CellTimeoutError"), None)
+        timed_out = timeout_error(cell)
         if timed_out is not None and not self._responsive():
             raise _KernelLost(KERNEL_UNRESPONSIVE, f"{timed_out.get('evalue') or 'the cell hit its limit'}, and "
                                                    "it ignored the interrupt (a loop that catches or blocks "

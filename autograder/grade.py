@@ -29,7 +29,7 @@ import nbformat
 
 from autograder.chapters import Chapter
 from autograder.course import ThrowawayCourse
-from autograder.execute import KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN, USAGE, CellLimits
+from autograder.execute import KERNEL_DIED, KERNEL_UNRESPONSIVE, NOT_RUN, USAGE, CellLimits, timeout_error
 from autograder.preprocessors import VISIBLE_PASSED, error_summary
 from autograder.source import SourceNotebook, notebook_text, read_source
 from mechlab.grading import ExerciseScore, format_table
@@ -114,8 +114,7 @@ def _timed_out(cell: nbformat.NotebookNode) -> str | None:
     """Which limit the cell broke, or None. The executor interrupts a cell over a limit:
     the kernel reports a KeyboardInterrupt and nbgrader's Execute appends a CellTimeoutError
     after it, whose value says which limit and by how much (execute.py)."""
-    error = next((o for o in cell.get("outputs", []) if o.output_type == "error"
-                  and o.get("ename") == "CellTimeoutError"), None)
+    error = timeout_error(cell)
     return None if error is None else (error.get("evalue") or "the cell hit its time limit")
 
 
@@ -157,8 +156,8 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
                     lost.ename, "was not run")
                 return (f"your solution cell {what} ({lost.evalue}), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
-            if _timed_out(solution):
-                return (f"your solution cell timed out ({_timed_out(solution)}: an endless loop?), "
+            if stopped := _timed_out(solution):
+                return (f"your solution cell timed out ({stopped}: an endless loop?), "
                         f"so the test could not use it: {error_summary(error)}")[:MAX_MESSAGE]
             raised = _error(solution)
             if raised is not None and "course's reference" in error_summary(error):
@@ -179,7 +178,7 @@ REFERENCE_CPU = Path(__file__).parent / "reference_cpu.json"
 
 def reference_cpu_seconds(chapter: Chapter) -> dict[str, float]:
     """CPU seconds each test cell of the chapter's reference solution used when it was last
-    measured (`python -m autograder measure`, recorded in autograder/reference_cpu.json)."""
+    measured (`benchmarks/reference_cpu.py`, which writes autograder/reference_cpu.json)."""
     try:
         return json.loads(REFERENCE_CPU.read_text()).get(chapter.name, {})
     except (OSError, ValueError):

@@ -3,7 +3,8 @@
 `mechlab.grade_me()` (the last cell of every chapter) finds each exercise's function
 in the notebook, runs the same hidden tests the instructor's grader runs, and prints
 the same per-exercise table. It measures the CPU time each hidden test takes, as the
-grader's per-cell limit counts it, and fails a test over the limit as the grader would. It is a preview: the instructor's grading re-executes
+grader's per-cell limit counts it, and fails a test over the limit as the grader would.
+It is a preview: the instructor's grading re-executes
 the whole notebook from scratch in a fresh kernel, so a function that only works
 because of a cell you ran out of order, or deleted since, will not count there.
 

@@ -40,8 +40,9 @@ def torch_threads() -> int:
     """How many threads torch should use here: the cores no other process is using (by the
     load average, or the runnable processes now if more), at least one, and never more than
     this kernel's share (`MECHLAB_THREADS`, which the grader sets to its cores per grading
-    slot, else `OMP_NUM_THREADS`). Two busy cores shared by two threads each make a cell many times slower than one
-    thread would, and under grading the spin of idle threads counts as CPU time."""
+    slot, else `OMP_NUM_THREADS`). Two busy cores shared by two threads each make a cell
+    many times slower than one thread would, and under grading the spin of idle threads
+    counts as CPU time."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

@@ -122,7 +122,7 @@ def as_notebook_cell(fn):
 CHAPTER_SECONDS = {"07_model_diffing": 230, "06_transcoders": 210, "04_sparse_autoencoders": 170,
                    "01_superposition": 80, "05_steering": 80, "02_induction_heads": 60,
                    "03_activation_patching": 45}
-SLOW_TESTS = {"test_retraining_a_transcoder": 135, "test_latent_browser_redraws": 125,
+SLOW_TESTS = {"test_retraining_a_transcoder": 135, "test_latent_browser_redraws": 125, "test_steering_panel_redraws": 125,
               "test_retraining_from_scratch_reproduces_the_committed_sae": 80,
               "keeps_full_marks_on_a_busy_machine": 75}
 
