@@ -123,7 +123,8 @@ class CellMeter:
         self.read()
         if self.process is not None and self.cpu > self.limits.cpu:
             return (f"the cell used {self.cpu:.0f} s of CPU time, over the limit of {self.limits.cpu:g} s per cell "
-                    f"(after {self.wall:.0f} s of wall-clock time)")
+                    f"(after {self.wall:.0f} s of wall-clock time): an endless loop, or work far slower than "
+                    "the reference")
         first_wall, first_cpu = self.samples[0]
         waited = self.samples[-1][0] - first_wall
         if self.process is not None and waited >= self.limits.idle \
@@ -132,7 +133,7 @@ class CellMeter:
                     f"(a sleep, a lock, a read that never ends), not computing; {self.cpu:.1f} s of CPU in all")
         if self.wall > self.limits.wall:
             return (f"the cell ran {self.wall:.0f} s of wall-clock time, the backstop of {self.limits.wall:g} s, "
-                    f"using {self.cpu:.0f} s of CPU time")
+                    f"using {self.cpu:.0f} s of CPU time: it mostly waited, or ran far slower than the reference")
         return None
 
     def usage(self) -> dict:

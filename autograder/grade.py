@@ -131,7 +131,7 @@ def _kernel_lost(cell: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
 
 
 def _reference_needed(limits: CellLimits, reference_cpu: float | None) -> str:
-    needed = f"; the reference solution's test needs about {reference_cpu:.0f} s" if reference_cpu is not None else ""
+    needed = f"; the reference solution's test needs about {reference_cpu:.1f} s" if reference_cpu is not None else ""
     return f"(limits per cell: {limits.describe()}{needed})"
 
 
@@ -143,8 +143,7 @@ def _message(cell: nbformat.NotebookNode | None, solution_cells: list[nbformat.N
     error = _error(cell)
     why = _timed_out(cell)
     if why:
-        return (f"timed out: {why}: an endless loop in your function, or work far slower than the reference "
-                f"{_reference_needed(limits, reference_cpu)}")
+        return f"timed out: {why} {_reference_needed(limits, reference_cpu)}"
     lost = _kernel_lost(cell)
     if lost is not None:
         return f"the test could not run: {lost.evalue}"[:MAX_MESSAGE]
