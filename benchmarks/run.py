@@ -22,10 +22,10 @@ from pathlib import Path
 
 import nbformat
 import torch
-from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autograder.chapters import discover  # noqa: E402
+from autograder.execute import PromptClient  # noqa: E402
 from autograder.source import read_source  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -33,7 +33,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 def execute_seconds(notebook: Path, timeout: int) -> float:
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    client = PromptClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     client.execute()

@@ -28,10 +28,10 @@ import time
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import colab_runtime as colab
 from autograder.chapters import CHAPTER_NAME, REPO_ROOT, discover
+from autograder.execute import PromptClient
 from autograder.source import read_source
 
 CHAPTERS = [c for c in discover() if c.release_notebook.exists() and c.solution_notebook.exists()]
@@ -84,7 +84,7 @@ def test_chapter_sets_itself_up_and_runs_on_a_colab_like_runtime(chapter, base_r
         "print(json.dumps({'mechlab': mechlab.__file__, 'torch': torch.__file__, 'python': sys.executable}))")
     rest = solution.cells[setup_index(solution) + 1:]
     nb = nbformat.v4.new_notebook(cells=[setup, probe] + rest, metadata=solution.metadata)
-    client = NotebookClient(nb, km=colab.kernel_manager(runtime, tmp_path / "kernels"),
+    client = PromptClient(nb, km=colab.kernel_manager(runtime, tmp_path / "kernels"),
                             timeout=int(read_source(chapter).meta.limits.wall),
                             resources={"metadata": {"path": str(content)}})
     timings = {}

@@ -8,7 +8,7 @@ is the browser tests' job.)"""
 from __future__ import annotations
 
 import nbformat
-from nbclient import NotebookClient
+from autograder.execute import PromptClient
 from nbformat.v4 import new_code_cell, new_notebook
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -16,7 +16,7 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 def run(*sources: str) -> nbformat.NotebookNode:
     nb = new_notebook(cells=[new_code_cell(s) for s in sources])
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    PromptClient(nb, timeout=120, kernel_name="python3").execute()
     for cell in nb.cells:
         errors = [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"]
         assert not errors, errors
