@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from filelock import FileLock
 from nbgrader.api import Gradebook
 
 from autograder.classroom import StudentRule, read_roster
@@ -67,19 +68,28 @@ def read_grades(out: Path) -> dict[str, dict]:
         return {row["student"]: row for row in csv.DictReader(f)}
 
 
-@pytest.fixture(scope="module")
-def graded_class(fixture_course, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("class")
-    zip_path = make_class(fixture_course, folder)
-    out = folder / "grades"
-    proc = run_cli("grade", str(zip_path), "--out", str(out), "--jobs", "2", "--memory-gb", "3",
-                   root=fixture_course.root)
-    assert proc.returncode == 0, proc.stderr
-    return zip_path, out, proc
+@pytest.fixture(scope="session")
+def graded_class(fixture_course, tmp_path_factory, worker_id):
+    """(the class's zip, its output folder, `grade`'s stdout): the class graded once (80 s) for
+    every test that reads it, by whichever pytest-xdist worker needs it first while the other
+    waits (xdist's `--dist loadgroup` no longer groups tests under pytest 9.2). Tests only
+    read the folder; one that changes it works on a copy."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    folder = shared / "graded_class"
+    zip_path, out, stdout = folder / "class_export.zip", folder / "grades", folder / "stdout.txt"
+    with FileLock(str(shared / "graded_class.lock")):
+        if not stdout.exists():
+            folder.mkdir()
+            make_class(fixture_course, folder)
+            proc = run_cli("grade", str(zip_path), "--out", str(out), "--jobs", "2", "--memory-gb", "3",
+                           root=fixture_course.root)
+            assert proc.returncode == 0, proc.stderr
+            stdout.write_text(proc.stdout)
+    return zip_path, out, stdout.read_text()
 
 
 def test_every_student_gets_exactly_the_expected_points(graded_class):
-    _, out, proc = graded_class
+    _, out, stdout = graded_class
     grades = read_grades(out)
     assert set(grades) == set(STUDENT_WORK)
     for student, (_, _, (points, status)) in STUDENT_WORK.items():
@@ -90,7 +100,7 @@ def test_every_student_gets_exactly_the_expected_points(graded_class):
     assert grades["carol"]["scale"] == "0" and grades["carol"]["count_positive"] == "3"
     assert "also handed in alice/old/00_fixture.ipynb (0)" in grades["alice"]["status"]
     assert grades["heidi"]["count_positive"] == "0"  # the 8 GB allocation hit the 3 GB limit
-    assert "11 row(s), 12 submission(s) graded in this run" in proc.stdout
+    assert "11 row(s), 12 submission(s) graded in this run" in stdout
 
 
 def test_gradebook_and_feedback_for_everyone(graded_class):
@@ -104,8 +114,9 @@ def test_gradebook_and_feedback_for_everyone(graded_class):
         assert "BEGIN HIDDEN TESTS" not in html and "own_work" not in html
 
 
-def test_rerun_is_idempotent_and_resumes(graded_class, fixture_course):
-    zip_path, out, _ = graded_class
+def test_rerun_is_idempotent_and_resumes(graded_class, fixture_course, tmp_path):
+    zip_path, graded, _ = graded_class
+    out = Path(shutil.copytree(graded, tmp_path / "grades"))  # (the other tests read the original)
     before = (out / "grades.csv").read_text()
     results = sorted((out / "results").glob("*.json"))
     results[0].unlink()  # as if the run had been interrupted before this one
