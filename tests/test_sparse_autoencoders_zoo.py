@@ -1,6 +1,7 @@
 """The committed SAEs: they load, meet their targets, say which setting differs when code
-and checkpoint disagree, and retraining one from scratch with the command a maintainer
-runs lands where the committed one is."""
+and checkpoint disagree, each one's training replays as its recipe says, and retraining one
+from scratch with the command a maintainer runs (`make retrain`) lands where the committed
+one is."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from autograder.chapters import REPO_ROOT
+from conftest import replay_differences
 from mechlab import zoo
 from mechlab.sparse_autoencoders import zoo as sae_zoo
 
@@ -46,6 +48,15 @@ def test_a_config_mismatch_names_the_setting(monkeypatch):
 RETRAIN_MARGINS = {"explained_variance": 0.01, "ce_increase": 0.003, "dead_fraction": 0.03}
 
 
+@pytest.mark.parametrize("name", list(sae_zoo.SAE_ZOO))
+def test_a_replay_of_training_follows_the_committed_saes_history(name):
+    """Its first 61 steps (41 for the 2000-step one), replayed: loss, MSE, L0 and dead share
+    as recorded at steps 0, 30 and 60. 1-5 s each, after the 20 s of collecting the
+    activations the SAEs of one hook share."""
+    assert replay_differences(sae_zoo.train, sae_zoo.info, name) == {}
+
+
+@pytest.mark.retrain
 def test_retraining_from_scratch_reproduces_the_committed_sae(tmp_path):
     name = "topk_k8_w256"  # the quickest; every SAE trains with the same code
     proc = subprocess.run([sys.executable, "-m", "mechlab.sparse_autoencoders.zoo", "train", name, "--out", str(tmp_path)],

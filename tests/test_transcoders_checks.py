@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import check_tests
+from conftest import check_tests, replay_differences
 from mechlab import corpus, zoo
 from mechlab.checks import CheckFailed
 from mechlab.transcoders import checks
@@ -448,6 +448,13 @@ def test_viewer_draws_the_pruned_graph_and_redraws_when_the_slider_moves(model, 
     assert int(wide.sum()) > int(keep.sum())
 
 
+@pytest.mark.parametrize("name", list(tc_zoo.TC_ZOO))
+def test_a_replay_of_training_follows_the_committed_transcoders_history(name):
+    """Its first 41 steps replayed: the history recorded at steps 0, 20 and 40."""
+    assert replay_differences(tc_zoo.train, tc_zoo.info, name) == {}
+
+
+@pytest.mark.retrain
 def test_retraining_a_transcoder_from_scratch_reproduces_the_committed_one(tmp_path):
     """`python -m mechlab.transcoders.zoo train NAME` really retrains: the same recipe and
     seeds reach the committed checkpoint's metrics, and the written file loads."""

@@ -191,29 +191,41 @@ def evaluate(sae, scale: float) -> dict[str, float]:
                              ce=ce_loss_recovered, bias=relative_reconstruction_bias)
 
 
-def train(name: str) -> tuple[Any, dict[str, Any]]:
+def train(name: str, stop_after: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Train `name` from scratch with its fixed seeds; returns the SAE (float16-rounded, as it
-    will be saved) and its metadata."""
+    will be saved) and its metadata. `stop_after` stops after that many steps (the schedule,
+    a warm-up, does not depend on the run's length, so its history is a prefix of the full
+    run's; `metrics` is then empty): what a test replays to show a checkpoint comes from its
+    recipe."""
     from mechlab.sparse_autoencoders.reference import SAE, train_sae
 
     spec = _spec(name)
     cfg = spec.sae_config()
     store = _train_store(cfg.hook_name)
     sae = SAE(cfg)
+    steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
     start = time.perf_counter()
-    history = train_sae(sae, store.batches(spec.batch_size, seed=spec.seed), steps=spec.steps, lr=spec.lr,
+    history = train_sae(sae, store.batches(spec.batch_size, seed=spec.seed), steps=steps, lr=spec.lr,
                         warmup_steps=spec.warmup_steps, dead_after=spec.dead_after)
-    seconds = time.perf_counter() - start
+    return finish(sae, spec, history, time.perf_counter() - start, steps,
+                  evaluate=lambda sae: evaluate(sae, store.scale), scale=store.scale)
+
+
+def finish(module, spec, history: dict[str, Tensor], seconds: float, steps: int, evaluate, **extra
+           ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """A trained dictionary (this zoo's or chapter 6's) rounded to float16 as its checkpoint
+    holds it, and its metadata: config, metrics (none for a run stopped before
+    `spec.steps`), the history thinned to every `spec.steps // 100` steps, seconds."""
     with torch.no_grad():
-        for p in sae.parameters():
-            p.copy_(p.half().float())  # what the checkpoint will hold
-    sae.eval()
+        for t in module.state_dict().values():  # parameters (and buffers: a transcoder's scales)
+            t.copy_(t.half().float())
+    module.eval()
     every = max(1, spec.steps // 100)
-    meta = {"config": asdict(cfg), "scale": store.scale, "metrics": evaluate(sae, store.scale),
+    meta = {"config": asdict(module.cfg), **extra, "metrics": evaluate(module) if steps == spec.steps else {},
             "history": {k: [round(float(v), 4) for v in t[::every]] for k, t in history.items()},
-            "history_every": every, "seconds": round(seconds, 1), "steps": spec.steps,
-            "activations_per_second": round(spec.steps * spec.batch_size / seconds), "torch": torch.__version__}
-    return sae, meta
+            "history_every": every, "seconds": round(seconds, 1), "steps": steps,
+            "activations_per_second": round(steps * spec.batch_size / seconds), "torch": torch.__version__}
+    return module, meta
 
 
 def save(sae, meta: dict[str, Any], path: Path) -> None:

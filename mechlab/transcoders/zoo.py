@@ -215,9 +215,10 @@ def table(sets: dict[str, list], model, tokens: torch.Tensor, *, fve=None, repla
     return pd.DataFrame(rows).T
 
 
-def train(name: str, collect=None, train_loop=None) -> tuple[Any, dict[str, Any]]:
+def train(name: str, collect=None, train_loop=None, stop_after: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Train `name` from scratch with its fixed seeds; returns the transcoder (float16-rounded,
-    as it will be saved) and its metadata."""
+    as it will be saved) and its metadata. `stop_after` stops after that many steps, as the
+    SAE zoo's `train` does (a prefix of the full run's history, no metrics)."""
     from mechlab.sparse_autoencoders.reference import train_sae
     from mechlab.transcoders.reference import Transcoder
 
@@ -226,20 +227,11 @@ def train(name: str, collect=None, train_loop=None) -> tuple[Any, dict[str, Any]
     pairs = collect_pairs(_model(), _windows(TRAIN_SEED, TRAIN_TOKENS), cfg.layer, collect)
     tc = Transcoder(cfg)
     fit_scales(tc, pairs)
+    steps = spec.steps if stop_after is None else min(stop_after, spec.steps)
     start = time.perf_counter()
-    history = (train_loop or train_sae)(tc, pair_batches(pairs, spec.batch_size, spec.seed), steps=spec.steps,
+    history = (train_loop or train_sae)(tc, pair_batches(pairs, spec.batch_size, spec.seed), steps=steps,
                                         lr=spec.lr, warmup_steps=spec.warmup_steps, dead_after=spec.dead_after)
-    seconds = time.perf_counter() - start
-    with torch.no_grad():
-        for t in tc.state_dict().values():  # parameters and the two scales, as the checkpoint holds them
-            t.copy_(t.half().float())
-    tc.eval()
-    metrics = evaluate(tc)
-    every = max(1, spec.steps // 100)
-    meta = {"config": asdict(cfg), "metrics": metrics,
-            "history": {k: [round(float(v), 4) for v in t[::every]] for k, t in history.items()},
-            "history_every": every, "seconds": round(seconds, 1), "steps": spec.steps, "torch": torch.__version__}
-    return tc, meta
+    return sae_zoo.finish(tc, spec, history, time.perf_counter() - start, steps, evaluate=evaluate)
 
 
 def missed_targets(name: str, metrics: dict[str, float]) -> list[str]:
