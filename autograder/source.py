@@ -13,6 +13,9 @@ module writes the nbgrader metadata that follows from it:
 - `tags=["setup"]` is replaced with the shared setup cell, `tags=["exercise-map"]`
   with a table of the chapter's exercises, and `tags=["export"]` cells (imports)
   go into the reference module together with every solution cell.
+- `tags=["interactive"]` marks a cell whose output only a browser draws (an ipywidgets
+  panel, a circuitsvis picture): the browser test runs those cells (tests/labbrowser.py),
+  and each chapter's graded run checks that no other cell draws one.
 """
 
 from __future__ import annotations

@@ -567,7 +567,7 @@ sp.plot_feature_bars(norms_5_2, interference_5_2, titles=[f"p = {p:.2g}" for p i
 # And the same pictures with a slider, to walk along the sparsity axis one model at a
 # time. (The slider needs a live kernel; in a static view you see the first model.)
 
-# %%
+# %% tags=["interactive"]
 sp.explore_toy_models(W_5_2.detach(), p_5_2, feature_norms_and_interference)
 
 # %% [markdown]

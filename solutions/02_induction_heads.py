@@ -314,7 +314,7 @@ plt.show()
 # - heads whose tokens in the second copy attend to the token **after** their earlier
 #   occurrence (a stripe `seq_len - 1` below the diagonal).
 
-# %%
+# %% tags=["interactive"]
 str_tokens = model.to_str_tokens(rep_tokens[0])
 for layer in range(cfg.n_layers):
     print(f"Layer {layer}")

@@ -1100,7 +1100,7 @@ checks.grade_top_activations(top_activations)
 # with the activating token highlighted (darker: stronger), its firing density, and the
 # tokens its logit lens promotes and suppresses. It uses your `top_activations`.
 
-# %%
+# %% tags=["interactive"]
 sae = sae_zoo.load("topk_k8_w1024", device=device)
 browser_data = plots.LatentData.compute(sae, model, eval_store, eval_windows)
 plots.latent_browser(browser_data, top_activations)
@@ -1254,7 +1254,7 @@ post_summary
 # next-token prediction, so the SAE spends its latents on *what comes next*: topic
 # latents drop to F1 0.73<!-- out: latent F1[topic at resid_post]= -->, below a single raw
 # dimension (0.80<!-- out: raw dimension F1[topic at resid_post]= -->), while subtopic latents
-# (0.85<!-- out: latent F1[subtopic at resid_post]= -->) hold up because the subtopic is
+# (0.825<!-- out: latent F1[subtopic at resid_post]= -->) hold up because the subtopic is
 # itself a next-token fact (which subtopic words can come). Reconstruction is easier there
 # too (explained variance 0.985<!-- out: EV[topk_k8_w1024_post]= ±0.002 --> against
 # 0.962<!-- out: EV[topk_k8_w1024]= --> at `blocks.1.hook_resid_pre`), which says nothing about

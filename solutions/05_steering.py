@@ -1304,7 +1304,7 @@ print(f"latent {entity_latent}: AUROC {fit_aurocs[entity_latent]:.3f} on the fit
 # is in units of the residual norm for vectors, and in units of the latent's largest
 # activation for the clamp (negative values subtract; a clamp at 0 ablates).
 
-# %%
+# %% tags=["interactive"]
 steers = {
     f"{TARGET} contrast vector at {st.short_site(SITE)}": lambda c: food_hooks(SITE, c),
     f"{TARGET} contrast vector at 0.resid_pre": lambda c: food_hooks(sites[0], c),

@@ -770,7 +770,7 @@ for i in ag.top_nodes(g, 8):
 # subtracts). The slider sets the share of influence the nodes must carry; the menu
 # picks a node and shows its logit lens and the contexts where it fires most.
 
-# %%
+# %% tags=["interactive"]
 viewer.show(g, model, tcs)
 
 # %% [markdown]

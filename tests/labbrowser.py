@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,13 +32,15 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 # Outputs whose rendering the tests check, by the DOM they produce in JupyterLab 4:
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # ipywidgets: a .jupyter-widgets lumino widget
-# What a real browser proves that a kernel cannot: JavaScript outputs draw (ipywidgets panels,
-# circuitsvis pictures) and sliders move. Progress bars and images are the same in every
-# chapter, and chapter 1 draws 22 bars and 9 images in test_browser.py; a chapter whose outputs
-# are nothing else is not run a third time there (after its grading and its lost-exercise
-# grading) just for them. test_chapters.py checks, on each one's graded run, that it still
-# shows no widget panel and no circuitsvis picture.
-PROGRESS_BARS_AND_IMAGES_ONLY = ("03_activation_patching", "07_model_diffing")
+# What a real browser proves that a kernel cannot: a whole notebook runs in JupyterLab (one
+# chapter proves it for all: WHOLE_NOTEBOOK, with a slider, 22 progress bars and 9 images),
+# and JavaScript outputs draw (ipywidgets panels, circuitsvis pictures) and sliders move. The
+# cells that draw those are tagged "interactive" in each chapter's source; every other chapter
+# is run in the browser as those cells and what they need (`browser_copy`), not a third time
+# whole after its grading and its lost-exercise grading. test_chapters.py checks, on each
+# chapter's graded run, that the cells with such outputs are exactly the tagged ones.
+WHOLE_NOTEBOOK = "01_superposition"
+INTERACTIVE_TAG = "interactive"
 CIRCUITSVIS_ID = "circuits-vis-"  # circuitsvis: <div id="circuits-vis-…"> that its React bundle fills
 
 # JupyterLab's settings for the test server (a fresh settings folder: a learner's own
@@ -407,8 +408,32 @@ class Notebook:
         return errors + self.console_errors()
 
 
+def interactive(cell) -> bool:
+    return INTERACTIVE_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def browser_copy(source: Path):
+    """The notebook the browser runs: WHOLE_NOTEBOOK whole; any other, its setup (the cells
+    before the first exercise), its cells tagged "interactive" and the cells they need
+    (tests/nbslice.py); None for a notebook without interactive cells."""
+    import nbformat
+
+    from nbslice import needed
+
+    nb = nbformat.read(source, as_version=4)
+    if source.stem == WHOLE_NOTEBOOK:
+        return nb
+    if not any(interactive(c) for c in nb.cells):
+        return None
+    first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id"))
+    return needed(nb, lambda i, cell: i < first or interactive(cell))
+
+
 def copy_notebooks(sources: list[Path], root: Path) -> None:
-    """Copies of the notebooks in the server's root: the repository's files stay untouched."""
+    """The notebooks the browser runs (`browser_copy`), in the server's root: the repository's
+    files stay untouched."""
+    import nbformat
+
     root.mkdir(parents=True, exist_ok=True)
     for source in sources:
-        shutil.copy(source, root / source.name)
+        nbformat.write(browser_copy(source), root / source.name)

@@ -1,7 +1,9 @@
-"""Every solution notebook, run in JupyterLab in a real (headless) browser, draws what a
+"""The solution notebooks, run in JupyterLab in a real (headless) browser, draw what a
 learner should see: every cell runs, no cell raises, every ipywidgets panel, circuitsvis
 picture and plot is drawn with a size, the browser console has no error, and a slider
-redraws its output when moved with the keyboard. Screenshots go to artifacts/browser/.
+redraws its output when moved with the keyboard. Chapter 1 runs whole; every other chapter
+with a cell tagged "interactive" runs as those cells and what they need (labbrowser's
+`browser_copy`). Screenshots go to artifacts/browser/.
 
 Needs Debian's chromium and chromium-driver and selenium (`make test-browser` installs
 them); without them these tests are skipped, and say why. The machinery is in
@@ -17,10 +19,10 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from autograder.chapters import CHAPTER_NAME, REPO_ROOT
-from labbrowser import PROGRESS_BARS_AND_IMAGES_ONLY, JupyterLab, Notebook, chrome, copy_notebooks, missing
+from labbrowser import WHOLE_NOTEBOOK, JupyterLab, Notebook, browser_copy, chrome, copy_notebooks, missing
 
 NOTEBOOKS = sorted(p for p in (REPO_ROOT / "solutions").glob("*.ipynb")
-                   if CHAPTER_NAME.match(p.stem) and p.stem not in PROGRESS_BARS_AND_IMAGES_ONLY)
+                   if CHAPTER_NAME.match(p.stem) and browser_copy(p) is not None)
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 RUN_TIMEOUT = 1800  # seconds for one notebook's Run All; chapters take 0.5-3 min on 2 idle cores
 
