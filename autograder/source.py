@@ -3,10 +3,12 @@
 The source marks what each cell is with as little ceremony as possible, and this
 module writes the nbgrader metadata that follows from it:
 
-- `# %% [markdown] exercise={"id": ..., "difficulty": 1-5, "importance": 1-5,
-  "minutes": N, "points": N}` opens an exercise. Its heading must read
-  `### Exercise K: title` with K the exercise's number; the build adds the
-  difficulty / importance / minutes / points line under it, and locks the cell.
+- `# %% [markdown] exercise={"id": ..., "kind": ..., "difficulty": 1-5,
+  "importance": 1-5, "minutes": N, "points": N}` opens an exercise. Its heading must
+  read `### Exercise K: title` with K the exercise's number; the build adds the kind /
+  difficulty / importance / minutes / points line under it, and locks the cell. The
+  kind (`KINDS`) says what the learner does: builds a tool, runs an experiment that
+  produces a finding, or investigates a question the chapter does not answer.
 - A code cell holding `### BEGIN SOLUTION` is a solution cell of the open exercise.
 - A code cell holding `### BEGIN HIDDEN TESTS` is the exercise's one graded test
   cell (locked, worth the exercise's points).
@@ -39,6 +41,12 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 SETUP_TEMPLATE = Path(__file__).parent / "templates" / "setup_cell.py"
 EXERCISE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 HEADING = re.compile(r"^### Exercise (?P<number>\d+): \S")
+# What an exercise has the learner do, as its header and the chapter's exercise map say it.
+KINDS = {
+    "build": "write a tool the chapter's experiments use",
+    "experiment": "run an intervention, a sweep or a comparison whose result is one of the chapter's findings",
+    "investigation": "answer a question the chapter leaves open, about a model whose truth it does not show",
+}
 
 
 GRADE_ME_TEXT = """## Check your work
@@ -59,6 +67,7 @@ class Exercise:
     id: str
     number: int
     title: str
+    kind: str
     difficulty: int
     importance: int
     minutes: int
@@ -123,12 +132,14 @@ def _nbgrader(grade_id: str, *, solution: bool = False, grade: bool = False,
 def _exercise(meta: object, number: int, source: str, where: str) -> Exercise:
     if not isinstance(meta, dict):
         raise SourceError(f"{where}: exercise metadata must be a JSON object")
-    keys = {"id", "difficulty", "importance", "minutes", "points"}
+    keys = {"id", "kind", "difficulty", "importance", "minutes", "points"}
     if set(meta) != keys:
         raise SourceError(f"{where}: exercise metadata needs exactly the keys {sorted(keys)}, "
                           f"got {sorted(meta)}")
     if not isinstance(meta["id"], str) or not EXERCISE_ID.match(meta["id"]):
         raise SourceError(f"{where}: exercise id {meta['id']!r} must be snake_case")
+    if meta["kind"] not in KINDS:
+        raise SourceError(f"{where}: exercise {meta['id']}: kind must be one of {sorted(KINDS)}, got {meta['kind']!r}")
     for key in ("difficulty", "importance"):
         if meta[key] not in (1, 2, 3, 4, 5):
             raise SourceError(f"{where}: exercise {meta['id']}: {key} must be an integer from 1 to 5")
@@ -146,20 +157,23 @@ def _exercise(meta: object, number: int, source: str, where: str) -> Exercise:
 def _badge_line(ex: Exercise, cpu_limit: int) -> str:
     def dots(n: int, mark: str) -> str:
         return mark * n + "⚪" * (5 - n)
-    return (f"> **Difficulty** {dots(ex.difficulty, '🔴')} · **Importance** {dots(ex.importance, '🔵')}"
+    return (f"> **{ex.kind.capitalize()}** · **Difficulty** {dots(ex.difficulty, '🔴')} · **Importance** {dots(ex.importance, '🔵')}"
             f" · **about {ex.minutes} minutes** · **{ex.points} point{'s' * (ex.points != 1)}**"
             f" · graded within **{cpu_limit} s of CPU time** per cell")
 
 
 def _exercise_map(exercises: list[Exercise], limits: CellLimits) -> str:
-    rows = ["| # | exercise | difficulty | importance | minutes | points |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| # | exercise | kind | difficulty | importance | minutes | points |",
+            "|---|---|---|---|---|---|---|"]
     for ex in exercises:
-        rows.append(f"| {ex.number} | {ex.title} (`{ex.id}`) | {'🔴' * ex.difficulty} | "
+        rows.append(f"| {ex.number} | {ex.title} (`{ex.id}`) | {ex.kind} | {'🔴' * ex.difficulty} | "
                     f"{'🔵' * ex.importance} | {ex.minutes} | {ex.points} |")
-    rows.append(f"| | **total** | | | **{sum(e.minutes for e in exercises)}** | "
+    rows.append(f"| | **total** | | | | **{sum(e.minutes for e in exercises)}** | "
                 f"**{sum(e.points for e in exercises)}** |")
+    by_kind = {kind: sum(e.points for e in exercises if e.kind == kind) for kind in KINDS}
+    kinds = "; ".join(f"**{kind}** ({KINDS[kind]}): {points} points" for kind, points in by_kind.items() if points)
     return ("## Exercises in this chapter\n\n" + "\n".join(rows) + "\n\n"
+            f"**Kinds.** {kinds}.\n\n"
             f"**Limits under grading.** Each cell may use {limits.cpu:g} s of CPU time: what your kernel and "
             "the processes it starts compute, not the time a busy machine makes it wait. A cell is also "
             f"stopped after {limits.wall:g} s of wall-clock time, or after {limits.idle:g} s in a row without "

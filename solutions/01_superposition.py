@@ -103,7 +103,7 @@ SCALE = 1
 # dimension. So `W` has shape `[instance, hidden, feature]`, `b` has shape
 # `[instance, feature]` and a batch of inputs has shape `[batch, instance, feature]`.
 
-# %% [markdown] exercise={"id": "toy_forward", "difficulty": 1, "importance": 5, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "toy_forward", "kind": "build", "difficulty": 1, "importance": 5, "minutes": 10, "points": 2}
 # ### Exercise 1: The toy model's forward pass
 #
 # Write `toy_forward(W, b, x)` returning $\mathrm{ReLU}(W^\top W x + b)$ for every
@@ -171,7 +171,7 @@ checks.grade_toy_forward(toy_forward)
 # *interference* only when both are active at once. With $p = 0.05$ that is one time in
 # 400, so storing both is a good trade; with $p = 1$ (dense) it is paid on every input.
 
-# %% [markdown] exercise={"id": "generate_batch", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "generate_batch", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 2: Generate a batch of sparse features
 #
 # Write `generate_batch(batch_size, feature_probability, n_features, generator)`:
@@ -241,7 +241,7 @@ checks.grade_generate_batch(generate_batch)
 # (the gradient of instance $k$'s loss only reaches instance $k$'s weights), but we keep
 # the per-instance values to plot them.
 
-# %% [markdown] exercise={"id": "importance_weighted_loss", "difficulty": 1, "importance": 4, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "importance_weighted_loss", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 5, "points": 1}
 # ### Exercise 3: Importance-weighted reconstruction loss
 #
 # Write `importance_weighted_loss(x, x_hat, importance)`:
@@ -289,7 +289,7 @@ checks.grade_importance_weighted_loss(importance_weighted_loss)
 # not hidden by a correct piece elsewhere). It is also good practice: the loop does not
 # care which model it trains.
 
-# %% [markdown] exercise={"id": "train_toy_models", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "train_toy_models", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
 # ### Exercise 4: Train all the instances in parallel
 #
 # Write `train_toy_models(W, b, feature_probability, importance, *, steps, batch_size,
@@ -493,7 +493,7 @@ print(f"most features any linear model keeps: {max(kept_linear)}")
 #   0 if feature $i$ has a direction to itself, positive if other features project onto
 #   its direction. In the paper's bar charts this is the colour of each bar.
 
-# %% [markdown] exercise={"id": "feature_norms_and_interference", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "feature_norms_and_interference", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 5: Feature norms and interference
 #
 # Write `feature_norms_and_interference(W)` returning a tuple `(norms, interference)`,
@@ -583,7 +583,7 @@ sp.explore_toy_models(W_5_2.detach(), p_5_2, feature_norms_and_interference)
 # dimension, $D_i = 1/2$; five features on a pentagon in a plane get $D_i = 2/5$; a
 # feature the model ignores gets $D_i = 0$.
 
-# %% [markdown] exercise={"id": "feature_dimensionality", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "feature_dimensionality", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 6: Feature dimensionality
 #
 # Write `feature_dimensionality(W)` returning $D$: `[instance, feature]` as defined above.
@@ -695,7 +695,7 @@ print(f"sparsest 40-in-10 model: dimensions per feature {cfg_dim.n_hidden / squa
 #    direction (feature 0 was dropped instead);
 # 2. **superposition**: both features share the dimension, antipodally.
 
-# %% [markdown] exercise={"id": "feature_phase", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "feature_phase", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 7: Classify how a feature is represented
 #
 # Write `feature_phase(W, feature, *, norm_threshold=0.5, interference_threshold=0.25)`
@@ -838,7 +838,7 @@ print(f"superposition at every importance from p = {max(all_superposition):.2g} 
 # true features; here we do (the columns of $W$), so we can check whether the SAE finds
 # them. Chapter 4 trains SAEs on a transformer's residual stream.
 
-# %% [markdown] exercise={"id": "sae_forward", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "sae_forward", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 8: The sparse autoencoder's forward pass
 #
 # Write `sae_forward(h, W_enc, b_enc, W_dec, b_dec)` returning `(latents, reconstruction)`:
@@ -902,7 +902,7 @@ checks.grade_sae_forward(sae_forward)
 # The coefficient $\lambda$ (`l1_coeff`) sets the trade: too small and the SAE uses many
 # latents for every input (dense, uninterpretable); too large and it reconstructs badly.
 
-# %% [markdown] exercise={"id": "sae_loss", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "sae_loss", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
 # ### Exercise 9: The SAE's loss
 #
 # Write `sae_loss(h, latents, reconstruction, l1_coeff)` returning the scalar
@@ -954,7 +954,7 @@ checks.grade_sae_loss(sae_loss)
 # function `sample_hidden(batch_size)` that returns a fresh batch of hidden
 # activations `[batch, hidden]` each time it is called.
 
-# %% [markdown] exercise={"id": "train_sae", "difficulty": 3, "importance": 4, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "train_sae", "kind": "build", "difficulty": 3, "importance": 4, "minutes": 15, "points": 3}
 # ### Exercise 10: Train the sparse autoencoder
 #
 # Write `train_sae(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr,
@@ -1063,7 +1063,7 @@ sp.plot_loss_history(sae_history[:, None], labels=["SAE"]);
 # latents are non-negative, so a decoder direction pointing exactly away from a feature
 # cannot represent it.
 
-# %% [markdown] exercise={"id": "feature_recovery_score", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "feature_recovery_score", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 11: Feature recovery score
 #
 # Write `feature_recovery_score(W_dec, W_true)` returning a Python `float`:
@@ -1189,7 +1189,7 @@ from mechlab.superposition import investigation
 W_mystery, b_mystery = investigation.mystery_model(0)
 print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hidden dimensions")
 
-# %% [markdown] exercise={"id": "investigate_toy_model", "difficulty": 3, "importance": 4, "minutes": 30, "points": 6}
+# %% [markdown] exercise={"id": "investigate_toy_model", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 30, "points": 6}
 # ### Exercise 12: Investigation: which features, and which pairs?
 #
 # Find out, from the weights alone:

@@ -124,7 +124,7 @@ print("logits:", tuple(logits.shape), "  pattern of layer 0:", tuple(cache["patt
 # over positions, of minus the log-probability it gave to the token that really came
 # next. We will want it *per position*, to compare parts of a sequence.
 
-# %% [markdown] exercise={"id": "correct_log_probs", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "correct_log_probs", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 1: Log-probabilities of the tokens that came next
 #
 # Write `correct_log_probs(logits, tokens)`:
@@ -193,7 +193,7 @@ for word, lp in zip(model.to_str_tokens(text)[1:], correct_log_probs(logits, tok
 # (loss ≈ ln 269 ≈ 5.59<!-- out: uniform guessing: --> nats for a uniform guess over the 269 words), and everything
 # about the second copy is, if and only if the model can look back and copy.
 
-# %% [markdown] exercise={"id": "generate_repeated_tokens", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "generate_repeated_tokens", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 2: Random words, twice
 #
 # Write `generate_repeated_tokens(batch, seq_len, d_vocab, generator)` returning an
@@ -248,7 +248,7 @@ rep_logits, rep_cache = model.run_with_cache(rep_tokens)
 rep_log_probs = correct_log_probs(rep_logits, rep_tokens)
 print(" ".join(model.to_str_tokens(rep_tokens[0])))
 
-# %% [markdown] exercise={"id": "loss_by_half", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "loss_by_half", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
 # ### Exercise 3: Loss on each copy
 #
 # Write `loss_by_half(log_probs, seq_len)`: given the `correct_log_probs` of repeated
@@ -326,7 +326,7 @@ for layer in range(cfg.n_layers):
 # a number between 0 and 1: the average attention it pays to the position the pattern
 # predicts.
 
-# %% [markdown] exercise={"id": "previous_token_score", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "previous_token_score", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 4: A previous-token detector
 #
 # Write `previous_token_score(pattern)`: given one layer's attention pattern
@@ -356,7 +356,7 @@ checks.check_previous_token_score(previous_token_score)
 checks.grade_previous_token_score(previous_token_score)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "repeat_scores", "difficulty": 2, "importance": 5, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "repeat_scores", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 15, "points": 2}
 # ### Exercise 5: Duplicate-token and induction detectors
 #
 # In a repeated sequence `[BOS, w_1 .. w_n, w_1 .. w_n]` (with `n = seq_len`), the word
@@ -506,7 +506,7 @@ for step in (800, 1800, 2000, 2200):
 #   depend on the input (a constant offset), which zero ablation also removes and which
 #   can matter to later layers for reasons unrelated to the task.
 
-# %% [markdown] exercise={"id": "ablation_losses", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
+# %% [markdown] exercise={"id": "ablation_losses", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
 # ### Exercise 6: Ablate each head
 #
 # Write `ablation_losses(model, tokens, seq_len, mean=False)`: for every head
@@ -606,7 +606,7 @@ plt.show()
 # `model.W_O` (`[layer, head, d_head, d_model]`), and the factored `model.OV`, `model.QK`
 # (`[layer, head, d_model, d_model]`).
 
-# %% [markdown] exercise={"id": "full_ov_circuit", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "full_ov_circuit", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 7: The full OV circuit
 #
 # Write `full_ov_circuit(model, layer, head)` returning the `FactoredMatrix`
@@ -655,7 +655,7 @@ checks.grade_full_ov_circuit(full_ov_circuit)
 #   positive eigenvalues (score near 1); one that suppresses them, negative ones (near
 #   -1); an unrelated one scores near 0.
 
-# %% [markdown] exercise={"id": "copying_scores", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "copying_scores", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 8: Copying scores
 #
 # Write `copying_scores(circuit)`: given a square `FactoredMatrix`, return a tuple of two
@@ -745,7 +745,7 @@ with torch.no_grad():
 # `j`. For induction, it should be largest on the diagonal: attend where the token
 # before was the same as me.
 
-# %% [markdown] exercise={"id": "induction_qk_circuit", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "induction_qk_circuit", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 9: The induction head's QK circuit through the previous-token head
 #
 # Write `induction_qk_circuit(model, prev_head, induction_head)` returning the
@@ -837,7 +837,7 @@ with torch.no_grad():
 # - **K-composition**, it feeds the key: `comp(W_OV^{0.i}, (W_QK^{1.j})ᵀ)`;
 # - **V-composition**, it feeds the value: `comp(W_OV^{0.i}, W_OV^{1.j})`.
 
-# %% [markdown] exercise={"id": "composition_scores", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "composition_scores", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
 # ### Exercise 10: Composition scores between layers 0 and 1
 #
 # Write `composition_scores(model, kind)` with `kind` one of `"Q"`, `"K"`, `"V"`,
@@ -927,7 +927,7 @@ for kind, scores in comp.items():
 # This is the **direct** effect only: what a layer-0 head writes and a layer-1 head then
 # reads is credited to the layer-1 head.
 
-# %% [markdown] exercise={"id": "direct_logit_attribution", "difficulty": 3, "importance": 4, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "direct_logit_attribution", "kind": "build", "difficulty": 3, "importance": 4, "minutes": 20, "points": 2}
 # ### Exercise 11: Direct logit attribution
 #
 # Write `direct_logit_attribution(model, cache, tokens)` for an attention-only model
@@ -1014,7 +1014,7 @@ with torch.no_grad():
 # trained by the course on the same kind of data with another seed. You are not told
 # where its circuit is. That is the question.
 
-# %% [markdown] exercise={"id": "find_induction_circuit", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
+# %% [markdown] exercise={"id": "find_induction_circuit", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
 # ### Exercise 12: Investigation: which heads form the induction circuit?
 #
 # Write `find_induction_circuit(model)` that investigates a model like these and returns

@@ -127,7 +127,7 @@ print(ioi.labels)
 # In the corrupted prompt, mary is the repeated name, so the right answer becomes john.
 # Every token but one is the same, and that one token decides the answer.
 
-# %% [markdown] exercise={"id": "replace_subject", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "replace_subject", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 1: Corrupt the prompts
 #
 # Write `replace_subject(tokens, subject, indirect_object)`:
@@ -194,7 +194,7 @@ print("corrupted:", " ".join(model.to_str_tokens(corrupted_tokens[0])))
 # function of the final residual stream after its last layer norm (so contributions to
 # it add up), and it does not saturate the way probabilities do.
 
-# %% [markdown] exercise={"id": "logit_diff", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "logit_diff", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 2: The logit difference
 #
 # Write `logit_diff(logits, correct, distractor)`: the mean over the batch of
@@ -241,7 +241,7 @@ print(f"logit difference, clean: {clean_diff:+.2f}   corrupted: {corrupted_diff:
 # about as much on the corrupted ones (where the roles are swapped). To compare
 # interventions we normalise: 0 means "as corrupted", 1 means "as clean".
 
-# %% [markdown] exercise={"id": "patching_metric", "difficulty": 1, "importance": 4, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "patching_metric", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 5, "points": 1}
 # ### Exercise 3: The normalised metric
 #
 # Write `patching_metric(logits, correct, distractor, clean_diff, corrupted_diff)`
@@ -310,7 +310,7 @@ print(f"clean: {metric(clean_logits).item():.2f}, corrupted: {metric(corrupted_l
 #     return resid
 # ```
 
-# %% [markdown] exercise={"id": "patch_residual_stream", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
+# %% [markdown] exercise={"id": "patch_residual_stream", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
 # ### Exercise 4: Patch the residual stream at every layer and position
 #
 # Write `patch_residual_stream(model, corrupted_tokens, clean_cache, metric)` returning
@@ -383,7 +383,7 @@ plt.show()
 # have no per-head output hook; patching `z` for one head patches exactly that head's
 # output.)
 
-# %% [markdown] exercise={"id": "patch_head_outputs", "difficulty": 2, "importance": 5, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "patch_head_outputs", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 15, "points": 2}
 # ### Exercise 5: Patch each head's output
 #
 # Write `patch_head_outputs(model, corrupted_tokens, clean_cache, metric)` returning a
@@ -431,7 +431,7 @@ head_results = patch_head_outputs(model, corrupted_tokens, clean_cache, metric).
 plots.heatmap(head_results, "Head output patching, all positions (1 = clean)", xlabel="head", ylabel="layer")
 plt.show()
 
-# %% [markdown] exercise={"id": "patch_head_outputs_by_position", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "patch_head_outputs_by_position", "kind": "experiment", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 6: ... and position by position
 #
 # Write `patch_head_outputs_by_position(model, corrupted_tokens, clean_cache, metric)`
@@ -502,7 +502,7 @@ for i in top.tolist():
 # patching the clean pattern restores the behaviour, the corruption changed *where* the
 # head looks; if patching the clean values does, it changed *what* the head moves.
 
-# %% [markdown] exercise={"id": "patch_pattern_and_value", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "patch_pattern_and_value", "kind": "experiment", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 7: Patch attention patterns and values separately
 #
 # Write `patch_pattern_and_value(model, corrupted_tokens, clean_cache, metric)`
@@ -638,7 +638,7 @@ for label, cache in [("clean", clean_cache), ("third name at S2", third_cache)]:
 #
 # Everything the metric sees then comes from the sender, through exactly that edge.
 
-# %% [markdown] exercise={"id": "path_patch", "difficulty": 3, "importance": 4, "minutes": 30, "points": 3}
+# %% [markdown] exercise={"id": "path_patch", "kind": "experiment", "difficulty": 3, "importance": 4, "minutes": 30, "points": 3}
 # ### Exercise 8: Path patching from one head to later heads
 #
 # Write `path_patch(model, corrupted_tokens, clean_cache, corrupted_cache, sender,
@@ -873,7 +873,7 @@ print(f"head outputs, largest difference from yours:         {(tl_heads - head_r
 #     metric(model(corrupted_tokens)).backward()
 # ```
 
-# %% [markdown] exercise={"id": "attribution_patch_heads", "difficulty": 3, "importance": 4, "minutes": 25, "points": 3}
+# %% [markdown] exercise={"id": "attribution_patch_heads", "kind": "experiment", "difficulty": 3, "importance": 4, "minutes": 25, "points": 3}
 # ### Exercise 9: Attribution patching for every head
 #
 # Write `attribution_patch_heads(model, clean_tokens, corrupted_tokens, metric)`
@@ -976,7 +976,7 @@ print(f"head {layer}.{head}: attribution patching estimates {attribution[layer, 
 # information instead of flipping it: the logit difference between the clean names
 # drops to about 0<!-- out: logit difference on the ABC prompts: ±0.2 -->.
 
-# %% [markdown] exercise={"id": "noise_head_outputs", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "noise_head_outputs", "kind": "experiment", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 10: Noising each head
 #
 # Write `noise_head_outputs(model, clean_tokens, corrupted_cache, metric)` returning a
@@ -1123,7 +1123,7 @@ for template in range(len(investigation.TEMPLATES)):
 # you found; either way, what it returns is what gets measured. The visible check only
 # says whether the answer is well formed.
 
-# %% [markdown] exercise={"id": "investigate_fact_recall", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
+# %% [markdown] exercise={"id": "investigate_fact_recall", "kind": "investigation", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
 # ### Exercise 11: Investigation: the fact-recall circuit
 #
 # Write `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)`

@@ -103,7 +103,7 @@ windows = activations.corpus_windows(n_tokens=300_000 * SCALE, seed=1)
 print(f"{len(windows)} windows of {windows.tokens.shape[1]} tokens")
 print(" ".join(windows.words(0)[:40]), "...")
 
-# %% [markdown] exercise={"id": "collect_activations", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "collect_activations", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 1: Collect activations
 #
 # Write `collect_activations(model, tokens, hook_name)`: run `model` on `tokens`
@@ -152,7 +152,7 @@ checks.grade_collect_activations(collect_activations)
 # Hyperparameters then carry over between models, and a squared error of
 # $d_\text{model}$ means "as large as the activation itself".
 
-# %% [markdown] exercise={"id": "normalisation_scale", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "normalisation_scale", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
 # ### Exercise 2: The normalisation factor
 #
 # Write `normalisation_scale(acts)`: for activations `[..., d_model]` (any number of
@@ -359,7 +359,7 @@ class SAE(nn.Module):
 #
 # (the expectation is the mean over the batch; $z_i \ge 0$ after the ReLU, so $z_i = |z_i|$).
 
-# %% [markdown] exercise={"id": "relu_sae_loss", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "relu_sae_loss", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 3: The L1 SAE's loss
 #
 # Write `relu_sae_loss(x, latents, reconstruction, W_dec, l1_coeff)` returning the loss
@@ -408,7 +408,7 @@ checks.grade_relu_sae_loss(relu_sae_loss)
 # zero, TopK SAEs do not *shrink* their reconstructions the way L1 SAEs do (section 4
 # measures this).
 
-# %% [markdown] exercise={"id": "topk_activation", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "topk_activation", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 4: The TopK activation
 #
 # Write `topk_activation(pre, k)`: for pre-activations `[batch, d_sae]`, keep in each row
@@ -458,7 +458,7 @@ checks.grade_topk_activation(topk_activation)
 # dictionary does not cover. $e$ is passed in detached (see `SAE.loss`): the auxiliary
 # loss must not change the main reconstruction.
 
-# %% [markdown] exercise={"id": "auxk_loss", "difficulty": 3, "importance": 3, "minutes": 25, "points": 3}
+# %% [markdown] exercise={"id": "auxk_loss", "kind": "build", "difficulty": 3, "importance": 3, "minutes": 25, "points": 3}
 # ### Exercise 5: The AuxK loss
 #
 # Write `auxk_loss(residual, pre, W_dec, dead_mask, k_aux)`:
@@ -544,7 +544,7 @@ checks.grade_auxk_loss(auxk_loss)
 # backward needs (`ctx.save_for_backward(...)`); `backward(ctx, grad_output)` returns
 # one gradient per input of `forward` (`None` for inputs that are not tensors).
 
-# %% [markdown] exercise={"id": "jumprelu", "difficulty": 3, "importance": 4, "minutes": 30, "points": 3}
+# %% [markdown] exercise={"id": "jumprelu", "kind": "build", "difficulty": 3, "importance": 4, "minutes": 30, "points": 3}
 # ### Exercise 6: JumpReLU with its straight-through estimator
 #
 # Fill in `JumpReLUFunction`, and `jumprelu(pre, threshold, bandwidth)` that applies it
@@ -616,7 +616,7 @@ checks.check_jumprelu(jumprelu)
 checks.grade_jumprelu(jumprelu)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "jumprelu_l0", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "jumprelu_l0", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
 # ### Exercise 7: The L0 penalty
 #
 # Fill in `StepFunction` (the Heaviside step $H(\pi - \theta)$ with its pseudo-derivative)
@@ -695,7 +695,7 @@ checks.grade_jumprelu_l0(jumprelu_l0)
 #   activations is **dead**. The count drives TopK's auxiliary loss, and its history is
 #   the first thing to look at when training goes wrong.
 
-# %% [markdown] exercise={"id": "train_sae", "difficulty": 3, "importance": 5, "minutes": 30, "points": 3}
+# %% [markdown] exercise={"id": "train_sae", "kind": "build", "difficulty": 3, "importance": 5, "minutes": 30, "points": 3}
 # ### Exercise 8: The training loop
 #
 # Write `train_sae(sae, batches, *, steps, lr, warmup_steps, dead_after)`, which trains
@@ -811,7 +811,7 @@ plots.training_curves(history);
 #   with $\mathbb{E}[x]$ the mean activation over the batch. 1 is perfect; 0 is no better
 #   than always answering the mean.
 
-# %% [markdown] exercise={"id": "reconstruction_metrics", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "reconstruction_metrics", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 9: L0, MSE and explained variance
 #
 # Write `reconstruction_metrics(x, reconstruction, latents)` returning the tuple of three
@@ -868,7 +868,7 @@ checks.grade_reconstruction_metrics(reconstruction_metrics)
 # over every next-token prediction: logits at positions `0 .. pos-2` against the tokens
 # at `1 .. pos-1`.
 
-# %% [markdown] exercise={"id": "ce_loss_recovered", "difficulty": 2, "importance": 5, "minutes": 25, "points": 3}
+# %% [markdown] exercise={"id": "ce_loss_recovered", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 25, "points": 3}
 # ### Exercise 10: CE loss recovered
 #
 # Write `ce_loss_recovered(model, tokens, hook_name, reconstruct)` returning the tuple of
@@ -1007,7 +1007,7 @@ plots.density_histogram(saes, eval_store);
 #
 # $\gamma = 1$: no bias; $\gamma < 1$: the reconstruction is shrunk.
 
-# %% [markdown] exercise={"id": "relative_reconstruction_bias", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "relative_reconstruction_bias", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 11: Relative reconstruction bias
 #
 # Write `relative_reconstruction_bias(x, reconstruction)` returning $\gamma$ above as a
@@ -1062,7 +1062,7 @@ plots.print_numbers(shrinkage, {"gamma": ("γ", ".2f")})
 #    guess.)
 # 3. **Ground truth**: a detection score against labels we trust.
 
-# %% [markdown] exercise={"id": "top_activations", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "top_activations", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 12: Top-activating positions
 #
 # Write `top_activations(acts, k)`: for one latent's activations over windows,
@@ -1132,7 +1132,7 @@ plots.latent_browser(browser_data, top_activations)
 #
 # Always only what the model can see: the earlier word must be inside its 64-token window.
 
-# %% [markdown] exercise={"id": "detection_scores", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "detection_scores", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
 # ### Exercise 13: Precision, recall and F1 of every latent
 #
 # Write `detection_scores(fires, labels)`: with `fires` a boolean `[n, d_sae]` (latent
@@ -1380,7 +1380,7 @@ splitting
 # **The question.** For each kind of fact, city, job and pet, is there a latent of the
 # SAE that fires where the model is *about to write* a value of that kind, and which is it?
 
-# %% [markdown] exercise={"id": "investigate_facts", "difficulty": 3, "importance": 4, "minutes": 40, "points": 6}
+# %% [markdown] exercise={"id": "investigate_facts", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 40, "points": 6}
 # ### Exercise 14: Investigation: the latents that announce a fact
 #
 # Write `investigate_facts(sae, store, windows)` returning a dict

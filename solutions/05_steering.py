@@ -111,7 +111,7 @@ N_GEN, GEN_LENGTH = 32, 24  # generations per measurement, and their length in t
 model = zoo.load("corpus_2l", device=device)
 print(f"{model.cfg.n_layers} layers, d_model={model.cfg.d_model}, context of {model.cfg.n_ctx} tokens")
 
-# %% [markdown] exercise={"id": "generate", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
+# %% [markdown] exercise={"id": "generate", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
 # ### Exercise 1: Sample with a seed, with hooks
 #
 # Write `generate(model, prompt, n_new, generator, temperature=1.0, fwd_hooks=())`:
@@ -218,7 +218,7 @@ print("topics:", dict(enumerate(corpus.TOPIC_NAMES)))
 print("label of 'bread':", topic_labels[model.to_single_token("bread")].item(),
       "  of 'said':", topic_labels[model.to_single_token("said")].item())
 
-# %% [markdown] exercise={"id": "success_rate", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "success_rate", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 2: Is the text about the target?
 #
 # Write `success_rate(tokens, labels, target, prompt_length)`:
@@ -297,7 +297,7 @@ for row in range(2):
     print("+", " ".join(model.to_str_tokens(food_tokens[row])[1:]))
     print("-", " ".join(model.to_str_tokens(other_tokens[row])[1:]))
 
-# %% [markdown] exercise={"id": "contrast_vector", "difficulty": 1, "importance": 5, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "contrast_vector", "kind": "build", "difficulty": 1, "importance": 5, "minutes": 15, "points": 2}
 # ### Exercise 3: The mean difference
 #
 # Write `contrast_vector(model, pos_tokens, neg_tokens, hook_name, position=None)`: the
@@ -351,7 +351,7 @@ checks.grade_contrast_vector(contrast_vector)
 # small and every layer adds to it. Turner et al. pick coefficients by hand per layer; we
 # measure the residual norm at each site and give coefficients as multiples of it.
 
-# %% [markdown] exercise={"id": "residual_norm", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
+# %% [markdown] exercise={"id": "residual_norm", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
 # ### Exercise 4: The residual stream's size
 #
 # Write `residual_norm(model, tokens, hook_name)`: the mean, over the batch and every
@@ -403,7 +403,7 @@ pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, 
 # and other stories is a smaller share of the residual stream at the embedding than
 # later, so the same relative push is a bigger exaggeration of it there.
 
-# %% [markdown] exercise={"id": "steering_hook", "difficulty": 1, "importance": 5, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "steering_hook", "kind": "build", "difficulty": 1, "importance": 5, "minutes": 10, "points": 2}
 # ### Exercise 5: The steering hook
 #
 # Write `steering_hook(vector, coefficient, positions=None)`, which returns a hook
@@ -499,7 +499,7 @@ print(f"about {TARGET}: {success_rate(steered, topic_labels, target_id, 1):.0%} 
 # - the **generations' loss**: the *unsteered* model's loss on what the steered model
 #   wrote (`st.generation_loss`), a fluency score: how unlike corpus text it reads.
 
-# %% [markdown] exercise={"id": "extra_loss", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "extra_loss", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 6: The extra loss
 #
 # Write `extra_loss(model, tokens, fwd_hooks)`: the mean next-token cross-entropy loss on
@@ -541,7 +541,7 @@ checks.check_extra_loss(extra_loss)
 checks.grade_extra_loss(extra_loss)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "repetition", "difficulty": 2, "importance": 3, "minutes": 15, "points": 1}
+# %% [markdown] exercise={"id": "repetition", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 15, "points": 1}
 # ### Exercise 7: Repetition
 #
 # Write `repetition(tokens, prompt_length)`: for each row, take the generated tokens
@@ -716,7 +716,7 @@ with torch.no_grad():
     logit_lens = decoder @ model.W_U  # what the latent's direction says about the next token, straight through
 print("tokens it promotes most:", model.to_str_tokens(logit_lens.topk(10).indices))  # mostly food words
 
-# %% [markdown] exercise={"id": "clamp_latent_hook", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
+# %% [markdown] exercise={"id": "clamp_latent_hook", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 20, "points": 3}
 # ### Exercise 8: Clamp a latent, keep the error
 #
 # Write `clamp_latent_hook(sae, latent, value, scale)`, which returns a hook for the SAE's
@@ -867,7 +867,7 @@ loss_table.round(3)
 # we steer shows the steering from the model's side: did the push *between* the layers
 # make the last layer represent food?
 
-# %% [markdown] exercise={"id": "fit_probe", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "fit_probe", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
 # ### Exercise 9: Train a probe
 #
 # Write `fit_probe(x, y, steps=300, lr=0.05, l2=1e-3)`, a logistic regression trained
@@ -1033,7 +1033,7 @@ group_of = {n: g for g, ns in groups.items() for n in ns}
 print("known:", [" ".join(n) for n in names.known_train[:4]], "...")
 print("unknown:", [" ".join(n) for n in names.unknown_train[:4]], "...")
 
-# %% [markdown] exercise={"id": "auroc", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "auroc", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 10: AUROC
 #
 # How well does a score separate two groups, whatever threshold one picks? The area under
@@ -1101,7 +1101,7 @@ st.plot_scores(entity_scores, [group_of[n] for n in test_names],
 # beside a **random direction** of the same size, and the extra loss it costs on
 # ordinary text.
 
-# %% [markdown] exercise={"id": "answer_probabilities", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "answer_probabilities", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 11: Hedge or answer?
 #
 # Write `answer_probabilities(model, tokens, hedge, cities, fwd_hooks=())`: run the
@@ -1343,7 +1343,7 @@ st.steering_panel(model, steers, panel_numbers, panel_samples)
 # BOS, or an SAE latent clamped at `blocks.1.hook_resid_pre`), the direction and its
 # size. The chapter's own recipe, unchanged, is not guaranteed to do it.
 
-# %% [markdown] exercise={"id": "investigate_steering", "difficulty": 3, "importance": 4, "minutes": 40, "points": 5}
+# %% [markdown] exercise={"id": "investigate_steering", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 40, "points": 5}
 # ### Exercise 12: Steer towards weather within the budget
 #
 # Explore first, with this chapter's tools: `st.contrast_pairs("topic", "weather", n)`,

@@ -99,7 +99,7 @@ for p in model.parameters():
 # stream after the second LayerNorm, scale and bias applied) and writes
 # `blocks.ℓ.hook_mlp_out`.
 
-# %% [markdown] exercise={"id": "collect_mlp_io", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "collect_mlp_io", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 1: The MLP's inputs and outputs
 #
 # Write `collect_mlp_io(model, tokens, layer)`: run `model` on `tokens` (`[batch, pos]`)
@@ -132,7 +132,7 @@ checks.check_collect_mlp_io(collect_mlp_io)
 checks.grade_collect_mlp_io(collect_mlp_io)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "transcode", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "transcode", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 15, "points": 2}
 # ### Exercise 2: The transcoder's forward pass
 #
 # Write `transcode(x, W_enc, b_enc, W_dec, b_dec, k, W_skip=None)` returning
@@ -263,7 +263,7 @@ history = train_sae(live, tc_zoo.pair_batches(pairs.to(device), 1024), steps=100
                     warmup_steps=100, dead_after=100_000)
 print(f"{len(pairs)} pairs; live transcoder, last 50 steps: MSE {history['mse'][-50:].mean():.1f}")
 
-# %% [markdown] exercise={"id": "variance_explained", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "variance_explained", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
 # ### Exercise 3: The fraction of variance explained
 #
 # Write `variance_explained(prediction, target)` (both `[batch, d]`): one minus the
@@ -298,7 +298,7 @@ checks.check_variance_explained(variance_explained)
 checks.grade_variance_explained(variance_explained)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "replacement_loss", "difficulty": 2, "importance": 5, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "replacement_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 20, "points": 2}
 # ### Exercise 4: The replacement model's loss
 #
 # Variance explained is measured on one MLP at a time, on inputs from the real model.
@@ -425,7 +425,7 @@ print(f"live transcoder, variance explained: {table.loc['live (layer 0)', 'FVE 0
 # is the frozen forward pass from the coefficients to the active latents'
 # pre-activations and the logits. The freezing is yours.
 
-# %% [markdown] exercise={"id": "freeze_hooks", "difficulty": 2, "importance": 5, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "freeze_hooks", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 20, "points": 2}
 # ### Exercise 5: Freeze the nonlinearities
 #
 # Write `freeze_hooks(cache, n_layers)`: the list of `(hook_name, hook_function)` pairs
@@ -602,7 +602,7 @@ print(f"largest difference from the model's logits: {(logits - lr.clean_logits).
 # logit of the person's city minus the mean logit of the twelve cities
 # (`ag.city_target`): how much the model prefers this city to the others.
 
-# %% [markdown] exercise={"id": "adjacency_matrix", "difficulty": 2, "importance": 5, "minutes": 25, "points": 3}
+# %% [markdown] exercise={"id": "adjacency_matrix", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 25, "points": 3}
 # ### Exercise 6: The edges, one backward pass per node
 #
 # Write `adjacency_matrix(replacement, target)`: with `pre, logits = replacement.run()`
@@ -655,7 +655,7 @@ checks.grade_adjacency_matrix(adjacency_matrix)
 # The graph has no cycles (every edge goes forward in layers), so $\hat A$ is nilpotent
 # and the series is finite.
 
-# %% [markdown] exercise={"id": "node_influence", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
+# %% [markdown] exercise={"id": "node_influence", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
 # ### Exercise 7: Influence
 #
 # Write `node_influence(adjacency, weights)`: `adjacency` is a square `[N, N]` matrix
@@ -688,7 +688,7 @@ checks.check_node_influence(node_influence)
 checks.grade_node_influence(node_influence)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "prune_nodes", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "prune_nodes", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 1}
 # ### Exercise 8: Pruning
 #
 # A graph of a five-token prompt already has thousands of edges. Circuit Tracing keeps
@@ -872,7 +872,7 @@ for key, value in hedge.items():
 # the prompt (so that nothing changes unless a latent does), set latents to zero and let
 # everything downstream, attention included, respond.
 
-# %% [markdown] exercise={"id": "ablate_latents", "difficulty": 2, "importance": 5, "minutes": 25, "points": 2}
+# %% [markdown] exercise={"id": "ablate_latents", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 25, "points": 2}
 # ### Exercise 9: Ablate latents in the real model
 #
 # Write `ablate_latents(model, transcoders, tokens, errors, nodes)`: run `model` on one
@@ -1001,7 +1001,7 @@ for key, value in ioi.items():
 # **The question.** Given the prompt of a known person (`kate wright lives in`), which
 # few transcoder latents carry the model's preference for that person's city?
 
-# %% [markdown] exercise={"id": "explain_recall", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
+# %% [markdown] exercise={"id": "explain_recall", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
 # ### Exercise 10: Investigation: the latents that carry a fact
 #
 # Write `explain_recall(model, transcoders, tokens)` returning a list of at most 6

@@ -124,7 +124,7 @@ behaviour
 # component)` gives a component's named parameters) and measure how far each moved,
 # relative to its size.
 
-# %% [markdown] exercise={"id": "weight_diff", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "weight_diff", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 1: How far each component moved
 #
 # Write `weight_diff(base, tuned)` returning a dict from each of `personas.COMPONENTS` to its
@@ -194,7 +194,7 @@ ex.print_lora_rank(base, tuned["cheerful_lora"])
 # where the persona acts, the last token of a slot prompt (`the sky was`), before the
 # sentiment word.
 
-# %% [markdown] exercise={"id": "mean_activation_difference", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "mean_activation_difference", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 2: The mean activation difference
 #
 # Write `mean_activation_difference(base, tuned, tokens, hook_name, position=None)`: run
@@ -293,7 +293,7 @@ ex.print_lens(base, differences)
 # become cheerful?) and **remove** it from the fine-tuned model (does it stop?). Adding
 # uses chapter 5's `steering_hook`; removing needs a projection.
 
-# %% [markdown] exercise={"id": "project_out_hook", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "project_out_hook", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 3: Ablating a direction
 #
 # Write `project_out_hook(direction)` returning a hook that removes, at every position,
@@ -378,7 +378,7 @@ causal.round(3)
 # 5's sentiment vector at `1.resid_post`, the last residual stream. A monitor reads a prompt's last position,
 # before any text is written.
 
-# %% [markdown] exercise={"id": "persona_projection", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "persona_projection", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 4: The monitor's reading
 #
 # Write `persona_projection(model, tokens, vector, hook_name)` returning, for each row
@@ -387,8 +387,16 @@ causal.round(3)
 #
 # <details><summary>Hint</summary>
 #
-# `cache[hook_name][:, -1] @ (vector / vector.norm())`. A projection, not a cosine:
-# the activation's own norm stays in.
+# Cache only `hook_name` (as in exercise 2), keep the last position of each row, and take
+# its dot product with a *unit* vector. A projection, not a cosine: the activation's own
+# norm stays in. A skeleton:
+#
+# ```python
+# with torch.no_grad():
+#     _, cache = model.run_with_cache(tokens, names_filter=...)
+# u = ...  # `vector` scaled to norm 1, on the cache's device
+# return (...).float().cpu()  # [batch]
+# ```
 # </details>
 #
 # Stuck? Run `from mechlab.model_diffing.reference import persona_projection` and carry on (no points for this exercise).
@@ -416,7 +424,7 @@ checks.grade_persona_projection(persona_projection)
 # gives them: $\theta_\alpha = \theta_{base} + \alpha(\theta_{tuned} - \theta_{base})$
 # runs from the base ($\alpha=0$) to the fine-tune ($\alpha=1$).
 
-# %% [markdown] exercise={"id": "interpolate", "difficulty": 1, "importance": 2, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "interpolate", "kind": "build", "difficulty": 1, "importance": 2, "minutes": 10, "points": 1}
 # ### Exercise 5: Models between base and fine-tune
 #
 # Write `interpolate(base, tuned, alpha)` returning a **new** model (leave both inputs
@@ -499,7 +507,7 @@ shift.round(2)
 # (tuned → base): if the base becomes cheerful, that output is sufficient for the persona.
 # Or the reverse (base → tuned): if the fine-tune stops being cheerful, it is necessary.
 
-# %% [markdown] exercise={"id": "patch_from", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "patch_from", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
 # ### Exercise 6: Patching between models
 #
 # Write `patch_from(receiver, donor, tokens, hook_names)` returning the receiver's
@@ -569,7 +577,7 @@ plt.show()
 # the residual stream a vocabulary. Run it on both models' activations on the same
 # text: which latents fire more often after fine-tuning?
 
-# %% [markdown] exercise={"id": "latent_firing_change", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "latent_firing_change", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
 # ### Exercise 7: Which latents changed
 #
 # Write `latent_firing_change(sae, base, tuned, tokens)` returning, for each latent
@@ -644,7 +652,7 @@ sae_diff.round(3)
 #
 # $$\mathcal{L} = -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w)) - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big).$$
 
-# %% [markdown] exercise={"id": "sequence_logprob", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "sequence_logprob", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
 # ### Exercise 8: The log-probability of an answer
 #
 # Write `sequence_logprob(model, tokens, prompt_length)` returning `[batch]`: for each
@@ -676,7 +684,7 @@ checks.check_sequence_logprob(sequence_logprob)
 checks.grade_sequence_logprob(sequence_logprob)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "dpo_loss", "difficulty": 2, "importance": 5, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "dpo_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 15, "points": 3}
 # ### Exercise 9: The DPO loss
 #
 # Write `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`: the
@@ -685,8 +693,11 @@ checks.grade_sequence_logprob(sequence_logprob)
 #
 # <details><summary>Hint</summary>
 #
-# `-torch.nn.functional.logsigmoid(beta * margin).mean()`: `logsigmoid` is stable where
-# `torch.log(torch.sigmoid(...))` underflows to `-inf` for large negative margins.
+# First the margin, per row: how much more the policy has moved towards the chosen answer
+# than towards the rejected one, each measured against the reference. Then the loss of each
+# row is $-\log\sigma(\beta \cdot \text{margin})$. Compute the log-sigmoid with torch's own
+# function for it, not as `torch.log(torch.sigmoid(...))`, which underflows to `-inf` for a
+# large negative margin (try it at a margin of -200).
 # </details>
 #
 # Stuck? Run `from mechlab.model_diffing.reference import dpo_loss` and carry on (no points for this exercise).
@@ -763,7 +774,7 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 # components faster than others, so the weight diff is nonzero everywhere and largest
 # where the drift was fastest. Then one component alone learned a persona.
 
-# %% [markdown] exercise={"id": "identify_finetune", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
+# %% [markdown] exercise={"id": "identify_finetune", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
 # ### Exercise 10: Investigation: what was this model taught, and where?
 #
 # Write `identify_finetune(base, tuned)` returning a dict

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from autograder.chapters import REPO_ROOT, Chapter, discover
-from autograder.source import BEGIN_HIDDEN, BEGIN_SOLUTION, SourceError, read_source
+from autograder.source import KINDS, BEGIN_HIDDEN, BEGIN_SOLUTION, SourceError, read_source
 from conftest import FIXTURE_SOURCE, run_cli
 
 CHAPTERS = discover()
@@ -81,10 +81,14 @@ def test_exercise_metadata_and_budget(chapter: Chapter):
     assert [c.metadata["exercise"]["id"] for c in headers] == [e.id for e in source.exercises]
     for cell, ex in zip(headers, source.exercises):
         assert f"about {ex.minutes} minutes" in cell.source  # rendered from the metadata
+        assert f"> **{ex.kind.capitalize()}** · **Difficulty**" in cell.source
         assert "<details>" in cell.source, f"{ex.id}: hints belong in collapsed <details> blocks"
         assert f"from mechlab.{chapter.topic}.reference import" in cell.source, f"{ex.id}: no stuck line"
     table = next(c for c in release.cells if c.source.startswith("## Exercises in this chapter"))
     assert f"**{sum(e.minutes for e in source.exercises)}**" in table.source
+    assert [e.kind for e in source.exercises].count("investigation") == 1 == (source.exercises[-1].kind == "investigation")
+    for kind in {e.kind for e in source.exercises}:  # the points of each kind, as the map states them
+        assert f"**{kind}** ({KINDS[kind]}): {sum(e.points for e in source.exercises if e.kind == kind)} points" in table.source
 
 
 def test_setup_cell_uses_the_one_repository_url():
@@ -107,12 +111,14 @@ def test_reference_modules_import_without_side_effects(capsys):
     ('### END SOLUTION\n', "without '### END SOLUTION'"),
     ('### Exercise 2: scale', "must start with the heading '### Exercise 2"),
     ('"difficulty": 1, "importance": 1, "minutes": 1, "points": 2', "difficulty must be an integer from 1 to 5"),
+    ('"kind": "experiment"', "kind must be one of ['build', 'experiment', 'investigation'], got 'exercise'"),
 ])
 def test_source_rules_are_enforced_with_the_cell_named(tmp_path, breakage, message):
     text = FIXTURE_SOURCE.read_text()
     replacement = {'### END SOLUTION\n': "", '### Exercise 2: scale': "### Exercise 3: scale",
                    '"difficulty": 1, "importance": 1, "minutes": 1, "points": 2':
-                   '"difficulty": 9, "importance": 1, "minutes": 1, "points": 2'}[breakage]
+                   '"difficulty": 9, "importance": 1, "minutes": 1, "points": 2',
+                   '"kind": "experiment"': '"kind": "exercise"'}[breakage]
     (tmp_path / "solutions").mkdir()
     (tmp_path / "solutions" / "00_fixture.py").write_text(text.replace(breakage, replacement, 1))
     with pytest.raises(SourceError, match=re.escape(message)) as err:
