@@ -3,10 +3,10 @@
 #   make test    set up, then run the whole test suite (what CI runs; installs bubblewrap and chromium where it can)
 #   make build   regenerate chapters/ and mechlab/*/reference.py from solutions/*.py
 #   make grade FILE=submission.ipynb (or a folder, or a .zip of a class)
-#   make test-browser  run every solution notebook in JupyterLab in headless Chromium (installs chromium)
+#   make test-browser  run chapter 1, and every chapter's widgets and circuitsvis pictures, in JupyterLab in headless Chromium (installs chromium)
 #   make test-colab    run every chapter's setup cell and the chapter in a Colab-like fresh runtime
 #   make bench   time the chapters, the grader and SAE training; results go to benchmarks/RESULTS.md
-#   make retrain retrain every zoo model from scratch and compare with the committed ones (about 15 minutes)
+#   make retrain retrain the zoo's models, an SAE and a transcoder from scratch and compare with the committed ones (about 20 minutes)
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -392,8 +392,9 @@ plt.show()
 #
 # <details><summary>Hint</summary>
 #
-# The same structure as exercise 4, with the hook on `blocks.{layer}.attn.hook_z`
-# writing `z[:, :, head] = clean_cache[name][:, :, head]`.
+# The same structure as exercise 4, with the hook on `blocks.{layer}.attn.hook_z`, whose
+# activation is `[batch, pos, head, d_head]`: the hook overwrites one head's slice, at every
+# position, with the same slice of the clean cache, and leaves the other heads alone.
 # </details>
 #
 # Stuck? Run `from mechlab.activation_patching.reference import patch_head_outputs` and carry on (no points for this exercise).
@@ -440,8 +441,9 @@ plt.show()
 #
 # <details><summary>Hint</summary>
 #
-# Exercise 5 with a third loop over `range(corrupted_tokens.shape[1])`, and the patch
-# `z[:, pos, head] = clean_cache[name][:, pos, head]` (bind `pos` in the hook too).
+# Exercise 5 with a third loop, over the positions, and a patch of one head's slice at
+# one position only. Bind `pos` (and `head`) as default arguments of the hook, or every
+# hook sees the loop's last values.
 # </details>
 #
 # Stuck? Run `from mechlab.activation_patching.reference import patch_head_outputs_by_position` and carry on (no points for this exercise).
@@ -518,9 +520,10 @@ for i in top.tolist():
 #
 # <details><summary>Hint</summary>
 #
-# Two hooks per head, run separately (two forward passes): one on `hook_pattern`
-# writing `pattern[:, head] = clean_cache[name][:, head]`, one on `hook_v` writing
-# `v[:, :, head] = clean_cache[name][:, :, head]`.
+# Two forward passes per head, one per hook point: `attn.hook_pattern`
+# (`[batch, head, query, key]`: the head is the second axis) and `attn.hook_v`
+# (`[batch, pos, head, d_head]`: the third). Each pass patches that head's slice from the
+# clean cache, as in exercise 5.
 # </details>
 #
 # Stuck? Run `from mechlab.activation_patching.reference import patch_pattern_and_value` and carry on (no points for this exercise).

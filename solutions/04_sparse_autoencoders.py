@@ -480,7 +480,9 @@ checks.grade_topk_activation(topk_activation)
 #
 # <details><summary>Hint 2</summary>
 #
-# `k = min(k_aux, int(dead_mask.sum()))`; if it is 0, `return pre.new_zeros(())`.
+# There may be fewer dead latents than `k_aux`, or none: take the top-k over at most as
+# many as there are dead, and when there are none the loss is a zero scalar (on `pre`'s
+# device and dtype) rather than a NaN.
 # </details>
 #
 # Stuck? Run `from mechlab.sparse_autoencoders.reference import auxk_loss` and carry on (no points for this exercise).
@@ -562,17 +564,18 @@ checks.grade_auxk_loss(auxk_loss)
 #
 # <details><summary>Hint 1</summary>
 #
-# In `forward`: `ctx.save_for_backward(pre, threshold)`, `ctx.bandwidth = bandwidth`,
-# and return `pre * (pre > threshold)`.
+# In `forward`, keep what `backward` needs: the tensors with `ctx.save_for_backward`, the
+# plain number as an attribute of `ctx`. The output is `pre` where it is above the threshold
+# and 0 elsewhere.
 # </details>
 #
 # <details><summary>Hint 2</summary>
 #
-# In `backward`: `in_window = (pre - threshold).abs() < ctx.bandwidth / 2` (a boolean
-# `[batch, d_sae]`), then
-# `grad_threshold = (grad_output * -(threshold / ctx.bandwidth) * in_window).sum(0)`.
-# (Faster: $-\theta/\varepsilon$ is the same for every input, so sum
-# `grad_output * in_window` over the batch first, then scale.)
+# In `backward`: which inputs lie within half a bandwidth of their threshold (a boolean
+# `[batch, d_sae]`)? Only those pass a gradient to the threshold, each
+# $-\theta/\varepsilon$ times the incoming gradient, summed over the batch (the threshold
+# has no batch axis). Faster: $-\theta/\varepsilon$ is the same for every input, so sum
+# the masked incoming gradient over the batch first, then scale.
 # </details>
 #
 # Stuck? Run `from mechlab.sparse_autoencoders.reference import jumprelu` and carry on (no points for this exercise).
