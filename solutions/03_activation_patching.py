@@ -149,9 +149,8 @@ print(ioi.labels)
 #
 # <details><summary>Hint 2</summary>
 #
-# With `rows = torch.arange(batch)` and `last` of shape `[batch]`,
-# `corrupted[rows, last] = indirect_object` writes one entry per row. Start from
-# `corrupted = tokens.clone()`.
+# Indexing with a tensor of row numbers and a tensor of positions, one per row, writes one
+# entry in each row. Work on a clone, so that `tokens` stays as it was.
 # </details>
 #
 # Stuck? Run `from mechlab.activation_patching.reference import replace_subject` and carry on (no points for this exercise).

@@ -424,9 +424,9 @@ pd.DataFrame({"residual norm": norms, "vector norm": {s: v.norm().item() for s, 
 #
 # <details><summary>Hint 2</summary>
 #
-# One index serves all three cases: `where = slice(None) if positions is None else
-# positions`, then `steered[:, where]` on a clone of the activation. Move the vector to the
-# activation's device and dtype (`vector.to(activation)`).
+# One index can serve all three cases (every position, a slice, a list of positions):
+# build it once, outside the hook. Steer a clone of the activation, not the activation in
+# place, and move the vector to the activation's device and dtype first.
 # </details>
 #
 # Stuck? Run `from mechlab.steering.reference import steering_hook` and carry on (no points for this exercise).
@@ -515,7 +515,9 @@ print(f"about {TARGET}: {success_rate(steered, topic_labels, target_id, 1):.0%} 
 #
 # <details><summary>Hint 2</summary>
 #
-# Run the model twice, once plainly and once inside `with model.hooks(fwd_hooks=list(fwd_hooks)):`.
+# Run the model twice: once plainly, and once with the hooks in place. `model.hooks(...)`
+# is a context manager that adds forward hooks (a list of `(name, hook)` pairs) for the
+# duration of a `with` block, and removes them after.
 # </details>
 #
 # Stuck? Run `from mechlab.steering.reference import extra_loss` and carry on (no points for this exercise).
@@ -732,8 +734,10 @@ print("tokens it promotes most:", model.to_str_tokens(logit_lens.topk(10).indice
 #
 # <details><summary>Hint</summary>
 #
-# Work on `x = activation[:, 1:] * scale`; `sae.encode` and `sae.decode` take any
-# leading dimensions. Put BOS back with `torch.cat([activation[:, :1], steered], dim=1)`.
+# Leave BOS alone: work on positions 1 onwards, multiplied by `scale` as the SAE was
+# trained, and put position 0 back in front at the end. `sae.encode` and `sae.decode` take
+# any leading dimensions. The error term is what the SAE fails to reconstruct, so it has
+# to be computed before the latent is clamped.
 # </details>
 #
 # Stuck? Run `from mechlab.steering.reference import clamp_latent_hook` and carry on (no points for this exercise).
