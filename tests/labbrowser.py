@@ -418,15 +418,14 @@ def browser_copy(source: Path):
     (tests/nbslice.py); None for a notebook without interactive cells."""
     import nbformat
 
-    from nbslice import needed
+    from nbslice import with_setup
 
     nb = nbformat.read(source, as_version=4)
     if source.stem == WHOLE_NOTEBOOK:
         return nb
     if not any(interactive(c) for c in nb.cells):
         return None
-    first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id"))
-    return needed(nb, lambda i, cell: i < first or interactive(cell))
+    return with_setup(nb, interactive)
 
 
 def copy_notebooks(sources: list[Path], root: Path) -> None:

@@ -125,3 +125,10 @@ def needed(nb: nbformat.NotebookNode, keep: Callable[[int, nbformat.NotebookNode
             cell.source = "\n".join(chosen)
     out.cells = [c for c, k in zip(out.cells, kept) if k]
     return out
+
+
+def with_setup(nb: nbformat.NotebookNode, keep: Callable[[nbformat.NotebookNode], bool]) -> nbformat.NotebookNode:
+    """`needed` for a chapter's notebook: its setup (every cell before the first exercise:
+    the setup cell, imports, models) whole, the cells `keep(cell)` holds, and what they need."""
+    first = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id"))
+    return needed(nb, lambda i, cell: i < first or keep(cell))

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from autograder.chapters import REPO_ROOT, Chapter, discover
-from autograder.source import KINDS, BEGIN_HIDDEN, BEGIN_SOLUTION, SourceError, read_source
+from autograder.source import BEGIN_HIDDEN, BEGIN_SOLUTION, KINDS, SourceError, read_source
 from conftest import FIXTURE_SOURCE, run_cli
 
 CHAPTERS = discover()

@@ -18,7 +18,7 @@ from autograder.grade import changed_files, course_digests
 from autograder.source import read_source
 from conftest import grade, scores, solution_cell
 from labbrowser import CIRCUITSVIS_ID, INTERACTIVE_TAG, interactive
-from nbslice import needed
+from nbslice import with_setup
 
 CHAPTERS = discover()
 
@@ -133,8 +133,7 @@ def test_losing_exercise_1_and_a_wrong_exercise_2_cost_exactly_their_points(chap
 def exercises_and_what_they_need(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The cells up to the first exercise (setup, imports, models), every exercise's
     solution and test cells, and what they need (tests/nbslice.py)."""
-    graded = [i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id")]
-    return needed(nb, lambda i, cell: i < graded[0] or i in graded)
+    return with_setup(nb, lambda cell: bool(cell.metadata.get("nbgrader", {}).get("grade_id")))
 
 
 def test_interactive_outputs_tells_a_panel_and_a_picture_from_a_progress_bar():
