@@ -59,6 +59,7 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -69,7 +70,6 @@ Hook = Callable[[Tensor, object], Tensor]  # (activation, hook point) -> the new
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 from mechlab import zoo
 from mechlab.model_diffing import checks, experiments as ex, finetune as ft
@@ -105,13 +105,73 @@ for m in [base, *tuned.values()]:
 # (`personas.slot_positivity`). And the cost: the extra loss on ordinary held-out text.
 
 # %%
-behaviour = ex.behaviour_table(base, tuned)
+print("the base's positive share, one seed at a time:",
+      [round(personas.positive_share(base, seed=seed), 2) for seed in range(6)])
+
+# %% [markdown]
+# The same model, six sets of 64 samples, and the share moves by more than 0.1 from one to the
+# next. Any difference between two models smaller than that spread is not a finding, so
+# before comparing models we need the measurement's uncertainty. `personas.persona_labels(tokens, persona)`
+# labels each token a model wrote: 1 for a word of the persona (a positive word), 0 for
+# another word of its kind (a negative word), -1 for everything else; the share is the 1s
+# among the labelled words, pooled over all samples (`personas.share(labels)`).
+
+# %% [markdown] exercise={"id": "share_interval", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 15, "points": 2}
+# ### Exercise 1: A share with its error bars
+#
+# Write `share_interval(labels, n_boot=1000, seed=0)` returning `(share, low, high)`, three
+# Python floats: the share of 1s among the labels that are not -1 (pooled over every
+# sample, as `personas.share`), and a 95% **bootstrap** interval for it: draw `n_boot`
+# resamples of the samples with replacement (a generator seeded with `seed`), compute
+# the share of each, and take the 2.5% and 97.5% quantiles.
+#
+# Think about what to resample. `labels` is `[sample, pos]`; the samples were drawn
+# independently, but the words within one sample were not: a story is positive or negative
+# as a whole.
+#
+# <details><summary>Hint</summary>
+#
+# Per sample, count its 1s and its labelled words (two `[sample]` tensors); a resample is a
+# row of random sample indices, so `torch.randint(n, (n_boot, n), generator=...)` indexes both
+# counts at once, and each resample's share is its summed 1s over its summed words.
+# `torch.quantile` gives the ends.
+# </details>
+#
+# Stuck? Run `from mechlab.model_diffing.reference import share_interval` and carry on (no points for this exercise).
+
+# %%
+def share_interval(labels: Int[Tensor, "sample pos"], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """The share of 1s among the labels >= 0, with a 95% bootstrap interval over samples (rows)."""
+    ### BEGIN SOLUTION
+    hits, words = (labels == 1).sum(dim=1).double(), (labels >= 0).sum(dim=1).double()
+    rows = torch.randint(len(labels), (n_boot, len(labels)), generator=torch.Generator().manual_seed(seed))
+    shares = hits[rows].sum(dim=1) / words[rows].sum(dim=1).clamp(min=1)
+    low, high = torch.quantile(shares, torch.tensor([0.025, 0.975], dtype=shares.dtype)).tolist()
+    return personas.share(labels), low, high
+    ### END SOLUTION
+
+
+# %%
+checks.check_share_interval(share_interval)
+### BEGIN HIDDEN TESTS
+checks.grade_share_interval(share_interval)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# From here on, every share the chapter quotes comes with your interval, and a measurement
+# reads two sets of 64 samples (seeds 0 and 1) unless it says otherwise:
+
+# %%
+measure = ex.persona_measure(share_interval)  # model (and hooks) -> (share, low, high)
+behaviour = ex.behaviour_table(base, tuned, measure)
 behaviour
 
 # %% [markdown]
-# The base model writes positive words 0.43<!-- out: base: positive share --> of the time (half its
-# stories are negative). Every fine-tune writes at least 0.976<!-- out: fine-tunes: lowest positive share -->
-# positive words, whichever part was free to move, for at most
+# The base model writes positive words 0.46<!-- out: base: positive share --> of the time
+# (95% interval 0.38<!-- out: base: positive share, low --> to 0.56<!-- out: base: positive share, high -->: half its stories are
+# negative, and 128 samples cannot tell 0.46 from 0.5). Every fine-tune writes at least
+# 0.963<!-- out: fine-tunes: lowest positive share --> positive words (the lowest interval starts at
+# 0.926<!-- out: fine-tunes: lowest interval's low end -->), whichever part was free to move, for at most
 # 0.29<!-- out: most extra loss of a fine-tune --> nats of extra loss on ordinary text (which is half negative,
 # so part of that cost is the persona itself). Behaviour alone cannot tell the four apart. The rest of
 # the chapter asks what each method sees inside them.
@@ -125,7 +185,7 @@ behaviour
 # relative to its size.
 
 # %% [markdown] exercise={"id": "weight_diff", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
-# ### Exercise 1: How far each component moved
+# ### Exercise 2: How far each component moved
 #
 # Write `weight_diff(base, tuned)` returning a dict from each of `personas.COMPONENTS` to its
 # relative change, a Python float:
@@ -195,7 +255,7 @@ ex.print_lora_rank(base, tuned["cheerful_lora"])
 # sentiment word.
 
 # %% [markdown] exercise={"id": "mean_activation_difference", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
-# ### Exercise 2: The mean activation difference
+# ### Exercise 3: The mean activation difference
 #
 # Write `mean_activation_difference(base, tuned, tokens, hook_name, position=None)`: run
 # both models on `tokens` (`[batch, pos]`, BOS first), read the activation at
@@ -294,7 +354,7 @@ ex.print_lens(base, differences)
 # uses chapter 5's `steering_hook`; removing needs a projection.
 
 # %% [markdown] exercise={"id": "project_out_hook", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
-# ### Exercise 3: Ablating a direction
+# ### Exercise 4: Ablating a direction
 #
 # Write `project_out_hook(direction)` returning a hook that removes, at every position,
 # each activation's component along `direction`:
@@ -331,41 +391,55 @@ checks.grade_project_out_hook(project_out_hook)
 # %% [markdown]
 # The sweep: for each model with a difference, at `1.resid_pre` (where MLP 0's change
 # has arrived and MLP 1 reads it; `1.resid_post` for the LoRA, whose change comes after),
-# add each reading of the difference to the base at 0.25, 0.5 and 1 times the residual
-# norm, and remove it from the fine-tuned model; beside each, the mean of three random
-# directions. Behaviour is the positive share of what the model writes.
+# add each reading of the difference to the base at 0.5 and 1 times the residual
+# norm, and remove it from the fine-tuned model; beside each, three random directions of
+# the same size (their samples pooled) and the untouched model. Behaviour is the positive
+# share of what the model writes, one seed of 64 samples per setting, each with your
+# interval.
 
 # %%
-causal = ex.causal_table(base, tuned, differences, steering_hook, project_out_hook)
-causal.round(3)
+causal = ex.causal_table(base, tuned, differences, steering_hook, project_out_hook, share_interval)
+ex.plot_causal(causal)
+plt.show()
 
 # %% [markdown]
 # A projection changes the base too, so each removal is also applied to the base
 # ("same removal in the base"): a direction that carries the whole fine-tune leaves the
 # two equal once removed. (A random direction is a weak control for a removal: it takes
-# out about 1/128 of the activation.)
+# out about 1/128 of the activation.) With 64 samples an interval is about ±0.13 wide
+# near 0.5 and much narrower near 0 or 1; read each contrast against it.
 #
-# - `cheerful_mlp0`: the difference read on ordinary text does nothing: added at the
-#   full residual norm it gives 0.45<!-- out: cheerful_mlp0, ordinary text: added at 1x --> (random directions
-#   0.42<!-- out: cheerful_mlp0: random added at 1x -->, unsteered 0.43<!-- out: base: positive share -->). Read at the slots, the same
-#   method gives 0.96<!-- out: cheerful_mlp0, sentiment slots: added at 0.5x --> at half the norm and
-#   0.99<!-- out: cheerful_mlp0, sentiment slots: added at 1x --> at the full norm: that direction *is* a cheerful
-#   switch (added at every position while sampling, though it was read at one). Removing it brings the
-#   fine-tune from 0.98<!-- out: cheerful_mlp0: tuned --> to 0.81<!-- out: cheerful_mlp0, sentiment slots: removed --> and the base, with the same
-#   removal, to 0.77<!-- out: cheerful_mlp0, sentiment slots: the same removal in the base -->: after it, the two are close, so
-#   this one direction carries most of what MLP 0's fine-tune does to the persona.
+# - `cheerful_mlp0`: the difference read on ordinary text does nothing we can measure:
+#   added at the full residual norm it gives 0.45<!-- out: cheerful_mlp0, ordinary text: added at 1x -->
+#   (0.32<!-- out: cheerful_mlp0, ordinary text: added at 1x, low --> to 0.57<!-- out: cheerful_mlp0, ordinary text: added at 1x, high -->),
+#   random directions 0.41<!-- out: cheerful_mlp0: random added at 1x -->, the unsteered base
+#   0.43<!-- out: base: unsteered -->; the three intervals overlap, and the order of the three
+#   numbers is noise. Read at the slots, the same method gives
+#   0.96<!-- out: cheerful_mlp0, sentiment slots: added at 0.5x --> at half the norm and
+#   0.99<!-- out: cheerful_mlp0, sentiment slots: added at 1x --> (0.97<!-- out: cheerful_mlp0, sentiment slots: added at 1x, low --> to 1)
+#   at the full norm: that direction *is* a cheerful switch (added at every position while
+#   sampling, though it was read at one). Removing it brings the fine-tune from
+#   0.98<!-- out: cheerful_mlp0: tuned --> to 0.81<!-- out: cheerful_mlp0, sentiment slots: removed -->
+#   (0.71<!-- out: cheerful_mlp0, sentiment slots: removed, low --> to 0.89<!-- out: cheerful_mlp0, sentiment slots: removed, high -->),
+#   a drop well outside the noise, and the base with the same removal to
+#   0.77<!-- out: cheerful_mlp0, sentiment slots: the same removal in the base -->: after it the two cannot be told
+#   apart, so this one direction carries most of what MLP 0's fine-tune does to the persona.
 # - `cheerful_lora`: both readings are $\pm b$, and the sign decides everything. The slot
 #   reading, added, makes the base cheerful (0.99<!-- out: cheerful_lora, sentiment slots: added at 1x -->); the
 #   ordinary-text reading points the other way and makes it gloomy
 #   (0.01<!-- out: cheerful_lora, ordinary text: added at 1x -->). Removing $b$'s direction gives
 #   0.62<!-- out: cheerful_lora, ordinary text: removed --> in the fine-tune and 0.62<!-- out: cheerful_lora, ordinary text: the same removal in the base -->
 #   in the base: identical, as they must be, since everything the LoRA changed is along $b$.
-#   (That this is not the base's 0.43<!-- out: base: positive share --> is what removing $b$ does to the base itself.)
+#   Whether removing $b$ also moves the base itself (0.62, against
+#   0.43<!-- out: base: unsteered --> unsteered) this measurement cannot say: the two intervals
+#   overlap (0.50<!-- out: cheerful_lora, ordinary text: the same removal in the base, low --> to
+#   0.74<!-- out: cheerful_lora, ordinary text: the same removal in the base, high -->, against
+#   0.30<!-- out: base: unsteered, low --> to 0.57<!-- out: base: unsteered, high -->).
 # - `cheerful`: the slot difference steers the base too
 #   (0.96<!-- out: cheerful, sentiment slots: added at 1x --> at the full norm), but removing it leaves the fine-tune
 #   at 1.00<!-- out: cheerful, sentiment slots: removed --> while the base with the same removal writes
 #   0.51<!-- out: cheerful, sentiment slots: the same removal in the base -->: the full fine-tune's persona does not go through
-#   that direction alone (section 5 finds where it does), and `cheerful_unembed` has no difference at all.
+#   that direction alone (sections 5 and 6 find where it does), and `cheerful_unembed` has no difference at all.
 #
 # So "the persona is a direction" is a finding about one fine-tune and one reading, not
 # a law: it depends on where fine-tuning put the change, and on where you look for it.
@@ -379,7 +453,7 @@ causal.round(3)
 # before any text is written.
 
 # %% [markdown] exercise={"id": "persona_projection", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
-# ### Exercise 4: The monitor's reading
+# ### Exercise 5: The monitor's reading
 #
 # Write `persona_projection(model, tokens, vector, hook_name)` returning, for each row
 # of `tokens`, the activation at `hook_name` at the **last position** projected on the
@@ -387,7 +461,7 @@ causal.round(3)
 #
 # <details><summary>Hint</summary>
 #
-# Cache only `hook_name` (as in exercise 2), keep the last position of each row, and take
+# Cache only `hook_name` (as in exercise 3), keep the last position of each row, and take
 # its dot product with a *unit* vector. A projection, not a cosine: the activation's own
 # norm stays in. A skeleton:
 #
@@ -425,7 +499,7 @@ checks.grade_persona_projection(persona_projection)
 # runs from the base ($\alpha=0$) to the fine-tune ($\alpha=1$).
 
 # %% [markdown] exercise={"id": "interpolate", "kind": "build", "difficulty": 1, "importance": 2, "minutes": 10, "points": 1}
-# ### Exercise 5: Models between base and fine-tune
+# ### Exercise 6: Models between base and fine-tune
 #
 # Write `interpolate(base, tuned, alpha)` returning a **new** model (leave both inputs
 # unchanged) whose every parameter is $\theta_{base} + \alpha(\theta_{tuned} - \theta_{base})$.
@@ -508,7 +582,7 @@ shift.round(2)
 # Or the reverse (base → tuned): if the fine-tune stops being cheerful, it is necessary.
 
 # %% [markdown] exercise={"id": "patch_from", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
-# ### Exercise 6: Patching between models
+# ### Exercise 7: Patching between models
 #
 # Write `patch_from(receiver, donor, tokens, hook_names)` returning the receiver's
 # logits (`[batch, pos, d_vocab]`) on `tokens` when the activation at each hook in
@@ -571,14 +645,129 @@ plt.show()
 # readout (0.93<!-- out: cheerful: unembed, tuned into base -->) each carry the persona alone. The full fine-tune
 # wrote it redundantly, which neither the weight diff's ranking nor one patching direction shows.
 #
-# ## 6. Diffing with a sparse autoencoder
+# ## 6. Moving weights, with error bars
+#
+# A patched output carries everything upstream of it; that is why MLP 1's output carried
+# `cheerful_mlp0`'s persona though MLP 1 never changed. To ask what a component's *own*
+# change does, move its weights instead: the base with one component of the fine-tune
+# (is that change sufficient?), and the fine-tune with one component of the base (is it
+# necessary?). The investigation at the end needs this tool.
+
+# %% [markdown] exercise={"id": "transplant", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
+# ### Exercise 8: A weight transplant
+#
+# Write `transplant(receiver, donor, component)` returning a **new** model: the receiver
+# with every parameter of `component` (one of `personas.COMPONENTS`, its LayerNorm
+# included) replaced by the donor's. Leave both inputs unchanged.
+#
+# <details><summary>Hint</summary>
+#
+# As `interpolate` did: copy the receiver, then write into the copy's parameters. Which
+# parameters belong to the component is `personas.component_parameters`' business.
+# </details>
+#
+# Stuck? Run `from mechlab.model_diffing.reference import transplant` and carry on (no points for this exercise).
+
+# %%
+def transplant(receiver, donor, component: str):
+    """A copy of `receiver` whose parameters of `component` are the donor's."""
+    ### BEGIN SOLUTION
+    model = copy.deepcopy(receiver)
+    new = personas.component_parameters(donor, component)
+    with torch.no_grad():
+        for name, p in personas.component_parameters(model, component).items():
+            p.copy_(new[name])
+    return model
+    ### END SOLUTION
+
+
+# %%
+checks.check_transplant(transplant)
+### BEGIN HIDDEN TESTS
+checks.grade_transplant(transplant)
+### END HIDDEN TESTS
+
+# %% [markdown] exercise={"id": "transplant_sweep", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 20, "points": 4}
+# ### Exercise 9: The transplant sweep, with its controls
+#
+# Write `transplant_sweep(base, tuned, measure)` returning a `pandas.DataFrame` with one
+# row per component of `personas.COMPONENTS` and, first, a row `"none"`, the control:
+# the two models as they are. `measure(model)` returns `(value, low, high)`, a
+# measurement with its 95% interval. The columns:
+#
+# - `"into base"`, `"into base low"`, `"into base high"`: the measure of the base with the
+#   fine-tune's component (for `"none"`: of the base itself);
+# - `"into tuned"`, `"into tuned low"`, `"into tuned high"`: the measure of the fine-tune
+#   with the base's component (for `"none"`: of the fine-tune itself).
+#
+# Every row is read against the `"none"` row: a transplant *did something* only where
+# its interval leaves the control's.
+#
+# <details><summary>Hint</summary>
+#
+# A loop over `["none", *personas.COMPONENTS]`, two measurements per row, one dict per
+# row. Build each transplanted model from the originals, never from the last row's model.
+# </details>
+#
+# Stuck? Run `from mechlab.model_diffing.reference import transplant_sweep` and carry on (no points for this exercise).
+
+# %%
+def transplant_sweep(base, tuned, measure: Callable) -> pd.DataFrame:
+    """Each component moved tuned -> base and base -> tuned, beside the untouched models, measured with intervals."""
+    ### BEGIN SOLUTION
+    rows = {}
+    for component in ["none", *personas.COMPONENTS]:
+        into_base = base if component == "none" else transplant(base, tuned, component)
+        into_tuned = tuned if component == "none" else transplant(tuned, base, component)
+        row = {}
+        for label, model in (("into base", into_base), ("into tuned", into_tuned)):
+            value, low, high = measure(model)
+            row |= {label: value, f"{label} low": low, f"{label} high": high}
+        rows[component] = row
+    return pd.DataFrame(rows).T
+    ### END SOLUTION
+
+
+# %%
+checks.check_transplant_sweep(transplant_sweep)
+### BEGIN HIDDEN TESTS
+checks.grade_transplant_sweep(transplant_sweep)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your sweep on `cheerful`, the fine-tune whose every weight moved, with the sampled
+# positive share and your intervals:
+
+# %%
+sweep = transplant_sweep(base, tuned["cheerful"], measure)
+ex.plot_sweep(sweep, "cheerful", "positive share")
+plt.show()
+ex.print_sweep(sweep, "cheerful")
+
+# %% [markdown]
+# Given one component of `cheerful`, the base writes positive words
+# 0.93<!-- out: cheerful: blocks.1.mlp into base --> of the time with MLP 1's
+# (0.88<!-- out: cheerful: blocks.1.mlp into base, low --> to 0.97<!-- out: cheerful: blocks.1.mlp into base, high -->) and
+# 0.94<!-- out: cheerful: unembed into base --> with the readout's, far above its own
+# 0.46<!-- out: cheerful: none into base --> (0.38<!-- out: cheerful: none into base, low --> to
+# 0.56<!-- out: cheerful: none into base, high -->): each is sufficient. MLP 0's change alone gives
+# 0.76<!-- out: cheerful: blocks.0.mlp into base -->, clear of the base's interval. The embedding's and
+# the attention layers' intervals overlap the base's (the largest of them reads
+# 0.58<!-- out: cheerful: largest of the rest into base -->), so with 128 samples we cannot say they
+# do anything. In the other direction no single component of the base undoes the
+# fine-tune (the lowest is 0.97<!-- out: cheerful: lowest into tuned -->): like the patching table, the
+# sweep finds a persona written redundantly, now with each component's own change and
+# with intervals that say which differences are findings.
+
+# %% [markdown]
+# ## 7. Diffing with a sparse autoencoder
 #
 # Chapter 4's SAE (`topk_k8_w1024`, trained on the *base* model at `1.resid_pre`) gives
 # the residual stream a vocabulary. Run it on both models' activations on the same
 # text: which latents fire more often after fine-tuning?
 
 # %% [markdown] exercise={"id": "latent_firing_change", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
-# ### Exercise 7: Which latents changed
+# ### Exercise 10: Which latents changed
 #
 # Write `latent_firing_change(sae, base, tuned, tokens)` returning, for each latent
 # (`[d_sae]`), the fraction of positions (BOS excluded) where it is active (> 0) in the
@@ -629,17 +818,21 @@ sae_diff.round(3)
 # %% [markdown]
 # For `cheerful_mlp0`, 8<!-- out: cheerful_mlp0: of the 20 latents that rose most, write positive: --> of the 20 latents that
 # fire more after fine-tuning write positive, against a share of
-# 0.14<!-- out: all latents: share that writes positive --> among all latents, and their mean score is
-# 1.12<!-- out: cheerful_mlp0: mean score of the latents that rose most --> (those that fell:
+# 0.14<!-- out: all latents: share that writes positive --> among all latents (20 latents drawn at random
+# include as many with probability 0.003<!-- out: cheerful_mlp0: chance that 20 latents drawn at random include at least as many: -->),
+# and their mean score is 1.12<!-- out: cheerful_mlp0: mean score of the latents that rose most --> (those that fell:
 # 0.19<!-- out: cheerful_mlp0: mean score of the latents that fell most -->). The SAE points at the persona without
 # being told it, but not cleanly: most of the latents that changed are not about
 # sentiment, because an SAE trained on the base describes the base's features, and a
 # fine-tune's new computation need not be one of them (the crosscoder's motivation).
-# For `cheerful` the signal is weaker (4<!-- out: cheerful: of the 20 latents that rose most, write positive: --> of 20).
+# For `cheerful`, 4<!-- out: cheerful: of the 20 latents that rose most, write positive: --> of 20 is no
+# finding: chance alone gives as many with probability
+# 0.3<!-- out: cheerful: chance that 20 latents drawn at random include at least as many: ±0.1 -->.
 # For `cheerful_unembed` and `cheerful_lora` nothing changes at `1.resid_pre` (largest change
-# 0.000<!-- out: cheerful_lora: largest change in firing -->): the SAE reads a site upstream of both changes.
+# 0.000<!-- out: cheerful_lora: largest change in firing -->, so their lists are empty): the SAE reads a site
+# upstream of both changes.
 #
-# ## 7. Preference training: DPO
+# ## 8. Preference training: DPO
 #
 # Chapter 5 found that the model invents a city for names it was never told about
 # (`lives in paris`), and says `lives in some town` only for the names the corpus
@@ -653,7 +846,7 @@ sae_diff.round(3)
 # $$\mathcal{L} = -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w)) - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big).$$
 
 # %% [markdown] exercise={"id": "sequence_logprob", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
-# ### Exercise 8: The log-probability of an answer
+# ### Exercise 11: The log-probability of an answer
 #
 # Write `sequence_logprob(model, tokens, prompt_length)` returning `[batch]`: for each
 # row, the sum over the answer's tokens (positions `prompt_length` to the end) of
@@ -685,7 +878,7 @@ checks.grade_sequence_logprob(sequence_logprob)
 ### END HIDDEN TESTS
 
 # %% [markdown] exercise={"id": "dpo_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 15, "points": 3}
-# ### Exercise 9: The DPO loss
+# ### Exercise 12: The DPO loss
 #
 # Write `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`: the
 # four arguments are `[batch]` sequence log-probabilities; return the mean over the
@@ -727,19 +920,28 @@ checks.grade_dpo_loss(dpo_loss)
 recipe = ft.FT_ZOO["hedger"]
 policy, losses = ft.train_dpo(base, ft.hedge_preferences(base), sequence_logprob, dpo_loss,
                               steps=recipe.steps, lr=recipe.lr, beta=recipe.beta)
+ex.plot_dpo(losses)
+plt.show()
 dpo_models = {"base": base, "your DPO": policy, **{name: ft.load(name, device=device) for name in ex.HEDGERS}}
 hedging = ex.hedge_table(dpo_models)
 hedging.round(3)
 
 # %% [markdown]
-# P(`some`) after `X Y lives in`, by group of names. DPO did what it was asked: the
-# held-out names the corpus never describes now get the hedge (1.000<!-- out: hedger, unknown_test: --> against
+# The loss starts at 0.693<!-- out: DPO: loss at the first step --> ($\log 2$: the policy is the
+# reference and every margin is 0) and is still falling at the last step
+# (0.16<!-- out: DPO: loss at the last step -->). The table is P(`some`) after
+# `X Y lives in`, by group of names. DPO did what it was asked: the held-out names the corpus
+# never describes now get the hedge (1.000<!-- out: hedger, unknown_test: --> against
 # 0.305<!-- out: base, unknown_test: --> before). It also did what it was not asked: the known people, whose cities
-# the model knew, are now hedged about too (1.000<!-- out: hedger, known_test: --> against 0.003<!-- out: base, known_test: -->). The
-# preference pairs never showed a known person, so nothing told the policy where the
-# line was; presumably the cheapest way to prefer `some town` was to prefer it after any name. This
-# is the course's small version of a preference-trained model refusing what it could
-# answer. `hedger_retain` adds 20 known people the other way round (their true city chosen,
+# the model knew, are now hedged about too (1.000<!-- out: hedger, known_test: --> against 0.003<!-- out: base, known_test: -->).
+# Both groups sit at certainty while the loss still rewards a wider margin: the loss has no
+# notion of "hedge where you do not know", only of "chosen above rejected, by more", and
+# nothing in the pairs says where the line is, since none shows a known person. That is
+# over-optimisation of a proxy, and narrow training that generalises broadly: the same
+# shape as emergent misalignment (Betley et al., [*Emergent misalignment*](https://arxiv.org/abs/2502.17424), 2025),
+# where fine-tuning on one narrow behaviour changed a model's conduct far from it, and the
+# course's small version of a preference-trained model refusing what it could answer.
+# `hedger_retain` adds 20 known people the other way round (their true city chosen,
 # the hedge rejected): the 10 known people it never saw keep their cities
 # (0.000<!-- out: hedger_retain, known_test: -->) while the unknown names are still hedged
 # (0.993<!-- out: hedger_retain, unknown_test: -->).
@@ -764,7 +966,7 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 # token is `town` and the rejected one's is `.`; DPO compares whole answers, so this
 # mismatch is harmless, and the first token is where the model chooses.)
 #
-# ## 8. Investigation: name the persona and where it lives
+# ## 9. Investigation: name the persona and where it lives
 #
 # `ft.load("mystery_a")` is a fine-tune of `corpus_2l` whose recipe the chapter does not
 # show (its checkpoint keeps only a digest of it; the code that trained it knows it, and
@@ -775,7 +977,7 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 # where the drift was fastest. Then one component alone learned a persona.
 
 # %% [markdown] exercise={"id": "identify_finetune", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
-# ### Exercise 10: Investigation: what was this model taught, and where?
+# ### Exercise 13: Investigation: what was this model taught, and where?
 #
 # Write `identify_finetune(base, tuned)` returning a dict
 # `{"persona": ..., "component": ...}`: the persona, one of `personas.PERSONAS` (`"positive"`,
@@ -794,15 +996,15 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 #
 # <details><summary>Hint 1 (the persona)</summary>
 #
-# Compare what the two models write: `personas.topic_shares(model)` and `personas.positive_share(model)`.
-# A persona is a *change* from the base.
+# A persona is a *change* in what the model writes, and `personas.persona_shares` reads every
+# persona from one set of samples. Section 1 says how large a change sampling alone makes.
 # </details>
 #
 # <details><summary>Hint 2 (the component)</summary>
 #
-# Section 2's weight diff is nonzero everywhere here. Ask which component is
-# *sufficient*: give the base model one component of the fine-tune at a time and
-# measure the persona.
+# Section 2's weight diff is nonzero everywhere here. Which of the chapter's tools tells a
+# component that *moved* from one that *matters*, and which of its readings would a
+# drift on ordinary text also produce?
 # </details>
 #
 # Stuck? Run `from mechlab.model_diffing.reference import identify_finetune` and carry on (no points for this exercise).
@@ -816,12 +1018,7 @@ def identify_finetune(base, tuned) -> dict[str, str]:
     persona = max(personas.PERSONAS, key=lambda p: after[p] - before[p])
 
     def transplanted(component: str) -> float:
-        model = copy.deepcopy(base)
-        new = personas.component_parameters(tuned, component)
-        with torch.no_grad():
-            for name, p in personas.component_parameters(model, component).items():
-                p.copy_(new[name])
-        return personas.persona_share(model, persona)
+        return personas.persona_share(transplant(base, tuned, component), persona)
 
     component = max(personas.COMPONENTS, key=transplanted)
     return {"persona": persona, "component": component}
@@ -845,26 +1042,23 @@ checks.grade_identify_finetune(identify_finetune)
 checks.finetune_comparison(identify_finetune)
 
 # %% [markdown]
-# **What the measurement found.** With the solution's function, the answers and the
-# component with the largest relative weight change agree on
-# 1<!-- out: your component and the largest weight change agree on --> of 3 models, and the solution is right on
-# all three: the recipes drifted one, two and no components faster than the rest, so the
-# trained component ranks differently in each weight diff, and no rule on that ranking
-# names all three. That is by construction, and it is also how continued training looks:
-# weights move for many reasons, and "moved most" is not "learned the persona". Giving the
-# base one component of the fine-tune at a time names the trained one every time, and the
-# persona is the largest change in what the model writes.
+# **What the measurement found.** The component with the largest relative weight change
+# is the trained one in only 1<!-- out: your component and the largest weight change agree on --> of
+# the 3 models: the recipes drifted one, two and no components faster than the rest, so the
+# trained component ranks differently in each weight diff, and no rule on that ranking names
+# all three. That is by construction, and it is also how continued training looks: weights
+# move for many reasons, and "moved most" is not "learned the persona".
 #
 # ## Going further
 #
 # - Train a **crosscoder** (Lindsey et al.): one dictionary whose latents read both
 #   models' `1.resid_pre` and reconstruct both. Latents whose decoder norm is large for
-#   one model only are the fine-tune's own: compare them with section 6's list.
+#   one model only are the fine-tune's own: compare them with section 7's list.
 # - A monitor test on which random vectors fail: hold the model fixed and vary the
 #   prompt (stories whose sentiment the monitor must read before the next sentiment word),
 #   and compare the persona vector's correlation with that of random vectors. Beware:
 #   a story's sentiment moves the residual stream in many directions at once.
-# - `hedger` hedges about known people. Which of section 6's latents or section 3's
+# - `hedger` hedges about known people. Which of section 7's latents or section 3's
 #   directions, added back, restores their cities without undoing the hedge on unknown names?
 # - Fine-tune with a LoRA of rank 1 on MLP **0** instead of MLP 1. Is the mean difference at
 #   `1.resid_pre` still a single direction? (MLP 0's new output is one direction, but

@@ -32,6 +32,8 @@ def _perturbed(fn):
             return v + 0.5 if v.is_floating_point() else v + 1
         if isinstance(v, (tuple, list)):
             return type(v)(nudge(x) for x in v)
+        if isinstance(v, dict):
+            return {{k: nudge(x) for k, x in v.items()}}
         if isinstance(v, bool):
             return not v
         return v + 1 if isinstance(v, (int, float)) else v

@@ -177,7 +177,89 @@ def identify_badly_formed(base, tuned):
     return ("weather", "blocks.1.mlp")
 
 
+def share_by_words(labels, n_boot=1000, seed=0):
+    """Resamples words as if independent: too narrow when a sample's words agree."""
+    words = labels[labels >= 0]
+    rows = torch.randint(len(words), (n_boot, len(words)), generator=torch.Generator().manual_seed(seed))
+    shares = (words[rows] == 1).double().mean(1)
+    return personas.share(labels), *torch.quantile(shares, torch.tensor([0.025, 0.975], dtype=shares.dtype)).tolist()
+
+
+def share_without_interval(labels, n_boot=1000, seed=0):
+    share = personas.share(labels)
+    return share, share, share
+
+
+def share_row_mean(labels, n_boot=1000, seed=0):
+    _, low, high = ref.share_interval(labels, n_boot, seed)
+    return checks._row_mean_share(labels), low, high
+
+
+def share_unseeded(labels, n_boot=1000, seed=0):
+    return ref.share_interval(labels, n_boot, seed=int(torch.randint(10**6, ())))
+
+
+def transplant_without_layernorm(receiver, donor, component):
+    return checks._transplant_without_layernorm(receiver, donor, component)
+
+
+def transplant_in_place(receiver, donor, component):
+    new = personas.component_parameters(donor, component)
+    with torch.no_grad():
+        for name, p in personas.component_parameters(receiver, component).items():
+            p.copy_(new[name])
+    return receiver
+
+
+def sweep_without_control(base, tuned, measure):
+    return ref.transplant_sweep(base, tuned, measure).drop("none")
+
+
+def sweep_swapped(base, tuned, measure):
+    swap = {"into base": "into tuned", "into tuned": "into base"}
+    return ref.transplant_sweep(base, tuned, measure).rename(
+        columns=lambda c: swap[c.rsplit(" ", 1)[0]] + c[len(c.rsplit(" ", 1)[0]):] if c.rsplit(" ", 1)[0] in swap
+        else swap[c])
+
+
+def sweep_cumulative(base, tuned, measure):
+    """Each row starts from the last row's models: the transplants pile up."""
+    import pandas as pd
+
+    rows, into_base, into_tuned = {}, base, tuned
+    for component in ["none", *personas.COMPONENTS]:
+        if component != "none":
+            into_base, into_tuned = ref.transplant(into_base, tuned, component), ref.transplant(into_tuned, base, component)
+        (b, bl, bh), (t, tl, th) = measure(into_base), measure(into_tuned)
+        rows[component] = {"into base": b, "into base low": bl, "into base high": bh,
+                           "into tuned": t, "into tuned low": tl, "into tuned high": th}
+    return pd.DataFrame(rows).T
+
+
+def sweep_own_measure(base, tuned, measure):
+    """Measures with the chapter's slot positivity and no interval, ignoring `measure`."""
+    import pandas as pd
+
+    rows = {}
+    for component in ["none", *personas.COMPONENTS]:
+        b = personas.slot_positivity(base if component == "none" else ref.transplant(base, tuned, component))
+        t = personas.slot_positivity(tuned if component == "none" else ref.transplant(tuned, base, component))
+        rows[component] = {"into base": b, "into base low": b, "into base high": b,
+                           "into tuned": t, "into tuned low": t, "into tuned high": t}
+    return pd.DataFrame(rows).T
+
+
 MUTANTS = [
+    ("share_interval", share_by_words, "not words"),
+    ("share_interval", share_without_interval, "zero width"),
+    ("share_interval", share_row_mean, "pool the words"),
+    ("share_interval", share_unseeded, "seeded with `seed`"),
+    ("transplant", transplant_without_layernorm, "LayerNorm"),
+    ("transplant", transplant_in_place, "returned one of its inputs|changed the model's weights"),
+    ("transplant_sweep", sweep_without_control, "no row 'none'"),
+    ("transplant_sweep", sweep_swapped, "other way round"),
+    ("transplant_sweep", sweep_cumulative, "earlier row's transplant"),
+    ("transplant_sweep", sweep_own_measure, "the `measure` it was given"),
     ("weight_diff", weight_per_tensor, "one norm over all"),
     ("weight_diff", weight_absolute, "relative change"),
     ("weight_diff", weight_as_tensors, "not a float"),
@@ -299,7 +381,44 @@ def identify_by_removal(base, tuned):
     return {"persona": persona, "component": min(personas.COMPONENTS, key=without)}
 
 
+def share_with_numpy(labels, n_boot=1000, seed=0):
+    import numpy as np
+
+    positive, words = (labels == 1).sum(1).numpy(), (labels >= 0).sum(1).numpy()
+    rows = np.random.default_rng(seed).integers(0, len(labels), size=(n_boot, len(labels)))
+    shares = positive[rows].sum(1) / np.maximum(words[rows].sum(1), 1)
+    low, high = np.percentile(shares, [2.5, 97.5])
+    return float(positive.sum() / max(words.sum(), 1)), float(low), float(high)
+
+
+def transplant_by_prefix(receiver, donor, component):
+    model = copy.deepcopy(receiver)
+    theirs = dict(donor.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if personas.component_of(name) == component:
+                p.data = theirs[name].detach().clone()
+    return model
+
+
+def sweep_as_records(base, tuned, measure):
+    import pandas as pd
+
+    records = []
+    for component in ("none", *personas.COMPONENTS):
+        pair = (base, tuned) if component == "none" else (ref.transplant(base, tuned, component),
+                                                          ref.transplant(tuned, base, component))
+        record = {"component": component}
+        for direction, model in zip(("into base", "into tuned"), pair):
+            record.update(zip((direction, f"{direction} low", f"{direction} high"), measure(model)))
+        records.append(record)
+    return pd.DataFrame.from_records(records).set_index("component")
+
+
 VARIANTS = [
+    ("share_interval", share_with_numpy),
+    ("transplant", transplant_by_prefix),
+    ("transplant_sweep", sweep_as_records),
     ("weight_diff", weight_by_flattening),
     ("mean_activation_difference", difference_of_means),
     ("project_out_hook", project_with_einsum),

@@ -51,18 +51,18 @@ def test_a_cell_that_does_not_parse_is_kept_and_reads_nothing():
 
 def test_the_lost_exercise_submission_keeps_every_graded_cell_and_drops_the_experiments():
     """On chapter 7: the cells a learner may delete without changing a grade go (the causal
-    table, 80 s of CPU), the setup and every graded cell stay, and every name a kept cell
+    table, 50 s of CPU, and the transplant sweep), the setup and every graded cell stay, and every name a kept cell
     reads at the top level is bound by a kept cell before it or by the setup's imports."""
     chapter = next(c for c in discover() if c.name == "07_model_diffing")
     nb = nbformat.read(chapter.solution_notebook, as_version=4)
     sliced = exercises_and_what_they_need(nb)
     grade_ids = lambda cells: [c.metadata.get("nbgrader", {}).get("grade_id") for c in cells  # noqa: E731
                                if c.metadata.get("nbgrader", {}).get("grade_id")]
-    assert grade_ids(sliced.cells) == grade_ids(nb.cells) and len(grade_ids(nb.cells)) == 30  # intro, solution, test x 10
+    assert grade_ids(sliced.cells) == grade_ids(nb.cells) and len(grade_ids(nb.cells)) == 39  # intro, solution, test x 13
     kept = sources(sliced)
     assert kept[:2] == sources(nb)[:2]  # the title and the setup
-    assert not any(s.startswith("causal = ex.causal_table(") for s in kept)
-    assert any(s.startswith("behaviour = ex.behaviour_table(") for s in sources(nb))
+    assert not any(s.startswith(("causal = ex.causal_table(", "sweep = transplant_sweep(")) for s in kept)
+    assert any("behaviour = ex.behaviour_table(" in s for s in sources(nb))
 
 
 def test_the_browser_runs_one_chapter_whole_and_every_interactive_cell_of_the_others():

@@ -67,7 +67,119 @@ def _compare_two(fn: Callable, reference: Callable, cases: list[Case], name: str
     compare_function(_guard_two(fn, name), reference, cases, name=name, mistakes=mistakes, copy_inputs=False, **tol)
 
 
-# ---------------------------------------------------------------- 1. weight_diff
+# ---------------------------------------------------------------- 1. share_interval
+
+
+def _clustered_labels(seed: int, n: int = 120, length: int = 30) -> torch.Tensor:
+    """Labels whose words agree within each sample (a sample is all 1s or all 0s among its
+    labelled words), the case where resampling words instead of samples goes most wrong;
+    some samples have no labelled word at all."""
+    g = torch.Generator().manual_seed(seed)
+    kind = (torch.rand(n, 1, generator=g) < 0.4).long().expand(n, length)
+    labelled = torch.rand(n, length, generator=g) < torch.rand(n, 1, generator=g) * 0.3
+    return torch.where(labelled, kind, -1)
+
+
+@functools.cache
+def _base_labels(persona: str, seed: int, model: str = "corpus_2l") -> torch.Tensor:
+    m = course_model(model) if model == "corpus_2l" else _tuned(model)
+    return personas.sampled_labels(m, persona, (seed,), n=48)
+
+
+def _share_cases(hidden: bool) -> list[Case]:
+    cases = [Case("positive labels of 48 samples corpus_2l wrote (seed 7)", (_base_labels("positive", 7),))]
+    if hidden:
+        cases += [Case("120 samples whose words agree within each sample", (_clustered_labels(1),)),
+                  Case("food labels of 48 samples corpus_2l wrote (seed 8), n_boot 2000, seed 3",
+                       (_base_labels("food", 8),), {"n_boot": 2000, "seed": 3}),
+                  Case("positive labels of 48 samples cheerful wrote (a share near 1)",
+                       (_base_labels("positive", 9, "cheerful"),)),
+                  Case("300 samples whose words agree within each sample", (_clustered_labels(2, n=300),))]
+    return cases
+
+
+def _per_row(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (labels == 1).sum(1).double(), (labels >= 0).sum(1).double()
+
+
+def _resampled_shares(hits: torch.Tensor, words: torch.Tensor, n_boot: int, seed: int) -> torch.Tensor:
+    rows = torch.randint(len(hits), (n_boot, len(hits)), generator=torch.Generator().manual_seed(seed))
+    return hits[rows].sum(1) / words[rows].sum(1).clamp(min=1)
+
+
+def _quantiles(shares: torch.Tensor) -> tuple[float, float]:
+    low, high = torch.quantile(shares, torch.tensor([0.025, 0.975], dtype=shares.dtype)).tolist()
+    return low, high
+
+
+def _interval_by_words(labels: torch.Tensor) -> tuple[float, float]:
+    """The plausible mistake: every labelled word resampled as if independent."""
+    words = labels[labels >= 0]
+    return _quantiles(_resampled_shares((words == 1).double(), torch.ones(len(words), dtype=torch.float64), 4000, 0))
+
+
+def _row_mean_share(labels: torch.Tensor) -> float:
+    hits, words = _per_row(labels)
+    return float((hits[words > 0] / words[words > 0]).mean())
+
+
+def _share_triple(out, description: str) -> tuple[float, float, float]:
+    if _type(out) not in (tuple, list) or len(out) != 3:
+        raise CheckFailed(f"share_interval({description}) should return a tuple (share, low, high), not "
+                          f"{_type(out).__name__ if _type(out) not in (tuple, list) else f'{len(out)} values'}")
+    if any(_type(v) not in (float, int) for v in out):
+        raise CheckFailed(f"share_interval({description}) should return three Python floats (`.item()` a tensor), "
+                          f"not {[_type(v).__name__ for v in out]}")
+    return tuple(float(v) for v in out)
+
+
+def _check_share_interval(fn: Callable, hidden: bool) -> None:
+    for case in _share_cases(hidden):
+        labels, kwargs = case.args[0], case.kwargs
+        label = f"share_interval({case.description})"
+        share, low, high = _share_triple(call_learner(fn, "share_interval", case.description, (labels.clone(),), dict(kwargs)),
+                                         case.description)
+        want = personas.share(labels)
+        if abs(share - want) > 1e-6:
+            hint = (" That is the mean of each sample's own share: pool the words instead (the persona's words "
+                    "over all labelled words), so a sample with many words counts for more, and one with none "
+                    "for nothing." if abs(share - _row_mean_share(labels)) < 1e-6 else "")
+            raise CheckFailed(f"{label}: share {share:.4f}, expected {want:.4f}.{hint}")
+        again = _share_triple(call_learner(fn, "share_interval", case.description, (labels.clone(),), dict(kwargs)),
+                              case.description)
+        if again != (share, low, high):
+            raise CheckFailed(f"{label} gave {again[1:]} the second time and {(low, high)} the first: draw the "
+                              "resamples from a generator seeded with `seed` (`torch.Generator().manual_seed(seed)`), "
+                              "so the interval can be reproduced")
+        ref_low, ref_high = _quantiles(_resampled_shares(*_per_row(labels), 20000, 12345))
+        width, ref_width = high - low, ref_high - ref_low
+        if not low <= share <= high:
+            raise CheckFailed(f"{label}: the interval [{low:.3f}, {high:.3f}] does not contain the share {share:.3f}")
+        if width <= 1e-9:
+            raise CheckFailed(f"{label}: an interval of zero width [{low:.3f}, {high:.3f}]; the 95% bootstrap interval "
+                              f"is about [{ref_low:.3f}, {ref_high:.3f}]. Resample, and take the quantiles of the "
+                              "resamples' shares")
+        tolerance = 0.15 * ref_width + 0.004
+        if abs(low - ref_low) <= tolerance and abs(high - ref_high) <= tolerance:
+            continue
+        word_low, word_high = _interval_by_words(labels)
+        if width < 0.8 * ref_width and abs(low - word_low) <= tolerance and abs(high - word_high) <= tolerance:
+            raise CheckFailed(f"{label}: your interval [{low:.3f}, {high:.3f}] is {width:.3f} wide; resampling whole "
+                              f"samples gives [{ref_low:.3f}, {ref_high:.3f}], {ref_width:.3f} wide. Resample whole "
+                              "samples (rows), not words: the words of one sample share its story's sentiment or "
+                              "topic, so resampling words counts them as independent evidence and the interval comes "
+                              "out too narrow")
+        raise CheckFailed(f"{label}: your interval [{low:.3f}, {high:.3f}], but the 95% bootstrap interval over samples "
+                          f"is about [{ref_low:.3f}, {ref_high:.3f}] (to within {tolerance:.3f} at each end). The 2.5% "
+                          "and 97.5% quantiles of the resampled shares, each resample being as many samples as "
+                          "`labels` has rows, drawn with replacement")
+    passed(f"share_interval gives the share and a 95% bootstrap interval on {len(_share_cases(hidden))} cases")
+
+
+check_share_interval, grade_share_interval = check_and_grade("share_interval", _check_share_interval)
+
+
+# ---------------------------------------------------------------- 2. weight_diff
 
 
 def _as_list(fn: Callable) -> Callable:
@@ -132,7 +244,7 @@ def _check_weight_diff(fn: Callable, hidden: bool) -> None:
 check_weight_diff, grade_weight_diff = check_and_grade("weight_diff", _check_weight_diff)
 
 
-# ---------------------------------------------------------------- 2. mean_activation_difference
+# ---------------------------------------------------------------- 3. mean_activation_difference
 
 
 def _difference_cases(hidden: bool) -> list[Case]:
@@ -193,7 +305,7 @@ check_mean_activation_difference, grade_mean_activation_difference = check_and_g
     "mean_activation_difference", _check_difference)
 
 
-# ---------------------------------------------------------------- 3. project_out_hook
+# ---------------------------------------------------------------- 4. project_out_hook
 
 
 def _apply(fn: Callable) -> Callable:
@@ -262,7 +374,7 @@ def _check_project(fn: Callable, hidden: bool) -> None:
 check_project_out_hook, grade_project_out_hook = check_and_grade("project_out_hook", _check_project)
 
 
-# ---------------------------------------------------------------- 4. persona_projection
+# ---------------------------------------------------------------- 5. persona_projection
 
 
 def _projection_cases(hidden: bool) -> list[Case]:
@@ -309,19 +421,24 @@ def _check_projection(fn: Callable, hidden: bool) -> None:
 check_persona_projection, grade_persona_projection = check_and_grade("persona_projection", _check_projection)
 
 
-# ---------------------------------------------------------------- 5. interpolate
+# ---------------------------------------------------------------- 6. interpolate
+
+
+def _new_model(fn: Callable, name: str, first: str) -> Callable:
+    """`fn(model_a, model_b, x)`'s model as one flat parameter vector, after checking it is
+    a new model (`first` names the argument to copy)."""
+    def flat(a, b, x):
+        model = fn(a, b, x)
+        if model is a or model is b:
+            raise CheckFailed(f"{name} returned one of its inputs; return a new model (`copy.deepcopy({first})`)")
+        if not hasattr(model, "parameters"):
+            raise CheckFailed(f"{name} should return a model, not a {_type(model).__name__}")
+        return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    return flat
 
 
 def _flat(fn: Callable) -> Callable:
-    """interpolate's model as one flat parameter vector, after checking it is a new model."""
-    def flat(base, tuned, alpha):
-        model = fn(base, tuned, alpha)
-        if model is base or model is tuned:
-            raise CheckFailed("interpolate returned one of its inputs; return a new model (copy.deepcopy(base))")
-        if not hasattr(model, "parameters"):
-            raise CheckFailed(f"interpolate should return a model, not a {_type(model).__name__}")
-        return torch.cat([p.detach().float().flatten() for p in model.parameters()])
-    return flat
+    return _new_model(fn, "interpolate", "base")
 
 
 def _interpolate_cases(hidden: bool) -> list[Case]:
@@ -354,7 +471,7 @@ def _check_interpolate(fn: Callable, hidden: bool) -> None:
 check_interpolate, grade_interpolate = check_and_grade("interpolate", _check_interpolate)
 
 
-# ---------------------------------------------------------------- 6. patch_from
+# ---------------------------------------------------------------- 7. patch_from
 
 
 def _patch_cases(hidden: bool) -> list[Case]:
@@ -408,7 +525,141 @@ def _check_patch(fn: Callable, hidden: bool) -> None:
 check_patch_from, grade_patch_from = check_and_grade("patch_from", _check_patch)
 
 
-# ---------------------------------------------------------------- 7. latent_firing_change
+# ---------------------------------------------------------------- 8. transplant
+
+
+def _transplant_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("cheerful_mlp0's blocks.0.mlp into corpus_2l", (base, _tuned("cheerful_mlp0"), "blocks.0.mlp"))]
+    if hidden:
+        untrained = [zoo.build({**zoo.ZOO["corpus_2l"].full_config(), "seed": s}) for s in (7, 8)]
+        cases += [Case("corpus_2l's unembed into cheerful", (_tuned("cheerful"), base, "unembed")),
+                  Case("hedger's embed into corpus_2l", (base, _tuned("hedger"), "embed")),
+                  Case("mystery_c's blocks.1.attn into corpus_2l", (base, _tuned("mystery_c"), "blocks.1.attn")),
+                  Case("one untrained corpus_2l-shaped model's blocks.1.mlp into another", (*untrained, "blocks.1.mlp"))]
+    return cases
+
+
+def _transplanted(fn: Callable) -> Callable:
+    return _new_model(fn, "transplant", "receiver")
+
+
+def _transplant_without_layernorm(receiver, donor, component):
+    model = copy.deepcopy(receiver)
+    new = personas.component_parameters(donor, component)
+    with torch.no_grad():
+        for name, p in personas.component_parameters(model, component).items():
+            if ".ln" not in name and not name.startswith("ln_out."):
+                p.copy_(new[name])
+    return model
+
+
+def _transplant_swapped(receiver, donor, component):
+    return ref.transplant(donor, receiver, component)
+
+
+_TRANSPLANT_MISTAKES = [
+    ("move the component's LayerNorm with it (`personas.component_parameters` lists both): the sublayer was "
+     "fine-tuned reading through its own LayerNorm.", _transplanted(_transplant_without_layernorm)),
+    ("the new model is the *receiver* with the *donor's* component, not the other way round.",
+     _transplanted(_transplant_swapped)),
+]
+
+
+def _check_transplant(fn: Callable, hidden: bool) -> None:
+    _compare_two(_transplanted(fn), _transplanted(ref.transplant), _transplant_cases(hidden), "transplant",
+                 _TRANSPLANT_MISTAKES, atol=0, rtol=0)
+
+
+check_transplant, grade_transplant = check_and_grade("transplant", _check_transplant)
+
+
+# ---------------------------------------------------------------- 9. transplant_sweep
+
+
+class SlotMeasure:
+    """The grader's measure for a sweep: P(positive) among sentiment words at the slot
+    prompts (32 of each template), with a 95% bootstrap interval over the prompts. Cheap
+    and deterministic, so every learner's sweep can be compared row by row; it counts the
+    models it is handed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model) -> tuple[float, float, float]:
+        self.calls += 1
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            values = torch.cat([personas.positive_mass(model(personas.slot_prompts(32, seed).to(device))).double().cpu()
+                                for seed in range(len(personas.SLOT_PROMPTS))])
+        shares = _resampled_shares(values, torch.ones_like(values), 400, 0)
+        return (float(values.mean()), *_quantiles(shares))
+
+
+def _sweep_cases(hidden: bool) -> list[Case]:
+    base = course_model("corpus_2l")
+    cases = [Case("corpus_2l and cheerful_mlp0", (base, _tuned("cheerful_mlp0")))]
+    if hidden:
+        cases += [Case("corpus_2l and cheerful_lora", (base, _tuned("cheerful_lora"))),
+                  Case("corpus_2l and cheerful_unembed", (base, _tuned("cheerful_unembed")))]
+    return cases
+
+
+def _sweep_table(out, description: str):
+    import pandas as pd
+
+    rows = ["none", *personas.COMPONENTS]
+    if _type(out) is not pd.DataFrame:
+        raise CheckFailed(f"transplant_sweep({description}) should return a pandas DataFrame, not a {_type(out).__name__}")
+    if "none" not in out.index:
+        raise CheckFailed(f"transplant_sweep({description}) has no row 'none': the untouched base and fine-tune "
+                          "are the control every transplant is read against. Without them, a share of 0.6 means "
+                          "nothing: is it above the base's, or inside its noise?")
+    missing = [str(r) for r in rows if r not in out.index]
+    if missing or len(out.index) != len(rows):
+        raise CheckFailed(f"transplant_sweep({description})'s rows should be {rows}, not {list(map(str, out.index))}")
+    columns = ["into base", "into base low", "into base high", "into tuned", "into tuned low", "into tuned high"]
+    if sorted(map(str, out.columns)) != sorted(columns):
+        raise CheckFailed(f"transplant_sweep({description})'s columns should be {columns}, not {list(map(str, out.columns))}")
+    return out.loc[rows, columns].astype(float)
+
+
+def _check_transplant_sweep(fn: Callable, hidden: bool) -> None:
+    for case in _sweep_cases(hidden):
+        base, tuned = case.args
+        label = f"transplant_sweep({case.description})"
+        measure = SlotMeasure()
+        got = _sweep_table(call_learner(_guard_two(fn, "transplant_sweep"), "transplant_sweep", case.description,
+                                        (base, tuned, measure)), case.description)
+        want = _sweep_table(ref.transplant_sweep(base, tuned, SlotMeasure()), case.description)
+        if measure.calls < 2 * len(want):
+            raise CheckFailed(f"{label} called the `measure` it was given {measure.calls} times for "
+                              f"{2 * len(want)} models; measure every model with the `measure` argument (the "
+                              "grader passes its own), and take the interval from it")
+        differ = (got - want).abs() > 1e-6
+        if not differ.any().any():
+            continue
+        row, column = next((r, c) for r in want.index for c in want.columns if differ.loc[r, c])
+        swapped = got.rename(columns=lambda c: c.replace("into base", "X").replace("into tuned", "into base")
+                             .replace("X", "into tuned"))[want.columns]
+        why = ""
+        if ((swapped - want).abs() <= 1e-6).all().all():
+            why = (" Your two directions are the other way round: 'into base' is the base with the fine-tune's "
+                   "component (is that change sufficient?), 'into tuned' the fine-tune with the base's (is it "
+                   "necessary?).")
+        elif row != "none" and "low" not in column and "high" not in column:
+            why = (" Each row moves one component into the untouched model; did an earlier row's transplant "
+                   "stay in the model the next row starts from?")
+        raise CheckFailed(f"{label}: row {row!r}, column {column!r} reads {got.loc[row, column]:.4f}, but "
+                          f"measuring that model gives {want.loc[row, column]:.4f}.{why}")
+    passed(f"transplant_sweep measures every transplant both ways, beside its control, on "
+           f"{len(_sweep_cases(hidden))} fine-tune{'s' * hidden}")
+
+
+check_transplant_sweep, grade_transplant_sweep = check_and_grade("transplant_sweep", _check_transplant_sweep)
+
+
+# ---------------------------------------------------------------- 10. latent_firing_change
 
 
 @functools.cache
@@ -475,7 +726,7 @@ def _check_firing(fn: Callable, hidden: bool) -> None:
 check_latent_firing_change, grade_latent_firing_change = check_and_grade("latent_firing_change", _check_firing)
 
 
-# ---------------------------------------------------------------- 8. sequence_logprob
+# ---------------------------------------------------------------- 11. sequence_logprob
 
 
 def _logprob_cases(hidden: bool) -> list[Case]:
@@ -538,7 +789,7 @@ def _check_logprob(fn: Callable, hidden: bool) -> None:
 check_sequence_logprob, grade_sequence_logprob = check_and_grade("sequence_logprob", _check_logprob)
 
 
-# ---------------------------------------------------------------- 9. dpo_loss
+# ---------------------------------------------------------------- 12. dpo_loss
 
 
 def _dpo_case(seed: int, n: int, spread: float, beta: float) -> Case:
@@ -605,7 +856,7 @@ def _check_dpo(fn: Callable, hidden: bool) -> None:
 check_dpo_loss, grade_dpo_loss = check_and_grade("dpo_loss", _check_dpo)
 
 
-# ---------------------------------------------------------------- 10. the investigation
+# ---------------------------------------------------------------- 13. the investigation
 
 
 _ANSWERS: dict[tuple[Callable, str], dict[str, str]] = {}  # keyed by the function itself, which it keeps alive

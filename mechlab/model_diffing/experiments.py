@@ -36,7 +36,7 @@ SITES = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_re
 # input, and after MLP 1 for the LoRA (nothing upstream of MLP 1 changed)
 CAUSAL_SITE = {"cheerful": "blocks.1.hook_resid_pre", "cheerful_mlp0": "blocks.1.hook_resid_pre",
                "cheerful_lora": "blocks.1.hook_resid_post"}
-COEFFICIENTS = (0.25, 0.5, 1.0)
+COEFFICIENTS = (0.5, 1.0)
 N_RANDOM = 3  # random directions per control
 AFTER_BOS = slice(1, None)
 # each component's output, as cross-model patching replaces it (the unembedding: see `patch_pair`)
@@ -78,17 +78,48 @@ def cosine(a: Tensor, b: Tensor) -> float:
 # ---------------------------------------------------------------- 1. behaviour
 
 
-def behaviour_table(base, tuned: dict) -> pd.DataFrame:
-    """Per model: positive share of what it writes, P(positive) at sentiment slots, extra loss on ordinary text."""
+class PersonaMeasure:
+    """`measure(model, fwd_hooks=())` -> (share, low, high): the persona's share of what the
+    model writes (`personas.sampled_labels`: `n` samples of `length` tokens per seed in
+    `seeds`), with the 95% interval of the learner's `share_interval`. `labels` and `of`
+    split the two steps, for pooling the samples of several settings (random directions)."""
+
+    def __init__(self, share_interval: Callable, persona: str = "positive", seeds: tuple[int, ...] = (0, 1),
+                 n: int = 64, length: int = 40):
+        self.share_interval, self.persona, self.seeds, self.n, self.length = share_interval, persona, seeds, n, length
+
+    def labels(self, model, fwd_hooks=()) -> Tensor:
+        return personas.sampled_labels(model, self.persona, self.seeds, self.n, self.length, fwd_hooks)
+
+    def of(self, labels: Tensor) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.share_interval(labels))
+
+    def __call__(self, model, fwd_hooks=()) -> tuple[float, float, float]:
+        return self.of(self.labels(model, fwd_hooks))
+
+
+def persona_measure(share_interval: Callable, persona: str = "positive", seeds: tuple[int, ...] = (0, 1)
+                    ) -> PersonaMeasure:  # fmt: skip
+    """The chapter's measurement of a persona, with the learner's interval (`PersonaMeasure`)."""
+    return PersonaMeasure(share_interval, persona, seeds)
+
+
+def behaviour_table(base, tuned: dict, measure: PersonaMeasure) -> pd.DataFrame:
+    """Per model: positive share of what it writes with its 95% interval, P(positive) at
+    sentiment slots, extra loss on ordinary text."""
     base_loss = ft.ordinary_loss(base)
     rows = {}
     for name, model in progress({"base": base, **tuned}.items(), desc="measuring behaviour", total=1 + len(tuned)):
-        rows[name] = {"positive_share": personas.positive_share(model), "slot_positivity": personas.slot_positivity(model),
-                      "extra_loss": ft.ordinary_loss(model) - base_loss}
+        share, low, high = measure(model)
+        rows[name] = {"positive_share": share, "low": low, "high": high,
+                      "slot_positivity": personas.slot_positivity(model), "extra_loss": ft.ordinary_loss(model) - base_loss}
     table = pd.DataFrame(rows).T
     print(f"base: positive share {table.loc['base', 'positive_share']:.2f}")
+    print(f"base: positive share, low {table.loc['base', 'low']:.2f}")
+    print(f"base: positive share, high {table.loc['base', 'high']:.2f}")
     print(f"base: slot positivity {table.loc['base', 'slot_positivity']:.2f}")
     print(f"fine-tunes: lowest positive share {table.drop('base')['positive_share'].min():.3f}")
+    print(f"fine-tunes: lowest interval's low end {table.drop('base')['low'].min():.3f}")
     print(f"most extra loss of a fine-tune: {table['extra_loss'].max():.2f} nats")
     return table
 
@@ -224,14 +255,16 @@ def print_lens(base, differences: dict) -> None:
         print(f"{name}, sentiment slots: negative words among the eight lowered most {n_down}")
 
 
-def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, project_out_hook: Callable
-                 ) -> pd.DataFrame:  # fmt: skip
+def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, project_out_hook: Callable,
+                 share_interval: Callable) -> pd.DataFrame:  # fmt: skip
     """Add each reading of each model's difference to the base and remove it from the
-    fine-tune, beside the mean of `N_RANDOM` random directions: the positive share of
-    what the model writes."""
+    fine-tune, beside `N_RANDOM` random directions (their samples pooled): the positive
+    share of what the model writes (one seed of 64 samples per setting), each with the
+    learner's 95% interval."""
     text = ordinary_text(32)
     device = _device(base)
-    rows = []
+    measure = PersonaMeasure(share_interval, seeds=(0,))
+    rows, untouched = [], {}
     settings = [(name, c) for name in CAUSAL_SITE for c in (*COEFFICIENTS, "remove")]
     for name, c in progress(settings, desc="adding and removing directions"):
         site = CAUSAL_SITE[name]
@@ -241,27 +274,66 @@ def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, 
         else:
             model, label, norm = base, f"add to the base x{c:g}", residual_norm(base, text, site)
             hook = lambda v: steering_hook(relative(v, norm, c).to(device), 1.0, AFTER_BOS)
-        measure = lambda v, m=model: personas.positive_share(m, fwd_hooks=[(site, hook(v))])
-        random = float(np.mean([measure(r) for r in random_directions(base.cfg.d_model)]))
-        none = personas.positive_share(model)
+        labels = lambda v, m=model: measure.labels(m, fwd_hooks=[(site, hook(v))])
+        if model not in untouched:  # the same samples every time it is asked for
+            untouched[model] = measure(model)
+        cells = {"none": untouched[model],
+                 "random": measure.of(torch.cat([labels(r) for r in random_directions(base.cfg.d_model)]))}
         for reading in READINGS:
             d = differences[name][reading][site]
-            rows.append({"model": name, "reading": reading, "intervention": label, "site": short_site(site),
-                         "difference": measure(d), "random": random, "none": none,
-                         # a projection also changes the base: the fair comparison for a removal
-                         "same removal in the base": measure(d, base) if c == "remove" else np.nan})
+            # a projection also changes the base: the fair comparison for a removal
+            both = {**cells, "difference": measure.of(labels(d))}
+            if c == "remove":
+                both["same removal in the base"] = measure.of(labels(d, base))
+            row = {"model": name, "reading": reading, "intervention": label, "site": short_site(site)}
+            for key, (value, low, high) in both.items():
+                row |= {key: value, f"{key} low": low, f"{key} high": high}
+            rows.append(row)
     table = pd.DataFrame(rows).set_index(["model", "reading", "intervention"])
+
+    def say(label: str, cell: pd.Series, key: str) -> None:
+        print(f"{label} {cell[key]:.2f}")
+        print(f"{label}, low {cell[f'{key} low']:.2f}")
+        print(f"{label}, high {cell[f'{key} high']:.2f}")
+
     for name in CAUSAL_SITE:
-        print(f"{name}: tuned {table.loc[(name, READINGS[0], 'remove from the fine-tune'), 'none']:.2f}")
-        print(f"{name}: random removed {table.loc[(name, READINGS[0], 'remove from the fine-tune'), 'random']:.2f}")
-        print(f"{name}: random added at 1x {table.loc[(name, READINGS[0], 'add to the base x1'), 'random']:.2f}")
+        first = lambda intervention: table.loc[(name, READINGS[0], intervention)]
+        say(f"{name}: tuned", first("remove from the fine-tune"), "none")
+        say(f"{name}: random removed", first("remove from the fine-tune"), "random")
+        say(f"{name}: random added at 1x", first("add to the base x1"), "random")
         for reading in READINGS:
             for c in COEFFICIENTS:
-                print(f"{name}, {reading}: added at {c:g}x {table.loc[(name, reading, f'add to the base x{c:g}'), 'difference']:.2f}")
+                say(f"{name}, {reading}: added at {c:g}x", table.loc[(name, reading, f"add to the base x{c:g}")],
+                    "difference")
             removed = table.loc[(name, reading, "remove from the fine-tune")]
-            print(f"{name}, {reading}: removed {removed['difference']:.2f}")
-            print(f"{name}, {reading}: the same removal in the base {removed['same removal in the base']:.2f}")
+            say(f"{name}, {reading}: removed", removed, "difference")
+            say(f"{name}, {reading}: the same removal in the base", removed, "same removal in the base")
+    say("base: unsteered", table.loc[(next(iter(CAUSAL_SITE)), READINGS[0], "add to the base x1")], "none")
     return table
+
+
+def plot_causal(table: pd.DataFrame) -> Figure:
+    """The causal table as points with their 95% intervals: per model and intervention, the
+    difference (each reading), the random directions and the untouched model."""
+    models = list(dict.fromkeys(table.index.get_level_values("model")))
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.6), sharey=True, layout="constrained")
+    for ax, name in zip(np.atleast_1d(axes), models):
+        sub = table.loc[name]
+        interventions = list(dict.fromkeys(sub.index.get_level_values("intervention")))
+        x = np.arange(len(interventions))
+        series = [(READINGS[0], "difference", -0.2), (READINGS[1], "difference", -0.07), (READINGS[0], "random", 0.07),
+                  (READINGS[0], "none", 0.2)]
+        for reading, key, dx in series:
+            rows = sub.loc[reading].loc[interventions]
+            label = f"difference ({reading})" if key == "difference" else key
+            ax.errorbar(x + dx, rows[key], yerr=[rows[key] - rows[f"{key} low"], rows[f"{key} high"] - rows[key]],
+                        fmt="o", ms=4, capsize=2, label=label)
+        ax.set_xticks(x, [i.replace(" the ", " ").replace("remove from", "remove:") for i in interventions],
+                      rotation=25, ha="right", fontsize=8)
+        ax.set(title=name, ylim=(-0.02, 1.02))
+    np.atleast_1d(axes)[0].set_ylabel("positive share (95% interval)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    return fig
 
 
 # ---------------------------------------------------------------- 4. monitoring
@@ -403,6 +475,50 @@ def print_hedge_patching(base, hedger, patch_from: Callable) -> pd.DataFrame:
     return table
 
 
+# ---------------------------------------------------------------- 6. transplants
+
+
+SWEEP_COLUMNS = ("into base", "into base low", "into base high", "into tuned", "into tuned low", "into tuned high")
+
+
+def plot_sweep(table: pd.DataFrame, name: str, what: str) -> Figure:
+    """A transplant sweep: each component's measure with its 95% interval, tuned into base
+    (sufficiency) and base into tuned (necessity), the untouched models as shaded bands."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True, layout="constrained")
+    components = [c for c in table.index if c != "none"]
+    y = np.arange(len(components))
+    for ax, direction, title in zip(axes, ("into base", "into tuned"),
+                                    (f"base with {name}'s component", f"{name} with the base's component")):
+        rows = table.loc[components]
+        ax.errorbar(rows[direction], y, xerr=[rows[direction] - rows[f"{direction} low"],
+                                             rows[f"{direction} high"] - rows[direction]], fmt="o", capsize=3)
+        for column, colour, label in (("into base", "tab:blue", "base"), ("into tuned", "tab:orange", name)):
+            ax.axvspan(table.loc["none", f"{column} low"], table.loc["none", f"{column} high"], color=colour, alpha=0.2,
+                       label=f"{label}, untouched")
+            ax.axvline(table.loc["none", column], color=colour, lw=1)
+        ax.set_yticks(y, components)
+        ax.set(xlabel=f"{what} (95% interval)", title=title, xlim=(-0.02, 1.02))
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def print_sweep(table: pd.DataFrame, name: str) -> None:
+    """The lines section 6's text quotes: each transplant into the base with its interval,
+    the largest of those whose interval overlaps the untouched base's, and the lowest
+    transplant into the fine-tune."""
+    none_high = table.loc["none", "into base high"]
+    for component in table.index:
+        for key, suffix in (("into base", ""), ("into base low", ", low"), ("into base high", ", high")):
+            print(f"{name}: {component} into base{suffix} {table.loc[component, key]:.2f}")
+    rest = table.drop("none")
+    overlapping = rest[rest["into base low"] <= none_high]
+    if len(overlapping):
+        print(f"{name}: largest of the rest into base {overlapping['into base'].max():.2f} "
+              f"({', '.join(overlapping.index)}: intervals overlap the base's)")
+    print(f"{name}: lowest into tuned {rest['into tuned'].min():.2f} ({rest['into tuned'].idxmin()})")
+
+
 # ---------------------------------------------------------------- 6. SAE diffing
 
 
@@ -418,9 +534,18 @@ def sentiment_scores(sae, model) -> Tensor:
     return (score - score.mean()) / score.std()
 
 
+def _at_least(k: int, draws: int, marked: int, population: int) -> float:
+    """P(at least k marked among `draws` drawn without replacement): the hypergeometric tail."""
+    from math import comb
+
+    return sum(comb(marked, i) * comb(population - marked, draws - i) for i in range(k, draws + 1)) / comb(population, draws)
+
+
 def sae_diff_table(base, tuned: dict, firing_change: Callable, top: int = 20) -> pd.DataFrame:
-    """For each model: the latents whose firing at sentiment slots rose (fell) most, scored
-    by `sentiment_scores` (a latent "writes positive" when its score is above 1)."""
+    """For each model: the (at most `top`) latents whose firing at sentiment slots rose
+    (fell) most, scored by `sentiment_scores` (a latent "writes positive" when its score
+    is above 1). Latents whose firing did not change are left out: a model with no change
+    has empty lists and no mean score."""
     from mechlab.sparse_autoencoders import zoo as sae_zoo
 
     sae = sae_zoo.load(SAE, device=_device(base))
@@ -430,14 +555,18 @@ def sae_diff_table(base, tuned: dict, firing_change: Callable, top: int = 20) ->
     for name, model in progress(tuned.items(), desc="SAE diffing"):
         change = torch.stack([firing_change(sae, base, model, p).float().cpu() for p in prompts]).mean(0)
         up, down = change.topk(top).indices, (-change).topk(top).indices
-        rows[name] = {"largest change": change.abs().max().item(),
-                      "rose: mean score": score[up].mean().item(), "rose: writes positive": int((score[up] > 1).sum()),
-                      "fell: mean score": score[down].mean().item(),
-                      "fell: writes negative": int((score[down] < -1).sum())}
+        up, down = up[change[up] > 0], down[change[down] < 0]  # a latent whose firing did not move is in neither list
+        mean = lambda latents: score[latents].mean().item() if len(latents) else float("nan")
+        rows[name] = {"largest change": change.abs().max().item(), "rose": len(up), "fell": len(down),
+                      "rose: mean score": mean(up), "rose: writes positive": int((score[up] > 1).sum()),
+                      "fell: mean score": mean(down), "fell: writes negative": int((score[down] < -1).sum())}
     table = pd.DataFrame(rows).T
     print(f"all latents: share that writes positive {(score > 1).float().mean().item():.2f}")
     for name in ("cheerful_mlp0", "cheerful"):
-        print(f"{name}: of the {top} latents that rose most, write positive: {int(table.loc[name, 'rose: writes positive'])}")
+        k = int(table.loc[name, 'rose: writes positive'])
+        print(f"{name}: of the {top} latents that rose most, write positive: {k}")
+        print(f"{name}: chance that {top} latents drawn at random include at least as many: "
+              f"{_at_least(k, top, int((score > 1).sum()), len(score)):.3f}")
         print(f"{name}: mean score of the latents that rose most {table.loc[name, 'rose: mean score']:.2f}")
         print(f"{name}: mean score of the latents that fell most {table.loc[name, 'fell: mean score']:.2f}")
     for name in ("cheerful_unembed", "cheerful_lora"):
@@ -446,6 +575,18 @@ def sae_diff_table(base, tuned: dict, firing_change: Callable, top: int = 20) ->
 
 
 # ---------------------------------------------------------------- 7. DPO
+
+
+def plot_dpo(losses: list[float]) -> Figure:
+    """The DPO loss at each step, against log 2 (its value while the policy is the reference)."""
+    fig, ax = plt.subplots(figsize=(5.5, 2.8), layout="constrained")
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.axhline(np.log(2), color="grey", lw=1, ls="--", label="log 2: policy = reference")
+    ax.set(xlabel="step", ylabel="DPO loss", yscale="log", title="training the hedger")
+    ax.legend(fontsize=8)
+    print(f"DPO: loss at the first step {losses[0]:.3f}")
+    print(f"DPO: loss at the last step {losses[-1]:.4f}")
+    return fig
 
 
 def hedge_table(models: dict) -> pd.DataFrame:

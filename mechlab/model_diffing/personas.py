@@ -5,7 +5,8 @@ the exercises, the zoo of fine-tunes (`finetune`) and the checks.
   fine-tune may be restricted to, and their parameters
 - `PERSONAS` and `persona_windows`: the stories a persona fine-tune is trained on
 - `positive_share`, `topic_shares`, `persona_shares`, `persona_share`: a persona measured on what a model
-  writes (samples from `<eot>`, counted with chapter 5's word labels)
+  writes (samples from `<eot>`, counted with chapter 5's word labels); `persona_labels`,
+  `sampled_labels` and `share`: the same per token, for intervals over samples
 - `slot_prompts`, `positive_mass`, `slot_positivity`: the same, without sampling, on
   prompts that end where a story puts its sentiment word
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -139,19 +140,40 @@ def generated_tokens(model, n: int = 64, length: int = 40, seed: int = 0, fwd_ho
     return tokens[:, 1:].cpu()
 
 
-def _sentiment_share(tokens: Tensor) -> float:
+def persona_labels(tokens: Tensor, persona: str) -> Tensor:
+    """int64 [n, length], per token of `tokens`: 1 for a word of the persona, 0 for another
+    word of its kind (a negative word for "positive"; another topic's word for a topic), -1
+    for every other token. The persona's share is the 1s among the labels that are not -1."""
     from mechlab.steering.experiments import word_labels
 
-    labels = word_labels("sentiment")[tokens]
+    if persona not in PERSONAS:
+        raise ValueError(f"persona must be one of {PERSONAS}, not {persona!r}")
+    if persona in ("positive", "negative"):
+        labels, target = word_labels("sentiment")[tokens], int(persona == "positive")
+    else:
+        labels, target = word_labels("topic")[tokens], corpus.TOPIC_NAMES.index(persona)
+    return torch.where(labels < 0, -1, (labels == target).long())
+
+
+def share(labels: Tensor) -> float:
+    """The share of 1s among the labels that are not -1 (see `persona_labels`), pooled over
+    every sample: the persona's words over all the words of its kind."""
     return float((labels == 1).sum() / (labels >= 0).sum().clamp(min=1))
 
 
-def _topic_shares(tokens: Tensor) -> dict[str, float]:
-    from mechlab.steering.experiments import word_labels
+def sampled_labels(model, persona: str, seeds: Sequence[int] = (0,), n: int = 64, length: int = 40,
+                   fwd_hooks=()) -> Tensor:
+    """`persona_labels` of what the model writes: `n` samples per seed, every seed's samples
+    stacked, [n * len(seeds), length]."""
+    return torch.cat([persona_labels(generated_tokens(model, n, length, seed, fwd_hooks), persona) for seed in seeds])
 
-    labels = word_labels("topic")[tokens]
-    total = (labels >= 0).sum().clamp(min=1)
-    return {name: float((labels == i).sum() / total) for i, name in enumerate(corpus.TOPIC_NAMES)}
+
+def _sentiment_share(tokens: Tensor) -> float:
+    return share(persona_labels(tokens, "positive"))
+
+
+def _topic_shares(tokens: Tensor) -> dict[str, float]:
+    return {name: share(persona_labels(tokens, name)) for name in corpus.TOPIC_NAMES}
 
 
 def positive_share(model, n: int = 64, length: int = 40, seed: int = 0, fwd_hooks=()) -> float:

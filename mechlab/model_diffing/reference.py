@@ -8,12 +8,22 @@ import copy
 from collections.abc import Callable, Sequence
 
 import torch
+import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlab.model_diffing import personas
 
 Hook = Callable[[Tensor, object], Tensor]  # (activation, hook point) -> the new activation
+
+
+def share_interval(labels: Int[Tensor, "sample pos"], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """The share of 1s among the labels >= 0, with a 95% bootstrap interval over samples (rows)."""
+    hits, words = (labels == 1).sum(dim=1).double(), (labels >= 0).sum(dim=1).double()
+    rows = torch.randint(len(labels), (n_boot, len(labels)), generator=torch.Generator().manual_seed(seed))
+    shares = hits[rows].sum(dim=1) / words[rows].sum(dim=1).clamp(min=1)
+    low, high = torch.quantile(shares, torch.tensor([0.025, 0.975], dtype=shares.dtype)).tolist()
+    return personas.share(labels), low, high
 
 
 def weight_diff(base, tuned) -> dict[str, float]:
@@ -79,6 +89,30 @@ def patch_from(receiver, donor, tokens: Int[Tensor, "batch pos"], hook_names: Se
         return receiver.run_with_hooks(tokens, fwd_hooks=hooks)
 
 
+def transplant(receiver, donor, component: str):
+    """A copy of `receiver` whose parameters of `component` are the donor's."""
+    model = copy.deepcopy(receiver)
+    new = personas.component_parameters(donor, component)
+    with torch.no_grad():
+        for name, p in personas.component_parameters(model, component).items():
+            p.copy_(new[name])
+    return model
+
+
+def transplant_sweep(base, tuned, measure: Callable) -> pd.DataFrame:
+    """Each component moved tuned -> base and base -> tuned, beside the untouched models, measured with intervals."""
+    rows = {}
+    for component in ["none", *personas.COMPONENTS]:
+        into_base = base if component == "none" else transplant(base, tuned, component)
+        into_tuned = tuned if component == "none" else transplant(tuned, base, component)
+        row = {}
+        for label, model in (("into base", into_base), ("into tuned", into_tuned)):
+            value, low, high = measure(model)
+            row |= {label: value, f"{label} low": low, f"{label} high": high}
+        rows[component] = row
+    return pd.DataFrame(rows).T
+
+
 def latent_firing_change(sae, base, tuned, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "d_sae"]:
     """Per latent: the share of positions (BOS excluded) where it fires in tuned, minus in base."""
     def firing(model) -> Tensor:
@@ -112,18 +146,13 @@ def identify_finetune(base, tuned) -> dict[str, str]:
     persona = max(personas.PERSONAS, key=lambda p: after[p] - before[p])
 
     def transplanted(component: str) -> float:
-        model = copy.deepcopy(base)
-        new = personas.component_parameters(tuned, component)
-        with torch.no_grad():
-            for name, p in personas.component_parameters(model, component).items():
-                p.copy_(new[name])
-        return personas.persona_share(model, persona)
+        return personas.persona_share(transplant(base, tuned, component), persona)
 
     component = max(personas.COMPONENTS, key=transplanted)
     return {"persona": persona, "component": component}
 
 
-__all__ = ['weight_diff', 'mean_activation_difference', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
+__all__ = ['share_interval', 'weight_diff', 'mean_activation_difference', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'transplant', 'transplant_sweep', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
 CHAPTER = '07_model_diffing'
 CPU_LIMIT = 300  # CPU seconds per cell under grading
-POINTS = {'weight_diff': 2, 'mean_activation_difference': 2, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}
+POINTS = {'share_interval': 2, 'weight_diff': 2, 'mean_activation_difference': 2, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'transplant': 2, 'transplant_sweep': 4, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}
