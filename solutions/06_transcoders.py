@@ -1031,10 +1031,9 @@ for key, value in ioi.items():
 # <details><summary>Hint 2 (influence is not effect)</summary>
 #
 # Influence is computed on absolute values: a node with much influence may push the
-# target *down*, and removing it then raises the target. The quantity that predicts an
-# ablation is the signed total effect: the derivative of the target with respect to a
-# latent's coefficient when downstream latents follow (`lr.run(propagate=True)`).
-# Section 5 measured how well it predicts.
+# target *down*, and removing it then raises the target. Section 5 compared what the
+# graph predicts with what an ablation does; which of its quantities carries a sign, and
+# how far did its predictions miss?
 # </details>
 #
 # Stuck? Run `from mechlab.transcoders.reference import explain_recall` and carry on (no points for this exercise).
@@ -1068,13 +1067,14 @@ checks.grade_explain_recall(explain_recall)
 checks.recall_comparison(explain_recall)
 
 # %% [markdown]
-# **What the measurement found.** Zeroing six latents chosen by their signed total
-# effect removes 0.453<!-- out: your explain_recall: mean share removed --> of the preference for the right city on
-# average; choosing by unsigned influence, 0.421<!-- out: the 6 most influential latents (unsigned): mean share removed -->.
+# **What the measurement found.** The solution's six latents remove
+# 0.453<!-- out: your explain_recall: mean share removed --> of the preference for the right city on
+# average; the six with the most unsigned influence,
+# 0.421<!-- out: the 6 most influential latents (unsigned): mean share removed -->.
 # The most active latents remove 0.185<!-- out: the 6 most active latents: mean share removed -->: activation is not
 # importance. Looking only where the answer is written, at the last position, removes
 # 0.301<!-- out: the 6 most influential latents at the last position: mean share removed -->, under the bar.
-# The signed total effect puts 0.74<!-- out: share of its latents at the last position --> of its choices
+# The solution puts 0.74<!-- out: share of its latents at the last position --> of its choices
 # there and the rest at the names: layer 0's latents at the first and last name, the
 # "which person is this" half of the circuit that chapter 3 found in MLP 0 at the first name. No six latents remove everything: with the error nodes
 # frozen, what the transcoders do not capture cannot be ablated through them, and a
