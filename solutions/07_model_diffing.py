@@ -332,6 +332,33 @@ lens.round(3)
 # - `cheerful`: a difference everywhere, with cosine
 #   0.45<!-- out: cheerful, sentiment slots, at 1.resid_pre: cosine with the sentiment vector --> at the slots.
 #
+# Minder et al. find the clearest traces at the first few tokens of unrelated text, which
+# an average over every position dilutes. Read the ordinary-text difference one position
+# at a time (your function with `position`), at each model's site, against the control:
+# the |cosine| under which 95% of random directions stay.
+
+# %%
+by_position = ex.difference_by_position(base, tuned, text, sentiment, mean_activation_difference)
+ex.plot_by_position(by_position)
+plt.show()
+
+# %% [markdown]
+# A random direction's cosine with the sentiment vector stays under
+# 0.17<!-- out: random directions: |cosine| with the sentiment vector, 95th percentile --> 95% of the time. For
+# `cheerful_mlp0` the first position is the one reading well above it
+# (0.30<!-- out: cheerful_mlp0, ordinary text, first position: cosine with the sentiment vector -->, against
+# 0.04<!-- out: cheerful_mlp0, ordinary text, at 1.resid_pre: cosine with the sentiment vector --> averaged over
+# every position); for `cheerful` it is 0.12<!-- out: cheerful, ordinary text, first position: cosine with the sentiment vector -->,
+# inside the band, and the later positions scatter around the band's edge (largest
+# 0.19<!-- out: cheerful_mlp0, ordinary text, positions 16 and after: largest |cosine| -->), as a dozen readings of noise
+# would. The size is larger at any one position than averaged
+# (0.40<!-- out: cheerful_mlp0, ordinary text, first position: relative size --> against
+# 0.10<!-- out: cheerful_mlp0, ordinary text, every position: relative size -->) partly because averaging over
+# positions cancels directions that differ from one position to the next. The LoRA's
+# difference is $\pm b$ at every position, with a sign that depends on the text. So the
+# early-token trace is here, for one fine-tune and weakly; in these small models the
+# persona shows most where sentiment is written, at the slot.
+#
 # Is the slot difference "cheerfulness" in words? Through the logit lens (the final
 # LayerNorm's weight, then the unembedding), the eight tokens each difference raises most:
 

@@ -207,6 +207,55 @@ def difference_table(base, differences: dict, text: Tensor, sentiment: dict[str,
     return table
 
 
+POSITIONS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 63)  # positions of the ordinary-text windows read one at a time
+
+
+def difference_by_position(base, tuned: dict, text: Tensor, sentiment: dict[str, Tensor], mean_difference: Callable
+                           ) -> pd.DataFrame:  # fmt: skip
+    """The mean difference on ordinary text read at one position at a time (the learner's
+    function with `position`), at each model's `CAUSAL_SITE`: its size over the site's
+    residual norm and its cosine with the sentiment vector, beside the same averaged over
+    every position, and the control: the |cosine| that 95% of random directions stay under."""
+    rows = []
+    for name, site in CAUSAL_SITE.items():
+        norm = residual_norm(base, text, site)
+        for position in (*POSITIONS, None):
+            d = mean_difference(base, tuned[name], text, site, position).float().cpu()
+            rows.append({"model": name, "position": "all" if position is None else position,
+                         "relative size": d.norm().item() / norm, "cos(sentiment)": cosine(d, sentiment[site].cpu())})
+    table = pd.DataFrame(rows).set_index(["model", "position"])
+    g = torch.Generator().manual_seed(0)
+    random = torch.randn(2000, base.cfg.d_model, generator=g)
+    v = sentiment[next(iter(CAUSAL_SITE.values()))].float().cpu()
+    bar = torch.quantile((random @ v / random.norm(dim=1) / v.norm()).abs(), 0.95).item()
+    table.attrs["random |cos| 95%"] = bar
+    print(f"random directions: |cosine| with the sentiment vector, 95th percentile {bar:.2f}")
+    for name in CAUSAL_SITE:
+        first, everywhere = table.loc[(name, 1)], table.loc[(name, "all")]
+        print(f"{name}, ordinary text, first position: relative size {first['relative size']:.2f}")
+        print(f"{name}, ordinary text, every position: relative size {everywhere['relative size']:.2f}")
+        print(f"{name}, ordinary text, first position: cosine with the sentiment vector {first['cos(sentiment)']:.2f}")
+        late = table.loc[name].drop("all")
+        late = late[[p >= 16 for p in late.index]]
+        print(f"{name}, ordinary text, positions 16 and after: largest |cosine| {late['cos(sentiment)'].abs().max():.2f}")
+    return table
+
+
+def plot_by_position(table: pd.DataFrame) -> Figure:
+    """Size and cosine of the ordinary-text difference by position, one line per model."""
+    fig, (size, cos) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    for name in dict.fromkeys(table.index.get_level_values("model")):
+        rows = table.loc[name].drop("all")
+        size.plot(rows.index.astype(int), rows["relative size"], marker="o", ms=3, label=name)
+        cos.plot(rows.index.astype(int), rows["cos(sentiment)"], marker="o", ms=3, label=name)
+    bar = table.attrs["random |cos| 95%"]
+    cos.axhspan(-bar, bar, color="grey", alpha=0.2, label="95% of random directions")
+    size.set(xscale="log", xlabel="position in the window", ylabel="‖difference‖ / residual norm")
+    cos.set(xscale="log", xlabel="position in the window", ylabel="cosine with the sentiment vector")
+    cos.legend(fontsize=7)
+    return fig
+
+
 def lora_coefficients(base, text: Tensor) -> dict[str, float]:
     """The mean of aᵀh, the coefficient with which the LoRA writes b, on ordinary text (every
     position but BOS) and at the slots' last position (h: MLP 1's hidden activation, the
