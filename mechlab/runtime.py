@@ -109,9 +109,21 @@ def quiet() -> Iterator[None]:
 
 def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     """A tqdm progress bar that disappears under grading (stderr would fail the cell) and
-    inside `quiet()`."""
+    inside `quiet()`.
+
+    In a notebook it is a widget (tqdm.auto). A front end that cannot draw widgets shows
+    the bar's text as it was when the cell started ("0/12") and never updates it; with
+    `MECHLAB_PROGRESS=text` in the environment the bar is plain text on stdout instead,
+    which every front end redraws as it moves."""
     kwargs.setdefault("disable", under_grading() or _quiet_depth > 0)
     kwargs.setdefault("mininterval", 0.5)
+    if os.environ.get("MECHLAB_PROGRESS", "").lower() == "text":
+        import sys
+
+        from tqdm.std import tqdm as text_bar
+
+        kwargs.setdefault("file", sys.stdout)
+        return text_bar(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
 
 

@@ -33,6 +33,23 @@ def test_progress_bars_are_off_inside_quiet_and_under_grading(monkeypatch):
     assert progress(range(3)).disable
 
 
+def test_progress_bars_can_be_plain_text_for_front_ends_without_widgets(monkeypatch, capsys):
+    """MECHLAB_PROGRESS=text: a bar that writes its moving text to stdout, not a widget whose
+    text a front end without widgets would show frozen at the start."""
+    from tqdm.notebook import tqdm as widget_bar
+
+    from mechlab.runtime import progress
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("MECHLAB_PROGRESS", "text")
+    bar = progress(range(3), desc="sweeping", mininterval=0)
+    assert not isinstance(bar, widget_bar)
+    assert list(bar) == [0, 1, 2]
+    captured = capsys.readouterr()
+    assert "sweeping: 100%" in captured.out and "3/3" in captured.out and captured.err == ""
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert progress(range(3)).disable  # still off under grading
+
+
 def test_torch_threads_are_the_free_cores_within_the_kernels_share(monkeypatch):
     """As many threads as cores no other process uses, at least one, at most the share the
     grader gives each grading slot (MECHLAB_THREADS, else OMP_NUM_THREADS)."""
