@@ -72,6 +72,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechlab import corpus, zoo
+
 Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> a 0-dimensional tensor
 
 # %%
@@ -1077,6 +1079,8 @@ for title, values in grids.items():
 # the city ("FIRST LAST lives in", "FIRST LAST has a home in", "the city of FIRST LAST
 # is"), and a corrupted twin: the same template about another known person, with another
 # first name, another last name and another city. The two answers are the two cities.
+# (`fact_batch(template, seed, vary="last")` pairs each person instead with a twin who
+# shares the first name, `vary="first"` with one who shares the last name.)
 
 # %%
 from mechlab import corpus
@@ -1119,11 +1123,15 @@ for template in range(len(investigation.TEMPLATES)):
 # final position alone.
 #
 # You answer with a function, so the grader can ask on prompts you have not seen: it
-# calls `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)` on other
-# pairings of the people, in **all three templates**, which differ in length and in
-# where the name sits. Your function may measure (patch, cache, compare) or encode what
-# you found; either way, what it returns is what gets measured. The visible check only
-# says whether the answer is well formed.
+# calls `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)` in **all
+# three templates**, which differ in length and in where the name sits. What it hands
+# your function is not what it measures on: each corrupted prompt it hands over names a
+# known person with the **same first name** and another last name and city
+# (`investigation.fact_batch(t, seed, vary="last")`). Your circuit is then measured on
+# the same template with twins that change **both names**, and with twins that change
+# **only the first name** (`vary="both"` and `vary="first"`), 0.75 on each. Your function
+# may measure (patch, cache, compare) or encode what you found; either way, what it
+# returns is what gets measured. The visible check only says whether the answer is well formed.
 
 # %% [markdown] exercise={"id": "investigate_fact_recall", "kind": "investigation", "difficulty": 4, "importance": 4, "minutes": 40, "points": 5}
 # ### Exercise 11: Investigation: the fact-recall circuit
@@ -1131,7 +1139,8 @@ for template in range(len(investigation.TEMPLATES)):
 # Write `investigate_fact_recall(model, clean_tokens, corrupted_tokens, metric)`
 # returning a list of at most 8 components (tuples as above) that carry the clean
 # person's city from the name to the answer. `metric` is the normalised logit difference
-# (0 as corrupted, 1 as clean); the prompts are one template, so positions line up
+# (0 as corrupted, 1 as clean) on the prompts you are handed, whose twins share the
+# clean person's first name; the prompts are one template, so positions line up
 # across the batch. Explore first with the batches above and this chapter's tools, then
 # write down what you found.
 #
@@ -1157,9 +1166,10 @@ for template in range(len(investigation.TEMPLATES)):
 # with one hook per layer on `hook_z` and on `hook_mlp_out` returning
 # `torch.where(keep, activation, corrupted_cache[name])`, with `keep` a boolean mask
 # (`[1, pos, head, 1]` for `z`, `[1, pos, 1]` for the MLP) that is True on your circuit.
-# Run it on all three templates (`investigation.fact_batch(t, seed)` for `t` in 0, 1, 2).
-# Positions are where the batch says: the positions at which `clean_tokens` and
-# `corrupted_tokens` differ are the name's.
+# Run it on all three templates and on every corruption the grader uses
+# (`investigation.fact_batch(t, seed, vary)` for `t` in 0, 1, 2 and `vary` in `"both"`,
+# `"first"`). The positions at which `clean_tokens` and `corrupted_tokens` differ are
+# those of the names the corruption changed, and only those.
 # </details>
 #
 # Stuck? Run `from mechlab.activation_patching.reference import investigate_fact_recall` and carry on (no points for this exercise).
@@ -1170,9 +1180,29 @@ def investigate_fact_recall(
 ) -> list[tuple]:
     """At most 8 components (("head", layer, head, pos) or ("mlp", layer, pos)) that carry the person's city."""
     ### BEGIN SOLUTION
-    # Every head and MLP output at every position, patched alone from clean into corrupted;
-    # the 8 with the largest effects form a complete route here (measured on all three templates).
+    # The prompts handed in change only the last name, so nothing that carries the first
+    # name differs between the two runs, and patching on them cannot see it. First build a
+    # corruption that changes both names: pair each prompt with the next one of the batch
+    # whose person differs in both names and in the city the model answers.
+    last = int((clean_tokens[0] != corrupted_tokens[0]).nonzero()[-1])  # the last name's position
+    first = last - 1
+    cities = torch.tensor(zoo.token_ids(list(corpus.CITIES)), device=clean_tokens.device)
     with torch.no_grad():
+        clean_logits = model(clean_tokens)
+        answer = cities[clean_logits[:, -1, cities].argmax(dim=-1)]
+        n = len(clean_tokens)
+        differs = lambda i, j: bool((clean_tokens[i, [first, last]] != clean_tokens[j, [first, last]]).all()
+                                    and answer[i] != answer[j])
+        twin = torch.tensor([next(j for j in [*range(i + 1, n), *range(i)] if differs(i, j)) for i in range(n)],
+                            device=clean_tokens.device)
+        corrupted, distractor = clean_tokens[twin], answer[twin]
+        metric = functools.partial(patching_metric, correct=answer, distractor=distractor,
+                                   clean_diff=logit_diff(clean_logits, answer, distractor).item(),
+                                   corrupted_diff=logit_diff(model(corrupted), answer, distractor).item())
+
+        # Then every head and MLP output at every position, patched alone from clean into
+        # that corruption; the 8 with the largest effects form a complete route here
+        # (measured on all three templates and all three corruptions).
         _, clean_cache = model.run_with_cache(clean_tokens)
         effects: dict[tuple, float] = {}
         for layer in range(model.cfg.n_layers):
@@ -1183,7 +1213,7 @@ def investigate_fact_recall(
                     out[:, pos] = clean_cache[name][:, pos]
                     return out
 
-                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(mlp_name, patch_mlp)])
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(mlp_name, patch_mlp)])
                 effects[("mlp", layer, pos)] = metric(logits).item()
                 for head in range(model.cfg.n_heads):
                     def patch_head(z, hook, pos=pos, head=head, name=z_name):
@@ -1191,7 +1221,7 @@ def investigate_fact_recall(
                         z[:, pos, head] = clean_cache[name][:, pos, head]
                         return z
 
-                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(z_name, patch_head)])
+                    logits = model.run_with_hooks(corrupted, fwd_hooks=[(z_name, patch_head)])
                     effects[("head", layer, head, pos)] = metric(logits).item()
     return sorted(effects, key=effects.get, reverse=True)[:8]
     ### END SOLUTION
@@ -1211,24 +1241,51 @@ checks.grade_investigate_fact_recall(investigate_fact_recall)
 # %%
 from mechlab.activation_patching.reference import investigate_fact_recall as course_circuit
 
+
+def names_at(clean, corrupted) -> list[int]:
+    """The first and last name's positions: the last name is where the handed twins differ."""
+    last = int((clean[0] != corrupted[0]).nonzero()[-1])
+    return [last - 1, last]
+
+
+def top_single_effects(model, clean, corrupted, metric, k=8):
+    """The mechanical answer: the k largest single effects on the prompts handed in."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean)
+    heads = patch_head_outputs_by_position(model, corrupted, cache, metric)  # [layer, head, pos]
+    effects = {("head", layer, head, pos): heads[layer, head, pos].item()
+               for layer in range(cfg.n_layers) for head in range(cfg.n_heads) for pos in range(clean.shape[1])}
+    for layer in range(cfg.n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+        for pos in range(clean.shape[1]):
+            def patch(out, hook, pos=pos, name=name):
+                return torch.cat([out[:, :pos], cache[name][:, pos:pos + 1], out[:, pos + 1:]], dim=1)
+
+            with torch.no_grad():
+                effects[("mlp", layer, pos)] = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, patch)])).item()
+    return sorted(effects, key=effects.get, reverse=True)[:k]
+
+
 final_heads = [("head", layer, head, -1) for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
 candidates = {
     "your circuit": investigate_fact_recall,
     "course circuit": course_circuit,
+    "top 8 single effects on the prompts handed in": top_single_effects,
     "IOI circuit (0.3, MLP0, layer 1, at the end)": lambda *_: [("head", 0, 3, -1), ("mlp", 0, -1), *final_heads[4:]],
     "attention only (every head at the end)": lambda *_: final_heads,
     "MLPs only (at both names and the end)": lambda model, clean, corrupted, metric: [
-        ("mlp", layer, int(pos)) for layer in range(cfg.n_layers)
-        for pos in [*(clean[0] != corrupted[0]).nonzero().flatten().tolist(), -1]],
+        ("mlp", layer, pos) for layer in range(cfg.n_layers) for pos in [*names_at(clean, corrupted), -1]],
 }
 for template, seed in checks._investigation_settings(hidden=True):
-    batch = investigation.fact_batch(template, seed)
-    batch_metric, _, _ = investigation.fact_metric(model, batch)
-    prompt = batch.template.format(p="FIRST LAST")
+    handed = investigation.fact_batch(template, seed, "last")
+    handed_metric, _, _ = investigation.fact_metric(model, handed)
+    prompt = handed.template.format(p="FIRST LAST")
     for label, finder in candidates.items():
-        circuit = finder(model, batch.clean.to(device), batch.corrupted.to(device), batch_metric)
-        print(f"{label}, on '{prompt}': {investigation.faithfulness(model, batch, circuit):.2f} "
-              f"({len(circuit)} components)")
+        circuit = finder(model, handed.clean.to(device), handed.corrupted.to(device), handed_metric)
+        scores = {vary: investigation.faithfulness(model, investigation.fact_batch(template, seed, vary), circuit)
+                  for vary in ("both", "first")}
+        print(f"{label}, on '{prompt}': {scores['both']:.2f} with both names corrupted; "
+              f"{label}, on '{prompt}', first name only: {scores['first']:.2f} ({len(circuit)} components)")
     print()
 
 # %% [markdown]
@@ -1280,10 +1337,20 @@ with torch.no_grad():
 # the first name's 0.28<!-- out: the first name's route alone keeps -->): a person is known only by both
 # names, as the corpus was written. Together, the course's eight components keep
 # 0.89<!-- out: course circuit, on 'FIRST LAST lives in': --> of the clean logit difference on
-# "lives in" and 0.91<!-- out: course circuit, on 'the city of FIRST LAST is': --> on "the city of ... is",
+# "lives in" with both names corrupted, 0.88<!-- out: course circuit, on 'FIRST LAST lives in', first name only: -->
+# with the first name alone, and 0.91<!-- out: course circuit, on 'the city of FIRST LAST is': --> on "the city of ... is",
 # where the name sits elsewhere and a slightly different set of layer-0 heads takes part: which is why the
 # grader asks on all three templates, and why a function that measures travels better than a
 # list of components found on one.
+#
+# A corruption only shows what it changes. Ranked on the prompts the grader hands over,
+# whose twins share the first name, the eight largest single effects keep
+# 0.57<!-- out: top 8 single effects on the prompts handed in, on 'FIRST LAST lives in': --> with both names
+# corrupted and 0.16<!-- out: top 8 single effects on the prompts handed in, on 'FIRST LAST lives in', first name only: -->
+# with the first name alone: with the first name the same in both runs, nothing on its
+# route has an effect to rank, so the ranking fills its eight places with more of the last
+# name's route. Patching finds what your corruption varies, and which corruption to use is
+# part of the hypothesis.
 #
 # The wrong findings keep almost nothing. The IOI circuit of sections 3-4 keeps
 # 0.09<!-- out: IOI circuit (0.3, MLP0, layer 1, at the end), on 'FIRST LAST lives in': -->: a different task

@@ -201,6 +201,28 @@ def circuit_largest_final_position(model, clean_tokens, corrupted_tokens, metric
     return [c for c in circuit if c[-1] == n_pos - 1] + [("head", 1, 2, -1)]
 
 
+def circuit_ranked_on_the_handed_batch(model, clean_tokens, corrupted_tokens, metric):
+    """The mechanical answer: the 8 largest single effects, measured on the prompts handed in, whose
+    twins share the first name, so that nothing carrying the first name has an effect to rank."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean_tokens)
+        effects = {}
+        for layer in range(model.cfg.n_layers):
+            for pos in range(clean_tokens.shape[1]):
+                for head in [None, *range(model.cfg.n_heads)]:
+                    name = f"blocks.{layer}.hook_mlp_out" if head is None else f"blocks.{layer}.attn.hook_z"
+                    index = (slice(None), pos) if head is None else (slice(None), pos, head)
+
+                    def patch(act, hook, name=name, index=index):
+                        act = act.clone()
+                        act[index] = cache[name][index]
+                        return act
+
+                    key = ("mlp", layer, pos) if head is None else ("head", layer, head, pos)
+                    effects[key] = metric(model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, patch)])).item()
+    return sorted(effects, key=effects.get, reverse=True)[:8]
+
+
 MUTANTS = [
     ("replace_subject", replace_in_place, "changed the `tokens`"),
     ("replace_subject", replace_first, "last"),
@@ -230,6 +252,7 @@ MUTANTS = [
     ("noise_head_outputs", noise_whole_layer, "one head at a time"),
     ("investigate_fact_recall", circuit_of_ioi, "the bar is 0.75"),
     ("investigate_fact_recall", circuit_found_on_one_template, "the city of FIRST LAST is"),
+    ("investigate_fact_recall", circuit_ranked_on_the_handed_batch, "only the first name corrupted it keeps 0.1"),
 ]
 
 
@@ -286,6 +309,25 @@ def attribution_in_one_hook_context(model, clean_tokens, corrupted_tokens, metri
                         for n in names]).cpu()
 
 
+def circuit_from_attention(model, clean_tokens, corrupted_tokens, metric):
+    """A reasoned answer that ranks nothing: the two names found by their word class, MLP0 at the
+    first name and the layer-1 heads that read it from the end (that route), the layer-0 heads that
+    read the last name from the end (the other), and both MLPs at the end, where the routes meet."""
+    from mechlab import corpus
+
+    words = model.to_str_tokens(clean_tokens[0])
+    classes = [corpus.CLASS_OF.get(w.strip(), -1) for w in words]
+    first = classes.index(corpus.WORD_CLASSES.index("first_name"))
+    last = classes.index(corpus.WORD_CLASSES.index("last_name"))
+    end = clean_tokens.shape[1] - 1
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean_tokens)
+    from_end = [cache["pattern", layer][:, :, end].mean(0) for layer in range(model.cfg.n_layers)]
+    readers_of_first = [("head", 1, h, end) for h in range(model.cfg.n_heads) if from_end[1][h, first] > 0.5]
+    readers_of_last = [("head", 0, h, end) for h in range(model.cfg.n_heads) if from_end[0][h, last] > 0.3]
+    return [("mlp", 0, first), *readers_of_first, *readers_of_last, ("mlp", 0, end), ("mlp", 1, end)]
+
+
 VARIANTS = [
     ("replace_subject", replace_with_flip),
     ("logit_diff", logit_diff_gather),
@@ -294,6 +336,7 @@ VARIANTS = [
     ("patch_head_outputs_by_position", by_position_with_transformer_lens),
     ("attribution_patch_heads", attribution_in_one_hook_context),
     ("noise_head_outputs", noise_with_transformer_lens),
+    ("investigate_fact_recall", circuit_from_attention),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
@@ -345,8 +388,10 @@ def test_investigation_the_solution_and_a_correct_answer_written_differently_pas
     assert capsys.readouterr().out.startswith("✓ investigate_fact_recall: your circuits keep 0.")
 
     def by_the_names(model, clean_tokens, corrupted_tokens, metric):
-        """What a learner who read the routes off the patterns would write, positions from the batch."""
-        first, _ = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+        """What a learner who read the routes off the patterns would write, positions from the batch:
+        the handed twins differ at the last name only, and the first name is just before it."""
+        (last,) = (clean_tokens[0] != corrupted_tokens[0]).nonzero().flatten().tolist()
+        first = last - 1
         return [("head", 0, 2, -1), ("head", 0, 3, -1), ("head", 0, 0, -1), ("mlp", 0, -1), ("mlp", 1, -1),
                 ("mlp", 0, first), ("head", 1, 1, -1), ("head", 1, 3, -1)]
 

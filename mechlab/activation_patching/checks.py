@@ -552,11 +552,15 @@ def _measuring_model():
 
 
 def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
+    """The learner's function is handed a batch whose twins change only the last name
+    (`investigation.HANDED`); its circuit is measured on the same template's batches that
+    change both names and only the first (`investigation.GRADED`), every template in the
+    hidden test."""
     model = course_model("corpus_2l")
     call = guard_model(fn, "investigate_fact_recall")
     kept = []
     for template, seed in _investigation_settings(hidden):
-        batch = investigation.fact_batch(template, seed)
+        batch = investigation.fact_batch(template, seed, investigation.HANDED)
         metric, _, _ = investigation.fact_metric(model, batch)  # the learner's own copy of the metric
         answer = call_learner(call, "investigate_fact_recall", batch.describe(),
                               (model, batch.clean.clone(), batch.corrupted.clone(), metric))
@@ -571,14 +575,21 @@ def _check_investigate_fact_recall(fn: Callable, hidden: bool) -> None:
                    f"{investigation.BUDGET}) on {batch.describe()}; the hidden test measures how much of the "
                    "recall it carries")
             return
-        score = investigation.faithfulness(_measuring_model(), batch, circuit)  # metric and cache made afresh
-        if not score >= investigation.BAR:
+        graded = {vary: investigation.fact_batch(template, seed, vary) for vary in investigation.GRADED}
+        # metric and cache made afresh, on a model no learner function was given
+        scores = {vary: investigation.faithfulness(_measuring_model(), b, circuit) for vary, b in graded.items()}
+        failed = [vary for vary in investigation.GRADED if not scores[vary] >= investigation.BAR]
+        if failed:
             names = ", ".join(map(str, circuit))
+            why = (f" With only the first name corrupted it keeps {scores['first']:.2f}: you were handed prompts "
+                   "whose twins change only the last name, so on them every route from the first name is clean "
+                   "in both runs, and patching on them cannot see it." if "first" in failed else "")
             raise CheckFailed(
-                f"on {batch.describe()}, your circuit ({names}) keeps {score:.2f} of the clean logit difference "
-                f"when every other head and MLP output, at every position, takes its corrupted value; the bar is "
-                f"{investigation.BAR}. Something that carries the person's city is missing from it.")
-        kept.append(f"{score:.2f}")
+                f"on {graded[failed[0]].describe()}, your circuit ({names}), chosen on {batch.describe()}, keeps "
+                f"{scores[failed[0]]:.2f} of the clean logit difference when every other head and MLP output, at "
+                f"every position, takes its corrupted value; the bar is {investigation.BAR}. Something that carries "
+                f"the person's city is missing from it.{why}")
+        kept += [f"{scores[vary]:.2f}" for vary in investigation.GRADED]
     passed(f"investigate_fact_recall: your circuits keep {', '.join(kept)} of the clean logit difference on the "
            f"{len(kept)} graded batches (bar {investigation.BAR})")
 

@@ -2,9 +2,13 @@
 
 The corpus's world (`mechlab.corpus.build_world`) has known people, each with a city
 stated the same way every time ("mary smith lives in paris ."). A clean prompt names
-one known person, its corrupted twin another one, with another first name, another
-last name and another city, in the same template, so the positions line up and the
-two answers are the two cities.
+one known person, its corrupted twin another one with another city, in the same
+template, so the positions line up and the two answers are the two cities. Which names
+the twin changes is the batch's `vary`: both names, only the last (the twin shares the
+first name) or only the first. The learner's function is handed a batch that varies
+only the last name and is graded on batches of the same clean prompts that vary both
+names and only the first: patching on what it is handed cannot see the route that
+carries the first name, which it must reason its way to.
 
 A learner's answer is a *circuit*: at most `BUDGET` components, each a head's output
 at one position, `("head", layer, head, position)`, or an MLP's output at one
@@ -34,6 +38,8 @@ from mechlab.pristine import type_ as _type
 
 BUDGET = 8  # components a circuit may name: fewer than the 10 outputs at the final position alone
 BAR = 0.75  # the faithfulness a circuit must reach on every graded batch
+VARY = ("both", "last", "first")  # which of the clean person's names the corrupted twin changes
+HANDED, GRADED = "last", ("both", "first")  # what the learner's function is given, and what it is graded on
 TEMPLATES = tuple(t.replace(" {v} .", "") for t in corpus.FACT_TEMPLATES["city"])  # "{p} lives in", ...
 
 
@@ -47,19 +53,32 @@ class FactBatch:
     distractor: Int[Tensor, "batch"]  # the corrupted person's city
     labels: tuple[str, ...]  # one per position
     template: str
+    vary: str = "both"  # which names the twin changes (VARY)
 
     def describe(self) -> str:
-        return f"{len(self.clean)} prompts '{self.template.format(p='FIRST LAST')}'"
+        changed = {"both": "both names", "last": "only the last name", "first": "only the first name"}[self.vary]
+        return f"{len(self.clean)} prompts '{self.template.format(p='FIRST LAST')}', {changed} corrupted"
+
+
+def _twin(p, q, vary: str) -> bool:
+    """Whether known person q can be p's corrupted twin when the batch varies `vary`."""
+    first = q.first == p.first if vary == "last" else q.first != p.first
+    last = q.last == p.last if vary == "first" else q.last != p.last
+    return q.city != p.city and first and last
 
 
 @functools.cache
-def fact_batch(template: int = 0, seed: int = 0) -> FactBatch:
-    """Every known person once, in template `template` (an index into TEMPLATES), each paired
-    (by `seed`) with another known person who shares neither name nor city."""
-    people = corpus.build_world().known
-    rng = random.Random(f"fact-recall-{seed}")
-    twins = [rng.choice([q for q in people if q.city != p.city and q.first != p.first and q.last != p.last])
-             for p in people]
+def fact_batch(template: int = 0, seed: int = 0, vary: str = "both") -> FactBatch:
+    """Known people in template `template` (an index into TEMPLATES), each paired (by `seed`)
+    with another known person with another city who differs in both names (`vary="both"`:
+    every known person), or only in the last or only in the first name (`"last"`, `"first"`:
+    the known people that have such a twin)."""
+    if vary not in VARY:
+        raise ValueError(f"vary must be one of {VARY}, not {vary!r}")
+    known = corpus.build_world().known
+    rng = random.Random(f"fact-recall-{seed}" if vary == "both" else f"fact-recall-{vary}-{seed}")
+    people = [p for p in known if any(_twin(p, q, vary) for q in known)]
+    twins = [rng.choice([q for q in known if _twin(p, q, vary)]) for p in people]
     text = TEMPLATES[template]
 
     def tokens(persons) -> Tensor:
@@ -69,7 +88,7 @@ def fact_batch(template: int = 0, seed: int = 0) -> FactBatch:
     labels = ("<eot>", *[{"FIRST": "first name", "LAST": "last name"}.get(w, w) for w in words])
     labels = (*labels[:-1], f"{labels[-1]} (end)")
     return FactBatch(tokens(people), tokens(twins), torch.tensor(zoo.token_ids([p.city for p in people])),
-                     torch.tensor(zoo.token_ids([q.city for q in twins])), labels, text)
+                     torch.tensor(zoo.token_ids([q.city for q in twins])), labels, text, vary)
 
 
 def fact_metric(model, batch: FactBatch):

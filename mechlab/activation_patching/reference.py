@@ -11,6 +11,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechlab import corpus, zoo
+
 Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> a 0-dimensional tensor
 
 
@@ -217,9 +219,29 @@ def investigate_fact_recall(
     model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric
 ) -> list[tuple]:
     """At most 8 components (("head", layer, head, pos) or ("mlp", layer, pos)) that carry the person's city."""
-    # Every head and MLP output at every position, patched alone from clean into corrupted;
-    # the 8 with the largest effects form a complete route here (measured on all three templates).
+    # The prompts handed in change only the last name, so nothing that carries the first
+    # name differs between the two runs, and patching on them cannot see it. First build a
+    # corruption that changes both names: pair each prompt with the next one of the batch
+    # whose person differs in both names and in the city the model answers.
+    last = int((clean_tokens[0] != corrupted_tokens[0]).nonzero()[-1])  # the last name's position
+    first = last - 1
+    cities = torch.tensor(zoo.token_ids(list(corpus.CITIES)), device=clean_tokens.device)
     with torch.no_grad():
+        clean_logits = model(clean_tokens)
+        answer = cities[clean_logits[:, -1, cities].argmax(dim=-1)]
+        n = len(clean_tokens)
+        differs = lambda i, j: bool((clean_tokens[i, [first, last]] != clean_tokens[j, [first, last]]).all()
+                                    and answer[i] != answer[j])
+        twin = torch.tensor([next(j for j in [*range(i + 1, n), *range(i)] if differs(i, j)) for i in range(n)],
+                            device=clean_tokens.device)
+        corrupted, distractor = clean_tokens[twin], answer[twin]
+        metric = functools.partial(patching_metric, correct=answer, distractor=distractor,
+                                   clean_diff=logit_diff(clean_logits, answer, distractor).item(),
+                                   corrupted_diff=logit_diff(model(corrupted), answer, distractor).item())
+
+        # Then every head and MLP output at every position, patched alone from clean into
+        # that corruption; the 8 with the largest effects form a complete route here
+        # (measured on all three templates and all three corruptions).
         _, clean_cache = model.run_with_cache(clean_tokens)
         effects: dict[tuple, float] = {}
         for layer in range(model.cfg.n_layers):
@@ -230,7 +252,7 @@ def investigate_fact_recall(
                     out[:, pos] = clean_cache[name][:, pos]
                     return out
 
-                logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(mlp_name, patch_mlp)])
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(mlp_name, patch_mlp)])
                 effects[("mlp", layer, pos)] = metric(logits).item()
                 for head in range(model.cfg.n_heads):
                     def patch_head(z, hook, pos=pos, head=head, name=z_name):
@@ -238,7 +260,7 @@ def investigate_fact_recall(
                         z[:, pos, head] = clean_cache[name][:, pos, head]
                         return z
 
-                    logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(z_name, patch_head)])
+                    logits = model.run_with_hooks(corrupted, fwd_hooks=[(z_name, patch_head)])
                     effects[("head", layer, head, pos)] = metric(logits).item()
     return sorted(effects, key=effects.get, reverse=True)[:8]
 
