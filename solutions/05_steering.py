@@ -74,6 +74,7 @@ FwdHooks = Sequence[tuple[str, Hook]]  # [(hook name, hook function)], as model.
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from mechlab import corpus, zoo
@@ -786,23 +787,33 @@ clamp_table
 # A clamp at 0 is an *ablation*: the latent is switched off everywhere. Now the
 # trade-off, with a third contender: steering along the decoder direction of the same
 # latent as a plain vector (added everywhere, whatever the latent was doing). And a
-# control: a random direction of the same sizes, which says how much of the damage comes
-# from pushing at all rather than from pushing towards food.
+# control: random directions of the same sizes, which say how much of the damage comes
+# from pushing at all rather than from pushing towards food. A control is a sample too,
+# so there are four of them, each swept like the others, and the table lists what each
+# contains (its cosine with the food vector) and what it did at the largest push.
 
 # %%
 decoder_table = st.sweep(lambda site, c: measure(vector_hooks(site, decoder, c)), [SITE], COEFFICIENTS,
                          desc="decoder direction")
-random_vector = torch.randn(model.cfg.d_model, generator=seeded(2)).to(device)
-print(f"cosine(random direction, food vector) = "
-      f"{torch.cosine_similarity(random_vector, vectors[SITE], dim=0).item():.2f}")
-random_table = st.sweep(lambda site, c: measure(vector_hooks(site, random_vector, c)), [SITE], COEFFICIENTS,
-                        desc="random direction")
+random_vectors = [torch.randn(model.cfg.d_model, generator=seeded(seed)).to(device) for seed in (2, 3, 4, 5)]
+random_tables = [st.sweep(lambda site, c, v=v: measure(vector_hooks(site, v, c)), [SITE], COEFFICIENTS,
+                          desc=f"random direction {i + 1} of {len(random_vectors)}")
+                 for i, v in enumerate(random_vectors)]
+random_table = pd.concat(random_tables).groupby("coefficient", as_index=False).mean(numeric_only=True)
 st.plot_tradeoff({"contrast vector (1.resid_pre)": table[table.site == SITE],
                   f"clamp latent {food_latent}": clamp_table,
                   f"latent {food_latent}'s decoder direction": decoder_table,
-                  "random direction (control)": random_table}, TARGET);
-print(f"random direction at {COEFFICIENTS[-1]} x the norm: success {random_table.success.iloc[-1]:.3f}")
-random_table.round(3)
+                  f"random directions (control, mean of {len(random_vectors)})": random_table}, TARGET);
+at_most = pd.DataFrame({"cosine with the food vector": [torch.cosine_similarity(v, vectors[SITE], dim=0).item()
+                                                        for v in random_vectors],
+                        f"success at {COEFFICIENTS[-1]} x the norm": [t.success.iloc[-1] for t in random_tables]})
+print(f"random directions at {COEFFICIENTS[-1]} x the norm: mean success {random_table.success.iloc[-1]:.3f}")
+print(f"random directions at {COEFFICIENTS[-1]} x the norm: lowest success {at_most.iloc[:, 1].min():.3f}")
+print(f"random directions at {COEFFICIENTS[-1]} x the norm: highest success {at_most.iloc[:, 1].max():.3f}")
+strongest = at_most.iloc[:, 1].idxmax()
+print(f"the random direction that steers most: cosine with the food vector "
+      f"{at_most.iloc[strongest, 0]:.2f}; the others' largest |cosine| {at_most.drop(strongest).iloc[:, 0].abs().max():.2f}")
+at_most.round(3)
 
 # %% [markdown]
 # **Is the extra loss damage, or the effect itself?** Ordinary text is mostly not about
@@ -816,15 +827,15 @@ food_text = st.topic_text(TARGET, n=32).to(device)
 loss_table = pd.DataFrame([{"coefficient": c,
                             "extra loss, ordinary text": extra_loss(model, text, food_hooks(SITE, c)),
                             "extra loss, food stories": extra_loss(model, food_text, food_hooks(SITE, c)),
-                            "random direction, ordinary text": extra_loss(model, text,
-                                                                          vector_hooks(SITE, random_vector, c))}
+                            "random directions, ordinary text": np.mean([extra_loss(model, text, vector_hooks(SITE, v, c))
+                                                                         for v in random_vectors])}
                            for c in (0.25, 0.5, 0.75, 1.0)]).set_index("coefficient")
-times_less = (loss_table["extra loss, ordinary text"] / loss_table["random direction, ordinary text"]).loc[0.5:]
+times_less = (loss_table["extra loss, ordinary text"] / loss_table["random directions, ordinary text"]).loc[0.5:]
 for c in (0.25, 0.5):
     print(f"food stories' extra loss at {c} x the norm: {loss_table.loc[c, 'extra loss, food stories']:.3f}")
 print(f"food stories' smallest extra loss from 0.75 x the norm on: "
       f"{loss_table.loc[0.75:, 'extra loss, food stories'].min():.2f}")
-print(f"from half the norm on, the random direction costs less by a factor from {times_less.min():.1f}; "
+print(f"from half the norm on, the random directions cost less by a factor from {times_less.min():.1f}; "
       f"by a factor up to {times_less.max():.1f}")
 loss_table.round(3)
 
@@ -837,15 +848,22 @@ loss_table.round(3)
 # three quarters of the norm on, even the food stories lose a third of a nat or more
 # (0.34<!-- out: food stories' smallest extra loss from 0.75 x the norm on: -->):
 # that is damage, the model writing food words where the story needs "the" and ".". From
-# half the norm on, the random direction of the same size costs 7<!-- out: the random direction costs less by a factor from ±0.5 -->
-# to 9<!-- out: by a factor up to ±0.5 --> times less: the model shrugs off pushes in
+# half the norm on, random directions of the same size cost, on average over the four,
+# 4.9<!-- out: the random directions cost less by a factor from ±0.5 --> to
+# 7.1<!-- out: by a factor up to ±0.5 --> times less: the model shrugs off pushes in
 # directions it does not read, and the contrast vector is, by construction, a direction
-# it reads. (At 1.5 times the norm even the random direction makes two thirds
-# (0.656<!-- out: random direction at 1.5 x the norm: success ±0.04 -->) of the
-# generations "about food". Not by magic: this random vector happens to have a cosine of
-# 0.20<!-- out: cosine(random direction, food vector) = --> with the food vector, printed above, where chance in 128 dimensions is about ±0.09,
-# so at 1.5 times the norm its food component alone is a 0.3 push. A control is a
-# sample too; check what it contains.)
+# it reads.
+#
+# The four controls also show why one would not do. At 1.5 times the norm they make
+# between 0.000<!-- out: random directions at 1.5 x the norm: lowest success ±0.04 --> and
+# 0.656<!-- out: random directions at 1.5 x the norm: highest success ±0.04 --> of the
+# generations "about food" (0.219<!-- out: random directions at 1.5 x the norm: mean success ±0.04 --> on average).
+# The one at 0.656 is the one with a cosine of 0.20<!-- out: the random direction that steers most: cosine with the food vector -->
+# with the food vector, where chance in 128 dimensions is about ±0.09: at 1.5 times the norm its
+# food component alone is a 0.3 push. The other three have |cosines| up to
+# 0.15<!-- out: the others' largest |cosine| -->, and those pointing away from food steer away from it.
+# With that one as the only control, the control would have looked three times stronger
+# than the average random direction.
 
 # %% [markdown]
 # The three food directions trace similar curves, far above the random control, which
