@@ -38,8 +38,10 @@
 # course's small analogue of RLHF, and the investigation hands you a model whose recipe
 # is not shown.
 #
-# **Time budget:** about 2½ hours for the exercises (the table below adds them up). The
-# notebook runs in about 2 minutes on a quiet 2-core CPU (`benchmarks/RESULTS.md`):
+# **Time budget:** about 2 hours for the exercises (the table below adds them up; the
+# building blocks took a capable learner one or two minutes each, the experiments and the
+# investigation are where the time goes). The notebook runs in about 4 minutes on a quiet
+# 2-core CPU (`benchmarks/RESULTS.md`):
 # the fine-tunes are committed with the course (each retrains in seconds with
 # `python -m mechlab.model_diffing.finetune train NAME`), and you train one DPO model live.
 #
@@ -184,7 +186,7 @@ behaviour
 # component)` gives a component's named parameters) and measure how far each moved,
 # relative to its size.
 
-# %% [markdown] exercise={"id": "weight_diff", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "weight_diff", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
 # ### Exercise 2: How far each component moved
 #
 # Write `weight_diff(base, tuned)` returning a dict from each of `personas.COMPONENTS` to its
@@ -254,7 +256,7 @@ ex.print_lora_rank(base, tuned["cheerful_lora"])
 # where the persona acts, the last token of a slot prompt (`the sky was`), before the
 # sentiment word.
 
-# %% [markdown] exercise={"id": "mean_activation_difference", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "mean_activation_difference", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 5, "points": 2}
 # ### Exercise 3: The mean activation difference
 #
 # Write `mean_activation_difference(base, tuned, tokens, hook_name, position=None)`: run
@@ -380,7 +382,7 @@ ex.print_lens(base, differences)
 # become cheerful?) and **remove** it from the fine-tuned model (does it stop?). Adding
 # uses chapter 5's `steering_hook`; removing needs a projection.
 
-# %% [markdown] exercise={"id": "project_out_hook", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "project_out_hook", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
 # ### Exercise 4: Ablating a direction
 #
 # Write `project_out_hook(direction)` returning a hook that removes, at every position,
@@ -479,7 +481,7 @@ plt.show()
 # 5's sentiment vector at `1.resid_post`, the last residual stream. A monitor reads a prompt's last position,
 # before any text is written.
 
-# %% [markdown] exercise={"id": "persona_projection", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "persona_projection", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
 # ### Exercise 5: The monitor's reading
 #
 # Write `persona_projection(model, tokens, vector, hook_name)` returning, for each row
@@ -525,7 +527,7 @@ checks.grade_persona_projection(persona_projection)
 # gives them: $\theta_\alpha = \theta_{base} + \alpha(\theta_{tuned} - \theta_{base})$
 # runs from the base ($\alpha=0$) to the fine-tune ($\alpha=1$).
 
-# %% [markdown] exercise={"id": "interpolate", "kind": "build", "difficulty": 1, "importance": 2, "minutes": 10, "points": 1}
+# %% [markdown] exercise={"id": "interpolate", "kind": "build", "difficulty": 1, "importance": 2, "minutes": 5, "points": 1}
 # ### Exercise 6: Models between base and fine-tune
 #
 # Write `interpolate(base, tuned, alpha)` returning a **new** model (leave both inputs
@@ -608,7 +610,7 @@ shift.round(2)
 # (tuned → base): if the base becomes cheerful, that output is sufficient for the persona.
 # Or the reverse (base → tuned): if the fine-tune stops being cheerful, it is necessary.
 
-# %% [markdown] exercise={"id": "patch_from", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "patch_from", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 5, "points": 3}
 # ### Exercise 7: Patching between models
 #
 # Write `patch_from(receiver, donor, tokens, hook_names)` returning the receiver's
@@ -793,7 +795,7 @@ ex.print_sweep(sweep, "cheerful")
 # the residual stream a vocabulary. Run it on both models' activations on the same
 # text: which latents fire more often after fine-tuning?
 
-# %% [markdown] exercise={"id": "latent_firing_change", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 15, "points": 2}
+# %% [markdown] exercise={"id": "latent_firing_change", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 5, "points": 2}
 # ### Exercise 10: Which latents changed
 #
 # Write `latent_firing_change(sae, base, tuned, tokens)` returning, for each latent
@@ -872,7 +874,7 @@ sae_diff.round(3)
 #
 # $$\mathcal{L} = -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w)) - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big).$$
 
-# %% [markdown] exercise={"id": "sequence_logprob", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 10, "points": 2}
+# %% [markdown] exercise={"id": "sequence_logprob", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
 # ### Exercise 11: The log-probability of an answer
 #
 # Write `sequence_logprob(model, tokens, prompt_length)` returning `[batch]`: for each
@@ -904,7 +906,7 @@ checks.check_sequence_logprob(sequence_logprob)
 checks.grade_sequence_logprob(sequence_logprob)
 ### END HIDDEN TESTS
 
-# %% [markdown] exercise={"id": "dpo_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 15, "points": 3}
+# %% [markdown] exercise={"id": "dpo_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 5, "points": 3}
 # ### Exercise 12: The DPO loss
 #
 # Write `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`: the
