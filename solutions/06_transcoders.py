@@ -736,7 +736,16 @@ checks.grade_prune_nodes(prune_nodes)
 #   no inputs (embeddings and errors), the share that starts at a token: 1 when nothing
 #   runs through an error;
 # - the **completeness score**: the share of each node's input that comes from
-#   non-error nodes, averaged with the nodes' influence as weights.
+#   non-error nodes, averaged with the nodes' influence as weights. Token and error nodes
+#   have no inputs and count as complete, so a graph in which a quarter of the influence
+#   starts at errors can still score high: read the two scores together.
+#
+# Two choices here differ from circuit-tracer's, the library that implements Circuit
+# Tracing, and you will meet them when you move to it: its token nodes are the token
+# embeddings alone (`hook_embed`), where ours are the residual stream's start
+# (`blocks.0.hook_resid_pre`: token plus position), and it leaves out every node at
+# position 0 (`<eot>` here, BOS in a real model), whose latents and errors can carry
+# much of a real model's influence.
 
 # %%
 functions = dict(adjacency=adjacency_matrix, influence=node_influence, freeze=freeze_hooks)
@@ -746,7 +755,8 @@ s = ag.scores(g)
 print(f"target (lima's logit minus the mean city logit): {g.target_value:.2f}")
 print(f"nodes in the graph: {len(g.nodes)}; edges: {int((g.adjacency != 0).sum())}")
 print(f"kept by pruning: {int(keep.sum())} nodes, {int(edges.sum())} edges")
-print(f"mary brown's graph, replacement score: {s['replacement']:.2f}; completeness score: {s['completeness']:.2f}")
+print(f"mary brown's graph, replacement score: {s['replacement']:.2f}")
+print(f"mary brown's graph, completeness score: {s['completeness']:.2f}")
 print("largest influence on the target:")
 for i in ag.top_nodes(g, 8):
     node = g.nodes[i]
@@ -763,7 +773,8 @@ for i in ag.top_nodes(g, 8):
 # transcoder misses of MLP 1 at the position where the answer is written carries a
 # sixth of the influence. The replacement score (0.76<!-- out: mary brown's graph, replacement score -->) says
 # the same for the whole graph: about a quarter of the influence reaching the target
-# starts at an error node rather than at a token.
+# starts at an error node rather than at a token. The completeness score is
+# 0.92<!-- out: mary brown's graph, completeness score -->, because errors count as complete.
 #
 # The viewer draws the pruned graph: positions across, layers up (embeddings at the
 # bottom, the target at the top), an edge's width its weight (blue adds, red
@@ -867,10 +878,11 @@ for key, value in hedge.items():
 # A graph is a claim about the model: removing a node should change the target by about
 # its total effect through the graph. The graph's linearity is exact only in the *local
 # replacement* model, whose attention patterns and LayerNorm scales are frozen; the real
-# model recomputes them. So test it the way Circuit Tracing does: in the real model,
-# with each MLP replaced by its transcoder and the error vectors kept at their values on
-# the prompt (so that nothing changes unless a latent does), set latents to zero and let
-# everything downstream, attention included, respond.
+# model recomputes them. So test it in the real model, with each MLP replaced by its
+# transcoder and the error vectors kept at their values on the prompt (so that nothing
+# changes unless a latent does): set latents to zero and let everything downstream,
+# attention and LayerNorm included, respond. (circuit-tracer intervenes differently by
+# default; the end of this section compares.)
 
 # %% [markdown] exercise={"id": "ablate_latents", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 25, "points": 2}
 # ### Exercise 9: Ablate latents in the real model
@@ -952,12 +964,15 @@ ag.plot_interventions(interventions);
 # nodes are the same in both), so the gap comes from what the graph froze and the real
 # model recomputes: attention patterns, LayerNorm scales, and the TopK selection.
 #
-# circuit-tracer, the library that implements Circuit Tracing, checks graphs another way:
-# it subtracts the latent's output from the *real* MLP's and lets the real MLPs, not the
-# transcoders, compute everything downstream, with the attention patterns frozen. Under
-# that protocol the agreement is 0.60<!-- out: circuit-tracer's protocol (real MLPs, attention frozen): correlation -->; letting attention
+# circuit-tracer's `feature_intervention` checks graphs another way: it subtracts the
+# latent's output from the *real* MLP's and lets the real MLPs, not the transcoders,
+# compute everything downstream, with the attention patterns frozen and LayerNorm live.
+# Under that protocol the agreement is 0.60<!-- out: circuit-tracer's protocol (real MLPs, attention frozen): correlation -->; letting attention
 # recompute as well drops it to 0.47<!-- out: circuit-tracer's protocol (real MLPs, attention live): correlation -->. So
-# frozen attention is part of the gap, and not all of it. A graph is a linear account of
+# frozen attention is part of the gap, and not all of it. (Its constrained mode, which also
+# freezes the layers' activations, `constrained_layers` with `apply_activation_function=False`,
+# reproduces the graph's direct effects exactly: it checks the graph's arithmetic, not the
+# model.) A graph is a linear account of
 # one prompt around one point, to be checked by intervening.
 #
 # ## 6. What a graph with frozen attention cannot show: IOI
