@@ -37,9 +37,10 @@
 #    check that it recovers the features we planted, which we can do here because,
 #    unlike in a language model, we know the ground truth;
 # 5. investigate a model the course trained on a secret recipe, and find out from its
-#    weights what it represents (the graded investigation at the end).
+#    weights what it represents and what its data was like: which features were never
+#    active together (the graded investigation at the end).
 #
-# **Time budget:** about 2 hours 20 minutes for the exercises (the table below adds them up) plus
+# **Time budget:** about 2 hours 30 minutes for the exercises (the table below adds them up) plus
 # 20-30 minutes of reading and playing with the plots. The whole notebook runs in 42 s on
 # a quiet 2-core CPU (measured: `benchmarks/RESULTS.md`; a busy machine takes longer); on a GPU the same code runs on the GPU.
 #
@@ -1189,15 +1190,18 @@ from mechlab.superposition import investigation
 W_mystery, b_mystery = investigation.mystery_model(0)
 print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hidden dimensions")
 
-# %% [markdown] exercise={"id": "investigate_toy_model", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 30, "points": 6}
-# ### Exercise 12: Investigation: which features, and which pairs?
+# %% [markdown] exercise={"id": "investigate_toy_model", "kind": "investigation", "difficulty": 4, "importance": 4, "minutes": 40, "points": 6}
+# ### Exercise 12: Investigation: which features, which pairs, and which are never active together?
 #
 # Find out, from the weights alone:
 #
 # 1. **which features the model represents** (it reconstructs them; the others it has
-#    dropped), and
+#    dropped);
 # 2. **which pairs of features share a dimension antipodally**: two represented features
-#    whose directions point exactly opposite ways, as in the 5-in-2 models of section 4.
+#    whose directions point exactly opposite ways, as in the 5-in-2 models of section 4; and
+# 3. the question about the *data*: **which pairs of features are never active together**
+#    in what the model was trained on. The data is gone; only what training left in the
+#    weights can tell.
 #
 # Explore first, with anything from this chapter (your `feature_norms_and_interference`
 # and `feature_dimensionality` take `W_mystery[None]`, and `sp.plot_gram_matrices`,
@@ -1205,12 +1209,12 @@ print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hid
 # `investigate_toy_model(W, b)` that returns
 #
 # ```python
-# {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]}   # Python ints
+# {"represented": [feature ids], "antipodal_pairs": [(i, j), ...], "exclusive_pairs": [(i, j), ...]}   # Python ints
 # ```
 #
 # **How it is graded.** The check under this exercise says only whether your answer is
 # well formed; it does not say whether it is right. The grader runs your function on this
-# model *and on three other mystery models* trained the same way from other secret
+# model *and on five other mystery models* trained the same way from other secret
 # recipes (other sizes, other geometry), and compares your findings with what their
 # weights show. Every measured value in them is far from the boundary between the
 # answers, so any sensible reading passes, and a hard-coded answer for this model, or a
@@ -1218,7 +1222,7 @@ print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hid
 # features shuffled and its hidden space rotated at random (the same model, up to a
 # symmetry: your function must measure, not remember), and a function that calls the
 # course's own judge (`investigation.judge`, `investigation.geometry`, the grader's
-# checks) earns nothing. 6 points, about 30 minutes.
+# checks) earns nothing. 6 points, about 40 minutes.
 #
 # <details><summary>Hint 1 (where to look)</summary>
 #
@@ -1239,6 +1243,15 @@ print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hid
 # plane, not a line. An antipodal pair is at 180°. Choose thresholds with room on both sides.
 # </details>
 #
+# <details><summary>Hint 4 (never active together)</summary>
+#
+# Sharing a line is not the evidence by itself: section 4's sparse features shared lines
+# with no anticorrelation at all. Ask what an antipodal pair costs the model on an input
+# where *both* of its features fire, what the model could change in its parameters to
+# limit that cost, and whether it would bother for a pair that never fires together.
+# Then compare the antipodal pairs of this model with each other.
+# </details>
+#
 # Stuck? Run `from mechlab.superposition.reference import investigate_toy_model` and carry on (no points for this exercise).
 
 # %%
@@ -1246,14 +1259,19 @@ def investigate_toy_model(
     W: Float[Tensor, "hidden feature"],
     b: Float[Tensor, "feature"],
 ) -> dict[str, list]:
-    """The features the toy model represents, and its antipodal pairs, measured from its weights."""
+    """The features the toy model represents, its antipodal pairs, and which of those pairs are
+    never active together, measured from its weights."""
     ### BEGIN SOLUTION
     norms = W.norm(dim=0)
     W_hat = W / norms.clamp_min(1e-8)
     cosines = W_hat.T @ W_hat
     represented = [i for i in range(W.shape[1]) if norms[i] > 0.5]
     pairs = [(i, j) for i in represented for j in represented if i < j and cosines[i, j] < -0.9]
-    return {"represented": represented, "antipodal_pairs": pairs}
+    # When both features of an antipodal pair fire, each one's output is x_i - x_j: the model
+    # guards against that by raising the pair's ReLU threshold (its biases), which it has no
+    # reason to do for a pair that never fires together.
+    exclusive = [(i, j) for i, j in pairs if (b[i] + b[j]).item() / 2 < 0.01]
+    return {"represented": represented, "antipodal_pairs": pairs, "exclusive_pairs": exclusive}
     ### END SOLUTION
 
 
@@ -1276,38 +1294,73 @@ try:
     yours = investigate_toy_model(W_mystery, b_mystery)
 except Exception as error:  # an unfinished exercise: show the measurement anyway
     yours = f"(your function raised {type(error).__name__})"
-truth = investigation.judge(W_mystery)
-measured = {"represented": [i for i, v in truth["features"].items() if v],
-            "antipodal_pairs": [pair for pair, v in truth["pairs"].items() if v]}
+truth = investigation.judge(W_mystery, b_mystery)
+measured = {key: [k for k, v in truth[part].items() if v] for key, part in
+            (("represented", "features"), ("antipodal_pairs", "pairs"), ("exclusive_pairs", "exclusive"))}
 print(f"your answer:     {yours}")
 print(f"the measurement: {measured}")
 print("norms:", " ".join(f"{v:.2f}" for v in norms_mystery.tolist()))
+print("biases:", " ".join(f"{v:+.3f}" for v in b_mystery.tolist()))
 for i, j in measured["antipodal_pairs"]:
-    print(f"mystery pair ({i}, {j}): cosine {cosines_mystery[i, j]:.2f}")
-dropped = [i for i, v in truth["features"].items() if v is False]
-print(f"mystery dropped feature {dropped[0]}: norm {norms_mystery[dropped[0]]:.2f}")
-print(f"mystery dropped feature {dropped[0]}: bias {b_mystery[dropped[0]]:.2f}")
+    with torch.no_grad():  # the model's output for feature i when both features of the pair fire at 1
+        both = torch.relu(W_mystery.T @ W_mystery @ (torch.eye(len(b_mystery))[i] + torch.eye(len(b_mystery))[j])
+                          + b_mystery)
+    print(f"mystery pair ({i}, {j}): cosine {cosines_mystery[i, j]:.2f}; mystery pair ({i}, {j}): mean bias "
+          f"{investigation.pair_bias(b_mystery, i, j):+.3f}; mystery pair ({i}, {j}): output when both fire "
+          f"{both[i]:.3f}")
+for k in dropped if (dropped := [i for i, v in truth["features"].items() if v is False]) else []:
+    print(f"mystery dropped feature {k}: norm {norms_mystery[k]:.2f}")
+    print(f"mystery dropped feature {k}: bias {b_mystery[k]:.2f}")
 recipe = investigation.RECIPES[0]
 print("recipe: importance", list(recipe.importance), "| feature probability", list(recipe.feature_probability),
       "| never active together:", list(recipe.exclusive_pairs))
+# over every mystery model: the mean biases of the antipodal pairs, by what the recipe says of the pair
+biases = {True: [], False: []}
+for index, r in enumerate(investigation.RECIPES):
+    W_k, b_k = investigation.mystery_model(index)
+    for pair, antipodal in investigation.judge(W_k, b_k)["pairs"].items():
+        if antipodal:
+            biases[pair in r.exclusive_pairs].append(investigation.pair_bias(b_k, *pair))
+for kind, label in ((True, "never active together"), (False, "independent")):
+    print(f"all mystery models, antipodal pairs {label}: {len(biases[kind])}")
+    print(f"all mystery models, {label}: mean biases from {min(biases[kind]):+.3f}")
+    print(f"all mystery models, {label}: mean biases up to {max(biases[kind]):+.3f}")
 
 # %% [markdown]
-# The model keeps seven of its eight features in four dimensions. One dense feature
-# with the highest importance (feature 5: $p = 1$, $I = 1$) has a dimension of its own.
-# The dense, unimportant feature 3 ($p = 1$, $I = 0.2$) is dropped: its column has norm
+# The model keeps five of its seven features in three dimensions. The dense, important
+# feature 0 ($p = 1$, $I = 1$) has a dimension of its own. The dense, unimportant feature 3
+# ($p = 1$, $I = 0.2$) is dropped: its column has norm
 # 0.01<!-- out: mystery dropped feature 3: norm --> and its bias is 0.50<!-- out: mystery dropped feature 3: bias ±0.02 -->,
-# the mean of a $U[0, 1)$ feature, which is the best a model can do for a feature it
-# does not read. The other six share the remaining three dimensions in three antipodal
-# pairs, each with cosine −1.00<!-- out: mystery pair (0, 7): cosine -->.
+# the mean of a $U[0, 1)$ feature, which is the best a model can do for a feature it does
+# not read (feature 5, sparse and the least important of the rest, is dropped too: its bias,
+# 0.20<!-- out: mystery dropped feature 5: bias ±0.02 -->, is its mean, $0.4 \times 0.5$). The four other
+# sparse features share the last two dimensions in two antipodal pairs, each with cosine
+# −1.00<!-- out: mystery pair (1, 4): cosine -->.
 #
-# The recipe says why these pairs and no others: **the three antipodal pairs are exactly
-# the three pairs of features that are never active together.** An antipodal pair costs
-# interference only when both of its features are active at once, and for these pairs that
-# never happens, so sharing a line is free. This is the paper's §"Correlated and
-# Anticorrelated Features": anticorrelated features prefer to be antipodal (and correlated
-# features, which are often active together, prefer to be orthogonal, or to be merged into
-# one direction when there is no room). The model found the anticorrelation in the data,
-# and you found it in the model, without being told.
+# The two pairs look the same in the geometry and are not the same in the data. Features 1
+# and 4 are never active together, and sharing a line costs them nothing; features 2 and 6
+# are independent, and on the inputs where both fire, each one's output is $x_i - x_j$.
+# The model cannot undo that, but it can limit it: it raises the pair's threshold, a
+# positive bias that keeps small differences from passing the ReLU, at a small cost when
+# one fires alone. The pair that never co-occurs has no use for it. So the biases tell
+# them apart: a mean bias of −0.003<!-- out: mystery pair (1, 4): mean bias --> for (1, 4)
+# against +0.041<!-- out: mystery pair (2, 6): mean bias --> for (2, 6), and over all six
+# mystery models, −0.005<!-- out: all mystery models, never active together: mean biases from -->
+# to −0.001<!-- out: all mystery models, never active together: mean biases up to --> for the
+# 5<!-- out: all mystery models, antipodal pairs never active together: --> antipodal pairs that are never
+# active together, against +0.040<!-- out: all mystery models, independent: mean biases from --> to
+# +0.101<!-- out: all mystery models, independent: mean biases up to --> for the
+# 6<!-- out: all mystery models, antipodal pairs independent: --> independent ones.
+#
+# This is the paper's §"Correlated and Anticorrelated Features" read backwards: anticorrelated
+# features prefer to be antipodal, since their interference is never paid, but independent
+# sparse features pair up too when there is no room, and only what the model does to
+# hedge against the interference says which is which. The signal needs the pair to fire
+# together often enough to be worth hedging against: when its features are rare (say
+# $p \le 0.2$), training leaves the biases of the two kinds within noise of each other,
+# and the weights no longer hold the answer (the course's recipes avoid that case; it was
+# measured while choosing them). A finding from weights is about what training found worth
+# encoding.
 #
 # ### One more experiment: correlated features
 #

@@ -765,26 +765,26 @@ checks.grade_transplant_sweep(transplant_sweep)
 
 # %% [markdown]
 # Your sweep on `cheerful`, the fine-tune whose every weight moved, with the sampled
-# positive share and your intervals:
+# positive share and your intervals (one set of 64 samples for each of the 14 models):
 
 # %%
-sweep = transplant_sweep(base, tuned["cheerful"], measure)
+sweep = transplant_sweep(base, tuned["cheerful"], ex.persona_measure(share_interval, seeds=(0,)))
 ex.plot_sweep(sweep, "cheerful", "positive share")
 plt.show()
 ex.print_sweep(sweep, "cheerful")
 
 # %% [markdown]
 # Given one component of `cheerful`, the base writes positive words
-# 0.93<!-- out: cheerful: blocks.1.mlp into base --> of the time with MLP 1's
-# (0.88<!-- out: cheerful: blocks.1.mlp into base, low --> to 0.97<!-- out: cheerful: blocks.1.mlp into base, high -->) and
-# 0.94<!-- out: cheerful: unembed into base --> with the readout's, far above its own
-# 0.46<!-- out: cheerful: none into base --> (0.38<!-- out: cheerful: none into base, low --> to
-# 0.56<!-- out: cheerful: none into base, high -->): each is sufficient. MLP 0's change alone gives
+# 0.94<!-- out: cheerful: blocks.1.mlp into base --> of the time with MLP 1's
+# (0.86<!-- out: cheerful: blocks.1.mlp into base, low --> to 0.99<!-- out: cheerful: blocks.1.mlp into base, high -->) and
+# 0.95<!-- out: cheerful: unembed into base --> with the readout's, far above its own
+# 0.43<!-- out: cheerful: none into base --> (0.30<!-- out: cheerful: none into base, low --> to
+# 0.57<!-- out: cheerful: none into base, high -->): each is sufficient. MLP 0's change alone gives
 # 0.76<!-- out: cheerful: blocks.0.mlp into base -->, clear of the base's interval. The embedding's and
 # the attention layers' intervals overlap the base's (the largest of them reads
-# 0.58<!-- out: cheerful: largest of the rest into base -->), so with 128 samples we cannot say they
+# 0.59<!-- out: cheerful: largest of the rest into base -->), so with 64 samples we cannot say they
 # do anything. In the other direction no single component of the base undoes the
-# fine-tune (the lowest is 0.97<!-- out: cheerful: lowest into tuned -->): like the patching table, the
+# fine-tune (the lowest is 0.98<!-- out: cheerful: lowest into tuned -->): like the patching table, the
 # sweep finds a persona written redundantly, now with each component's own change and
 # with intervals that say which differences are findings.
 

@@ -18,9 +18,10 @@ from conftest import as_notebook_cell
 def _chapter_1(W, b):
     from mechlab.superposition import investigation
 
-    truth = investigation.judge(W)  # the measurement that grades the answer
+    truth = investigation.judge(W, b)  # the measurement that grades the answer
     return {"represented": [i for i, v in truth["features"].items() if v],
-            "antipodal_pairs": [pair for pair, v in truth["pairs"].items() if v]}
+            "antipodal_pairs": [pair for pair, v in truth["pairs"].items() if v],
+            "exclusive_pairs": [pair for pair, v in truth["exclusive"].items() if v]}
 
 
 def _chapter_2(model):
@@ -93,9 +94,10 @@ def _by_recipe(W, b):
 
     for index, recipe in enumerate(investigation.RECIPES):
         if (recipe.n_hidden, recipe.n_features) == tuple(W.shape):
-            W = investigation.mystery_model(index)[0]
-            return {"represented": [i for i, v in investigation.judge(W)["features"].items() if v],
-                    "antipodal_pairs": [p for p, v in investigation.judge(W)["pairs"].items() if v]}
+            truth = investigation.judge(*investigation.mystery_model(index))
+            return {"represented": [i for i, v in truth["features"].items() if v],
+                    "antipodal_pairs": [p for p, v in truth["pairs"].items() if v],
+                    "exclusive_pairs": [p for p, v in truth["exclusive"].items() if v]}
 
 
 def test_chapter_1_answers_looked_up_by_shape_are_wrong_on_the_disguised_models():
@@ -111,5 +113,5 @@ def test_chapter_1_disguise_is_the_same_model_up_to_a_symmetry():
     W, b = investigation.mystery_model(0)
     W2, b2, perm = investigation.disguised(W, b, torch.Generator().manual_seed(3))
     assert torch.allclose(W2.T @ W2, (W.T @ W)[perm][:, perm], atol=1e-5)
-    truth, truth2 = investigation.judge(W), investigation.judge(W2)
+    truth, truth2 = investigation.judge(W, b), investigation.judge(W2, b2)
     assert {i: truth["features"][int(perm[i])] for i in range(len(perm))} == truth2["features"]

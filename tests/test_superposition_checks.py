@@ -316,7 +316,8 @@ def test_value_mismatch_gets_no_hint_about_the_output_form():
 # ---------------------------------------------------------------- the investigation
 
 
-def _findings(W, represented_norm=0.5, pair_cosine=-0.9, filter_dropped=True, top_m=False, all_features=False):
+def _findings(W, b, represented_norm=0.5, pair_cosine=-0.9, filter_dropped=True, top_m=False, all_features=False,
+              pair_bias=0.01, every_pair_exclusive=False):
     norms = W.norm(dim=0)
     cos = (W / norms.clamp_min(1e-8)).T @ (W / norms.clamp_min(1e-8))
     n = W.shape[1]
@@ -328,45 +329,55 @@ def _findings(W, represented_norm=0.5, pair_cosine=-0.9, filter_dropped=True, to
         represented = [i for i in range(n) if norms[i] > represented_norm]
     candidates = represented if filter_dropped else range(n)
     pairs = [(i, j) for i in candidates for j in candidates if i < j and cos[i, j] < pair_cosine]
-    return {"represented": represented, "antipodal_pairs": pairs}
+    exclusive = pairs if every_pair_exclusive else [(i, j) for i, j in pairs if float(b[i] + b[j]) / 2 < pair_bias]
+    return {"represented": represented, "antipodal_pairs": pairs, "exclusive_pairs": exclusive}
 
 
 def investigate_all_features(W, b):
     """'Every feature is represented' (and the pairs among them by cosine)."""
-    return _findings(W, all_features=True)
+    return _findings(W, b, all_features=True)
 
 
 def investigate_top_m(W, b):
     """'A model with m dimensions represents m features': the m longest columns."""
-    return _findings(W, top_m=True)
+    return _findings(W, b, top_m=True)
 
 
 def investigate_negative_cosine(W, b):
     """Any two represented features pointing away from each other (cosine below -0.5) as a pair."""
-    return _findings(W, pair_cosine=-0.5)
+    return _findings(W, b, pair_cosine=-0.5)
 
 
 def investigate_unfiltered_pairs(W, b):
     """Pairs by cosine among all features, dropped ones included."""
-    return _findings(W, filter_dropped=False)
+    return _findings(W, b, filter_dropped=False)
+
+
+def investigate_antipodal_means_exclusive(W, b):
+    """'Features that share a line are never active together': every antipodal pair called exclusive."""
+    return _findings(W, b, every_pair_exclusive=True)
 
 
 def investigate_hard_coded(W, b):
     """The answer for the visible mystery model, whatever model it is given."""
-    return {"represented": [0, 1, 2, 4, 5, 6, 7], "antipodal_pairs": [(0, 7), (1, 6), (2, 4)]}
+    return {"represented": [0, 1, 2, 4, 6], "antipodal_pairs": [(1, 4), (2, 6)], "exclusive_pairs": [(1, 4)]}
 
 
 def investigate_other_thresholds(W, b):
     """Correct, with other thresholds inside the margins, tensors turned into ints, pairs as lists."""
-    found = _findings(W, represented_norm=0.35, pair_cosine=-0.95)
-    return {"represented": tuple(reversed(found["represented"])), "antipodal_pairs": [[j, i] for i, j in found["antipodal_pairs"]]}
+    found = _findings(W, b, represented_norm=0.35, pair_cosine=-0.95, pair_bias=0.015)
+    return {"represented": tuple(reversed(found["represented"])),
+            "antipodal_pairs": [[j, i] for i, j in found["antipodal_pairs"]],
+            "exclusive_pairs": [[j, i] for i, j in found["exclusive_pairs"]]}
 
 
 INVESTIGATION_WRONG = [
     (investigate_all_features, r"you list feature \d+ as represented, but its column has norm 0.0"),
-    (investigate_top_m, "you leave out feature .*norm 1.0"),
+    (investigate_top_m, r"you leave out feature .*norm (0.9|1.0)"),
     (investigate_negative_cosine, r"on mystery model 1 .*cosine -0\.8.*not 180°"),
     (investigate_unfiltered_pairs, "is not represented .*direction means nothing"),
+    (investigate_antipodal_means_exclusive, r"as never active together, but its biases are .*independent sparse "
+                                            r"features pair up too"),
     (investigate_hard_coded, r"on mystery model \d"),  # even model 0: the hidden test disguises it
 ]
 
@@ -387,10 +398,11 @@ def test_investigation_grade_accepts_the_solution_and_other_sensible_thresholds(
 @pytest.mark.parametrize("answer, message", [
     (lambda W, b: [0, 1], "got a list"),
     (lambda W, b: {"represented": [0, 1]}, "keys"),
-    (lambda W, b: {"represented": [0, 99], "antipodal_pairs": []}, "features 0 to 7"),
-    (lambda W, b: {"represented": torch.tensor([0, 1]), "antipodal_pairs": []}, "Tensor"),
-    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(1, 1)]}, "itself"),
-    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(0, 1, 2)]}, "two feature ids"),
+    (lambda W, b: {"represented": [0, 99], "antipodal_pairs": [], "exclusive_pairs": []}, "features 0 to 6"),
+    (lambda W, b: {"represented": torch.tensor([0, 1]), "antipodal_pairs": [], "exclusive_pairs": []}, "Tensor"),
+    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(1, 1)], "exclusive_pairs": []}, "itself"),
+    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [(0, 1, 2)], "exclusive_pairs": []}, "two feature ids"),
+    (lambda W, b: {"represented": [0, 1], "antipodal_pairs": [], "exclusive_pairs": (2,)}, "two feature ids"),
 ])
 def test_investigation_visible_check_rejects_a_malformed_answer(answer, message):
     with pytest.raises(CheckFailed, match=message):
@@ -408,20 +420,25 @@ def test_investigation_refuses_the_reference():
 
 
 def test_mystery_models_keep_their_margins_and_their_planted_structure():
-    """Every measured norm and cosine is outside the bands where the answer would depend on a
-    threshold, and recipe 0's antipodal pairs are its never-co-active pairs."""
+    """Every measured norm, cosine and antipodal pair's mean bias is outside the bands where the
+    answer would depend on a threshold; every model's measured never-co-active pairs are its
+    recipe's; and the models hold both kinds of antipodal pair, so calling every antipodal
+    pair exclusive is wrong somewhere (model 0, the visible one, has one of each)."""
     from mechlab.superposition import investigation
-    for index in range(len(investigation.RECIPES)):
-        W, _ = investigation.mystery_model(index)
-        truth = investigation.judge(W)
-        assert None not in truth["features"].values() and None not in truth["pairs"].values(), index
-    truth = investigation.judge(investigation.mystery_model(0)[0])
-    assert {p for p, v in truth["pairs"].items() if v} == set(investigation.RECIPES[0].exclusive_pairs)
-    assert [i for i, v in truth["features"].items() if v is False] == [3]
+    kinds = set()
+    for index, recipe in enumerate(investigation.RECIPES):
+        truth = investigation.judge(*investigation.mystery_model(index))
+        assert all(None not in truth[part].values() for part in ("features", "pairs", "exclusive")), index
+        assert {p for p, v in truth["exclusive"].items() if v} == set(recipe.exclusive_pairs), index
+        kinds |= {truth["exclusive"][p] for p, v in truth["pairs"].items() if v}
+    assert kinds == {True, False}
+    truth = investigation.judge(*investigation.mystery_model(0))
+    assert [i for i, v in truth["features"].items() if v is False] == [3, 5]
+    assert {p: truth["exclusive"][p] for p, v in truth["pairs"].items() if v} == {(1, 4): True, (2, 6): False}
 
 
 def test_the_committed_mystery_models_come_from_their_recipes():
-    """Retrained from the recipes (12 s of CPU), each model has the committed one's findings,
+    """Retrained from the recipes (16 s of CPU), each model has the committed one's findings,
     norms and cosines; the checkpoint names no recipe, only their digest."""
     from safetensors import safe_open
 

@@ -749,12 +749,15 @@ check_feature_recovery_score, grade_feature_recovery_score = check_and_grade("fe
 # ---------------------------------------------------------------- 12. investigate_toy_model (the investigation)
 
 
-def _investigation_answer(answer, n_features: int, label: str) -> tuple[set[int], set[tuple[int, int]]]:
-    """The answer's two findings, checked for form only (a dict with the two keys, feature
-    ids in range, pairs of two different features): (represented, pairs as (i, j), i < j)."""
-    form = ('return a dict {"represented": [feature ids], "antipodal_pairs": [(i, j), ...]} of Python ints, '
-            'e.g. {"represented": [0, 2, 3], "antipodal_pairs": [(0, 3)]}.')
-    if _type(answer) is not dict or set(answer) != {"represented", "antipodal_pairs"}:
+def _investigation_answer(answer, n_features: int, label: str
+                          ) -> tuple[set[int], set[tuple[int, int]], set[tuple[int, int]]]:  # fmt: skip
+    """The answer's three findings, checked for form only (a dict with the three keys, feature
+    ids in range, pairs of two different features): (represented, antipodal pairs, pairs
+    never active together), pairs as (i, j) with i < j."""
+    form = ('return a dict {"represented": [feature ids], "antipodal_pairs": [(i, j), ...], "exclusive_pairs": '
+            '[(i, j), ...]} of Python ints, e.g. {"represented": [0, 2, 3], "antipodal_pairs": [(0, 3)], '
+            '"exclusive_pairs": []}.')
+    if _type(answer) is not dict or set(answer) != {"represented", "antipodal_pairs", "exclusive_pairs"}:
         keys = sorted(map(str, answer)) if _type(answer) is dict else None
         raise CheckFailed(f"{label}: got {'a dict with keys ' + str(keys) if keys is not None else 'a ' + _type(answer).__name__}"
                           f"\nHint: {form}")
@@ -768,28 +771,33 @@ def _investigation_answer(answer, n_features: int, label: str) -> tuple[set[int]
                               f"{n_features - 1}")
         return value
 
-    represented, pairs = answer["represented"], answer["antipodal_pairs"]
+    represented = answer["represented"]
     if _type(represented) not in (list, tuple, set):
         raise CheckFailed(f'{label}: "represented" is a {_type(represented).__name__}\nHint: {form}')
     found = [feature_id(i, '"represented"') for i in represented]
     if len(set(found)) != len(found):
         raise CheckFailed(f'{label}: "represented" lists a feature twice: {sorted(found)}')
-    if _type(pairs) not in (list, tuple, set):
-        raise CheckFailed(f'{label}: "antipodal_pairs" is a {_type(pairs).__name__}\nHint: {form}')
-    found_pairs = set()
-    for pair in pairs:
-        if _type(pair) not in (list, tuple) or len(pair) != 2:
-            raise CheckFailed(f'{label}: "antipodal_pairs" contains {pair!r}; each pair is two feature ids (i, j)')
-        i, j = (feature_id(v, '"antipodal_pairs"') for v in pair)
-        if i == j:
-            raise CheckFailed(f'{label}: "antipodal_pairs" pairs feature {i} with itself')
-        found_pairs.add((min(i, j), max(i, j)))
-    return set(found), found_pairs
+    def pair_set(key: str) -> set[tuple[int, int]]:
+        pairs = answer[key]
+        if _type(pairs) not in (list, tuple, set):
+            raise CheckFailed(f'{label}: "{key}" is a {_type(pairs).__name__}\nHint: {form}')
+        out = set()
+        for pair in pairs:
+            if _type(pair) not in (list, tuple) or len(pair) != 2:
+                raise CheckFailed(f'{label}: "{key}" contains {pair!r}; each pair is two feature ids (i, j)')
+            i, j = (feature_id(v, f'"{key}"') for v in pair)
+            if i == j:
+                raise CheckFailed(f'{label}: "{key}" pairs feature {i} with itself')
+            out.add((min(i, j), max(i, j)))
+        return out
+
+    return set(found), pair_set("antipodal_pairs"), pair_set("exclusive_pairs")
 
 
-def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], W: torch.Tensor, label: str) -> None:
+def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], exclusive: set[tuple[int, int]],
+                         W: torch.Tensor, b: torch.Tensor, label: str) -> None:  # fmt: skip
     """Fail unless the findings agree with what the weights show (within the margins)."""
-    truth = investigation.judge(W)
+    truth = investigation.judge(W, b)
     norms, cos = investigation.geometry(W)
     lo, hi = investigation.MARGINS["norm"]
     for i, verdict in truth["features"].items():
@@ -810,10 +818,25 @@ def _judge_investigation(represented: set[int], pairs: set[tuple[int, int]], W: 
                    f"their directions have cosine {cos[i, j]:.2f}, not about -1 (an angle of "
                    f"{math.degrees(math.acos(max(-1.0, min(1.0, float(cos[i, j]))))):.0f}°, not 180°)")
             raise CheckFailed(f"{label}: you list ({i}, {j}) as an antipodal pair, but {why}")
+    for (i, j), verdict in truth["exclusive"].items():
+        s = investigation.pair_bias(b, i, j)
+        if verdict is True and (i, j) not in exclusive:
+            raise CheckFailed(f"{label}: you miss ({i}, {j}) among the pairs never active together: it is an "
+                              f"antipodal pair (cosine {cos[i, j]:.2f}) whose biases are {b[i]:+.3f} and {b[j]:+.3f} "
+                              f"(mean {s:+.3f}), where the model keeps those of the pairs whose features do fire "
+                              "together above 0.02")
+        if verdict is False and (i, j) in exclusive:
+            why = (f"the model does not treat them as a pair (cosine {cos[i, j]:.2f}, norms {norms[i]:.2f} and "
+                   f"{norms[j]:.2f}): what it learned of the data shows where two represented features share a line"
+                   if not truth["pairs"][(i, j)] else
+                   f"its biases are {b[i]:+.3f} and {b[j]:+.3f} (mean {s:+.3f}): the model raised the pair's threshold "
+                   "against both firing at once, which costs it nothing only if they never do. An antipodal pair is "
+                   "not by itself a pair that is never active together: independent sparse features pair up too")
+            raise CheckFailed(f"{label}: you list ({i}, {j}) as never active together, but {why}")
 
 
 def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
-    """Visible: mystery model 0, as the notebook shows it. Hidden: all four, each disguised by
+    """Visible: mystery model 0, as the notebook shows it. Hidden: all of them, each disguised by
     a random symmetry drawn afresh at every grading (features permuted, hidden space rotated),
     judged on the weights the function was given."""
     name = "investigate_toy_model"
@@ -825,9 +848,9 @@ def _check_investigate_toy_model(fn: Callable, hidden: bool) -> None:
             W, b, _ = investigation.disguised(W, b, generator)
         label = f"{name} on mystery model {index} ({W.shape[1]} features in {W.shape[0]} dimensions)"
         answer = call_learner(fn, name, f"mystery model {index}", (_clone(W), _clone(b)))
-        represented, pairs = _investigation_answer(answer, W.shape[1], label)
+        represented, pairs, exclusive = _investigation_answer(answer, W.shape[1], label)
         if hidden:
-            _judge_investigation(represented, pairs, W, label)
+            _judge_investigation(represented, pairs, exclusive, W, b, label)
     if hidden:
         passed(f"{name}: your findings agree with the measurement on all {len(models)} mystery models")
     else:

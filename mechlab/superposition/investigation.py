@@ -16,11 +16,17 @@ answer looked up by recipe or by shape is wrong.
     python -m mechlab.superposition.investigation check   # retrain in memory, compare with the committed one
 
 The truth is measured on the trained weights, never taken from the recipe: a feature is
-represented when its column has norm near 1 rather than near 0, and two represented
-features form an antipodal pair when their directions are opposite (cosine near -1). The
+represented when its column has norm near 1 rather than near 0, two represented features
+form an antipodal pair when their directions are opposite (cosine near -1), and an
+antipodal pair is never active together when its biases are about 0: an independent pair
+whose features fire together cancels out (x_i - x_j), and the model guards against that by
+raising the pair's ReLU threshold, a pair that never co-occurs needs no guard (a signal
+measured over the recipes' sparsities by training variants: at p >= 0.4 the two kinds lie
+0.00 and 0.03-0.11 apart; at p <= 0.2 they overlap, so no recipe here has such pairs). The
 recipes are chosen so that every measured value lies far from those boundaries
-(`MARGINS`; tests/test_superposition_checks.py checks it), so any sensible threshold gives
-the same answer, and `judge` accepts every answer that a threshold inside the margins gives.
+(`MARGINS`; tests/test_superposition_checks.py checks it, and that the measured exclusive
+pairs are the recipe's), so any sensible threshold gives the same answer, and `judge`
+accepts every answer that a threshold inside the margins gives.
 """
 
 from __future__ import annotations
@@ -53,16 +59,21 @@ class MysteryRecipe:
 
 
 RECIPES: tuple[MysteryRecipe, ...] = (
-    # 0, the one the learner investigates: three anticorrelated pairs, a dense important feature, a dense unimportant one
-    MysteryRecipe(8, 4, (0.6, 0.9, 0.5, 0.2, 0.8, 1.0, 0.7, 0.4), (0.3, 0.3, 0.3, 1.0, 0.3, 1.0, 0.3, 0.3),
-                  ((1, 6), (2, 4), (0, 7))),
+    # 0, the one the learner investigates: a dense important feature with a dimension of its own, a dense
+    # unimportant one dropped, and sparse features paired on the last dimension: one pair never active
+    # together, the others independent
+    MysteryRecipe(7, 3, (1.0, 0.8, 0.9, 0.2, 0.85, 0.7, 0.75), (1.0, 0.4, 0.4, 1.0, 0.4, 0.4, 0.4), ((1, 4),)),
     # 1: five sparse features on a pentagon; a sixth, unimportant, dropped
     MysteryRecipe(6, 2, (1.0, 0.9, 0.95, 0.05, 0.85, 0.92), (0.03,) * 6),
-    # 2: two anticorrelated pairs and three dense features, of which only the most important fits
-    MysteryRecipe(7, 3, (0.4, 1.0, 0.9, 0.3, 0.8, 0.6, 0.5), (0.3, 1.0, 0.3, 1.0, 0.3, 0.3, 1.0),
-                  ((0, 5), (2, 4))),
+    # 2: three pairs never active together, a dense important feature, a dense unimportant one
+    MysteryRecipe(8, 4, (0.6, 0.9, 0.5, 0.2, 0.8, 1.0, 0.7, 0.4), (0.3, 0.3, 0.3, 1.0, 0.3, 1.0, 0.3, 0.3),
+                  ((1, 6), (2, 4), (0, 7))),
     # 3: dense features, no superposition: the three most important keep a dimension each
     MysteryRecipe(6, 3, (0.5, 0.9, 0.3, 1.0, 0.7, 0.8), (1.0,) * 6),
+    # 4: three antipodal pairs in three dimensions, one of them never active together
+    MysteryRecipe(6, 3, (0.9, 1.0, 0.8, 0.85, 0.95, 0.7), (0.5,) * 6, ((2, 4),)),
+    # 5: three antipodal pairs in three dimensions, none of them exclusive: every pair is independent
+    MysteryRecipe(6, 3, (1.0, 0.9, 0.8, 0.95, 0.85, 1.0), (0.4,) * 6),
 )
 
 SEED = 0
@@ -71,9 +82,12 @@ RESTARTS = 4  # starts per recipe; the one with the lowest loss is kept (some st
 
 REPRESENTED_NORM = 0.5  # a represented feature's column has norm about 1, a dropped one about 0
 ANTIPODAL_COSINE = -0.9  # an antipodal pair's directions have cosine about -1
-# Every measured norm and every cosine between represented features lies outside these bands, so a
-# threshold anywhere inside them gives the same answer (and `judge` accepts any such answer).
-MARGINS = {"norm": (0.3, 0.7), "cosine": (-0.97, -0.85)}
+PAIR_BIAS = 0.01  # an antipodal pair's mean bias: about 0 when its features are never active together, above
+# 0.02 when they are independent (the model raises the ReLU threshold against the two cancelling out)
+# Every measured norm, every cosine between represented features and every antipodal pair's mean bias
+# lies outside these bands, so a threshold anywhere inside them gives the same answer (and `judge`
+# accepts any such answer).
+MARGINS = {"norm": (0.3, 0.7), "cosine": (-0.97, -0.85), "pair bias": (0.005, 0.02)}
 
 
 def sample_features(batch_size: int, recipes: tuple[MysteryRecipe, ...], generator: torch.Generator,
@@ -133,7 +147,7 @@ def same_findings(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], atol: floa
     """How two trainings of one recipe differ in what matters: the judged findings, and the
     norms and cosines within `atol` (empty: they agree)."""
     problems = []
-    if judge(a[0]) != judge(b[0]):
+    if judge(*a) != judge(*b):
         problems.append("the judged features or pairs differ")
     for what, x, y in zip(("norms", "cosines"), geometry(a[0]), geometry(b[0])):
         if not torch.allclose(x, y, atol=atol):
@@ -201,16 +215,24 @@ def geometry(W: Float[Tensor, "hidden feature"]) -> tuple[Tensor, Tensor]:
     return norms, W_hat.T @ W_hat
 
 
-def judge(W: Float[Tensor, "hidden feature"]) -> dict[str, dict]:
+def pair_bias(b: Float[Tensor, "feature"], i: int, j: int) -> float:
+    """The mean of a pair's two biases, (b_i + b_j) / 2."""
+    return float(b[i] + b[j]) / 2
+
+
+def judge(W: Float[Tensor, "hidden feature"], b: Float[Tensor, "feature"]) -> dict[str, dict]:
     """What the measurement says, with the margins: for features, {i: True (represented: norm
     above the band), False (dropped: below), None (inside the band: either answer)}; for
     pairs of represented features, {(i, j): True (cosine below the band), False (above),
-    None (inside)}. Pairs with a dropped feature are never antipodal pairs."""
+    None (inside)}, pairs with a dropped feature never antipodal; and for pairs, whether
+    they are never active together, {(i, j): True (antipodal, mean bias below the band),
+    False (not antipodal, or mean bias above it), None (inside either band)}."""
     norms, cos = geometry(W)
     lo, hi = MARGINS["norm"]
     features = {i: True if v > hi else False if v < lo else None for i, v in enumerate(norms.tolist())}
     c_lo, c_hi = MARGINS["cosine"]
-    pairs = {}
+    b_lo, b_hi = MARGINS["pair bias"]
+    pairs, exclusive = {}, {}
     for i in range(W.shape[1]):
         for j in range(i + 1, W.shape[1]):
             if features[i] is False or features[j] is False:
@@ -218,7 +240,9 @@ def judge(W: Float[Tensor, "hidden feature"]) -> dict[str, dict]:
             else:
                 c = float(cos[i, j])
                 pairs[(i, j)] = True if c < c_lo else False if c > c_hi else None
-    return {"features": features, "pairs": pairs}
+            s = pair_bias(b, i, j)
+            exclusive[(i, j)] = pairs[(i, j)] and (True if s < b_lo else False if s > b_hi else None)
+    return {"features": features, "pairs": pairs, "exclusive": exclusive}
 
 
 def main() -> None:

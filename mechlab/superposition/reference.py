@@ -194,13 +194,18 @@ def investigate_toy_model(
     W: Float[Tensor, "hidden feature"],
     b: Float[Tensor, "feature"],
 ) -> dict[str, list]:
-    """The features the toy model represents, and its antipodal pairs, measured from its weights."""
+    """The features the toy model represents, its antipodal pairs, and which of those pairs are
+    never active together, measured from its weights."""
     norms = W.norm(dim=0)
     W_hat = W / norms.clamp_min(1e-8)
     cosines = W_hat.T @ W_hat
     represented = [i for i in range(W.shape[1]) if norms[i] > 0.5]
     pairs = [(i, j) for i in represented for j in represented if i < j and cosines[i, j] < -0.9]
-    return {"represented": represented, "antipodal_pairs": pairs}
+    # When both features of an antipodal pair fire, each one's output is x_i - x_j: the model
+    # guards against that by raising the pair's ReLU threshold (its biases), which it has no
+    # reason to do for a pair that never fires together.
+    exclusive = [(i, j) for i, j in pairs if (b[i] + b[j]).item() / 2 < 0.01]
+    return {"represented": represented, "antipodal_pairs": pairs, "exclusive_pairs": exclusive}
 
 
 __all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score', 'investigate_toy_model']
