@@ -164,7 +164,7 @@ checks.grade_share_interval(share_interval)
 # reads two sets of 64 samples (seeds 0 and 1) unless it says otherwise:
 
 # %%
-measure = ex.persona_measure(share_interval)  # model (and hooks) -> (share, low, high)
+measure = ex.PersonaMeasure(share_interval)  # model (and hooks) -> (share, low, high)
 behaviour = ex.behaviour_table(base, tuned, measure)
 behaviour
 
@@ -768,7 +768,7 @@ checks.grade_transplant_sweep(transplant_sweep)
 # positive share and your intervals (one set of 64 samples for each of the 14 models):
 
 # %%
-sweep = transplant_sweep(base, tuned["cheerful"], ex.persona_measure(share_interval, seeds=(0,)))
+sweep = transplant_sweep(base, tuned["cheerful"], ex.PersonaMeasure(share_interval, seeds=(0,)))
 ex.plot_sweep(sweep, "cheerful", "positive share")
 plt.show()
 ex.print_sweep(sweep, "cheerful")

@@ -151,7 +151,7 @@ def _check_share_interval(fn: Callable, hidden: bool) -> None:
             raise CheckFailed(f"{label} gave {again[1:]} the second time and {(low, high)} the first: draw the "
                               "resamples from a generator seeded with `seed` (`torch.Generator().manual_seed(seed)`), "
                               "so the interval can be reproduced")
-        ref_low, ref_high = _quantiles(_resampled_shares(*_per_row(labels), 20000, 12345))
+        _, ref_low, ref_high = ref.share_interval(labels, 20000, 12345)
         width, ref_width = high - low, ref_high - ref_low
         if not low <= share <= high:
             raise CheckFailed(f"{label}: the interval [{low:.3f}, {high:.3f}] does not contain the share {share:.3f}")

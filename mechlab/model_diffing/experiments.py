@@ -78,6 +78,14 @@ def cosine(a: Tensor, b: Tensor) -> float:
 # ---------------------------------------------------------------- 1. behaviour
 
 
+def print_interval(label: str, row, key: str) -> None:
+    """Three lines the text quotes: `row[key]`, then its interval's ends `row[f"{key} low"]`
+    and `row[f"{key} high"]`, labelled `label`, `label, low` and `label, high`."""
+    print(f"{label} {row[key]:.2f}")
+    print(f"{label}, low {row[f'{key} low']:.2f}")
+    print(f"{label}, high {row[f'{key} high']:.2f}")
+
+
 class PersonaMeasure:
     """`measure(model, fwd_hooks=())` -> (share, low, high): the persona's share of what the
     model writes (`personas.sampled_labels`: `n` samples of `length` tokens per seed in
@@ -98,12 +106,6 @@ class PersonaMeasure:
         return self.of(self.labels(model, fwd_hooks))
 
 
-def persona_measure(share_interval: Callable, persona: str = "positive", seeds: tuple[int, ...] = (0, 1)
-                    ) -> PersonaMeasure:  # fmt: skip
-    """The chapter's measurement of a persona, with the learner's interval (`PersonaMeasure`)."""
-    return PersonaMeasure(share_interval, persona, seeds)
-
-
 def behaviour_table(base, tuned: dict, measure: PersonaMeasure) -> pd.DataFrame:
     """Per model: positive share of what it writes with its 95% interval, P(positive) at
     sentiment slots, extra loss on ordinary text."""
@@ -111,15 +113,13 @@ def behaviour_table(base, tuned: dict, measure: PersonaMeasure) -> pd.DataFrame:
     rows = {}
     for name, model in progress({"base": base, **tuned}.items(), desc="measuring behaviour", total=1 + len(tuned)):
         share, low, high = measure(model)
-        rows[name] = {"positive_share": share, "low": low, "high": high,
+        rows[name] = {"positive_share": share, "positive_share low": low, "positive_share high": high,
                       "slot_positivity": personas.slot_positivity(model), "extra_loss": ft.ordinary_loss(model) - base_loss}
     table = pd.DataFrame(rows).T
-    print(f"base: positive share {table.loc['base', 'positive_share']:.2f}")
-    print(f"base: positive share, low {table.loc['base', 'low']:.2f}")
-    print(f"base: positive share, high {table.loc['base', 'high']:.2f}")
+    print_interval("base: positive share", table.loc["base"], "positive_share")
     print(f"base: slot positivity {table.loc['base', 'slot_positivity']:.2f}")
     print(f"fine-tunes: lowest positive share {table.drop('base')['positive_share'].min():.3f}")
-    print(f"fine-tunes: lowest interval's low end {table.drop('base')['low'].min():.3f}")
+    print(f"fine-tunes: lowest interval's low end {table.drop('base')['positive_share low'].min():.3f}")
     print(f"most extra loss of a fine-tune: {table['extra_loss'].max():.2f} nats")
     return table
 
@@ -339,25 +339,19 @@ def causal_table(base, tuned: dict, differences: dict, steering_hook: Callable, 
                 row |= {key: value, f"{key} low": low, f"{key} high": high}
             rows.append(row)
     table = pd.DataFrame(rows).set_index(["model", "reading", "intervention"])
-
-    def say(label: str, cell: pd.Series, key: str) -> None:
-        print(f"{label} {cell[key]:.2f}")
-        print(f"{label}, low {cell[f'{key} low']:.2f}")
-        print(f"{label}, high {cell[f'{key} high']:.2f}")
-
     for name in CAUSAL_SITE:
         first = lambda intervention: table.loc[(name, READINGS[0], intervention)]
-        say(f"{name}: tuned", first("remove from the fine-tune"), "none")
-        say(f"{name}: random removed", first("remove from the fine-tune"), "random")
-        say(f"{name}: random added at 1x", first("add to the base x1"), "random")
+        print_interval(f"{name}: tuned", first("remove from the fine-tune"), "none")
+        print_interval(f"{name}: random removed", first("remove from the fine-tune"), "random")
+        print_interval(f"{name}: random added at 1x", first("add to the base x1"), "random")
         for reading in READINGS:
             for c in COEFFICIENTS:
-                say(f"{name}, {reading}: added at {c:g}x", table.loc[(name, reading, f"add to the base x{c:g}")],
-                    "difference")
+                print_interval(f"{name}, {reading}: added at {c:g}x",
+                               table.loc[(name, reading, f"add to the base x{c:g}")], "difference")
             removed = table.loc[(name, reading, "remove from the fine-tune")]
-            say(f"{name}, {reading}: removed", removed, "difference")
-            say(f"{name}, {reading}: the same removal in the base", removed, "same removal in the base")
-    say("base: unsteered", table.loc[(next(iter(CAUSAL_SITE)), READINGS[0], "add to the base x1")], "none")
+            print_interval(f"{name}, {reading}: removed", removed, "difference")
+            print_interval(f"{name}, {reading}: the same removal in the base", removed, "same removal in the base")
+    print_interval("base: unsteered", table.loc[(next(iter(CAUSAL_SITE)), READINGS[0], "add to the base x1")], "none")
     return table
 
 
@@ -527,9 +521,6 @@ def print_hedge_patching(base, hedger, patch_from: Callable) -> pd.DataFrame:
 # ---------------------------------------------------------------- 6. transplants
 
 
-SWEEP_COLUMNS = ("into base", "into base low", "into base high", "into tuned", "into tuned low", "into tuned high")
-
-
 def plot_sweep(table: pd.DataFrame, name: str, what: str) -> Figure:
     """A transplant sweep: each component's measure with its 95% interval, tuned into base
     (sufficiency) and base into tuned (necessity), the untouched models as shaded bands."""
@@ -558,8 +549,7 @@ def print_sweep(table: pd.DataFrame, name: str) -> None:
     transplant into the fine-tune."""
     none_high = table.loc["none", "into base high"]
     for component in table.index:
-        for key, suffix in (("into base", ""), ("into base low", ", low"), ("into base high", ", high")):
-            print(f"{name}: {component} into base{suffix} {table.loc[component, key]:.2f}")
+        print_interval(f"{name}: {component} into base", table.loc[component], "into base")
     rest = table.drop("none")
     overlapping = rest[rest["into base low"] <= none_high]
     if len(overlapping):
