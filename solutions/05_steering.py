@@ -65,9 +65,12 @@
 # %% tags=["export"]
 from collections.abc import Callable, Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from mechlab.runtime import progress
 
 Hook = Callable[[Tensor, object], Tensor]  # (activation, hook point) -> the new activation
 FwdHooks = Sequence[tuple[str, Hook]]  # [(hook name, hook function)], as model.hooks() takes them
@@ -75,7 +78,6 @@ FwdHooks = Sequence[tuple[str, Hook]]  # [(hook name, hook function)], as model.
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
 from mechlab import corpus, zoo
 from mechlab.sparse_autoencoders import activations, ground_truth, zoo as sae_zoo
@@ -785,34 +787,124 @@ clamp_table
 
 # %% [markdown]
 # A clamp at 0 is an *ablation*: the latent is switched off everywhere. Now the
-# trade-off, with a third contender: steering along the decoder direction of the same
-# latent as a plain vector (added everywhere, whatever the latent was doing). And a
-# control: random directions of the same sizes, which say how much of the damage comes
-# from pushing at all rather than from pushing towards food. A control is a sample too,
-# so there are four of them, each swept like the others, and the table lists what each
-# contains (its cosine with the food vector) and what it did at the largest push.
+# trade-off, with a third contender (steering along the decoder direction of the same
+# latent as a plain vector, added everywhere, whatever the latent was doing) and the
+# control every steering result needs: **random directions of the same sizes**. They say
+# how much of the effect, and of the damage, comes from pushing at all rather than from
+# pushing towards food. A control is a sample too: one random direction can happen to
+# point a little towards food, so we take several, and report their spread.
+
+# %% [markdown] exercise={"id": "steering_curve", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 25, "points": 4}
+# ### Exercise 9: A steering curve, beside its control
+#
+# Write `steering_curve(measure, site, vector, norm, coefficients, *, n_random, seed,
+# hook=steering_hook)`, which returns a `pandas.DataFrame` with one row per direction and
+# coefficient and the columns:
+#
+# - `direction`: `"vector"` for `vector` itself, `"random 1"` to `"random {n_random}"`
+#   for the controls;
+# - `coefficient`, and `cosine`: the direction's cosine with `vector`;
+# - one column per entry of the dict that `measure(hooks)` returns for that setting.
+#
+# Every direction is pushed at `site` at the same size, `coefficient` times `norm`, at
+# every position but BOS, with hooks made by the `hook` you are given (your
+# `steering_hook`'s signature). The controls are `n_random` random directions drawn
+# from a generator seeded with `seed`, and the same directions at every coefficient, so
+# that each is a curve. Use the `measure` you are given: the grader hands in its own.
+#
+# **Graded by what it finds.** The grader's measure records every push it is handed, and
+# the check reads your table against it: each row's numbers must be those of the
+# push it names; the vector's pushes must be the right size and skip BOS; your controls
+# must have the vector's size at each coefficient, be independent of each other, and
+# their mean effect must fall within the spread the grader measures over 32 random
+# directions of its own (4 standard errors). The same seed must give the same table.
+#
+# <details><summary>Hint 1: the idea</summary>
+#
+# What makes a direction "random" for a control? Every direction in the residual stream
+# equally likely: a standard Gaussian vector, normalised, is uniform on the sphere (a
+# uniform `[0, 1)` vector is not: all of its entries are positive). In 128 dimensions two
+# such directions have cosines of about ±0.09, so a control can still overlap the vector
+# a little, which is why one control is not enough.
+# </details>
+#
+# <details><summary>Hint 2: a skeleton</summary>
+#
+# Draw the directions first (a dict from name to direction, `vector` included), then loop
+# over directions and coefficients. For each, rescale the direction to `coefficient *
+# norm` (`st.relative` does it), make `[(site, hook(push, 1.0, slice(1, None)))]`, and
+# append `{"direction": ..., "coefficient": ..., "cosine": ..., **measure(hooks)}` to a
+# list of rows. `progress(...)` around the loop shows a bar: each measurement generates
+# text.
+# </details>
+#
+# Stuck? Run `from mechlab.steering.reference import steering_curve` and carry on (no points for this exercise).
 
 # %%
-decoder_table = st.sweep(lambda site, c: measure(vector_hooks(site, decoder, c)), [SITE], COEFFICIENTS,
-                         desc="decoder direction")
-random_vectors = [torch.randn(model.cfg.d_model, generator=seeded(seed)).to(device) for seed in (2, 3, 4, 5)]
-random_tables = [st.sweep(lambda site, c, v=v: measure(vector_hooks(site, v, c)), [SITE], COEFFICIENTS,
-                          desc=f"random direction {i + 1} of {len(random_vectors)}")
-                 for i, v in enumerate(random_vectors)]
-random_table = pd.concat(random_tables).groupby("coefficient", as_index=False).mean(numeric_only=True)
-st.plot_tradeoff({"contrast vector (1.resid_pre)": table[table.site == SITE],
+def steering_curve(
+    measure: Callable[[list], dict[str, float]],
+    site: str,
+    vector: Float[Tensor, "d_model"],
+    norm: float,
+    coefficients: Sequence[float],
+    *,
+    n_random: int,
+    seed: int,
+    hook: Callable = steering_hook,
+) -> pd.DataFrame:
+    """`measure` of pushes along `vector` and along `n_random` random directions, each
+    rescaled to coefficient x `norm` at `site` (every position but BOS); one row per
+    direction and coefficient."""
+    ### BEGIN SOLUTION
+    generator = torch.Generator().manual_seed(seed)
+    directions = {"vector": vector}
+    for k in range(n_random):
+        directions[f"random {k + 1}"] = torch.randn(vector.shape[-1], generator=generator).to(vector)
+    settings = [(name, c) for name in directions for c in coefficients]
+    rows = []
+    for name, c in progress(settings, desc="steering curves"):
+        direction = directions[name]
+        push = direction / direction.norm() * norm * c
+        rows.append({"direction": name, "coefficient": c,
+                     "cosine": torch.cosine_similarity(direction, vector, dim=0).item(),
+                     **measure([(site, hook(push, 1.0, slice(1, None)))])})
+    return pd.DataFrame(rows)
+    ### END SOLUTION
+
+
+# %%
+checks.check_steering_curve(steering_curve)
+### BEGIN HIDDEN TESTS
+checks.grade_steering_curve(steering_curve)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Now the four contenders at `1.resid_pre`: the contrast vector beside 4 random
+# directions, the decoder direction of the food latent, and the clamp.
+
+# %%
+N_RANDOM = 4
+curves = steering_curve(measure, SITE, vectors[SITE], norms[SITE], COEFFICIENTS, n_random=N_RANDOM, seed=2)
+decoder_table = steering_curve(measure, SITE, decoder, norms[SITE], COEFFICIENTS, n_random=0, seed=0)
+random_rows = curves[curves.direction != "vector"]
+random_table = random_rows.groupby("coefficient", as_index=False).mean(numeric_only=True)
+st.plot_tradeoff({"contrast vector (1.resid_pre)": curves[curves.direction == "vector"],
                   f"clamp latent {food_latent}": clamp_table,
                   f"latent {food_latent}'s decoder direction": decoder_table,
-                  f"random directions (control, mean of {len(random_vectors)})": random_table}, TARGET);
-at_most = pd.DataFrame({"cosine with the food vector": [torch.cosine_similarity(v, vectors[SITE], dim=0).item()
-                                                        for v in random_vectors],
-                        f"success at {COEFFICIENTS[-1]} x the norm": [t.success.iloc[-1] for t in random_tables]})
+                  f"random directions (control, mean of {N_RANDOM})": random_table}, TARGET);
+strongest_push = random_rows[random_rows.coefficient == COEFFICIENTS[-1]].set_index("direction")
+at_most = strongest_push[["cosine", "success"]].rename(
+    columns={"cosine": "cosine with the food vector", "success": f"success at {COEFFICIENTS[-1]} x the norm"})
 print(f"random directions at {COEFFICIENTS[-1]} x the norm: mean success {random_table.success.iloc[-1]:.3f}")
 print(f"random directions at {COEFFICIENTS[-1]} x the norm: lowest success {at_most.iloc[:, 1].min():.3f}")
 print(f"random directions at {COEFFICIENTS[-1]} x the norm: highest success {at_most.iloc[:, 1].max():.3f}")
 strongest = at_most.iloc[:, 1].idxmax()
 print(f"the random direction that steers most: cosine with the food vector "
-      f"{at_most.iloc[strongest, 0]:.2f}; the others' largest |cosine| {at_most.drop(strongest).iloc[:, 0].abs().max():.2f}")
+      f"{at_most.loc[strongest].iloc[0]:.2f}; the others' largest |cosine| "
+      f"{at_most.drop(strongest).iloc[:, 0].abs().max():.2f}")
+weakest = at_most.iloc[:, 1].idxmin()
+print(f"the random direction that steers least: cosine with the food vector {at_most.loc[weakest].iloc[0]:.2f}, "
+      f"success {at_most.loc[weakest].iloc[1]:.3f}")
 at_most.round(3)
 
 # %% [markdown]
@@ -827,8 +919,8 @@ food_text = st.topic_text(TARGET, n=32).to(device)
 loss_table = pd.DataFrame([{"coefficient": c,
                             "extra loss, ordinary text": extra_loss(model, text, food_hooks(SITE, c)),
                             "extra loss, food stories": extra_loss(model, food_text, food_hooks(SITE, c)),
-                            "random directions, ordinary text": np.mean([extra_loss(model, text, vector_hooks(SITE, v, c))
-                                                                         for v in random_vectors])}
+                            "random directions, ordinary text":
+                                random_table.set_index("coefficient").extra_loss[c]}
                            for c in (0.25, 0.5, 0.75, 1.0)]).set_index("coefficient")
 times_less = (loss_table["extra loss, ordinary text"] / loss_table["random directions, ordinary text"]).loc[0.5:]
 for c in (0.25, 0.5):
@@ -849,19 +941,22 @@ loss_table.round(3)
 # (0.34<!-- out: food stories' smallest extra loss from 0.75 x the norm on: -->):
 # that is damage, the model writing food words where the story needs "the" and ".". From
 # half the norm on, random directions of the same size cost, on average over the four,
-# 4.9<!-- out: the random directions cost less by a factor from ±0.5 --> to
-# 7.1<!-- out: by a factor up to ±0.5 --> times less: the model shrugs off pushes in
+# 4.4<!-- out: the random directions cost less by a factor from ±0.5 --> to
+# 7.9<!-- out: by a factor up to ±0.5 --> times less: the model shrugs off pushes in
 # directions it does not read, and the contrast vector is, by construction, a direction
 # it reads.
 #
 # The four controls also show why one would not do. At 1.5 times the norm they make
 # between 0.000<!-- out: random directions at 1.5 x the norm: lowest success ±0.04 --> and
 # 0.656<!-- out: random directions at 1.5 x the norm: highest success ±0.04 --> of the
-# generations "about food" (0.219<!-- out: random directions at 1.5 x the norm: mean success ±0.04 --> on average).
+# generations "about food" (0.227<!-- out: random directions at 1.5 x the norm: mean success ±0.04 --> on average).
 # The one at 0.656 is the one with a cosine of 0.20<!-- out: the random direction that steers most: cosine with the food vector -->
 # with the food vector, where chance in 128 dimensions is about ±0.09: at 1.5 times the norm its
 # food component alone is a 0.3 push. The other three have |cosines| up to
-# 0.15<!-- out: the others' largest |cosine| -->, and those pointing away from food steer away from it.
+# 0.20<!-- out: the others' largest |cosine| -->, and those pointing away from food steer away from it:
+# the one at a cosine of −0.20<!-- out: the random direction that steers least: cosine with the food vector -->
+# makes 0.000<!-- out: the random direction that steers least: cosine with the food vector -0.20, success ±0.04 -->
+# of them about food.
 # With that one as the only control, the control would have looked three times stronger
 # than the average random direction.
 
@@ -890,7 +985,7 @@ loss_table.round(3)
 # make the last layer represent food?
 
 # %% [markdown] exercise={"id": "fit_probe", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 20, "points": 2}
-# ### Exercise 9: Train a probe
+# ### Exercise 10: Train a probe
 #
 # Write `fit_probe(x, y, steps=300, lr=0.05, l2=1e-3)`, a logistic regression trained
 # exactly like this (so that the grader can compare weights):
@@ -1056,7 +1151,7 @@ print("known:", [" ".join(n) for n in names.known_train[:4]], "...")
 print("unknown:", [" ".join(n) for n in names.unknown_train[:4]], "...")
 
 # %% [markdown] exercise={"id": "auroc", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 15, "points": 2}
-# ### Exercise 10: AUROC
+# ### Exercise 11: AUROC
 #
 # How well does a score separate two groups, whatever threshold one picks? The area under
 # the ROC curve is the probability that a random member of the positive group scores
@@ -1124,7 +1219,7 @@ st.plot_scores(entity_scores, [group_of[n] for n in test_names],
 # ordinary text.
 
 # %% [markdown] exercise={"id": "answer_probabilities", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 1}
-# ### Exercise 11: Hedge or answer?
+# ### Exercise 12: Hedge or answer?
 #
 # Write `answer_probabilities(model, tokens, hedge, cities, fwd_hooks=())`: run the
 # model on `tokens` (`[batch, pos]`) with `fwd_hooks` attached; at the last position,
@@ -1366,7 +1461,7 @@ st.steering_panel(model, steers, panel_numbers, panel_samples)
 # size. The chapter's own recipe, unchanged, is not guaranteed to do it.
 
 # %% [markdown] exercise={"id": "investigate_steering", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 40, "points": 5}
-# ### Exercise 12: Steer towards weather within the budget
+# ### Exercise 13: Steer towards weather within the budget
 #
 # Explore first, with this chapter's tools: `st.contrast_pairs("topic", "weather", n)`,
 # your `contrast_vector`, `residual_norm`, `steering_hook`, `clamp_latent_hook`, and

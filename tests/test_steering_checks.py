@@ -188,6 +188,72 @@ def answers_as_tensor(model, tokens, hedge, cities, fwd_hooks=()):
     return torch.tensor(ref.answer_probabilities(model, tokens, hedge, cities, fwd_hooks))
 
 
+
+def _curve(measure, site, vector, norm, coefficients, *, n_random, seed, hook, draw=None, size=None,
+           positions=slice(1, None), fresh_per_coefficient=False):
+    """steering_curve with one design choice swapped for a flawed one."""
+    import pandas as pd
+    generator = torch.Generator().manual_seed(seed)
+    draw = draw or (lambda: torch.randn(vector.shape[-1], generator=generator))
+    directions = {"vector": vector} | {f"random {k + 1}": draw() for k in range(n_random)}
+    rows = []
+    for name, direction in directions.items():
+        for c in coefficients:
+            if fresh_per_coefficient and name != "vector":
+                direction = draw()
+            push = direction / direction.norm() * (size(c) if size and name != "vector" else norm * c)
+            rows.append({"direction": name, "coefficient": c,
+                         "cosine": torch.cosine_similarity(direction, vector, dim=0).item(),
+                         **measure([(site, hook(push, 1.0, positions))])})
+    return pd.DataFrame(rows)
+
+
+def curve_unit_controls(*args, **kwargs):
+    return _curve(*args, **kwargs, size=lambda c: c)  # controls not rescaled by the residual norm
+
+
+def curve_uniform_controls(*args, **kwargs):
+    generator = torch.Generator().manual_seed(kwargs["seed"])
+    return _curve(*args, **kwargs, draw=lambda: torch.rand(args[2].shape[-1], generator=generator))
+
+
+def curve_fresh_controls(*args, **kwargs):
+    return _curve(*args, **kwargs, fresh_per_coefficient=True)
+
+
+def curve_pushes_bos(*args, **kwargs):
+    return _curve(*args, **kwargs, positions=None)
+
+
+def curve_unseeded(measure, site, vector, norm, coefficients, *, n_random, seed, hook):
+    return _curve(measure, site, vector, norm, coefficients, n_random=n_random, seed=seed, hook=hook,
+                  draw=lambda: torch.randn(vector.shape[-1]))
+
+
+def curve_own_numbers(measure, site, vector, norm, coefficients, *, n_random, seed, hook):
+    table = ref.steering_curve(measure, site, vector, norm, coefficients, n_random=n_random, seed=seed, hook=hook)
+    return table.assign(mass=table["mass"].round(3))  # reports rounded numbers, not what was measured
+
+
+def curve_vector_pulled_by_hand(measure, site, vector, norm, coefficients, *, n_random, seed, hook):
+    """Correct, written differently: the rows built per coefficient, the vector last, the
+    random directions normalised before the loop, and the cosine computed in NumPy."""
+    import pandas as pd
+    generator = torch.Generator().manual_seed(seed)
+    randoms = [torch.randn(vector.shape[-1], generator=generator) for _ in range(n_random)]
+    randoms = [r / r.norm() for r in randoms]
+    unit = vector / vector.norm()
+    rows = []
+    for c in coefficients:
+        for k, r in enumerate(randoms):
+            cos = float(np.dot(r.numpy(), unit.numpy()))
+            rows.append({"direction": f"random {k + 1}", "coefficient": c, "cosine": cos,
+                         **measure([(site, hook(r * norm * c, 1.0, slice(1, None)))])})
+        rows.append({"direction": "vector", "coefficient": c, "cosine": 1.0,
+                     **measure([(site, hook(unit * norm * c, 1.0, slice(1, None)))])})
+    return pd.DataFrame(rows)
+
+
 MUTANTS = [
     ("generate", generate_unseeded, "differ"),
     ("generate", generate_leaves_hooks, "left a hook attached"),
@@ -217,6 +283,12 @@ MUTANTS = [
     ("clamp_latent_hook", clamp_touches_bos, "BOS"),
     ("clamp_latent_hook", clamp_adds_value, "sets"),
     ("clamp_latent_hook", clamp_in_place, "in place"),
+    ("steering_curve", curve_unit_controls, "the same size|rescaled to that size"),
+    ("steering_curve", curve_uniform_controls, "torch.randn"),
+    ("steering_curve", curve_fresh_controls, "each is a curve"),
+    ("steering_curve", curve_pushes_bos, "BOS"),
+    ("steering_curve", curve_unseeded, "seeded with `seed`"),
+    ("steering_curve", curve_own_numbers, "never returned"),
     ("fit_probe", probe_without_l2, "l2"),
     ("fit_probe", probe_sgd, "Adam"),
     ("fit_probe", probe_not_detached, "detached"),
@@ -334,6 +406,7 @@ def answers_log_softmax(model, tokens, hedge, cities, fwd_hooks=()):
 
 
 VARIANTS = [
+    ("steering_curve", curve_vector_pulled_by_hand),
     ("generate", generate_with_run_with_hooks),
     ("success_rate", success_one_hot),
     ("contrast_vector", contrast_by_hooks),

@@ -26,6 +26,7 @@ from mechlab.checks import (
 from mechlab.sparse_autoencoders import reference as sae_ref
 from mechlab.steering import investigation as inv
 from mechlab.steering import reference as ref
+from mechlab.pristine import type_ as _type
 
 TOLERANCE = dict(atol=1e-4, rtol=1e-3)
 COURSE_SITE = "blocks.1.hook_resid_pre"
@@ -649,7 +650,175 @@ def _check_clamp(fn: Callable, hidden: bool) -> None:
 check_clamp_latent_hook, grade_clamp_latent_hook = check_and_grade("clamp_latent_hook", _check_clamp)
 
 
-# ---------------------------------------------------------------- 9. fit_probe
+# ---------------------------------------------------------------- 9. steering_curve
+
+_CURVE_TRUTH_DIRECTIONS = 32  # the grader's own random directions, whose spread the learner's controls are read against
+_CURVE_SIGMAS = 4.0  # how many standard errors of the mean a learner's controls may stray
+
+
+class PushMeasure:
+    """The grader's measure for `steering_curve`: the model's next-token probability mass
+    on a set of words over 8 windows of ordinary text, with the hooks attached. Cheap and
+    deterministic; it records the push each hook adds, read off by applying the hook to
+    zeros, so the check can tell which push a row of the table came from."""
+
+    def __init__(self, model, site: str, words: torch.Tensor) -> None:
+        self.model, self.site, self.words = model, site, words
+        self.text = st.ordinary_text(8)
+        self.records: list[tuple[torch.Tensor, float, float]] = []  # (push after BOS, push at BOS, value)
+
+    @property
+    def calls(self) -> int:
+        return len(self.records)
+
+    def __call__(self, hooks) -> dict[str, float]:
+        hooks = list(hooks)
+        if len(hooks) != 1 or hooks[0][0] != self.site:
+            raise CheckFailed(f"steering_curve should hand the measure one hook at the site it was given "
+                              f"({self.site!r}), not {[name for name, _ in hooks]}")
+        added = hooks[0][1](torch.zeros(1, 3, self.model.cfg.d_model), hook=None)
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            probs = self.model(self.text).softmax(-1)
+        value = float(probs[..., self.words].sum(-1).mean())
+        self.records.append((added[0, 1].detach().clone(), float(added[0, 0].norm()), value))
+        return {"mass": value}
+
+
+def _curve_cases(hidden: bool) -> list[Case]:
+    cases = [Case("the food vector at 1.resid_pre, coefficients (0, 0.5, 1), n_random=3, seed=7",
+                  ("topic", "food", COURSE_SITE, (0.0, 0.5, 1.0)), {"n_random": 3, "seed": 7})]
+    if hidden:
+        cases.append(Case("the positive vector at 0.resid_mid, coefficients (0.25, 0.75, 1.5), n_random=5, seed=11",
+                          ("sentiment", "positive", "blocks.0.hook_resid_mid", (0.25, 0.75, 1.5)),
+                          {"n_random": 5, "seed": 11}))
+    return cases
+
+
+@functools.cache
+def _curve_setup(prop: str, target: str, site: str) -> tuple[torch.Tensor, float, torch.Tensor]:
+    model = course_model("corpus_2l")
+    vector = ref.contrast_vector(model, *_pairs(prop, target, 32, 0), site)
+    norm = ref.residual_norm(model, st.ordinary_text(8), site)
+    words = (st.word_labels(prop) == st.label_index(prop, target)).nonzero().flatten()
+    return vector, norm, words
+
+
+@functools.cache
+def _control_spread(prop: str, target: str, site: str, coefficient: float) -> tuple[float, float]:
+    """Mean and standard deviation of the measure over the grader's own random directions."""
+    vector, norm, words = _curve_setup(prop, target, site)
+    measure = PushMeasure(course_model("corpus_2l"), site, words)
+    generator = seeded(1000)
+    for _ in range(_CURVE_TRUTH_DIRECTIONS):
+        direction = torch.randn(vector.shape[0], generator=generator)
+        measure([(site, ref.steering_hook(st.relative(direction, norm, coefficient), 1.0, slice(1, None)))])
+    values = torch.tensor([value for *_, value in measure.records], dtype=torch.float64)
+    return float(values.mean()), float(values.std())
+
+
+def _curve_table(out, label: str, directions: list[str], coefficients: tuple):
+    import pandas as pd
+
+    if _type(out) is not pd.DataFrame:
+        raise CheckFailed(f"{label} should return a pandas DataFrame, not a {_type(out).__name__}")
+    missing = [c for c in ("direction", "coefficient", "cosine", "mass") if c not in out.columns]
+    if missing:
+        raise CheckFailed(f"{label} has no column {missing}: the table needs direction, coefficient, cosine, and "
+                          "one column per entry of the measure's dict (the grader's measure returns 'mass')")
+    got = sorted((str(d), float(c)) for d, c in zip(out["direction"], out["coefficient"]))
+    want = sorted((d, float(c)) for d in directions for c in coefficients)
+    if got != want:
+        raise CheckFailed(f"{label} should have one row for each direction in {directions} and each coefficient in "
+                          f"{list(coefficients)} ({len(want)} rows); it has {len(got)}: "
+                          f"{sorted(set(d for d, _ in got))} at {sorted(set(c for _, c in got))}")
+    return out.assign(direction=out["direction"].astype(str), coefficient=out["coefficient"].astype(float))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def _check_one_curve(fn: Callable, case: Case) -> None:
+    prop, target, site, coefficients = case.args
+    n_random, seed = case.kwargs["n_random"], case.kwargs["seed"]
+    vector, norm, words = _curve_setup(prop, target, site)
+    label = f"steering_curve({case.description})"
+    directions = ["vector", *(f"random {k + 1}" for k in range(n_random))]
+
+    def run():
+        measure = PushMeasure(course_model("corpus_2l"), site, words)
+        out = call_learner(fn, "steering_curve", case.description, (measure, site, vector.clone(), norm, coefficients),
+                           {"n_random": n_random, "seed": seed, "hook": ref.steering_hook})
+        return _curve_table(out, label, directions, coefficients), measure
+
+    table, measure = run()
+    if measure.calls < len(table):
+        raise CheckFailed(f"{label} called the `measure` it was given {measure.calls} times for {len(table)} rows; "
+                          "measure every setting with the `measure` argument (the grader hands in its own)")
+    pushes: dict[str, list[torch.Tensor]] = {}
+    for row in table.itertuples():
+        found = [(push, bos) for push, bos, value in measure.records if abs(value - float(row.mass)) <= 1e-9]
+        where = f"{label}: the row of {row.direction!r} at coefficient {row.coefficient:g}"
+        if not found:
+            raise CheckFailed(f"{where} reads mass {float(row.mass):.6f}, a number the measure never returned: "
+                              "each row should hold what the measure returned for that setting")
+        push, bos = found[0]
+        size = push.norm().item()
+        if bos > 1e-6:
+            raise CheckFailed(f"{where}: its hook pushes the BOS position too (norm {bos:.3f}); push every position "
+                              "but the first, slice(1, None)")
+        if abs(size - row.coefficient * norm) > 1e-3 * max(norm, 1.0):
+            raise CheckFailed(f"{where}: the push has norm {size:.4f}, but coefficient x norm is "
+                              f"{row.coefficient * norm:.4f}; every direction, controls included, is rescaled to "
+                              "that size, or the control does not say what pushing *this much* does")
+        if row.coefficient > 0:
+            pushes.setdefault(row.direction, []).append(push)
+            if row.direction == "vector" and _cos(push, vector) < 0.9999:
+                raise CheckFailed(f"{where}: the push is not along the vector (cosine {_cos(push, vector):.3f})")
+            if abs(_cos(push, vector) - float(row.cosine)) > 1e-4:
+                raise CheckFailed(f"{where}: the cosine column says {float(row.cosine):.4f}, but the push it measured "
+                                  f"has cosine {_cos(push, vector):.4f} with the vector")
+    controls = [name for name in directions if name != "vector"]
+    for name in controls:
+        first, *rest = pushes[name]
+        if any(_cos(first, other) < 0.9999 for other in rest):
+            raise CheckFailed(f"{label}: {name!r} points in different directions at different coefficients; draw "
+                              "each control once and push it at every coefficient, so that each is a curve")
+    heads = [pushes[name][0] for name in controls]
+    overlap = max((abs(_cos(a, b)) for i, a in enumerate(heads) for b in heads[i + 1:]), default=0.0)
+    if overlap > 0.5:
+        raise CheckFailed(f"{label}: two of your random directions have cosine {overlap:.2f}; independent random "
+                          f"directions in {vector.shape[0]} dimensions have about ±{1 / vector.shape[0] ** 0.5:.2f}. "
+                          "Draw each from a standard Gaussian (torch.randn): a uniform [0, 1) vector has every entry "
+                          "positive, so all such vectors share one direction")
+    again, _ = run()
+    if not again.sort_values(["direction", "coefficient"]).reset_index(drop=True)[["mass", "cosine"]].equals(
+            table.sort_values(["direction", "coefficient"]).reset_index(drop=True)[["mass", "cosine"]]):
+        raise CheckFailed(f"{label} gave another table when called again with the same seed; draw the random "
+                          "directions from a torch.Generator seeded with `seed`, not from the global generator")
+    for c in coefficients:
+        mean, sd = _control_spread(prop, target, site, c)
+        got = float(table[(table.direction != "vector") & (table.coefficient == c)]["mass"].mean())
+        allowed = _CURVE_SIGMAS * sd / n_random ** 0.5 + 1e-4
+        if abs(got - mean) > allowed:
+            raise CheckFailed(f"{label}: at coefficient {c:g} your {n_random} controls average mass {got:.4f}, but "
+                              f"{_CURVE_TRUTH_DIRECTIONS} random directions of that size average {mean:.4f} (sd "
+                              f"{sd:.4f}, so within {allowed:.4f} is accepted): are your controls uniformly random "
+                              "directions of the vector's size?")
+
+
+def _check_steering_curve(fn: Callable, hidden: bool) -> None:
+    cases = _curve_cases(hidden)
+    for case in cases:
+        _check_one_curve(fn, case)
+    passed(f"steering_curve measures the vector beside its random controls, of the same size and independent, on "
+           f"{len(cases)} case{'s' * (len(cases) > 1)}")
+
+
+check_steering_curve, grade_steering_curve = check_and_grade("steering_curve", _check_steering_curve)
+
+
+# ---------------------------------------------------------------- 10. fit_probe
 
 
 def _probe_cases(specs: Sequence[tuple[int, int, int, int, float, float, torch.dtype]]) -> list[Case]:
@@ -714,7 +883,7 @@ def _check_fit_probe(fn: Callable, hidden: bool) -> None:
 check_fit_probe, grade_fit_probe = check_and_grade("fit_probe", _check_fit_probe)
 
 
-# ---------------------------------------------------------------- 10. auroc
+# ---------------------------------------------------------------- 11. auroc
 
 _AUROC_HAND = Case("hand case: scores [3, 1, 2, 2, 0], labels [T, F, T, F, F]: pairs won 5 of 6, one tie "
                    "-> (5 + 0.5) / 6 = 0.9167", (torch.tensor([3.0, 1.0, 2.0, 2.0, 0.0]),
@@ -768,7 +937,7 @@ def _check_auroc(fn: Callable, hidden: bool) -> None:
 check_auroc, grade_auroc = check_and_grade("auroc", _check_auroc)
 
 
-# ---------------------------------------------------------------- 11. answer_probabilities
+# ---------------------------------------------------------------- 12. answer_probabilities
 
 
 def _answer_cases(hidden: bool) -> list[Case]:
@@ -828,7 +997,7 @@ def _check_answers(fn: Callable, hidden: bool) -> None:
 check_answer_probabilities, grade_answer_probabilities = check_and_grade("answer_probabilities", _check_answers)
 
 
-# ---------------------------------------------------------------- 12. investigate_steering (the investigation)
+# ---------------------------------------------------------------- 13. investigate_steering (the investigation)
 
 
 def _investigation_hint(result) -> str:

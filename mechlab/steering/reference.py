@@ -6,9 +6,12 @@ GENERATED from solutions/05_steering.py by `python -m autograder build`: do not 
 
 from collections.abc import Callable, Sequence
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from mechlab.runtime import progress
 
 Hook = Callable[[Tensor, object], Tensor]  # (activation, hook point) -> the new activation
 FwdHooks = Sequence[tuple[str, Hook]]  # [(hook name, hook function)], as model.hooks() takes them
@@ -119,6 +122,35 @@ def clamp_latent_hook(sae, latent: int, value: float, scale: float) -> Hook:
     return hook
 
 
+def steering_curve(
+    measure: Callable[[list], dict[str, float]],
+    site: str,
+    vector: Float[Tensor, "d_model"],
+    norm: float,
+    coefficients: Sequence[float],
+    *,
+    n_random: int,
+    seed: int,
+    hook: Callable = steering_hook,
+) -> pd.DataFrame:
+    """`measure` of pushes along `vector` and along `n_random` random directions, each
+    rescaled to coefficient x `norm` at `site` (every position but BOS); one row per
+    direction and coefficient."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = {"vector": vector}
+    for k in range(n_random):
+        directions[f"random {k + 1}"] = torch.randn(vector.shape[-1], generator=generator).to(vector)
+    settings = [(name, c) for name in directions for c in coefficients]
+    rows = []
+    for name, c in progress(settings, desc="steering curves"):
+        direction = directions[name]
+        push = direction / direction.norm() * norm * c
+        rows.append({"direction": name, "coefficient": c,
+                     "cosine": torch.cosine_similarity(direction, vector, dim=0).item(),
+                     **measure([(site, hook(push, 1.0, slice(1, None)))])})
+    return pd.DataFrame(rows)
+
+
 def fit_probe(
     x: Float[Tensor, "n d"], y: Tensor, steps: int = 300, lr: float = 0.05, l2: float = 1e-3
 ) -> tuple[Float[Tensor, "d"], Float[Tensor, ""]]:
@@ -165,7 +197,7 @@ def investigate_steering(model, sae) -> dict:
     return {"site": site, "vector": st.relative(vector, norm, 0.35)}
 
 
-__all__ = ['generate', 'success_rate', 'contrast_vector', 'residual_norm', 'steering_hook', 'extra_loss', 'repetition', 'clamp_latent_hook', 'fit_probe', 'auroc', 'answer_probabilities', 'investigate_steering']
+__all__ = ['generate', 'success_rate', 'contrast_vector', 'residual_norm', 'steering_hook', 'extra_loss', 'repetition', 'clamp_latent_hook', 'steering_curve', 'fit_probe', 'auroc', 'answer_probabilities', 'investigate_steering']
 CHAPTER = '05_steering'
 CPU_LIMIT = 240  # CPU seconds per cell under grading
-POINTS = {'generate': 3, 'success_rate': 2, 'contrast_vector': 2, 'residual_norm': 1, 'steering_hook': 2, 'extra_loss': 1, 'repetition': 1, 'clamp_latent_hook': 3, 'fit_probe': 2, 'auroc': 2, 'answer_probabilities': 1, 'investigate_steering': 5}
+POINTS = {'generate': 3, 'success_rate': 2, 'contrast_vector': 2, 'residual_norm': 1, 'steering_hook': 2, 'extra_loss': 1, 'repetition': 1, 'clamp_latent_hook': 3, 'steering_curve': 4, 'fit_probe': 2, 'auroc': 2, 'answer_probabilities': 1, 'investigate_steering': 5}
