@@ -72,9 +72,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlab.runtime import progress
+from mechlab.superposition import toy_models as sp
 
 # %%
-from mechlab.superposition import toy_models as sp
 from mechlab.superposition import checks
 
 # Sizes of the experiments. The defaults finish in under a minute on a 2-core CPU;
@@ -760,12 +760,17 @@ checks.grade_feature_phase(feature_phase)
 # %% [markdown]
 # ### The phase diagram
 #
-# One training run gives the whole diagram: each instance is one point of a grid of
-# feature probability $p$ (log scale, from dense to sparse) × relative importance $r$ of
-# the extra feature (log scale, from 0.1 to 10). Near a phase boundary two solutions
-# have almost the same loss, and one random start can land in the worse one, so every
-# grid point gets `RESTARTS` instances with different initial weights, and the diagram
-# shows the one that reached the lowest loss. Each instance is a tiny 2-in-1 model: all 400 train in about 10 seconds on a laptop CPU.
+# Now map it: a grid of feature probability $p$ (log scale, from dense to sparse) ×
+# relative importance $r$ of the extra feature (log scale, from 0.1 to 10), and at each
+# point, the phase of feature 1 in a trained 2-in-1 model. One training run can hold the
+# whole grid, since every instance is a separate model.
+#
+# One difficulty makes this an experiment rather than a loop. Near a phase boundary two
+# solutions have almost the same loss, and one random start can land in the worse one: a
+# single run per point gives a diagram with the boundaries in the wrong places, and no way
+# to tell. The paper's answer, and ours, is to train each point several times and keep
+# the run that reached the lowest loss; and the share of runs that agree with it is the
+# diagram's error bar, which says where a single run would not have been trusted.
 #
 # Before running, guess what happens to the extra feature at the four corners of the
 # diagram (0 = not represented, 1 = dedicated dimension, 2 = superposition), and fill in
@@ -774,23 +779,97 @@ checks.grade_feature_phase(feature_phase)
 # %%
 my_guess_phase = {"dense, r=0.1": None, "dense, r=10": None, "sparse, r=0.1": None, "sparse, r=10": None}
 
+# %% [markdown] exercise={"id": "phase_diagram", "kind": "experiment", "difficulty": 3, "importance": 4, "minutes": 25, "points": 4}
+# ### Exercise 8: The phase diagram, with its error bars
+#
+# Write `phase_diagram(feature_probability, relative_importance, *, restarts, steps,
+# generator, train=train_toy_models, classify=feature_phase)`. Each grid cell `k` is a
+# toy model with 2 features in 1 hidden dimension, both active with probability
+# `feature_probability[k]`, feature 0 of importance 1 and feature 1 of importance
+# `relative_importance[k]`. Return two tensors of one entry per cell:
+#
+# - `phases` (`torch.long`): the phase of feature 1, `classify(W, 1)`, in the best
+#   solution that `restarts` independent trainings of the cell found;
+# - `agreement` (float): the share of the cell's `restarts` runs that ended in that same
+#   phase (1.0 where every run agreed).
+#
+# Make each run with `sp.init_toy_weights(config, generator, device=...)` and train it with
+# `train(W, b, p, importance, steps=steps, batch_size=256, lr=1e-2, generator=generator)`,
+# which returns the loss history `[step, instance]`. Use the `train` and `classify` you are
+# given, not notebook globals: the grader hands in its own.
+#
+# **Graded by what it finds.** The grader runs your function on a grid of its own (36
+# cells around both boundaries, 500 steps) and compares your `phases` with the
+# diagram of the best of 8 runs per cell: at most 2 cells may differ, and your mean
+# `agreement` must be within 0.12 of the share measured on those 8 runs. Sound designs
+# pass; a flawed one fails with a message that quotes what the grader's 8 runs show
+# each flaw would have cost.
+#
+# <details><summary>Hint 1: the idea</summary>
+#
+# Which run is "best"? The one that solved the problem it was trained on: the lowest loss
+# at the end of training. One batch's loss is noisy, so judge it on the mean over the
+# last tenth of the steps. Not the phase most runs reached: near a boundary the worse
+# solution is often the more common one.
+# </details>
+#
+# <details><summary>Hint 2: a skeleton</summary>
+#
+# All runs of all cells can train at once, as instances of one model: repeat each cell's
+# `p` and `r` `restarts` times (`repeat_interleave` keeps a cell's runs together), train,
+# then fold the instance axis back into `[cell, restart]` with
+# `einops.rearrange(..., "(cell restart) -> cell restart", restart=restarts)`, both for
+# the final losses and for the phases. `argmin` over restarts picks each cell's run;
+# comparing every run's phase with the chosen one gives the agreement.
+# </details>
+#
+# Stuck? Run `from mechlab.superposition.reference import phase_diagram` and carry on (no points for this exercise).
+
+# %%
+def phase_diagram(
+    feature_probability: Float[Tensor, "cell"],
+    relative_importance: Float[Tensor, "cell"],
+    *,
+    restarts: int,
+    steps: int,
+    generator: torch.Generator,
+    train: Callable = train_toy_models,
+    classify: Callable = feature_phase,
+) -> tuple[Int[Tensor, "cell"], Float[Tensor, "cell"]]:
+    """Per cell: the phase of feature 1 in the lowest-loss of `restarts` trained 2-in-1 toy
+    models, and the share of the runs that ended in that phase."""
+    ### BEGIN SOLUTION
+    device = feature_probability.device
+    p = feature_probability.repeat_interleave(restarts)
+    r = relative_importance.repeat_interleave(restarts)
+    W, b = sp.init_toy_weights(sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(p)), generator, device=device)
+    importance = torch.stack([torch.ones_like(r), r], dim=-1)
+    history = train(W, b, p, importance, steps=steps, batch_size=256, lr=1e-2, generator=generator)
+    final_loss = history[-max(steps // 10, 1):].mean(0).to(device)
+    final_loss = einops.rearrange(final_loss, "(cell restart) -> cell restart", restart=restarts)
+    runs = einops.rearrange(classify(W.detach(), 1), "(cell restart) -> cell restart", restart=restarts)
+    phases = runs.gather(1, final_loss.argmin(dim=-1, keepdim=True)).squeeze(1)
+    agreement = (runs == phases[:, None]).float().mean(dim=-1)
+    return phases.long(), agreement
+    ### END SOLUTION
+
+
+# %%
+checks.check_phase_diagram(phase_diagram)
+### BEGIN HIDDEN TESTS
+checks.grade_phase_diagram(phase_diagram)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Now the course's grid: 10 × 10 points, `RESTARTS` runs each, 400 tiny models that train
+# together in about 10 seconds on a laptop CPU.
+
 # %%
 RESTARTS = 4
 grid_p, grid_r = sp.phase_grid(n_probabilities=10, n_importances=10, device=device)
-phase_p, phase_r = grid_p.repeat_interleave(RESTARTS), grid_r.repeat_interleave(RESTARTS)
-cfg_phase = sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(phase_p))
 gen = torch.Generator(device=device).manual_seed(2)
-W_phase, b_phase = sp.init_toy_weights(cfg_phase, gen, device=device)
-importance_phase = torch.stack([torch.ones_like(phase_r), phase_r], dim=-1)
-history_phase = train_toy_models(W_phase, b_phase, phase_p, importance_phase, steps=2000 * SCALE,
-                                 batch_size=256, lr=1e-2, generator=gen)
-# the best of the restarts at each grid point, by its loss over the last 200 steps
-final_loss = einops.rearrange(history_phase[-200:].mean(0), "(cell restart) -> cell restart", restart=RESTARTS)
-best = final_loss.argmin(dim=-1).to(device)
-W_best = einops.rearrange(W_phase.detach(), "(cell restart) hidden feature -> cell restart hidden feature",
-                          restart=RESTARTS)[torch.arange(len(grid_p), device=device), best]
-phases = feature_phase(W_best, feature=1)
-sp.plot_phase_diagram(phases, grid_p, grid_r);
+phases, agreement = phase_diagram(grid_p, grid_r, restarts=RESTARTS, steps=2000 * SCALE, generator=gen)
+sp.plot_phase_diagram(phases, grid_p, grid_r, agreement);
 phase_names = ["not represented", "dedicated", "superposition"]
 corners = {"dense, r=0.1": 0, "dense, r=10": 9, "sparse, r=0.1": len(grid_p) - 10, "sparse, r=10": len(grid_p) - 1}
 for corner, k in corners.items():
@@ -799,6 +878,20 @@ for corner, k in corners.items():
 rows = phases.reshape(-1, 10)  # one row per probability, dense first
 all_superposition = [p for p, row in zip(grid_p[::10].tolist(), rows) if bool((row == 2).all())]
 print(f"superposition at every importance from p = {max(all_superposition):.2g} down")
+unsure, sparse = agreement < 1, grid_p <= 0.1
+print(f"cells where the {RESTARTS} runs disagree: {int(unsure.sum())} of {len(grid_p)}; cells where the "
+      f"chosen phase is a minority of the runs: {int((agreement < 0.5).sum())}")
+print(f"sparse cells (p <= 0.1) where the runs disagree: {int((unsure & sparse).sum())} of {int(sparse.sum())}; "
+      f"denser cells where they disagree: {int((unsure & ~sparse).sum())} of {int((~sparse).sum())}")
+print(f"runs that disagree with their cell's best, on average: {1 - agreement.mean().item():.0%}")
+
+# %% [markdown]
+# The control: what would one run per cell have drawn?
+
+# %%
+one_run, _ = phase_diagram(grid_p, grid_r, restarts=1, steps=2000 * SCALE,
+                           generator=torch.Generator(device=device).manual_seed(3))
+print(f"one run per cell instead (control): {int((one_run != phases).sum())} of {len(grid_p)} cells get another phase")
 
 # %% [markdown]
 # Read the diagram from right (dense) to left (sparse):
@@ -814,8 +907,19 @@ print(f"superposition at every importance from p = {max(all_superposition):.2g} 
 #   important than the other.
 #
 # The boundaries are *discontinuous* changes in what the optimum looks like, which is
-# why the paper calls them phase changes. (Set `RESTARTS = 1` and rerun to see why the
-# restarts are there: near the boundaries single runs land on either side.)
+# why the paper calls them phase changes.
+#
+# The hatching is the experiment's error bar, and it is not where one might expect. The
+# runs of a cell disagree in 49<!-- out: cells where the 4 runs disagree: --> of the 100 cells, and not
+# only along the boundaries: in 33<!-- out: sparse cells (p <= 0.1) where the runs disagree: --> of the
+# 50 sparse cells, where the best run stores both features, some run ended storing only
+# one, a worse solution (its loss is far above the best run's) that training never left.
+# On average 20%<!-- out: runs that disagree with their cell's best, on average: --> of the runs end
+# away from their cell's best, and in 7<!-- out: cells where the chosen phase is a minority of the runs: -->
+# cells the best run is in the minority, so a majority vote would have got them wrong.
+# The control says what the restarts bought: a diagram of one run per cell puts
+# 28<!-- out: one run per cell instead (control): ±10 --> of the 100 cells in another phase. Restarts,
+# judged by their loss, are how an optimisation experiment like this one earns a finding.
 
 # %% [markdown]
 # ## 8. Taking features out of superposition: a sparse autoencoder
@@ -840,7 +944,7 @@ print(f"superposition at every importance from p = {max(all_superposition):.2g} 
 # them. Chapter 4 trains SAEs on a transformer's residual stream.
 
 # %% [markdown] exercise={"id": "sae_forward", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
-# ### Exercise 8: The sparse autoencoder's forward pass
+# ### Exercise 9: The sparse autoencoder's forward pass
 #
 # Write `sae_forward(h, W_enc, b_enc, W_dec, b_dec)` returning `(latents, reconstruction)`:
 #
@@ -904,7 +1008,7 @@ checks.grade_sae_forward(sae_forward)
 # latents for every input (dense, uninterpretable); too large and it reconstructs badly.
 
 # %% [markdown] exercise={"id": "sae_loss", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 1}
-# ### Exercise 9: The SAE's loss
+# ### Exercise 10: The SAE's loss
 #
 # Write `sae_loss(h, latents, reconstruction, l1_coeff)` returning the scalar
 # (0-dimensional tensor) $L$ above: `h`, `reconstruction`: `[batch, hidden]`,
@@ -956,7 +1060,7 @@ checks.grade_sae_loss(sae_loss)
 # activations `[batch, hidden]` each time it is called.
 
 # %% [markdown] exercise={"id": "train_sae", "kind": "build", "difficulty": 3, "importance": 4, "minutes": 15, "points": 3}
-# ### Exercise 10: Train the sparse autoencoder
+# ### Exercise 11: Train the sparse autoencoder
 #
 # Write `train_sae(sample_hidden, W_enc, b_enc, W_dec, b_dec, *, steps, batch_size, lr,
 # l1_coeff, forward, loss_fn)`. Like `train_toy_models`, it trains the four parameters
@@ -1065,7 +1169,7 @@ sp.plot_loss_history(sae_history[:, None], labels=["SAE"]);
 # cannot represent it.
 
 # %% [markdown] exercise={"id": "feature_recovery_score", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 10, "points": 2}
-# ### Exercise 11: Feature recovery score
+# ### Exercise 12: Feature recovery score
 #
 # Write `feature_recovery_score(W_dec, W_true)` returning a Python `float`:
 #
@@ -1191,7 +1295,7 @@ W_mystery, b_mystery = investigation.mystery_model(0)
 print(f"mystery model: {W_mystery.shape[1]} features in {W_mystery.shape[0]} hidden dimensions")
 
 # %% [markdown] exercise={"id": "investigate_toy_model", "kind": "investigation", "difficulty": 4, "importance": 4, "minutes": 40, "points": 6}
-# ### Exercise 12: Investigation: which features, which pairs, and which are never active together?
+# ### Exercise 13: Investigation: which features, which pairs, and which are never active together?
 #
 # Find out, from the weights alone:
 #

@@ -4,6 +4,7 @@ every chapter's checks must do)."""
 
 from __future__ import annotations
 
+import einops
 import pytest
 import torch
 
@@ -258,6 +259,60 @@ def recovery_tensor(W_dec, W_true):
     return _cos(W_dec, W_true).max(dim=-1).values.mean()
 
 
+
+def _phase_runs(p, r, restarts, steps, generator, train, classify, feature=1, layout="(cell restart)"):
+    """Each cell's runs: final losses and phases, [cell, restart]."""
+    pattern = f"{layout} -> cell restart"
+    if layout == "(cell restart)":
+        p_runs, r_runs = p.repeat_interleave(restarts), r.repeat_interleave(restarts)
+    else:
+        p_runs, r_runs = p.repeat(restarts), r.repeat(restarts)
+    from mechlab.superposition import toy_models as sp
+    W, b = sp.init_toy_weights(sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(p_runs)), generator)
+    history = train(W, b, p_runs, torch.stack([torch.ones_like(r_runs), r_runs], -1), steps=steps,
+                    batch_size=256, lr=1e-2, generator=generator)
+    final = einops.rearrange(history[-steps // 10:].mean(0), pattern, restart=restarts)
+    return final, einops.rearrange(classify(W.detach(), feature), pattern, restart=restarts)
+
+
+def _agreement(runs, phases):
+    return (runs == phases[:, None]).float().mean(-1)
+
+
+def phase_one_run(p, r, *, restarts, steps, generator, train, classify):
+    _, runs = _phase_runs(p, r, restarts, steps, generator, train, classify)
+    return runs[:, 0], _agreement(runs, runs[:, 0])
+
+
+def phase_majority_vote(p, r, *, restarts, steps, generator, train, classify):
+    _, runs = _phase_runs(p, r, restarts, steps, generator, train, classify)
+    phases = runs.mode(dim=1).values
+    return phases, _agreement(runs, phases)
+
+
+def phase_feature_0(p, r, *, restarts, steps, generator, train, classify):
+    final, runs = _phase_runs(p, r, restarts, steps, generator, train, classify, feature=0)
+    phases = runs.gather(1, final.argmin(1, keepdim=True)).squeeze(1)
+    return phases, _agreement(runs, phases)
+
+
+def phase_no_error_bar(p, r, *, restarts, steps, generator, train, classify):
+    phases, agreement = ref.phase_diagram(p, r, restarts=restarts, steps=steps, generator=generator, train=train,
+                                          classify=classify)
+    return phases, torch.ones_like(agreement)
+
+
+def phase_ignores_train(p, r, *, restarts, steps, generator, train, classify):
+    return ref.phase_diagram(p, r, restarts=restarts, steps=steps, generator=generator, classify=classify)
+
+
+def phase_restart_major(p, r, *, restarts, steps, generator, train, classify):
+    """Correct, laid out the other way: all cells' first runs, then all cells' second runs..."""
+    final, runs = _phase_runs(p, r, restarts, steps, generator, train, classify, layout="(restart cell)")
+    phases = runs.gather(1, final.argmin(1, keepdim=True)).squeeze(1)
+    return phases, _agreement(runs, phases)
+
+
 MUTANTS = [
     ("toy_forward", toy_no_relu, "ReLU"),
     ("toy_forward", toy_transposed, "W is \\[instance, hidden, feature\\]"),
@@ -282,6 +337,11 @@ MUTANTS = [
     ("feature_phase", phase_fixed_thresholds, "thresholds you are given"),
     ("feature_phase", phase_interference_first, "norm first"),
     ("feature_phase", phase_float, "dtype"),
+    ("phase_diagram", phase_one_run, "one run per cell differs from the best in \\d+ to \\d+ cells"),
+    ("phase_diagram", phase_majority_vote, "differs from the best of the grader's 8 runs per cell"),
+    ("phase_diagram", phase_feature_0, "differs from the best of the grader's 8 runs per cell"),
+    ("phase_diagram", phase_no_error_bar, "agreement is 1 in every cell"),
+    ("phase_diagram", phase_ignores_train, "`train` it was given"),
     ("sae_forward", sae_no_relu, "ReLU"),
     ("sae_forward", sae_no_centering, "b_dec"),
     ("sae_loss", sae_loss_mse_mean, "sum the squared error"),
@@ -300,7 +360,7 @@ MUTANTS = [
 
 # ---------------------------------------------------------------- correct answers written differently
 
-VARIANTS = [("train_toy_models", train_mean_over_instances)]
+VARIANTS = [("train_toy_models", train_mean_over_instances), ("phase_diagram", phase_restart_major)]
 
 
 def test_value_mismatch_gets_no_hint_about_the_output_form():

@@ -15,8 +15,10 @@ nothing here (see `mechlab.checks`).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,7 +28,8 @@ from mechlab.checks import (
     Case, CheckFailed, CountedCalls, call_learner, check_and_grade, checked_array,
     compare_function, passed, randn, seeded, Truth,
 )
-from mechlab.superposition import investigation, reference as ref
+from mechlab.runtime import quiet
+from mechlab.superposition import investigation, reference as ref, toy_models as sp
 
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, clone as _clone, detach as _detach
 from mechlab.pristine import numpy as _numpy, to as _to, type_ as _type
@@ -504,6 +507,115 @@ def _check_feature_phase(fn: Callable, hidden: bool) -> None:
 
 
 check_feature_phase, grade_feature_phase = check_and_grade("feature_phase", _check_feature_phase)
+
+
+# ---------------------------------------------------------------- 8. phase_diagram
+
+# The grader's experiment: a 6 x 6 grid around both boundaries (p from 1 to 0.1, r from 0.1
+# to 10), 8 runs per cell, 500 steps. Its best-of-8 diagram is the truth a learner's is
+# compared with; its 8 runs also measure what each flawed design would have cost.
+_PHASE_GRID = {"n_probabilities": 6, "n_importances": 6, "lowest_probability": 0.1}
+_PHASE_STEPS = 500
+_PHASE_RUNS = 8
+_PHASE_MAX_DIFFERENT = 2  # cells of 36; at 500 steps a sound best-of-4 measured 0 to 1 in 3 seeds, one run per cell 8 to 12
+_AGREEMENT_TOLERANCE = 0.12  # on the mean agreement; best-of-4 measured 0.75 to 0.79
+
+
+@dataclass(frozen=True)
+class _PhaseRuns:
+    p: torch.Tensor
+    r: torch.Tensor
+    final_loss: np.ndarray  # [cell, run]
+    phases: np.ndarray  # feature 1's phase, [cell, run]
+    phases_feature_0: np.ndarray
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.phases[np.arange(len(self.phases)), self.final_loss.argmin(1)]
+
+    def cost(self, diagram: np.ndarray) -> int:
+        return int((diagram != self.truth).sum())
+
+    def flaws(self, restarts: int) -> str:
+        """What each flawed design costs on these runs, in cells."""
+        cells = np.arange(len(self.phases))
+        single = [self.cost(self.phases[:, k]) for k in range(_PHASE_RUNS)]
+        groups = [slice(k, k + restarts) for k in range(0, _PHASE_RUNS - restarts + 1, restarts)]
+        votes = [self.cost(np.array([np.bincount(row, minlength=3).argmax() for row in self.phases[:, g]]))
+                 for g in groups]
+        worst = self.cost(self.phases[cells, self.final_loss.argmax(1)])
+        other = self.cost(self.phases_feature_0[cells, self.final_loss.argmin(1)])
+        return (f"On the grader's {_PHASE_RUNS} runs, one run per cell differs from the best in {min(single)} to "
+                f"{max(single)} cells, a majority vote of {restarts} runs in {min(votes)} to {max(votes)}, the run "
+                f"with the highest final loss in {worst}, and the best run's feature 0 in {other}.")
+
+    def agreement(self) -> float:
+        return float((self.phases == self.truth[:, None]).mean())
+
+
+@functools.cache
+def _phase_runs() -> _PhaseRuns:
+    p, r = sp.phase_grid(**_PHASE_GRID)
+    cells = len(p)
+    p_runs, r_runs = p.repeat_interleave(_PHASE_RUNS), r.repeat_interleave(_PHASE_RUNS)
+    generator = seeded(100)
+    W, b = sp.init_toy_weights(sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(p_runs)), generator)
+    with quiet():
+        history = ref.train_toy_models(W, b, p_runs, torch.stack([torch.ones_like(r_runs), r_runs], dim=-1),
+                                       steps=_PHASE_STEPS, batch_size=256, lr=1e-2, generator=generator)
+    W = _detach(W)
+    return _PhaseRuns(p, r, _numpy(history[-_PHASE_STEPS // 10:].mean(0)).reshape(cells, _PHASE_RUNS),
+                      _numpy(ref.feature_phase(W, 1)).reshape(cells, _PHASE_RUNS),
+                      _numpy(ref.feature_phase(W, 0)).reshape(cells, _PHASE_RUNS))
+
+
+def _check_phase_diagram(fn: Callable, hidden: bool) -> None:
+    runs = _phase_runs()
+    restarts, seed = (5, 2) if hidden else (4, 1)
+    cells = len(runs.p)
+    description = f"the grader's grid of {cells} cells, restarts={restarts}, steps={_PHASE_STEPS}"
+    label = f"phase_diagram({description})"
+    train, classify = CountedCalls(ref.train_toy_models), CountedCalls(ref.feature_phase)
+    out = call_learner(fn, "phase_diagram", description, (runs.p.clone(), runs.r.clone()),
+                       {"restarts": restarts, "steps": _PHASE_STEPS, "generator": seeded(seed),
+                        "train": train, "classify": classify})
+    if _type(out) is not tuple or len(out) != 2:
+        raise CheckFailed(f"{label} should return a tuple (phases, agreement), not a {_type(out).__name__}")
+    train.expect("train", 1, "phase_diagram")
+    classify.expect("classify", 1, "phase_diagram")
+    phases = checked_array(out[0], f"{label}'s phases", (cells,), torch.long).astype(int)
+    agreement = checked_array(out[1], f"{label}'s agreement", (cells,))
+    if not np.isin(phases, [0, 1, 2]).all():
+        raise CheckFailed(f"{label}'s phases should be 0, 1 or 2, not {sorted(set(phases.tolist()) - {0, 1, 2})}")
+    shares = agreement * restarts
+    if (agreement < 1 / restarts - 1e-6).any() or (agreement > 1 + 1e-6).any() or \
+            (np.abs(shares - shares.round()) > 1e-4).any():
+        raise CheckFailed(f"{label}'s agreement should be a share of the {restarts} runs of each cell, a multiple of "
+                          f"1/{restarts} from 1/{restarts} (the chosen run agrees with itself) to 1; got values "
+                          f"from {agreement.min():.3f} to {agreement.max():.3f}")
+    truth = runs.truth
+    differ = np.flatnonzero(phases != truth)
+    if len(differ) > _PHASE_MAX_DIFFERENT:
+        k = differ[0]
+        raise CheckFailed(
+            f"{label}: your diagram differs from the best of the grader's {_PHASE_RUNS} runs per cell in "
+            f"{len(differ)} of {cells} cells (at most {_PHASE_MAX_DIFFERENT} may); the first is p = "
+            f"{float(runs.p[k]):.2g}, r = {float(runs.r[k]):.2g}, where you give {phases[k]} and the best run is "
+            f"{truth[k]}. {runs.flaws(restarts)} Keep each cell's run with the lowest loss at the end of "
+            "training, and classify feature 1.")
+    want = runs.agreement()
+    if abs(agreement.mean() - want) > _AGREEMENT_TOLERANCE:
+        why = (f" Your agreement is 1 in every cell, but the grader's runs disagree with their best in "
+               f"{int((runs.phases != truth[:, None]).any(1).sum())} cells: count, in each cell, the runs whose "
+               "phase is the chosen one." if (agreement == 1).all() else "")
+        raise CheckFailed(f"{label}: the mean agreement is {agreement.mean():.3f}, but on the grader's "
+                          f"{_PHASE_RUNS} runs a run reaches its cell's best phase {want:.3f} of the time (within "
+                          f"{_AGREEMENT_TOLERANCE} is accepted).{why}")
+    passed(f"phase_diagram finds the grader's diagram ({cells - len(differ)} of {cells} cells agree with the best of "
+           f"{_PHASE_RUNS} runs) with its error bar (mean agreement {agreement.mean():.2f}, grader's runs {want:.2f})")
+
+
+check_phase_diagram, grade_phase_diagram = check_and_grade("phase_diagram", _check_phase_diagram)
 
 
 # ---------------------------------------------------------------- 8. sae_forward

@@ -12,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlab.runtime import progress
+from mechlab.superposition import toy_models as sp
 
 
 def toy_forward(
@@ -120,6 +121,32 @@ def feature_phase(
     return torch.where(norm < norm_threshold, 0, phase).long()
 
 
+def phase_diagram(
+    feature_probability: Float[Tensor, "cell"],
+    relative_importance: Float[Tensor, "cell"],
+    *,
+    restarts: int,
+    steps: int,
+    generator: torch.Generator,
+    train: Callable = train_toy_models,
+    classify: Callable = feature_phase,
+) -> tuple[Int[Tensor, "cell"], Float[Tensor, "cell"]]:
+    """Per cell: the phase of feature 1 in the lowest-loss of `restarts` trained 2-in-1 toy
+    models, and the share of the runs that ended in that phase."""
+    device = feature_probability.device
+    p = feature_probability.repeat_interleave(restarts)
+    r = relative_importance.repeat_interleave(restarts)
+    W, b = sp.init_toy_weights(sp.ToyConfig(n_features=2, n_hidden=1, n_instances=len(p)), generator, device=device)
+    importance = torch.stack([torch.ones_like(r), r], dim=-1)
+    history = train(W, b, p, importance, steps=steps, batch_size=256, lr=1e-2, generator=generator)
+    final_loss = history[-max(steps // 10, 1):].mean(0).to(device)
+    final_loss = einops.rearrange(final_loss, "(cell restart) -> cell restart", restart=restarts)
+    runs = einops.rearrange(classify(W.detach(), 1), "(cell restart) -> cell restart", restart=restarts)
+    phases = runs.gather(1, final_loss.argmin(dim=-1, keepdim=True)).squeeze(1)
+    agreement = (runs == phases[:, None]).float().mean(dim=-1)
+    return phases.long(), agreement
+
+
 def sae_forward(
     h: Float[Tensor, "batch hidden"],
     W_enc: Float[Tensor, "hidden latent"],
@@ -208,7 +235,7 @@ def investigate_toy_model(
     return {"represented": represented, "antipodal_pairs": pairs, "exclusive_pairs": exclusive}
 
 
-__all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score', 'investigate_toy_model']
+__all__ = ['toy_forward', 'generate_batch', 'importance_weighted_loss', 'train_toy_models', 'feature_norms_and_interference', 'feature_dimensionality', 'feature_phase', 'phase_diagram', 'sae_forward', 'sae_loss', 'train_sae', 'feature_recovery_score', 'investigate_toy_model']
 CHAPTER = '01_superposition'
 CPU_LIMIT = 120  # CPU seconds per cell under grading
-POINTS = {'toy_forward': 2, 'generate_batch': 2, 'importance_weighted_loss': 1, 'train_toy_models': 3, 'feature_norms_and_interference': 2, 'feature_dimensionality': 2, 'feature_phase': 2, 'sae_forward': 2, 'sae_loss': 1, 'train_sae': 3, 'feature_recovery_score': 2, 'investigate_toy_model': 6}
+POINTS = {'toy_forward': 2, 'generate_batch': 2, 'importance_weighted_loss': 1, 'train_toy_models': 3, 'feature_norms_and_interference': 2, 'feature_dimensionality': 2, 'feature_phase': 2, 'phase_diagram': 4, 'sae_forward': 2, 'sae_loss': 1, 'train_sae': 3, 'feature_recovery_score': 2, 'investigate_toy_model': 6}

@@ -290,8 +290,11 @@ PHASE_NAMES = ("not represented", "dedicated dimension", "superposition")
 
 
 def plot_phase_diagram(phases: Int[Tensor, "instance"], feature_probability: Float[Tensor, "instance"],
-                       relative_importance: Float[Tensor, "instance"]) -> Figure:
-    """The phase diagram of the extra feature over the grid made by `phase_grid`."""
+                       relative_importance: Float[Tensor, "instance"],
+                       agreement: Float[Tensor, "instance"] | None = None) -> Figure:
+    """The phase diagram of the extra feature over the grid made by `phase_grid`; with
+    `agreement` (the share of a cell's runs that reached its phase), the cells where the
+    runs disagreed are hatched."""
     from matplotlib.colors import ListedColormap
 
     p, r = as_numpy(feature_probability), as_numpy(relative_importance)
@@ -302,13 +305,30 @@ def plot_phase_diagram(phases: Int[Tensor, "instance"], feature_probability: Flo
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     cmap = ListedColormap(["#d9d9d9", "#2c7fb8", "#f03b20"])
     ax.pcolormesh(ps, rs, grid, cmap=cmap, vmin=-0.5, vmax=2.5, shading="nearest")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in cmap.colors]
+    labels = list(PHASE_NAMES)
+    if agreement is not None:
+        p_edges, r_edges = _cell_edges(ps), _cell_edges(rs)
+        for a, pk, rk in zip(as_numpy(agreement), p, r):
+            if a < 1:
+                i, j = np.searchsorted(ps, pk), np.searchsorted(rs, rk)
+                ax.add_patch(plt.Rectangle((p_edges[i], r_edges[j]), p_edges[i + 1] - p_edges[i],
+                                           r_edges[j + 1] - r_edges[j], fill=False, hatch="///", linewidth=0))
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="///"))
+        labels.append("runs disagree")
     ax.set(xscale="log", yscale="log", xlabel="feature probability p = 1 - S (dense at right)",
            ylabel="relative importance r of the extra feature",
            title="how the extra feature is represented (2 features, 1 dimension)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in cmap.colors]
-    ax.legend(handles, PHASE_NAMES, loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(handles, labels, loc="upper left", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     return fig
+
+
+def _cell_edges(centres: np.ndarray) -> np.ndarray:
+    """Edges of the log-spaced cells centred on `centres`."""
+    logs = np.log10(centres)
+    mids = (logs[1:] + logs[:-1]) / 2
+    return 10 ** np.concatenate([[2 * logs[0] - mids[0]], mids, [2 * logs[-1] - mids[-1]]])
 
 
 def _cosines(W_true: Float[Tensor, "hidden feature"], W_dec: Float[Tensor, "hidden latent"]) -> np.ndarray:
