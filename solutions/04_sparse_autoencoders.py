@@ -74,6 +74,7 @@ from mechlab.runtime import progress
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from mechlab import zoo
 from mechlab.sparse_autoencoders import activations, plots, zoo as sae_zoo
@@ -1178,9 +1179,131 @@ checks.grade_detection_scores(detection_scores)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# `plots.ground_truth_table` scores every label. It picks each label's best latent on one
-# half of the positions and reports its F1 on the other half, so a latent is not
-# credited for fitting noise. Beside it stand three yardsticks:
+# Now the experiment the table below rests on: **which latent detects a label, and how
+# well?** Two traps. Picking the best of 1024 latents and scoring it on the same positions
+# flatters it: some latent will fit the noise of those positions. So pick on one half
+# of the windows and score on the other, and since one split is one draw, repeat the
+# split and report the spread. And a high F1 says little on its own: is it the SAE's
+# *training* that found the label, or would any 1024 sparse directions contain a good
+# detector? The control is the same SAE **before training** (`sae_zoo.untrained`): the
+# same architecture, the same seeded starting directions, the same TopK.
+
+# %% [markdown] exercise={"id": "held_out_f1", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 20, "points": 4}
+# ### Exercise 14: A latent's F1, held out, with its error bar
+#
+# Write `held_out_f1(z, truth, rows, *, n_splits, seed, detection_scores=detection_scores)`.
+# `z` (`[n, d_sae]`) holds an SAE's latent activations at `n` labelled positions, `truth`
+# (`[n]`, bool) where the label holds, and `rows` (`[n]`) the window each position comes
+# from (`0` to `rows.max()`). For each of `n_splits` random splits of the **windows** into
+# two halves (drawn from a generator seeded with `seed`): choose the latent with the best
+# F1 on half A (a latent fires where its activation is > 0; use the `detection_scores`
+# you are given), and score that latent's F1 on half B. Return `(mean, sd, latent)`: the
+# mean held-out F1 over the splits and its standard deviation (Python floats), and the
+# latent chosen most often (a Python int).
+#
+# Split by windows, not by positions: positions of one window share their document, so a
+# split that puts them on both sides lets half B peek at half A. (On this corpus the peek
+# changes little, and the grader does not look for it; on real text it can.)
+#
+# **Graded by what it finds.** The grader hands in latents of the trained SAE and of the
+# untrained one, at several labels, and compares your mean with its own over 64 splits
+# (within 3 standard errors for your `n_splits`, plus 0.01), your sd with its own (within
+# a factor of 2), and, for the trained SAE, your latent with the one it chooses.
+#
+# <details><summary>Hint 1: the idea</summary>
+#
+# One split is a permutation of the window indices, the first half of them in A. The
+# positions then follow their window: `half[rows]` is True for every position in a
+# half-A window.
+# </details>
+#
+# <details><summary>Hint 2: a skeleton</summary>
+#
+# In a loop over splits: make `half` (`[n_windows]`, bool) from `torch.randperm(n_windows,
+# generator=generator)`, take `a = half[rows]`, call `detection_scores(z[a] > 0, truth[a])`
+# and `argmax` its F1, then `detection_scores` on half B with that latent's column only
+# (`z[~a][:, latent:latent + 1] > 0`). Keep each split's F1 and latent; `torch.tensor(f1s)`
+# gives the mean and `.std()`.
+# </details>
+#
+# Stuck? Run `from mechlab.sparse_autoencoders.reference import held_out_f1` and carry on (no points for this exercise).
+
+# %%
+def held_out_f1(
+    z: Float[Tensor, "n d_sae"], truth: Bool[Tensor, "n"], rows: Int[Tensor, "n"], *, n_splits: int, seed: int,
+    detection_scores: Callable = detection_scores,
+) -> tuple[float, float, int]:
+    """Mean and standard deviation, over `n_splits` random halves of the windows, of the
+    held-out F1 of the latent chosen on the other half; and the latent chosen most often."""
+    ### BEGIN SOLUTION
+    generator = torch.Generator().manual_seed(seed)
+    n_windows = int(rows.max()) + 1
+    f1s, latents = [], []
+    for _ in range(n_splits):
+        half = torch.zeros(n_windows, dtype=torch.bool)
+        half[torch.randperm(n_windows, generator=generator)[: n_windows // 2]] = True
+        a = half[rows]
+        _, _, f1_a = detection_scores(z[a] > 0, truth[a])
+        latent = int(f1_a.argmax())
+        _, _, f1_b = detection_scores(z[~a][:, latent:latent + 1] > 0, truth[~a])
+        f1s.append(float(f1_b[0]))
+        latents.append(latent)
+    f1s = torch.tensor(f1s)
+    return f1s.mean().item(), f1s.std().item(), max(set(latents), key=latents.count)
+    ### END SOLUTION
+
+
+# %%
+checks.check_held_out_f1(held_out_f1)
+### BEGIN HIDDEN TESTS
+checks.grade_held_out_f1(held_out_f1)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Every label, with the trained SAE and with its untrained self, over 16 splits each:
+
+# %%
+N_SPLITS = 16
+trained_latents = plots.label_latents(sae, eval_store, eval_windows)
+untrained_latents = plots.label_latents(sae_zoo.untrained("topk_k8_w1024", device=device), eval_store, eval_windows)
+control_rows = []
+for group, data in trained_latents.items():
+    for label in data.labels:
+        f1, sd, latent = held_out_f1(data.z, data.truth(label), data.rows, n_splits=N_SPLITS, seed=0)
+        f1_untrained, sd_untrained, _ = held_out_f1(untrained_latents[group].z, untrained_latents[group].truth(label),
+                                                    data.rows, n_splits=N_SPLITS, seed=0)
+        control_rows.append({"group": group, "label": label, "latent": latent, "f1": f1, "sd": sd,
+                             "untrained f1": f1_untrained, "untrained sd": sd_untrained})
+control = pd.DataFrame(control_rows)
+by_group = control.groupby("group", sort=False)[["f1", "sd", "untrained f1", "untrained sd"]].mean()
+plots.print_numbers(by_group, {"f1": ("held-out F1", ".3f"), "sd": ("its sd over splits", ".3f"),
+                               "untrained f1": ("untrained SAE F1", ".3f")})
+control.round(3)
+
+# %% [markdown]
+# The split's error bar is small for topics (an F1 of 0.941<!-- out: held-out F1[topic]= --> moves by
+# 0.007<!-- out: its sd over splits[topic]= --> from one split to the next) and three times larger for
+# subtopics (0.822<!-- out: held-out F1[subtopic]= -->, sd
+# 0.021<!-- out: its sd over splits[subtopic]= -->), whose labels are rarer: differences of a
+# hundredth between subtopics are noise. The control is the finding:
+#
+# - **Topics and subtopics are what training made.** The same 1024 latents before
+#   training detect a topic with F1 0.550<!-- out: untrained SAE F1[topic]= --> and a subtopic with
+#   0.489<!-- out: untrained SAE F1[subtopic]= -->: far below the trained SAE, so the
+#   trained latents are not just the luck of picking the best of 1024 directions.
+# - **Sentiment is not.** The untrained SAE already has a latent that detects it with F1
+#   0.943<!-- out: untrained SAE F1[sentiment]= -->, against 0.988<!-- out: held-out F1[sentiment]= -->
+#   trained. Sentiment is so strong a direction in this residual stream that a random
+#   sparse direction catches it: the trained SAE's sentiment latents say little about what
+#   the SAE learned. Without the control, sentiment would have looked like the SAE's best
+#   result.
+# - **"Known person"** sits between: 0.813<!-- out: held-out F1[known person]= --> trained against
+#   0.627<!-- out: untrained SAE F1[known person]= --> untrained; the next table sets it against a
+#   detector that always fires.
+
+# %% [markdown]
+# `plots.ground_truth_table` scores every label the way your function does, on one split
+# (seed 0), and sets three yardsticks beside it:
 #
 # - **linear probe**: logistic regression on the raw activations, fitted on the first
 #   half (an upper bound: the best any linear read-out does);
@@ -1384,7 +1507,7 @@ splitting
 # SAE that fires where the model is *about to write* a value of that kind, and which is it?
 
 # %% [markdown] exercise={"id": "investigate_facts", "kind": "investigation", "difficulty": 3, "importance": 4, "minutes": 40, "points": 6}
-# ### Exercise 14: Investigation: the latents that announce a fact
+# ### Exercise 15: Investigation: the latents that announce a fact
 #
 # Write `investigate_facts(sae, store, windows)` returning a dict
 # `{"city": latent, "job": latent, "pet": latent}` of latent ids (Python ints) of `sae`,

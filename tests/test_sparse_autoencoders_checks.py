@@ -298,6 +298,56 @@ def facts_by_logit_lens(sae, store, windows):
     return answer
 
 
+
+def _splits(rows, n_splits, seed):
+    """Random halves of the windows, as a boolean per position."""
+    generator = torch.Generator().manual_seed(seed)
+    n_windows = int(rows.max()) + 1
+    for _ in range(n_splits):
+        half = torch.zeros(n_windows, dtype=torch.bool)
+        half[torch.randperm(n_windows, generator=generator)[: n_windows // 2]] = True
+        yield half[rows]
+
+
+def f1_chosen_and_scored_on_all(z, truth, rows, *, n_splits, seed, detection_scores):
+    f1 = detection_scores(z > 0, truth)[2]
+    return float(f1.max()), 0.02, int(f1.argmax())
+
+
+def f1_scored_where_chosen(z, truth, rows, *, n_splits, seed, detection_scores):
+    f1s, latents = [], []
+    for a in _splits(rows, n_splits, seed):
+        f1 = detection_scores(z[a] > 0, truth[a])[2]
+        f1s.append(float(f1.max()))
+        latents.append(int(f1.argmax()))
+    return float(torch.tensor(f1s).mean()), float(torch.tensor(f1s).std()), max(set(latents), key=latents.count)
+
+
+def f1_fires_at_zero(z, truth, rows, **kwargs):
+    return ref.held_out_f1(z + (z == 0) * 1e-3, truth, rows, **kwargs)  # every latent "fires" everywhere
+
+
+def f1_standard_error(z, truth, rows, **kwargs):
+    mean, sd, latent = ref.held_out_f1(z, truth, rows, **kwargs)
+    return mean, sd / kwargs["n_splits"] ** 0.5, latent  # the error of the mean, not the spread of one split
+
+
+def f1_numpy(z, truth, rows, *, n_splits, seed, detection_scores):
+    """Correct, written differently: NumPy's generator for the splits, F1 on B by hand."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    n_windows = int(rows.max()) + 1
+    f1s, latents = [], []
+    for _ in range(n_splits):
+        a = torch.from_numpy(np.isin(rows.numpy(), rng.permutation(n_windows)[: n_windows // 2]))
+        latent = int(detection_scores(z[a] > 0, truth[a])[2].argmax())
+        fires, labels = z[~a, latent] > 0, truth[~a]
+        tp = int((fires & labels).sum())
+        f1s.append(2 * tp / max(int(fires.sum()) + int(labels.sum()), 1))
+        latents.append(latent)
+    return float(np.mean(f1s)), float(np.std(f1s, ddof=1)), collections.Counter(latents).most_common(1)[0][0]
+
+
 MUTANTS = [
     ("collect_activations", collect_keeps_graph, "requires grad"),
     ("collect_activations", collect_last_layer, "hook you are given"),
@@ -338,6 +388,10 @@ MUTANTS = [
     ("top_activations", top_in_increasing_order, "differ"),
     ("detection_scores", detection_swapped, "swapped"),
     ("detection_scores", detection_with_nan, "NaN"),
+    ("held_out_f1", f1_chosen_and_scored_on_all, "scoring it on all positions gives"),
+    ("held_out_f1", f1_scored_where_chosen, "scoring it on all positions gives"),
+    ("held_out_f1", f1_fires_at_zero, "always fires"),
+    ("held_out_f1", f1_standard_error, "the error bar is the standard deviation"),
     ("topk_activation", topk_without_k_check, "k larger than d_sae"),
     ("auxk_loss", auxk_topk_before_masking, "among the dead latents"),
     ("relative_reconstruction_bias", bias_mean_of_ratios, "ratio of two means"),
@@ -472,6 +526,7 @@ VARIANTS = [
     ("train_sae", train_setting_lr_by_hand),
     ("ce_loss_recovered", ce_with_hooks_context),
     ("detection_scores", detection_with_nan_to_num),
+    ("held_out_f1", f1_numpy),
     ("investigate_facts", facts_with_numpy_f1),
 ]
 

@@ -22,7 +22,7 @@ import torch
 
 from mechlab.sparse_autoencoders import activations
 from mechlab.checks import (
-    call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients,
+    call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_gradients, CountedCalls,
     compare_on_models, course_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import isinstance_ as _isinstance, Parameter as _Parameter, Tensor as _Tensor, type_ as _type
@@ -750,7 +750,111 @@ def _check_detection(fn: Callable, hidden: bool) -> None:
 check_detection_scores, grade_detection_scores = check_and_grade("detection_scores", _check_detection)
 
 
-# ---------------------------------------------------------------- 14. investigate_facts (the graded investigation)
+# ---------------------------------------------------------------- 14. held_out_f1
+
+_F1_TRUTH_SPLITS = 64  # the grader's own splits, whose mean and spread a learner's are read against
+_F1_SIGMAS = 3.0  # standard errors of the mean, for the learner's n_splits
+_F1_SLACK = 0.01
+_SD_FACTOR = 2.0
+
+
+@functools.cache
+def _labelled_store(hook_name: str):
+    """320 held-out windows (corpus seed 5: not the chapter's text) and their activations."""
+    windows = activations.corpus_windows(320 * 64, seed=5)
+    with quiet():
+        return windows, activations.ActivationStore.collect(course_model("corpus_2l"), hook_name, windows.tokens)
+
+
+@functools.cache
+def _label_latents(trained: bool) -> dict:
+    """Latents of the committed topk_k8_w1024 (or its untrained self) at every label of the
+    held-out windows."""
+    from mechlab.sparse_autoencoders import plots, zoo as sae_zoo
+
+    name = "topk_k8_w1024"
+    sae = sae_zoo.load(name) if trained else sae_zoo.untrained(name)
+    windows, store = _labelled_store(sae.cfg.hook_name)
+    return plots.label_latents(sae, store, windows)
+
+
+def _f1_inputs(trained: bool, group: str, label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    data = _label_latents(trained)[group]
+    return data.z, data.truth(label), data.rows
+
+
+@functools.cache
+def _f1_truth(trained: bool, group: str, label: str) -> tuple[float, float, int, float]:
+    """The grader's mean and sd of the held-out F1 over its own splits, its latent, and the
+    best F1 of any latent on all positions (what choosing and scoring on the same data reports)."""
+    z, truth, rows = _f1_inputs(trained, group, label)
+    mean, sd, latent = ref.held_out_f1(z, truth, rows, n_splits=_F1_TRUTH_SPLITS, seed=1000,
+                                       detection_scores=ref.detection_scores)
+    in_sample = float(ref.detection_scores(z > 0, truth)[2].max())
+    return mean, sd, latent, in_sample
+
+
+def _f1_cases(hidden: bool) -> list[Case]:
+    cases = [Case("the trained SAE, topic 'sport', n_splits=16, seed=3", (True, "topic", "sport"),
+                  {"n_splits": 16, "seed": 3}),
+             Case("the untrained SAE, subtopic 'football', n_splits=16, seed=3", (False, "subtopic", "football"),
+                  {"n_splits": 16, "seed": 3})]
+    if hidden:
+        cases = [Case("the trained SAE, subtopic 'tennis', n_splits=12, seed=9", (True, "subtopic", "tennis"),
+                      {"n_splits": 12, "seed": 9}),
+                 Case("the untrained SAE, 'known person', n_splits=12, seed=9", (False, "known person", "known person"),
+                      {"n_splits": 12, "seed": 9}),
+                 Case("the untrained SAE, subtopic 'football', n_splits=24, seed=4", (False, "subtopic", "football"),
+                      {"n_splits": 24, "seed": 4})]
+    return cases
+
+
+def _check_held_out_f1(fn: Callable, hidden: bool) -> None:
+    for case in _f1_cases(hidden):
+        trained, group, label = case.args
+        n_splits = case.kwargs["n_splits"]
+        z, truth, rows = _f1_inputs(trained, group, label)
+        name = f"held_out_f1({case.description})"
+        counted = CountedCalls(ref.detection_scores)
+        out = call_learner(fn, "held_out_f1", case.description, (z.clone(), truth.clone(), rows.clone()),
+                           {**case.kwargs, "detection_scores": counted})
+        if _type(out) is not tuple or len(out) != 3:
+            raise CheckFailed(f"{name} should return a tuple (mean, sd, latent), not a {_type(out).__name__}")
+        counted.expect("detection_scores", 1, "held_out_f1")
+        if not all(_isinstance(v, (float, int)) and not _isinstance(v, bool) for v in out):
+            raise CheckFailed(f"{name} should return Python numbers (mean, sd, latent), got "
+                              f"{tuple(_type(v).__name__ for v in out)}: use .item() and int()")
+        mean, sd, latent = float(out[0]), float(out[1]), int(out[2])
+        want_mean, want_sd, want_latent, in_sample = _f1_truth(trained, group, label)
+        allowed = _F1_SIGMAS * want_sd / n_splits ** 0.5 + _F1_SLACK
+        p = float(truth.float().mean())
+        always_on = 2 * p / (1 + p)
+        if abs(mean - want_mean) > allowed:
+            why = ""
+            if abs(mean - always_on) < 0.01:
+                why = (f" That is the F1 of a detector that always fires ({always_on:.3f}): a latent fires where its "
+                       "activation is > 0.")
+            elif abs(mean - in_sample) < abs(mean - want_mean):
+                why = (f" Choosing the latent and scoring it on all positions gives {in_sample:.3f}: score the "
+                       "latent on the half it was not chosen on.")
+            raise CheckFailed(f"{name}: your mean held-out F1 is {mean:.4f}, but over {_F1_TRUTH_SPLITS} splits of "
+                              f"the windows the grader's is {want_mean:.4f} (sd {want_sd:.4f} per split, so within "
+                              f"{allowed:.4f} is accepted for {n_splits} splits).{why}")
+        if not want_sd / _SD_FACTOR <= sd <= want_sd * _SD_FACTOR:
+            raise CheckFailed(f"{name}: your sd is {sd:.4f}, but the held-out F1 varies from split to split with sd "
+                              f"{want_sd:.4f} (within a factor of {_SD_FACTOR:g} is accepted): the error bar is the "
+                              "standard deviation of the F1 over your splits, each a fresh random half of the windows")
+        if trained and latent != want_latent:
+            raise CheckFailed(f"{name}: the latent chosen most often should be {want_latent}, the best on the grader's "
+                              f"splits, not {latent}")
+    passed(f"held_out_f1 finds the grader's held-out F1 and its spread, for the trained SAE and its untrained control "
+           f"({len(_f1_cases(hidden))} labels)")
+
+
+check_held_out_f1, grade_held_out_f1 = check_and_grade("held_out_f1", _check_held_out_f1)
+
+
+# ---------------------------------------------------------------- 15. investigate_facts (the graded investigation)
 #
 # The question: at the token before a fact's value ("mary smith lives in" | "paris"), the
 # model must predict a city (a job, a pet). Which latent of an SAE signals that one is

@@ -277,6 +277,35 @@ def _group_data(sae, store: ActivationStore, sets: dict[str, LabelSet]
     return out
 
 
+@dataclass
+class LabelLatents:
+    """One group of labels, encoded: the SAE's latent activations at the group's positions,
+    each position's window and class (an index into `names`, or -1 for "none")."""
+
+    z: Float[Tensor, "n d_sae"]
+    rows: Int[Tensor, "n"]
+    classes: Int[Tensor, "n"]
+    names: tuple[str, ...]
+    reported: tuple[int, ...]
+
+    def truth(self, label: str) -> Tensor:
+        """Where `label` holds, as a boolean [n]."""
+        return self.classes == self.names.index(label)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.names[c] for c in self.reported]
+
+
+def label_latents(sae, store: ActivationStore, windows: Windows) -> dict[str, LabelLatents]:
+    """Every group of ground-truth labels with `sae`'s latents at its positions."""
+    _check_hook(sae, store)
+    sets = label_sets(windows)
+    return {group: LabelLatents(z, rows, torch.as_tensor(sets[group].classes), sets[group].names,
+                                sets[group].reported)
+            for group, (_, z, rows) in _group_data(sae, store, sets).items()}
+
+
 def ground_truth_table(sae, store: ActivationStore, windows: Windows, detection_scores: Detection,
                        seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Every label scored: its best latent (highest F1 on half A of the windows, from

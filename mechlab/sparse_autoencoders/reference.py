@@ -303,6 +303,28 @@ def detection_scores(fires: Bool[Tensor, "n d_sae"], labels: Bool[Tensor, "n"]
     return precision, recall, f1
 
 
+def held_out_f1(
+    z: Float[Tensor, "n d_sae"], truth: Bool[Tensor, "n"], rows: Int[Tensor, "n"], *, n_splits: int, seed: int,
+    detection_scores: Callable = detection_scores,
+) -> tuple[float, float, int]:
+    """Mean and standard deviation, over `n_splits` random halves of the windows, of the
+    held-out F1 of the latent chosen on the other half; and the latent chosen most often."""
+    generator = torch.Generator().manual_seed(seed)
+    n_windows = int(rows.max()) + 1
+    f1s, latents = [], []
+    for _ in range(n_splits):
+        half = torch.zeros(n_windows, dtype=torch.bool)
+        half[torch.randperm(n_windows, generator=generator)[: n_windows // 2]] = True
+        a = half[rows]
+        _, _, f1_a = detection_scores(z[a] > 0, truth[a])
+        latent = int(f1_a.argmax())
+        _, _, f1_b = detection_scores(z[~a][:, latent:latent + 1] > 0, truth[~a])
+        f1s.append(float(f1_b[0]))
+        latents.append(latent)
+    f1s = torch.tensor(f1s)
+    return f1s.mean().item(), f1s.std().item(), max(set(latents), key=latents.count)
+
+
 def investigate_facts(sae, store, windows) -> dict[str, int]:
     """For each kind of fact, the latent of `sae` that best signals that a value of that kind comes next."""
     word_class = windows.labels["word_class"]  # [n, 64]: store position p is token p + 1
@@ -317,7 +339,7 @@ def investigate_facts(sae, store, windows) -> dict[str, int]:
     return answer
 
 
-__all__ = ['collect_activations', 'normalisation_scale', 'relu_sae_loss', 'topk_activation', 'auxk_loss', 'jumprelu', 'jumprelu_l0', 'train_sae', 'reconstruction_metrics', 'ce_loss_recovered', 'relative_reconstruction_bias', 'top_activations', 'detection_scores', 'investigate_facts']
+__all__ = ['collect_activations', 'normalisation_scale', 'relu_sae_loss', 'topk_activation', 'auxk_loss', 'jumprelu', 'jumprelu_l0', 'train_sae', 'reconstruction_metrics', 'ce_loss_recovered', 'relative_reconstruction_bias', 'top_activations', 'detection_scores', 'held_out_f1', 'investigate_facts']
 CHAPTER = '04_sparse_autoencoders'
 CPU_LIMIT = 600  # CPU seconds per cell under grading
-POINTS = {'collect_activations': 1, 'normalisation_scale': 1, 'relu_sae_loss': 2, 'topk_activation': 2, 'auxk_loss': 3, 'jumprelu': 3, 'jumprelu_l0': 2, 'train_sae': 3, 'reconstruction_metrics': 2, 'ce_loss_recovered': 3, 'relative_reconstruction_bias': 1, 'top_activations': 2, 'detection_scores': 2, 'investigate_facts': 6}
+POINTS = {'collect_activations': 1, 'normalisation_scale': 1, 'relu_sae_loss': 2, 'topk_activation': 2, 'auxk_loss': 3, 'jumprelu': 3, 'jumprelu_l0': 2, 'train_sae': 3, 'reconstruction_metrics': 2, 'ce_loss_recovered': 3, 'relative_reconstruction_bias': 1, 'top_activations': 2, 'detection_scores': 2, 'held_out_f1': 4, 'investigate_facts': 6}

@@ -157,6 +157,17 @@ def load(name: str, device: str | torch.device = "cpu"):
     return sae.to(device)
 
 
+def untrained(name: str, device: str | torch.device = "cpu"):
+    """The committed SAE `name` as it was before training: the same architecture, size and
+    seeded initialisation, with the trained one's `scale`. The control for anything a
+    trained SAE's latents are credited with."""
+    from mechlab.sparse_autoencoders.reference import SAE
+
+    sae = SAE(_spec(name).sae_config()).eval()
+    sae.scale = float(info(name)["scale"])
+    return sae.to(device)
+
+
 # ---------------------------------------------------------------- training and evaluation
 
 
