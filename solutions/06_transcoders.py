@@ -59,11 +59,13 @@
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from mechlab import corpus, zoo
+from mechlab.runtime import progress
 from mechlab.sparse_autoencoders.reference import SAELoss, auxk_loss, topk_activation
 
 # %%
@@ -940,30 +942,152 @@ checks.grade_ablate_latents(ablate_latents)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Now the test: for each known person, the eight latents with the largest total effect
-# on the target in the local replacement model (`ag.total_effects`: the derivative of
-# the target with respect to the latent's coefficient, through every path), each
-# ablated alone with your `ablate_latents`, the graph's predicted change against the real one.
+# Now the test. The graph predicts, for every active latent, how much removing it changes
+# the target: minus its **total effect**, the derivative of the target with respect to
+# the latent's coefficient in the local replacement model, through every path
+# (`lr.run(propagate=True)` makes downstream latents follow their pre-activations, so
+# the derivative counts the paths through them). Test the prediction where the graph
+# says it matters, on the latents with the largest total effects, and, as the control,
+# on active latents drawn at random: if the graph's ranking means anything, the latents
+# it ranks first should move the real model far more than latents picked blindly.
+
+# %% [markdown] exercise={"id": "intervention_test", "kind": "experiment", "difficulty": 3, "importance": 5, "minutes": 30, "points": 4}
+# ### Exercise 10: The graph's predictions against the real model, beside a control
+#
+# Write `intervention_test(model, transcoders, prompts, *, k, n_random, seed,
+# ablate=ablate_latents, replacement=LocalReplacement)`. `prompts` is a list of
+# `(tokens, target)` pairs (`tokens` `[pos]`, `target` a function of the logits
+# `[pos, d_vocab]` to a 0-dimensional tensor). For each prompt:
+#
+# 1. build its local replacement, `lr = replacement(model, transcoders, tokens)`, and the
+#    total effect of each of its `lr.n_latents` active latents on the target;
+# 2. choose the `k` latents with the largest total effect in absolute value (`"top"`),
+#    and `n_random` of the others at random (`"random"`), drawn from a generator seeded
+#    with `seed` (one generator for the whole call);
+# 3. ablate each chosen latent **alone** in the real model with `ablate` and measure the
+#    real change of the target from its value with nothing ablated
+#    (`target(lr.clean_logits)`).
+#
+# Return a `pandas.DataFrame` with one row per ablation and the columns `prompt` (the
+# prompt's index), `kind` (`"top"` or `"random"`), `layer`, `position`, `latent` (the
+# node's `lr.nodes[i].layer` etc.), `predicted` (minus the total effect) and `real`.
+#
+# **Graded by what it finds.** The grader hands in its own prompts, `ablate` and
+# `replacement`, and recomputes every row you report: the top latents must be the graph's
+# top `k`, the random ones active latents outside them, and each row's predicted and
+# real changes what that node's total effect and ablation give.
+#
+# <details><summary>Hint 1: the idea</summary>
+#
+# The total effects of every node at once are one gradient: of the target of
+# `lr.run(propagate=True)`'s logits with respect to `lr.coefficients` (all ones: every
+# node switched fully on). Its first `lr.n_latents` entries belong to the latents, in the
+# order of `lr.nodes`. The graph functions above run without gradients; this one needs
+# them (`torch.enable_grad()`).
+# </details>
+#
+# <details><summary>Hint 2: a skeleton</summary>
+#
+# `_, logits = lr.run(propagate=True)`, then
+# `(grad,) = torch.autograd.grad(target(logits), lr.coefficients)` and
+# `effects = grad[:lr.n_latents]`. `effects.abs().argsort(descending=True)` gives the
+# top `k` first; `torch.randperm(len(rest), generator=generator)[:n_random]` picks among
+# the rest. For node `i`, `ablate(model, transcoders, lr.tokens, lr.errors, [(layer,
+# position, latent)])` gives the logits.
+# </details>
+#
+# Stuck? Run `from mechlab.transcoders.reference import intervention_test` and carry on (no points for this exercise).
 
 # %%
-interventions = ag.intervention_table(model, tcs, world.known, ablate_latents)
-agreement = np.corrcoef(interventions["predicted"], interventions["real"])[0, 1]
-print(f"{len(interventions)} single-latent ablations: correlation of predicted and real change {agreement:.2f}")
-slope = float(np.polyfit(interventions["predicted"], interventions["real"], 1)[0])
+def intervention_test(model, transcoders: Sequence[Transcoder], prompts: Sequence[tuple[Tensor, Callable]], *,
+                      k: int, n_random: int, seed: int, ablate: Callable = ablate_latents,
+                      replacement: Callable = LocalReplacement) -> pd.DataFrame:
+    """For each prompt, the k latents of largest |total effect| and n_random others at random,
+    each ablated alone in the real model: the graph's predicted change beside the real one."""
+    ### BEGIN SOLUTION
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for p, (tokens, target) in enumerate(progress(prompts, desc="interventions")):
+        lr = replacement(model, transcoders, tokens)
+        with torch.enable_grad():
+            _, logits = lr.run(propagate=True)
+            (grad,) = torch.autograd.grad(target(logits), lr.coefficients)
+        effects = grad[: lr.n_latents].detach()
+        base = float(target(lr.clean_logits))
+        order = effects.abs().argsort(descending=True)
+        rest = order[k:]
+        chosen = [("top", order[:k]), ("random", rest[torch.randperm(len(rest), generator=generator)[:n_random]])]
+        for kind, indices in chosen:
+            for i in indices.tolist():
+                node = lr.nodes[i]
+                logits = ablate(model, transcoders, lr.tokens, lr.errors, [(node.layer, node.position, node.latent)])
+                rows.append({"prompt": p, "kind": kind, "layer": node.layer, "position": node.position,
+                             "latent": node.latent, "predicted": -float(effects[i]), "real": float(target(logits)) - base})
+    return pd.DataFrame(rows)
+    ### END SOLUTION
+
+
+# %%
+checks.check_intervention_test(intervention_test)
+### BEGIN HIDDEN TESTS
+checks.grade_intervention_test(intervention_test)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Every known person's recall prompt, with the eight top latents and eight at random:
+
+# %%
+recall_prompts = [(ag.recall_prompt(model, person), ag.city_target(person.city)) for person in world.known]
+tests = intervention_test(model, tcs, recall_prompts, k=8, n_random=8, seed=0)
+rng = np.random.default_rng(0)
+resampled = [rng.integers(len(recall_prompts), size=len(recall_prompts)) for _ in range(1000)]
+
+
+def with_interval(statistic, rows) -> tuple[float, float, float]:
+    """The statistic, and its 95% interval from resampling the prompts (their rows go together)."""
+    by_prompt = [rows[rows.prompt == p] for p in range(len(recall_prompts))]
+    values = [statistic(pd.concat([by_prompt[p] for p in pick])) for pick in resampled]
+    return statistic(rows), *np.percentile(values, [2.5, 97.5])
+
+
+for kind in ("top", "random"):
+    rows = tests[tests.kind == kind]
+    r, lo, hi = with_interval(lambda t: np.corrcoef(t.predicted, t.real)[0, 1], rows)
+    print(f"{kind} latents, {len(rows)} single-latent ablations: correlation of predicted and real change {r:.2f}")
+    print(f"{kind} latents: its 95% interval over people, low {lo:.2f}; {kind} latents: its 95% interval, high {hi:.2f}")
+    size, lo, hi = with_interval(lambda t: t.real.abs().mean(), rows)
+    print(f"{kind} latents: mean |real change| {size:.3f} (95% interval {lo:.3f} to {hi:.3f})")
+top = tests[tests.kind == "top"]
+slope = float(np.polyfit(top["predicted"], top["real"], 1)[0])
 print(f"least-squares slope of real on predicted {slope:.2f}")
-for column in ("real MLPs, attention frozen", "real MLPs, attention live"):
-    r = np.corrcoef(interventions["predicted"], interventions[column])[0, 1]
-    print(f"circuit-tracer's protocol ({column}): correlation {r:.2f}")
-ag.plot_interventions(interventions);
+ag.plot_interventions(tests);
 
 # %% [markdown]
 # The graph predicts the direction and the rough size of an intervention, not its exact
-# value: the correlation is 0.58<!-- out: correlation of predicted and real change -->, and the real changes are
-# smaller than predicted (slope 0.59<!-- out: least-squares slope of real on predicted -->). In the local
+# value: on its top latents the correlation is
+# 0.58<!-- out: top latents, 240 single-latent ablations: correlation of predicted and real change -->
+# (95% interval over people 0.46<!-- out: top latents: its 95% interval over people, low --> to
+# 0.69<!-- out: top latents: its 95% interval, high -->), and the real changes are smaller than predicted
+# (slope 0.59<!-- out: least-squares slope of real on predicted -->). The control says the ranking is
+# real: the latents the graph ranks first move the target by
+# 0.547<!-- out: top latents: mean |real change| --> on average, ten times more than active latents
+# drawn at random (0.053<!-- out: random latents: mean |real change| -->). On those small effects the
+# graph is a rougher guide (correlation
+# 0.46<!-- out: random latents, 240 single-latent ablations: correlation of predicted and real change -->,
+# interval 0.30<!-- out: random latents: its 95% interval over people, low --> to
+# 0.63<!-- out: random latents: its 95% interval, high -->,
+# overlapping the top latents'), so the two correlations are not a finding either way. In the local
 # replacement model the prediction would be exact (the run is linear, and the error
 # nodes are the same in both), so the gap comes from what the graph froze and the real
 # model recomputes: attention patterns, LayerNorm scales, and the TopK selection.
-#
+
+# %%
+interventions = ag.intervention_table(model, tcs, world.known, ablate_latents)
+for column in ("real MLPs, attention frozen", "real MLPs, attention live"):
+    r = np.corrcoef(interventions["predicted"], interventions[column])[0, 1]
+    print(f"circuit-tracer's protocol ({column}): correlation {r:.2f}")
+
+# %% [markdown]
 # circuit-tracer's `feature_intervention` checks graphs another way: it subtracts the
 # latent's output from the *real* MLP's and lets the real MLPs, not the transcoders,
 # compute everything downstream, with the attention patterns frozen and LayerNorm live.
@@ -1017,7 +1141,7 @@ for key, value in ioi.items():
 # few transcoder latents carry the model's preference for that person's city?
 
 # %% [markdown] exercise={"id": "explain_recall", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
-# ### Exercise 10: Investigation: the latents that carry a fact
+# ### Exercise 11: Investigation: the latents that carry a fact
 #
 # Write `explain_recall(model, transcoders, tokens)` returning a list of at most 6
 # latents `(layer, position, latent)` (Python ints) of the prompt `tokens` (`[pos]`, BOS

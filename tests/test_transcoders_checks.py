@@ -193,6 +193,64 @@ def explain_tensor_ids(model, transcoders, tokens):
     return [tuple(torch.tensor(v) for v in node) for node in ref.explain_recall(model, transcoders, tokens)]
 
 
+
+def _interventions(model, transcoders, prompts, *, k, n_random, seed, ablate, replacement, rank="abs",
+                   pool="active", sign=-1.0, together=False, generator=None):
+    """intervention_test with one design choice swapped for a flawed one."""
+    import pandas as pd
+    generator = generator or torch.Generator().manual_seed(seed)
+    rows = []
+    for p, (tokens, target) in enumerate(prompts):
+        lr = replacement(model, transcoders, tokens)
+        effects = ag.total_effects(lr, target)[: lr.n_latents]
+        base = float(target(lr.clean_logits))
+        key = {"abs": effects.abs(), "signed": effects,
+               "activation": torch.tensor([n.value for n in lr.nodes[: lr.n_latents]])}[rank]
+        order = key.argsort(descending=True)
+        top, rest = order[:k].tolist(), order[k:]
+        picked = rest[torch.randperm(len(rest), generator=generator)[:n_random]].tolist()
+        nodes = {i: (lr.nodes[i].layer, lr.nodes[i].position, lr.nodes[i].latent) for i in top + picked}
+        if pool == "all":  # random latents from the whole dictionary, active or not
+            d_sae = transcoders[0].cfg.d_sae
+            nodes.update({i: (0, 1, int(torch.randint(d_sae, (1,), generator=generator))) for i in picked})
+        for kind, indices in (("top", top), ("random", picked)):
+            for i in indices:
+                ablated = [nodes[j] for j in top] if together and kind == "top" else [nodes[i]]
+                real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, ablated))) - base
+                rows.append({"prompt": p, "kind": kind, "layer": nodes[i][0], "position": nodes[i][1],
+                             "latent": nodes[i][2], "predicted": sign * float(effects[i]), "real": real})
+    return pd.DataFrame(rows)
+
+
+def interventions_signed(*args, **kwargs):
+    return _interventions(*args, **kwargs, rank="signed")
+
+
+def interventions_most_active(*args, **kwargs):
+    return _interventions(*args, **kwargs, rank="activation")
+
+
+def interventions_inactive_controls(*args, **kwargs):
+    return _interventions(*args, **kwargs, pool="all")
+
+
+def interventions_effect_as_prediction(*args, **kwargs):
+    return _interventions(*args, **kwargs, sign=1.0)
+
+
+def interventions_ablated_together(*args, **kwargs):
+    return _interventions(*args, **kwargs, together=True)
+
+
+def interventions_unseeded(*args, **kwargs):
+    return _interventions(*args, **kwargs, generator=torch.Generator().manual_seed(int(torch.randint(10**6, (1,)))))
+
+
+def interventions_by_helper(*args, **kwargs):
+    """Correct, written differently: the course's total_effects helper, the rows built per kind."""
+    return _interventions(*args, **kwargs)
+
+
 MUTANTS = [
     ("collect_mlp_io", collect_normalized, "ln2.hook_normalized"),
     ("collect_mlp_io", collect_resid_mid, "before the LayerNorm"),
@@ -223,6 +281,12 @@ MUTANTS = [
     ("ablate_latents", ablate_without_errors, "frozen error vectors"),
     ("ablate_latents", ablate_before_topk, "after\\* TopK"),
     ("ablate_latents", ablate_every_position, "own position"),
+    ("intervention_test", interventions_signed, "rank by the absolute value"),
+    ("intervention_test", interventions_most_active, "most active latents"),
+    ("intervention_test", interventions_inactive_controls, "not active on this prompt"),
+    ("intervention_test", interventions_effect_as_prediction, "\\*minus\\*"),
+    ("intervention_test", interventions_ablated_together, "ablating it alone"),
+    ("intervention_test", interventions_unseeded, "same seed"),
     ("explain_recall", explain_by_activation, "bar is 0.35"),
     ("explain_recall", explain_last_position, "bar is 0.35"),
     ("explain_recall", explain_hard_coded, "bar is 0.35"),
@@ -335,6 +399,7 @@ VARIANTS = [
     ("node_influence", influence_by_series),
     ("prune_nodes", prune_loop),
     ("ablate_latents", ablate_with_module_forward),
+    ("intervention_test", interventions_by_helper),
     ("explain_recall", explain_by_direct_effect),
 ]
 

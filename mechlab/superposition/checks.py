@@ -545,9 +545,12 @@ class _PhaseRuns:
                  for g in groups]
         worst = self.cost(self.phases[cells, self.final_loss.argmax(1)])
         other = self.cost(self.phases_feature_0[cells, self.final_loss.argmin(1)])
-        return (f"On the grader's {_PHASE_RUNS} runs, one run per cell differs from the best in {min(single)} to "
-                f"{max(single)} cells, a majority vote of {restarts} runs in {min(votes)} to {max(votes)}, the run "
-                f"with the highest final loss in {worst}, and the best run's feature 0 in {other}.")
+        def span(values: list[int]) -> str:
+            return f"{min(values)}" if min(values) == max(values) else f"{min(values)} to {max(values)}"
+
+        return (f"On the grader's {_PHASE_RUNS} runs, one run per cell differs from the best in {span(single)} "
+                f"cells, a majority vote of {restarts} runs in {span(votes)}, the run with the highest final loss in "
+                f"{worst}, and the best run's feature 0 in {other}.")
 
     def agreement(self) -> float:
         return float((self.phases == self.truth[:, None]).mean())

@@ -17,7 +17,8 @@ import torch
 
 from mechlab import corpus, zoo
 from mechlab.checks import (
-    Case, CheckFailed, assert_tensor_close, call_learner, check_and_grade, compare_function, compare_on_models,
+    Case, CheckFailed, CountedCalls, assert_tensor_close, call_learner, check_and_grade, compare_function,
+    compare_on_models,
     course_model, guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
@@ -594,7 +595,111 @@ def _check_ablate(fn: Callable, hidden: bool) -> None:
 check_ablate_latents, grade_ablate_latents = check_and_grade("ablate_latents", _check_ablate)
 
 
-# ---------------------------------------------------------------- 10. the investigation
+# ---------------------------------------------------------------- 10. intervention_test
+
+_INTERVENTION_COLUMNS = ["prompt", "kind", "layer", "position", "latent", "predicted", "real"]
+
+
+def _intervention_cases(hidden: bool) -> list[Case]:
+    prompts = _prompts(hidden)
+    if hidden:
+        return [Case(f"{len(prompts)} prompts ({'; '.join(d for d, *_ in prompts)}), k=6, n_random=5, seed=9",
+                     ([(t, target) for _, t, target in prompts],), {"k": 6, "n_random": 5, "seed": 9})]
+    return [Case(f"{len(prompts)} prompts ({'; '.join(d for d, *_ in prompts)}), k=3, n_random=3, seed=1",
+                 ([(t, target) for _, t, target in prompts],), {"k": 3, "n_random": 3, "seed": 1})]
+
+
+def _intervention_table(out, label: str):
+    import pandas as pd
+
+    if _type(out) is not pd.DataFrame:
+        raise CheckFailed(f"{label} should return a pandas DataFrame, not a {_type(out).__name__}")
+    missing = [c for c in _INTERVENTION_COLUMNS if c not in out.columns]
+    if missing:
+        raise CheckFailed(f"{label} has no column {missing}; it needs {_INTERVENTION_COLUMNS}")
+    return out
+
+
+def _check_intervention_test(fn: Callable, hidden: bool) -> None:
+    model, tcs = course_model("corpus_2l"), _tcs()
+    for case in _intervention_cases(hidden):
+        (prompts,) = case.args
+        k, n_random = case.kwargs["k"], case.kwargs["n_random"]
+        label = f"intervention_test({case.description})"
+        calls = CountedCalls(ref.ablate_latents)
+
+        def run():
+            return _intervention_table(call_learner(fn, "intervention_test", case.description, (model, tcs, prompts),
+                                                    {**case.kwargs, "ablate": calls,
+                                                     "replacement": ag.LocalReplacement}), label)
+
+        table = run()
+        if calls.calls < len(table):
+            raise CheckFailed(f"{label} called the `ablate` it was given {calls.calls} times for {len(table)} rows; "
+                              "ablate with the `ablate` argument (the grader hands in its own)")
+        for p, (tokens, target) in enumerate(prompts):
+            rows = table[table["prompt"] == p]
+            where = f"{label}, prompt {p}"
+            lr = ag.LocalReplacement(model, tcs, tokens)
+            effects = ag.total_effects(lr, target)[: lr.n_latents]
+            index = {(n.layer, n.position, n.latent): i for i, n in enumerate(lr.nodes[: lr.n_latents])}
+            order = effects.abs().argsort(descending=True).tolist()
+            top = {tuple(ag.latent_triples(lr.nodes, [i])[0]) for i in order[:k]}
+            kinds = {str(kind): {(int(r.layer), int(r.position), int(r.latent)) for r in group.itertuples()}
+                     for kind, group in rows.groupby("kind")}
+            counts = {str(kind): len(group) for kind, group in rows.groupby("kind")}
+            if counts != {"top": k, "random": n_random}:
+                raise CheckFailed(f"{where}: expected {k} rows of kind 'top' and {n_random} of kind 'random', got "
+                                  f"{counts or 'none'}")
+            if kinds["top"] != top:
+                by_sign = {tuple(ag.latent_triples(lr.nodes, [i])[0])
+                           for i in effects.argsort(descending=True)[:k].tolist()}
+                by_activation = {tuple(ag.latent_triples(lr.nodes, [i])[0]) for i in
+                                 torch.tensor([n.value for n in lr.nodes[: lr.n_latents]]).argsort(descending=True)[:k]
+                                 .tolist()}
+                why = (" Those are the largest total effects with their sign: rank by the absolute value, since "
+                       "a latent that pushes the target down matters as much." if kinds["top"] == by_sign else
+                       " Those are the most active latents: rank by total effect on the target, which is what the "
+                       "graph predicts." if kinds["top"] == by_activation else "")
+                raise CheckFailed(f"{where}: your top latents are {sorted(kinds['top'])}, but the {k} with the largest "
+                                  f"|total effect| are {sorted(top)}.{why}")
+            outside = [node for node in kinds["random"] if node not in index]
+            if outside:
+                raise CheckFailed(f"{where}: the random latent {outside[0]} is not active on this prompt; ablating a "
+                                  "latent that is not firing changes nothing, so the control would be empty. Draw "
+                                  "among the prompt's active latents (lr.nodes[:lr.n_latents])")
+            if kinds["random"] & top or len(kinds["random"]) < n_random:
+                raise CheckFailed(f"{where}: the random latents should be {n_random} different active latents outside "
+                                  "the top ones")
+            for r in rows.itertuples():
+                node = (int(r.layer), int(r.position), int(r.latent))
+                i = index[node]
+                want_predicted = -float(effects[i])
+                if abs(float(r.predicted) - want_predicted) > 1e-4 * max(1.0, abs(want_predicted)):
+                    why = (" That is the total effect itself: removing a node changes the target by about *minus* "
+                           "its total effect." if abs(float(r.predicted) + want_predicted) < 1e-4 * max(
+                               1.0, abs(want_predicted)) else "")
+                    raise CheckFailed(f"{where}: node {node}'s predicted change is {float(r.predicted):.5f}, but minus "
+                                      f"its total effect is {want_predicted:.5f}.{why}")
+                want_real = float(target(ref.ablate_latents(model, tcs, lr.tokens, lr.errors, [node]))) \
+                    - float(target(lr.clean_logits))
+                if abs(float(r.real) - want_real) > 1e-3 * max(1.0, abs(want_real)):
+                    raise CheckFailed(f"{where}: node {node}'s real change is {float(r.real):.5f}, but ablating it "
+                                      f"alone changes the target by {want_real:.5f} from its value with nothing "
+                                      "ablated")
+        again = run()
+        if sorted(map(tuple, again[["prompt", "layer", "position", "latent"]].values.tolist())) != \
+                sorted(map(tuple, table[["prompt", "layer", "position", "latent"]].values.tolist())):
+            raise CheckFailed(f"{label} chose other random latents when called again with the same seed; draw them "
+                              "from a torch.Generator seeded with `seed`")
+    passed(f"intervention_test tests the graph's top latents beside random active ones, every row as measured, on "
+           f"{len(_intervention_cases(hidden)[0].args[0])} prompts")
+
+
+check_intervention_test, grade_intervention_test = check_and_grade("intervention_test", _check_intervention_test)
+
+
+# ---------------------------------------------------------------- 11. the investigation
 
 
 def _recall_answers(fn: Callable, hidden: bool

@@ -396,7 +396,9 @@ def plot_interventions(table) -> "plt.Figure":
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(table["predicted"], table["real"], s=12, alpha=0.6)
+    groups = table.groupby("kind", sort=False) if "kind" in table else [("all", table)]
+    for kind, rows in groups:
+        ax.scatter(rows["predicted"], rows["real"], s=12, alpha=0.6, label=f"{kind} latents")
     lo = min(table["predicted"].min(), table["real"].min())
     hi = max(table["predicted"].max(), table["real"].max())
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="real = predicted")

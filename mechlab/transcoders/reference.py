@@ -7,11 +7,13 @@ GENERATED from solutions/06_transcoders.py by `python -m autograder build`: do n
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from mechlab import corpus, zoo
+from mechlab.runtime import progress
 from mechlab.sparse_autoencoders.reference import SAELoss, auxk_loss, topk_activation
 
 
@@ -286,6 +288,32 @@ def ablate_latents(model, transcoders: Sequence[Transcoder], tokens: Int[Tensor,
         return model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
 
 
+def intervention_test(model, transcoders: Sequence[Transcoder], prompts: Sequence[tuple[Tensor, Callable]], *,
+                      k: int, n_random: int, seed: int, ablate: Callable = ablate_latents,
+                      replacement: Callable = LocalReplacement) -> pd.DataFrame:
+    """For each prompt, the k latents of largest |total effect| and n_random others at random,
+    each ablated alone in the real model: the graph's predicted change beside the real one."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for p, (tokens, target) in enumerate(progress(prompts, desc="interventions")):
+        lr = replacement(model, transcoders, tokens)
+        with torch.enable_grad():
+            _, logits = lr.run(propagate=True)
+            (grad,) = torch.autograd.grad(target(logits), lr.coefficients)
+        effects = grad[: lr.n_latents].detach()
+        base = float(target(lr.clean_logits))
+        order = effects.abs().argsort(descending=True)
+        rest = order[k:]
+        chosen = [("top", order[:k]), ("random", rest[torch.randperm(len(rest), generator=generator)[:n_random]])]
+        for kind, indices in chosen:
+            for i in indices.tolist():
+                node = lr.nodes[i]
+                logits = ablate(model, transcoders, lr.tokens, lr.errors, [(node.layer, node.position, node.latent)])
+                rows.append({"prompt": p, "kind": kind, "layer": node.layer, "position": node.position,
+                             "latent": node.latent, "predicted": -float(effects[i]), "real": float(target(logits)) - base})
+    return pd.DataFrame(rows)
+
+
 def explain_recall(model, transcoders: Sequence[Transcoder], tokens: Int[Tensor, "pos"]) -> list[tuple[int, int, int]]:
     """At most 6 latents (layer, position, latent) that carry the model's preference for the person's city."""
     cities = torch.from_numpy(zoo.token_ids(list(corpus.CITIES))).to(tokens.device)
@@ -298,7 +326,7 @@ def explain_recall(model, transcoders: Sequence[Transcoder], tokens: Int[Tensor,
     return [(lr.nodes[i].layer, lr.nodes[i].position, lr.nodes[i].latent) for i in top.tolist()]
 
 
-__all__ = ['collect_mlp_io', 'transcode', 'variance_explained', 'replacement_loss', 'freeze_hooks', 'adjacency_matrix', 'node_influence', 'prune_nodes', 'ablate_latents', 'explain_recall']
+__all__ = ['collect_mlp_io', 'transcode', 'variance_explained', 'replacement_loss', 'freeze_hooks', 'adjacency_matrix', 'node_influence', 'prune_nodes', 'ablate_latents', 'intervention_test', 'explain_recall']
 CHAPTER = '06_transcoders'
 CPU_LIMIT = 240  # CPU seconds per cell under grading
-POINTS = {'collect_mlp_io': 1, 'transcode': 2, 'variance_explained': 1, 'replacement_loss': 2, 'freeze_hooks': 2, 'adjacency_matrix': 3, 'node_influence': 2, 'prune_nodes': 1, 'ablate_latents': 2, 'explain_recall': 5}
+POINTS = {'collect_mlp_io': 1, 'transcode': 2, 'variance_explained': 1, 'replacement_loss': 2, 'freeze_hooks': 2, 'adjacency_matrix': 3, 'node_influence': 2, 'prune_nodes': 1, 'ablate_latents': 2, 'intervention_test': 4, 'explain_recall': 5}
