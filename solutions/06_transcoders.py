@@ -1082,9 +1082,9 @@ ag.plot_interventions(tests);
 # model recomputes: attention patterns, LayerNorm scales, and the TopK selection.
 
 # %%
-interventions = ag.intervention_table(model, tcs, world.known, ablate_latents)
+protocols = ag.circuit_tracer_changes(model, tcs, recall_prompts, top)  # the same top latents, another protocol
 for column in ("real MLPs, attention frozen", "real MLPs, attention live"):
-    r = np.corrcoef(interventions["predicted"], interventions[column])[0, 1]
+    r = np.corrcoef(protocols["predicted"], protocols[column])[0, 1]
     print(f"circuit-tracer's protocol ({column}): correlation {r:.2f}")
 
 # %% [markdown]

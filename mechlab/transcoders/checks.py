@@ -642,6 +642,7 @@ def _check_intervention_test(fn: Callable, hidden: bool) -> None:
             where = f"{label}, prompt {p}"
             lr = ag.LocalReplacement(model, tcs, tokens)
             effects = ag.total_effects(lr, target)[: lr.n_latents]
+            base = float(target(lr.clean_logits))
             index = {(n.layer, n.position, n.latent): i for i, n in enumerate(lr.nodes[: lr.n_latents])}
             order = effects.abs().argsort(descending=True).tolist()
             top = {tuple(ag.latent_triples(lr.nodes, [i])[0]) for i in order[:k]}
@@ -681,8 +682,7 @@ def _check_intervention_test(fn: Callable, hidden: bool) -> None:
                                1.0, abs(want_predicted)) else "")
                     raise CheckFailed(f"{where}: node {node}'s predicted change is {float(r.predicted):.5f}, but minus "
                                       f"its total effect is {want_predicted:.5f}.{why}")
-                want_real = float(target(ref.ablate_latents(model, tcs, lr.tokens, lr.errors, [node]))) \
-                    - float(target(lr.clean_logits))
+                want_real = float(target(ref.ablate_latents(model, tcs, lr.tokens, lr.errors, [node]))) - base
                 if abs(float(r.real) - want_real) > 1e-3 * max(1.0, abs(want_real)):
                     raise CheckFailed(f"{where}: node {node}'s real change is {float(r.real):.5f}, but ablating it "
                                       f"alone changes the target by {want_real:.5f} from its value with nothing "

@@ -324,33 +324,27 @@ def hedge_target() -> Target:
 # ---------------------------------------------------------------- interventions in the real model
 
 
-def intervention_table(model, transcoders, people, ablate: Callable, k: int = 8,
-                       template: str = "{p} lives in"):
-    """For each person's recall prompt, the `k` latents with the largest total effect in the
-    local replacement model: the predicted change of the target when each is ablated alone
-    (minus its total effect) against the real change (`ablate`: chapter 6's
-    `ablate_latents`, attention and LayerNorm live, errors frozen)."""
+def circuit_tracer_changes(model, transcoders, prompts: Sequence[tuple[Tensor, Target]], ablations):
+    """circuit-tracer's protocol for checking a graph, on ablations already chosen (rows with
+    `prompt`, `layer`, `position`, `latent`, as chapter 6's `intervention_test` returns them,
+    `prompt` indexing `prompts`): the change of each prompt's target when the latent is
+    ablated with the real MLPs computing everything downstream, attention frozen and live.
+    Returns `ablations` with those two columns added."""
     import pandas as pd
 
-    rows = []
-    for person in people:
-        tokens = recall_prompt(model, person, template)
-        target = city_target(person.city)
+    changes = {}
+    for p, rows in ablations.groupby("prompt"):
+        tokens, target = prompts[p]
         lr = LocalReplacement(model, transcoders, tokens)
-        effects = total_effects(lr, target)[: lr.n_latents]
         base = float(target(lr.clean_logits))
-        frozen_patterns = [hook for hook in lr.frozen if hook[0].endswith("attn.hook_pattern")]
-        for i in effects.abs().argsort(descending=True)[:k].tolist():
-            node = lr.nodes[i]
-            nodes = latent_triples(lr.nodes, [i])
-            real = float(target(ablate(model, transcoders, lr.tokens, lr.errors, nodes))) - base
-            live = {frozen: float(target(ablate_with_live_mlps(model, transcoders, lr.tokens, nodes,
-                                                                frozen_patterns if frozen else ()))) - base
-                    for frozen in (True, False)}
-            rows.append({"person": person.name, "node": node.label(lr.words), "predicted": -float(effects[i]),
-                         "real": real, "real MLPs, attention frozen": live[True],
-                         "real MLPs, attention live": live[False]})
-    return pd.DataFrame(rows)
+        patterns = [hook for hook in lr.frozen if hook[0].endswith("attn.hook_pattern")]
+        for index, row in rows.iterrows():
+            node = [(int(row.layer), int(row.position), int(row.latent))]
+            changes[index] = {column: float(target(ablate_with_live_mlps(model, transcoders, lr.tokens, node,
+                                                                         frozen))) - base
+                              for column, frozen in (("real MLPs, attention frozen", patterns),
+                                                     ("real MLPs, attention live", ()))}
+    return ablations.join(pd.DataFrame.from_dict(changes, orient="index"))
 
 
 def run_with_mlps(model, tokens: Int[Tensor, "pos"], rewrite: dict[int, Callable], extra_hooks: Sequence = ()
