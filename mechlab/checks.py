@@ -659,6 +659,19 @@ def checked_array(got: Any, name: str, shape: tuple, dtype: torch.dtype = torch.
     return _numpy(_to(_detach(got), "cpu", torch.float64))
 
 
+def checked_table(got: Any, label: str, columns: Sequence[str], why: str = "") -> Any:
+    """A learner's table: a pandas DataFrame (by exact type) with at least `columns`; `why`
+    says what the missing columns are for."""
+    import pandas as pd
+
+    if _type(got) is not pd.DataFrame:
+        _fail(f"{label} should return a pandas DataFrame, not a {_type(got).__name__}", None)
+    missing = [c for c in columns if c not in got.columns]
+    if missing:
+        _fail(f"{label} has no column {missing}; it needs {list(columns)}{why}", None)
+    return got
+
+
 class CountedCalls:
     """Wraps a piece handed to a learner's function (a forward pass, a loss), so a check
     can tell whether the learner really used it rather than a notebook global."""

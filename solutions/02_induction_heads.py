@@ -45,7 +45,9 @@
 #    matches through the previous-token head, and the composition scores between the
 #    two layers' heads, and see which heads write the answer into the logits (direct
 #    logit attribution);
-# 6. and, as the graded investigation, find the circuit in a model you have not seen.
+# 6. measure which input of layer 1 (queries, keys or values) each layer-0 head feeds,
+#    with a path ablation, its controls and its error bars;
+# 7. and, as the graded investigation, find the circuit in a model you have not seen.
 #
 # **Time budget:** about 3 hours for the exercises (the table below adds them up), plus
 # time to explore. The notebook runs in 8 s on a quiet 2-core CPU (measured: `benchmarks/RESULTS.md`; a busy machine takes longer).
@@ -70,6 +72,7 @@ from collections.abc import Callable
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+import pandas as pd
 from transformer_lens import FactoredMatrix
 
 from mechlab.zoo import BOS_ID, FIRST_WORD_ID
@@ -903,8 +906,8 @@ for kind, scores in comp.items():
 # Q-composition, by contrast, fell *below* the untrained level (0.081<!-- out: Q-composition: strongest --> at most): training pointed the
 # layer-1 queries at the token embeddings and away from what layer 0 writes. Composition
 # scores are a blunt tool, though: they measure whether subspaces overlap, not whether
-# the overlap is used on real inputs (a high V-composition score here has no
-# ablation to back it), and even the strongest edge scores only about twice a random
+# the overlap is used on real inputs (the path ablation at the end of this section
+# tests each one), and even the strongest edge scores only about twice a random
 # one. The QK-circuit analysis
 # of section 5 and the ablations of section 4 are the sharper evidence; the three
 # together make the case.
@@ -1004,8 +1007,152 @@ with torch.no_grad():
 # induction head by its pattern, writes a fair share
 # (1.32<!-- out: second copy, head 1.3 alone: -->). The previous-token head 0.0, the
 # head whose ablation hurt most, writes nothing directly: its effect is indirect,
-# through the keys of the induction heads. Direct attribution and ablation answer
+# through the induction heads. Direct attribution and ablation answer
 # different questions, and a circuit needs both.
+#
+# ### Which input does each layer-0 head feed? Path ablation
+#
+# A layer-1 head reads the residual stream three times: for its queries, its keys and
+# its values. The composition scores guessed which of them each layer-0 head feeds; an
+# intervention can measure it. Remove head `0.h` from **one input** of layer 1 only:
+# layer 1 computes, say, its keys as if `0.h` had been zero-ablated, and its queries
+# and values from the real residual stream. If the model uses `0.h` through its keys,
+# that costs as much as removing the head altogether; through the other inputs, nothing.
+#
+# Two habits make such a table evidence rather than anecdote:
+#
+# - **a control**: the same intervention on the heads that should not matter (every
+#   layer-0 head gets a row), and the head removed everywhere (`"all"`, as in section 4),
+#   which says how much of its effect one path carries;
+# - **an error bar**: each random sequence is an independent draw, so measure the loss
+#   increase per sequence and report its mean with the **standard error over
+#   sequences** (`std / sqrt(n)`). Positions within a sequence are not independent
+#   draws (they share its words and its repeat), so a standard error over all
+#   positions would be too small.
+
+# %% [markdown] exercise={"id": "path_ablation", "kind": "experiment", "difficulty": 3, "importance": 5, "minutes": 25, "points": 4}
+# ### Exercise 12: Path ablation
+#
+# Write `path_ablation(model, tokens, seq_len)` for repeated sequences `tokens` (copies
+# of length `seq_len`, as in section 2). For every head `h` of layer 0 and every
+# `path` in `"q"`, `"k"`, `"v"`, `"all"`:
+#
+# - `"q"`, `"k"`, `"v"`: head `0.h` zero-ablated for that input of layer 1 alone (layer 1's
+#   queries, keys or values are what they would be with `0.h` zero-ablated; everything
+#   else is the real run);
+# - `"all"`: head `0.h` zero-ablated everywhere;
+# - for each sequence of the batch, the **increase** of its second-copy loss (the mean of
+#   minus the log-probabilities over the second copy, as in `loss_by_half` but per
+#   sequence) over the run with nothing ablated.
+#
+# Return a pandas `DataFrame` with one row per `(head, path)` and the columns `head`
+# (int), `path` (str), `increase` (the mean over sequences) and `se` (its standard error
+# over sequences). Take the sizes from `model.cfg`, and leave the model without hooks.
+#
+# The grader runs it on its own sequences (another seed and length) of the course
+# model and of an untrained three-layer model, and compares every row with what it
+# measures there: the increase within 0.002 (plus 1%), the standard error within 15%.
+#
+# <details><summary>Hint 1</summary>
+#
+# Two kinds of forward pass per head: one with `0.h` zero-ablated, whose layer-1
+# `blocks.1.attn.hook_q` / `hook_k` / `hook_v` (each `[batch, pos, head, d_head]`) you
+# cache; then, for each path, the real run with a hook that swaps that one activation
+# for the cached one. Careful: `model.run_with_cache(tokens, fwd_hooks=...)` does *not*
+# apply the hooks on this model (they are ignored without a word). Put the ablation
+# around the call instead: `with model.hooks(fwd_hooks=[...]): ... model.run_with_cache(tokens)`.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# A skeleton:
+#
+# ```python
+# def per_sequence_loss(logits):          # [batch]: mean loss over the second copy
+#     ...
+# clean = per_sequence_loss(model(tokens))
+# for head in range(model.cfg.n_heads):
+#     with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", ...)]):   # bind `head`!
+#         ablated_logits, ablated = model.run_with_cache(tokens, names_filter=...)
+#     for path in ("q", "k", "v"):
+#         logits = model.run_with_hooks(tokens, fwd_hooks=[(..., ...)])
+#         increase = per_sequence_loss(logits) - clean
+#         ...
+# ```
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import path_ablation` and carry on (no points for this exercise).
+
+# %%
+def path_ablation(model, tokens: Int[Tensor, "batch full_len"], seq_len: int) -> pd.DataFrame:
+    """For each layer-0 head and each input of layer 1 (q, k, v) or all of them ('all'): the mean
+    increase of the second-copy loss, over sequences, when that head is zero-ablated for that input
+    alone, and its standard error over sequences."""
+    ### BEGIN SOLUTION
+    def per_sequence_loss(logits: Tensor) -> Tensor:
+        return -correct_log_probs(logits, tokens)[:, seq_len:].mean(dim=1)
+
+    inputs = {path: f"blocks.1.attn.hook_{path}" for path in ("q", "k", "v")}
+    rows = []
+    with torch.no_grad():
+        clean = per_sequence_loss(model(tokens))
+        for head in range(model.cfg.n_heads):
+            def zero_head(z, hook, head=head):
+                z = z.clone()
+                z[:, :, head] = 0.0
+                return z
+
+            with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", zero_head)]):
+                ablated_logits, ablated = model.run_with_cache(tokens, names_filter=lambda name: name in inputs.values())
+            runs = {path: model.run_with_hooks(tokens, fwd_hooks=[(name, lambda act, hook, name=name: ablated[name])])
+                    for path, name in inputs.items()}
+            runs["all"] = ablated_logits
+            for path, logits in runs.items():
+                increase = per_sequence_loss(logits) - clean
+                rows.append({"head": head, "path": path, "increase": increase.mean().item(),
+                             "se": (increase.std() / len(increase) ** 0.5).item()})
+    return pd.DataFrame(rows)
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_path_ablation(path_ablation)
+### BEGIN HIDDEN TESTS
+checks.grade_path_ablation(path_ablation)
+### END HIDDEN TESTS
+
+# %%
+paths = path_ablation(model, rep_tokens, SEQ_LEN)
+plots.plot_paths(paths)
+plt.show()
+for row in paths.itertuples():
+    print(f"head 0.{row.head}, path {row.path}: {row.increase:+.3f} ± {row.se:.3f}")
+print(f"head 0.3's V-composition into layer 1: {comp['V'][3].min():.2f} to {comp['V'][3].max():.2f}")
+
+# %% [markdown]
+# (The numbers are the mean increase over the 32 sequences ± one standard error; the bars
+# in the plot span two either way.) The previous-token head works through the **keys**:
+# removing it from layer 1's keys alone raises the second-copy loss by
+# 4.735<!-- out: head 0.0, path k: --> nats, even more than removing it
+# everywhere (4.253<!-- out: head 0.0, path all: -->: the paths' effects do not simply add
+# up), while removing it from the queries or from the values changes the loss by
+# −0.034<!-- out: head 0.0, path q: --> and −0.033<!-- out: head 0.0, path v: -->: a few standard
+# errors from zero, and a hundred times smaller. That is K-composition, measured rather
+# than read off the weights.
+#
+# The control rows hold a surprise. Head 0.3, which no detector flagged and whose
+# ablation cost something in section 4, works through the **values**: removing it from
+# them costs 0.302<!-- out: head 0.3, path v: --> of the 0.296<!-- out: head 0.3, path all: -->
+# its full removal costs, and its keys and queries nothing that its error bars can tell
+# from zero. Yet its V-composition scores (0.11<!-- out: head 0.3's V-composition into layer 1: --> to
+# 0.14<!-- out: head 0.3's V-composition into layer 1: 0.11 to -->) are no higher than an
+# untrained model's. The strongest V-composition score of the model, head 0.2 into 1.0
+# (0.244<!-- out: V-composition: strongest -->), belongs to a head whose value path costs
+# 0.054<!-- out: head 0.2, path v: -->, a real effect (its standard error is
+# 0.003<!-- out: head 0.2, path v: +0.054 ± -->) but six times smaller than head 0.3's. Composition scores say where subspaces overlap; path ablation
+# says how much the model uses each overlap, and the error bars say which of those
+# small numbers are there at all.
 #
 # ## 7. Investigation: a model you have not seen
 #
@@ -1015,7 +1162,7 @@ with torch.no_grad():
 # where its circuit is. That is the question.
 
 # %% [markdown] exercise={"id": "find_induction_circuit", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
-# ### Exercise 12: Investigation: which heads form the induction circuit?
+# ### Exercise 13: Investigation: which heads form the induction circuit?
 #
 # Write `find_induction_circuit(model)` that investigates a model like these and returns
 #
@@ -1168,6 +1315,11 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 #   weights themselves (OV circuits that copy, a QK circuit that matches through the
 #   previous-token head, K-composition scores). Direct logit attribution shows the
 #   induction heads writing the answer, the previous-token head acting only through them.
+# - Path ablation, with every layer-0 head as a control and an error bar over sequences,
+#   measured what the composition scores could only suggest: the previous-token head
+#   works through the induction heads' keys alone, and head 0.3, which no detector
+#   flagged, through their values, at composition scores no higher than an untrained
+#   model's.
 # - Induction heads form suddenly during training, together with the previous-token head
 #   they depend on.
 # - In a model you had not seen (three layers, another seed), the same tools found the

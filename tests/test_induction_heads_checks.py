@@ -222,6 +222,56 @@ def dla_current_token(model, cache, tokens):
     return ref.direct_logit_attribution(model, cache, shifted)
 
 
+def _path_ablation(mode: str = "", *, bootstrap: bool = False):
+    """path_ablation, right (with the cross-entropy and, with `bootstrap`, a bootstrapped
+    standard error) or wrong in one way (`mode`)."""
+    import pandas as pd
+
+    def path_ablation(model, tokens, seq_len):
+        def loss(logits):
+            full = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+            return full.mean(1) if mode == "whole" else full[:, seq_len:].mean(1)
+
+        names = {p: ("blocks.1.hook_resid_pre" if mode == "resid" else f"blocks.1.attn.hook_{p}") for p in "qkv"}
+        if mode == "swap_qk":
+            names["q"], names["k"] = names["k"], names["q"]
+        rows = []
+        with torch.no_grad():
+            clean = loss(model(tokens))
+            for head in range(4 if mode == "four_heads" else model.cfg.n_heads):
+                def remove(z, hook, head=head):
+                    z = z.clone()
+                    z[:, :, head] = z[:, :, head].mean(0) if mode == "mean" else 0.0
+                    return z
+
+                hooks = [("blocks.0.attn.hook_z", remove)]
+                if mode == "cache_fwd_hooks":
+                    ablated_logits, ablated = model.run_with_cache(tokens, fwd_hooks=hooks)
+                else:
+                    with model.hooks(fwd_hooks=hooks):
+                        ablated_logits, ablated = model.run_with_cache(tokens)
+                runs = {p: model.run_with_hooks(tokens, fwd_hooks=[(n, lambda a, hook, n=n: ablated[n])])
+                        for p, n in names.items()}
+                runs["all"] = ablated_logits
+                for path, logits in runs.items():
+                    if mode == "no_all" and path == "all":
+                        continue
+                    increase = loss(logits) - clean
+                    n = len(increase)
+                    if bootstrap:
+                        picks = torch.randint(0, n, (4000, n), generator=torch.Generator().manual_seed(0))
+                        se = increase[picks].mean(1).std().item()
+                    else:
+                        se = {"sd": increase.std(), "no_se": torch.tensor(0.0),
+                              "se_positions": increase.std() / (n * seq_len) ** 0.5}.get(
+                            mode, increase.std(unbiased=False) / n ** 0.5).item()
+                    rows.append({"head": head, "path": path, "increase": increase.mean().item(), "se": se})
+        return pd.DataFrame(rows)
+
+    path_ablation.__name__ = f"path_ablation_{mode or ('bootstrap' if bootstrap else 'cross_entropy')}"
+    return path_ablation
+
+
 # ---------------------------------------------------------------- the investigation: plausible wrong findings
 
 
@@ -322,6 +372,16 @@ MUTANTS = [
     ("direct_logit_attribution", dla_no_scale, "scale"),
     ("direct_logit_attribution", dla_heads_layer_minor, "differ"),
     ("direct_logit_attribution", dla_current_token, "i \\+ 1"),
+    ("path_ablation", _path_ablation("cache_fwd_hooks"), "ignores its hooks"),
+    ("path_ablation", _path_ablation("resid"), "whole input"),
+    ("path_ablation", _path_ablation("swap_qk"), "swapped"),
+    ("path_ablation", _path_ablation("mean"), "mean ablation"),
+    ("path_ablation", _path_ablation("whole"), "whole sequence"),
+    ("path_ablation", _path_ablation("no_all"), "'all' says how much"),
+    ("path_ablation", _path_ablation("four_heads"), "raised IndexError"),
+    ("path_ablation", _path_ablation("sd"), r"standard deviation \(24 sequences\)"),
+    ("path_ablation", _path_ablation("se_positions"), "not their 312 positions"),
+    ("path_ablation", _path_ablation("no_se"), "no error bar"),
     ("find_induction_circuit", circuit_of_the_first_model, r"(?s)attn_only_3l.*missed 0\.2.*0\.0 is not a previous"),
     ("find_induction_circuit", circuit_hard_coded_for_3l, r"(?s)attn_only_2l.*missed 0\.0"),
     ("find_induction_circuit", circuit_in_the_last_layer, r"(?s)missed 1\.0.*2\.0 is not an induction head"),
@@ -445,6 +505,8 @@ VARIANTS = [
     ("induction_qk_circuit", qk_factored_product),
     ("composition_scores", composition_dense),
     ("direct_logit_attribution", dla_loops),
+    ("path_ablation", _path_ablation()),
+    ("path_ablation", _path_ablation(bootstrap=True)),
     ("find_induction_circuit", circuit_by_ablation),
 ]
 

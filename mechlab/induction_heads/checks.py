@@ -24,7 +24,7 @@ import torch
 
 from mechlab import zoo
 from mechlab.checks import (
-    call_learner, Case, check_and_grade, checked_array, CheckFailed, compare_function, compare_on_models,
+    call_learner, Case, check_and_grade, checked_array, checked_table, CheckFailed, compare_function, compare_on_models,
     course_model, guard_model, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
@@ -663,7 +663,136 @@ check_direct_logit_attribution, grade_direct_logit_attribution = check_and_grade
     "direct_logit_attribution", _check_direct_logit_attribution)
 
 
-# ---------------------------------------------------------------- 12. the investigation: find_induction_circuit
+# ---------------------------------------------------------------- 12. path_ablation
+
+PATHS = ("q", "k", "v", "all")
+_PATH_COLUMNS = ("head", "path", "increase", "se")
+
+
+def _path_runs(model, tokens: torch.Tensor, seq_len: int, *, mean: bool = False, site: str = "input",
+               span: str = "second") -> dict[tuple[int, str], torch.Tensor]:
+    """Per-sequence loss increases of the path ablation, measured here, and measured the
+    plausible wrong ways a failing table is compared with: `mean` ablation instead of
+    zero; `site="resid"`, the ablated run's whole residual stream given to layer 1 for
+    every path; the loss over the `first` copy or the `whole` sequence."""
+    def loss(logits):
+        lp = ref.correct_log_probs(logits, tokens)
+        return -{"second": lp[:, seq_len:], "first": lp[:, :seq_len], "whole": lp}[span].mean(dim=1)
+
+    names = {p: f"blocks.1.attn.hook_{p}" for p in PATHS[:3]}
+    if site == "resid":
+        names = {p: "blocks.1.hook_resid_pre" for p in names}
+    runs = {}
+    with torch.no_grad():
+        clean = loss(model(tokens))
+        for head in range(model.cfg.n_heads):
+            def remove(z, hook, head=head):
+                z = z.clone()
+                z[:, :, head] = z[:, :, head].mean(dim=0) if mean else 0.0
+                return z
+
+            with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", remove)]):
+                ablated_logits, ablated = model.run_with_cache(tokens, names_filter=lambda n: n in names.values())
+            for path, name in names.items():
+                logits = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda act, hook, name=name: ablated[name])])
+                runs[head, path] = loss(logits) - clean
+            runs[head, "all"] = loss(ablated_logits) - clean
+    return runs
+
+
+def _path_cases(hidden: bool) -> list[Case]:
+    """Visible: the course model on 24 sequences of length 13. Hidden: 32 of length 21
+    (another seed), and an untrained model of three layers of two heads, so a hard-coded
+    head count or a table copied from the notebook fails."""
+    cases = [Case("course model attn_only_2l, batch 24, seq_len 13", (course_model("attn_only_2l"), _repeated(41, 24, 13), 13))]
+    if hidden:
+        three = _other_models()[0]
+        cases += [Case("course model attn_only_2l, batch 32, seq_len 21", (course_model("attn_only_2l"), _repeated(42, 32, 21), 21)),
+                  Case(f"{three[0]}, batch 16, seq_len 9", (three[1], _repeated(43, 16, 9, three[1].cfg.d_vocab), 9))]
+    return cases
+
+
+def _path_table(out, label: str, n_heads: int) -> dict[tuple[int, str], tuple[float, float]]:
+    checked_table(out, label, _PATH_COLUMNS)
+    rows = {}
+    for r in out.itertuples():
+        key = (int(r.head), str(r.path))
+        if key in rows:
+            raise CheckFailed(f"{label} has two rows for head {key[0]}, path {key[1]!r}")
+        rows[key] = (float(r.increase), float(r.se))
+    want = [(h, p) for h in range(n_heads) for p in PATHS]
+    if sorted(rows) != sorted(want):
+        missing = sorted(set(want) - set(rows))
+        raise CheckFailed(f"{label} should have one row for each of the model's {n_heads} layer-0 heads and each path "
+                          f"in {list(PATHS)} ({len(want)} rows); it has {len(rows)}"
+                          + (f", missing {missing[:4]}" if missing else f", with extra {sorted(set(rows) - set(want))[:4]}")
+                          + ". Every head is a control for the others, and 'all' says how much of a head's effect "
+                            "one path carries")
+    return rows
+
+
+def _why_increase(got: dict, truth: dict, model, tokens, seq_len: int, key: tuple[int, str]) -> str:
+    """The flaw a wrong increase column shows, told by measuring it that way."""
+    def same(a: float, b: float) -> bool:
+        return abs(a - b) <= 2e-3 + 1e-2 * abs(b)
+
+    paths_zero = all(abs(got[h, p][0]) < 1e-4 for h, p in got if p != "all")
+    if paths_zero and max(abs(v[0]) for (h, p), v in truth.items() if p != "all") > 0.01:
+        return (" Every q, k and v row is 0: layer 1 got the real activations, not the ablated ones. "
+                "`model.run_with_cache(tokens, fwd_hooks=...)` ignores its hooks on this model; run the "
+                "ablated pass inside `with model.hooks(fwd_hooks=[...]):`")
+    head, path = key
+    if path != "all" and all(same(got[head, p][0], got[head, "all"][0]) for p in PATHS[:3]):
+        return (f" Your q, k and v rows of head 0.{head} all equal its 'all' row: each path removed the head from "
+                "everything layer 1 reads (its whole input) rather than from one of q, k or v")
+    for other in PATHS:
+        if other != path and same(got[key][0], truth[head, other][0]) and not same(truth[key][0], truth[head, other][0]):
+            return f" That is what the grader measures for path {other!r}: the paths are swapped"
+    if same(got[key][0], -truth[key][0]):
+        return " That is minus the increase: subtract the clean loss from the ablated one, not the other way"
+    for kwargs, what in (({"mean": True}, "mean ablation: zero-ablate the head (set its z to 0)"),
+                         ({"span": "whole"}, "the loss over the whole sequence: use the second copy only"),
+                         ({"span": "first"}, "the loss over the first copy: use the second copy")):
+        variant = _path_runs(model, tokens, seq_len, **kwargs)[key].mean().item()
+        if same(got[key][0], variant):
+            return f" That is {what}"
+    return ""
+
+
+def _check_path_ablation(fn: Callable, hidden: bool) -> None:
+    guarded = guard_model(fn, "path_ablation")
+    for case in _path_cases(hidden):
+        model, tokens, seq_len = case.args
+        label = f"path_ablation({case.description})"
+        got = _path_table(call_learner(guarded, "path_ablation", case.description, case.args), label, model.cfg.n_heads)
+        runs = _path_runs(model, tokens, seq_len)
+        n = tokens.shape[0]
+        truth = {key: (v.mean().item(), (v.std() / n ** 0.5).item()) for key, v in runs.items()}
+        for key, (want, want_se) in truth.items():
+            value, se = got[key]
+            if not abs(value - want) <= 2e-3 + 1e-2 * abs(want):
+                raise CheckFailed(f"{label}: head 0.{key[0]}, path {key[1]!r}: your increase is {value:+.4f}, but "
+                                  f"the grader measures {want:+.4f} ± {want_se:.4f}."
+                                  + _why_increase(got, truth, model, tokens, seq_len, key))
+            if not abs(se - want_se) <= 1e-4 + 0.15 * want_se:
+                ratio = se / want_se if want_se > 0 else float("inf")
+                why = (" There is no error bar: report the standard error of the increase over sequences"
+                       if se == 0 else
+                       f" That is the standard deviation ({n} sequences): divide by sqrt({n})"
+                       if abs(ratio - n ** 0.5) <= 0.15 * n ** 0.5 else
+                       f" It is {1 / ratio:.1f} times too small: the standard error counts the sequences, the "
+                       f"independent draws ({n} here), not their {n * seq_len} positions" if ratio < 0.6 else "")
+                raise CheckFailed(f"{label}: head 0.{key[0]}, path {key[1]!r}: your standard error is {se:.4f}, but "
+                                  f"the increase's standard error over the {n} sequences is {want_se:.4f}.{why}")
+    passed("path_ablation measures every layer-0 head through each input of layer 1 and everywhere, each "
+           f"increase with its standard error over sequences, as the grader does on {len(_path_cases(hidden))} "
+           f"case{'s' * (len(_path_cases(hidden)) > 1)}")
+
+
+check_path_ablation, grade_path_ablation = check_and_grade("path_ablation", _check_path_ablation)
+
+
+# ---------------------------------------------------------------- 13. the investigation: find_induction_circuit
 
 
 

@@ -1,5 +1,5 @@
 """Chapter 2's pictures: attention patterns, head scores, losses by position, the
-training history and composition scores. None of this is an exercise."""
+training history, composition scores and path ablations. None of this is an exercise."""
 
 from __future__ import annotations
 
@@ -66,6 +66,32 @@ def plot_ablation(increase: Float[Tensor, "layer head"], title: str) -> Figure:
     colours = [f"C{layer}" for layer in range(v.shape[0]) for _ in range(v.shape[1])]
     ax.bar(labels, v.ravel(), color=colours)
     ax.set(xlabel="head (layer.head)", ylabel="loss increase (nats)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paths(table) -> Figure:
+    """Grouped bars of a path-ablation table (columns head, path, increase, se): for each
+    layer-0 head, the second-copy loss increase through each input of layer 1 and in
+    all of them, with error bars of two standard errors, on a symmetric log scale."""
+    paths = list(dict.fromkeys(table["path"]))
+    heads = sorted(set(int(h) for h in table["head"]))
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    width = 0.8 / len(paths)
+    for i, path in enumerate(paths):
+        rows = table[table["path"] == path].set_index("head").loc[heads]
+        ax.bar(np.arange(len(heads)) + (i - (len(paths) - 1) / 2) * width, rows["increase"], width,
+               yerr=2 * rows["se"], capsize=2, label=path, color=f"C{i}")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_yscale("symlog", linthresh=0.05)  # linear within ±0.05, so the small effects stay visible
+    ticks = [t for t in (-1, -0.3, -0.1, -0.05, 0, 0.05, 0.1, 0.3, 1, 3, 10)
+             if (table["increase"] - 2 * table["se"]).min() * 1.5 <= t <= (table["increase"] + 2 * table["se"]).max() * 1.5]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_ylim(top=max(0.1, float((table["increase"] + 2 * table["se"]).max()) * 2))
+    ax.set_xticks(np.arange(len(heads)), [f"0.{h}" for h in heads])
+    ax.set(xlabel="layer-0 head removed", ylabel="loss increase (nats, symlog)",
+           title="Second-copy loss when a head is removed from one input of layer 1")
+    ax.legend(title="path", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
 

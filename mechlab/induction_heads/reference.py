@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+import pandas as pd
 from transformer_lens import FactoredMatrix
 
 from mechlab.zoo import BOS_ID, FIRST_WORD_ID
@@ -122,6 +123,35 @@ def direct_logit_attribution(
     return torch.einsum("cbpm,mbp->cbp", scaled, model.W_U[:, tokens[:, 1:]])
 
 
+def path_ablation(model, tokens: Int[Tensor, "batch full_len"], seq_len: int) -> pd.DataFrame:
+    """For each layer-0 head and each input of layer 1 (q, k, v) or all of them ('all'): the mean
+    increase of the second-copy loss, over sequences, when that head is zero-ablated for that input
+    alone, and its standard error over sequences."""
+    def per_sequence_loss(logits: Tensor) -> Tensor:
+        return -correct_log_probs(logits, tokens)[:, seq_len:].mean(dim=1)
+
+    inputs = {path: f"blocks.1.attn.hook_{path}" for path in ("q", "k", "v")}
+    rows = []
+    with torch.no_grad():
+        clean = per_sequence_loss(model(tokens))
+        for head in range(model.cfg.n_heads):
+            def zero_head(z, hook, head=head):
+                z = z.clone()
+                z[:, :, head] = 0.0
+                return z
+
+            with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", zero_head)]):
+                ablated_logits, ablated = model.run_with_cache(tokens, names_filter=lambda name: name in inputs.values())
+            runs = {path: model.run_with_hooks(tokens, fwd_hooks=[(name, lambda act, hook, name=name: ablated[name])])
+                    for path, name in inputs.items()}
+            runs["all"] = ablated_logits
+            for path, logits in runs.items():
+                increase = per_sequence_loss(logits) - clean
+                rows.append({"head": head, "path": path, "increase": increase.mean().item(),
+                             "se": (increase.std() / len(increase) ** 0.5).item()})
+    return pd.DataFrame(rows)
+
+
 def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
     """{"previous_token": [(layer, head), ...], "induction": [(layer, head), ...]} for `model`."""
     generator = torch.Generator().manual_seed(2)
@@ -139,7 +169,7 @@ def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
             for kind, s in scores.items()}
 
 
-__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'find_induction_circuit']
+__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'path_ablation', 'find_induction_circuit']
 CHAPTER = '02_induction_heads'
 CPU_LIMIT = 120  # CPU seconds per cell under grading
-POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'find_induction_circuit': 5}
+POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'path_ablation': 4, 'find_induction_circuit': 5}

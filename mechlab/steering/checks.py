@@ -21,7 +21,7 @@ from mechlab.steering import experiments as st
 from mechlab import corpus, zoo
 from mechlab.checks import (
     call_learner, Case, check_and_grade, CheckFailed, compare_function, compare_on_models, course_model,
-    guard_model, other_models, passed, randn, seeded, Truth,
+    checked_table, guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.sparse_autoencoders import reference as sae_ref
 from mechlab.steering import investigation as inv
@@ -717,14 +717,9 @@ def _control_spread(prop: str, target: str, site: str, coefficient: float) -> tu
 
 
 def _curve_table(out, label: str, directions: list[str], coefficients: tuple):
-    import pandas as pd
-
-    if _type(out) is not pd.DataFrame:
-        raise CheckFailed(f"{label} should return a pandas DataFrame, not a {_type(out).__name__}")
-    missing = [c for c in ("direction", "coefficient", "cosine", "mass") if c not in out.columns]
-    if missing:
-        raise CheckFailed(f"{label} has no column {missing}: the table needs direction, coefficient, cosine, and "
-                          "one column per entry of the measure's dict (the grader's measure returns 'mass')")
+    checked_table(out, label, ("direction", "coefficient", "cosine", "mass"),
+                  ": direction, coefficient, cosine, and one column per entry of the measure's dict (the "
+                  "grader's measure returns 'mass')")
     got = sorted((str(d), float(c)) for d, c in zip(out["direction"], out["coefficient"]))
     want = sorted((d, float(c)) for d in directions for c in coefficients)
     if got != want:

@@ -18,7 +18,7 @@ import torch
 from mechlab import corpus, zoo
 from mechlab.checks import (
     Case, CheckFailed, CountedCalls, assert_tensor_close, call_learner, check_and_grade, compare_function,
-    compare_on_models,
+    compare_on_models, checked_table,
     course_model, guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.pristine import Parameter as _Parameter, Tensor as _Tensor, type_ as _type
@@ -610,14 +610,7 @@ def _intervention_cases(hidden: bool) -> list[Case]:
 
 
 def _intervention_table(out, label: str):
-    import pandas as pd
-
-    if _type(out) is not pd.DataFrame:
-        raise CheckFailed(f"{label} should return a pandas DataFrame, not a {_type(out).__name__}")
-    missing = [c for c in _INTERVENTION_COLUMNS if c not in out.columns]
-    if missing:
-        raise CheckFailed(f"{label} has no column {missing}; it needs {_INTERVENTION_COLUMNS}")
-    return out
+    return checked_table(out, label, _INTERVENTION_COLUMNS)
 
 
 def _check_intervention_test(fn: Callable, hidden: bool) -> None:
