@@ -885,24 +885,107 @@ checks.grade_composition_scores(composition_scores)
 
 # %% [markdown]
 # A composition score means little on its own: even random matrices compose a little.
-# The baseline is the same model shape before training:
+# The control is the same model shape before training; but one untrained model, and
+# its *average* score, is the wrong yardstick. Sixteen pairs are compared at once, so
+# the question is whether a trained score beats the **strongest** of sixteen chance
+# scores, and how often: a **null distribution** over many untrained models.
+
+# %% [markdown] exercise={"id": "composition_null", "kind": "experiment", "difficulty": 2, "importance": 4, "minutes": 20, "points": 3}
+# ### Exercise 11: Which composition scores beat chance?
+#
+# Write `composition_null(model, untrained, n_models)`:
+#
+# - `untrained(seed)` returns an untrained model of `model`'s shape; build `n_models` of
+#   them, with the seeds `0, 1, ..., n_models - 1`;
+# - for each kind (`"Q"`, `"K"`, `"V"`), the null distribution is the **strongest**
+#   score of that kind in each untrained model (`n_models` values, one per model);
+# - return a pandas `DataFrame` with one row per kind and pair of heads, columns `kind`,
+#   `head0`, `head1`, `score` (the trained model's `composition_scores`) and `p`: the
+#   share of untrained models whose strongest score of that kind reaches `score`,
+#   counted as `(1 + number reaching it) / (1 + n_models)`.
+#
+# The `+ 1`s count the trained model as one more draw: with 20 untrained models, no
+# score can be shown rarer than 1 in 21, and a `p` of 0 would claim a certainty the
+# experiment does not have. Comparing every pair with the strongest chance score keeps
+# the chance of any false alarm among the sixteen pairs at `p`, not sixteen times that.
+#
+# The grader hands in its own `untrained` and checks every row: the scores, the seeds
+# and the `p` of each, from the untrained models your function built.
+#
+# <details><summary>Hint</summary>
+#
+# Build each untrained model once and score all three kinds on it; keep, per kind, a
+# tensor of the `n_models` maxima. Then `p` for a score `x` is
+# `(1 + (maxima >= x).sum()) / (1 + n_models)`.
+# </details>
+#
+# Stuck? Run `from mechlab.induction_heads.reference import composition_null` and carry on (no points for this exercise).
 
 # %%
-baseline = float(torch.stack([composition_scores(untrained, kind) for kind in "QKV"]).mean())
+def composition_null(model, untrained: Callable[[int], object], n_models: int = 20) -> pd.DataFrame:
+    """Every Q-, K- and V-composition score between layers 0 and 1, with the share p of untrained
+    models (seeds 0 .. n_models - 1) whose strongest score of that kind reaches it, as (1 + k) / (1 + n)."""
+    ### BEGIN SOLUTION
+    kinds = ("Q", "K", "V")
+    maxima = {kind: [] for kind in kinds}
+    for seed in range(n_models):
+        chance = untrained(seed)
+        for kind in kinds:
+            maxima[kind].append(composition_scores(chance, kind).max())
+    rows = []
+    for kind in kinds:
+        null = torch.stack(maxima[kind])
+        scores = composition_scores(model, kind)
+        for i in range(scores.shape[0]):
+            for j in range(scores.shape[1]):
+                reaching = int((null >= scores[i, j]).sum())
+                rows.append({"kind": kind, "head0": i, "head1": j, "score": scores[i, j].item(),
+                             "p": (1 + reaching) / (1 + n_models)})
+    return pd.DataFrame(rows)
+    ### END SOLUTION
+
+
+# %%
+from mechlab.induction_heads import checks
+checks.check_composition_null(composition_null)
+### BEGIN HIDDEN TESTS
+checks.grade_composition_null(composition_null)
+### END HIDDEN TESTS
+
+# %%
+N_NULL = 20
+chance_models = {}
+null = composition_null(model, lambda seed: chance_models.setdefault(seed, zoo.random_model(seed=seed, device=device)),
+                        N_NULL)
+chance = torch.stack([composition_scores(m, kind) for m in chance_models.values() for kind in "QKV"])
+baseline = float(chance.mean())
 comp = {kind: composition_scores(model, kind) for kind in "QKV"}
-plots.plot_composition(comp, baseline)
+plots.plot_composition(comp, baseline, null)
 plt.show()
-print(f"untrained model, mean composition score: {baseline:.3f}")
+print(f"untrained models: strongest score of any kind in any of the {N_NULL}: {chance.max():.3f}")
+print(f"untrained models, mean composition score: {baseline:.3f}")
 for kind, scores in comp.items():
     i, j = divmod(int(scores.argmax()), cfg.n_heads)
     print(f"{kind}-composition: strongest {scores.max():.3f}, from 0.{i} to 1.{j}")
+beating = null[null["p"] < 0.05]
+for kind in "QKV":
+    pairs = beating[beating["kind"] == kind]
+    print(f"{kind}-composition pairs beating every untrained model: {len(pairs)} of {cfg.n_heads ** 2}: "
+          + ", ".join(f"0.{r.head0}->1.{r.head1}" for r in pairs.itertuples()))
 
 # %% [markdown]
 # K-composition from the previous-token head into every induction head stands out, at
-# about twice the untrained level (up to 0.258<!-- out: K-composition: strongest -->, against
-# 0.126<!-- out: untrained model, mean composition score: -->); that is the edge the whole circuit rests on. Head
+# about twice what chance gives (up to 0.258<!-- out: K-composition: strongest -->, while
+# no score of any kind in any of the 20 untrained models passes
+# 0.148<!-- out: strongest score of any kind in any of the 20: -->, and their mean is
+# 0.125<!-- out: untrained models, mean composition score: -->); that is the edge the whole circuit rests on. Head
 # 0.2, the partial previous-token head, composes almost as strongly, which fits what its
-# QK circuit showed and what its ablation did not.
+# QK circuit showed and what its ablation did not. Against the strongest chance score,
+# 8<!-- out: K-composition pairs beating every untrained model: --> of the 16 K-composition pairs beat all 20
+# untrained models (p = 1/21, the smallest that 20 models can show): every pair from 0.0
+# and from 0.2. No Q-composition pair does, and only
+# 2<!-- out: V-composition pairs beating every untrained model: --> V-composition pairs: 0.2 into 1.0 and 0.3
+# into 1.1.
 # Q-composition, by contrast, fell *below* the untrained level (0.081<!-- out: Q-composition: strongest --> at most): training pointed the
 # layer-1 queries at the token embeddings and away from what layer 0 writes. Composition
 # scores are a blunt tool, though: they measure whether subspaces overlap, not whether
@@ -931,7 +1014,7 @@ for kind, scores in comp.items():
 # reads is credited to the layer-1 head.
 
 # %% [markdown] exercise={"id": "direct_logit_attribution", "kind": "build", "difficulty": 3, "importance": 4, "minutes": 20, "points": 2}
-# ### Exercise 11: Direct logit attribution
+# ### Exercise 12: Direct logit attribution
 #
 # Write `direct_logit_attribution(model, cache, tokens)` for an attention-only model
 # whose final layer norm has no weights (like this chapter's models):
@@ -1031,7 +1114,7 @@ with torch.no_grad():
 #   positions would be too small.
 
 # %% [markdown] exercise={"id": "path_ablation", "kind": "experiment", "difficulty": 3, "importance": 5, "minutes": 25, "points": 4}
-# ### Exercise 12: Path ablation
+# ### Exercise 13: Path ablation
 #
 # Write `path_ablation(model, tokens, seq_len)` for repeated sequences `tokens` (copies
 # of length `seq_len`, as in section 2). For every head `h` of layer 0 and every
@@ -1143,16 +1226,17 @@ print(f"head 0.3's V-composition into layer 1: {comp['V'][3].min():.2f} to {comp
 #
 # The control rows hold a surprise. Head 0.3, which no detector flagged and whose
 # ablation cost something in section 4, works through the **values**: removing it from
-# them costs 0.302<!-- out: head 0.3, path v: --> of the 0.296<!-- out: head 0.3, path all: -->
-# its full removal costs, and its keys and queries nothing that its error bars can tell
-# from zero. Yet its V-composition scores (0.11<!-- out: head 0.3's V-composition into layer 1: --> to
-# 0.14<!-- out: head 0.3's V-composition into layer 1: 0.11 to -->) are no higher than an
-# untrained model's. The strongest V-composition score of the model, head 0.2 into 1.0
+# them alone costs 0.302<!-- out: head 0.3, path v: -->, as much as removing it everywhere
+# (0.296<!-- out: head 0.3, path all: -->); its queries carry
+# 0.016<!-- out: head 0.3, path q: -->, small but five standard errors from zero, and its
+# keys nothing its error bars can tell from zero. Yet its V-composition scores are modest (0.11<!-- out: head 0.3's V-composition into layer 1: --> to
+# 0.14<!-- out: head 0.3's V-composition into layer 1: 0.11 to -->), and only the one into 1.1 beats every
+# untrained model. The strongest V-composition score of the model, head 0.2 into 1.0
 # (0.244<!-- out: V-composition: strongest -->), belongs to a head whose value path costs
 # 0.054<!-- out: head 0.2, path v: -->, a real effect (its standard error is
-# 0.003<!-- out: head 0.2, path v: +0.054 ± -->) but six times smaller than head 0.3's. Composition scores say where subspaces overlap; path ablation
-# says how much the model uses each overlap, and the error bars say which of those
-# small numbers are there at all.
+# 0.003<!-- out: head 0.2, path v: +0.054 ± -->) but six times smaller than head 0.3's.
+# Composition scores say where subspaces overlap; path ablation says how much the model
+# uses each overlap, and the error bars say which of those small numbers are there at all.
 #
 # ## 7. Investigation: a model you have not seen
 #
@@ -1162,7 +1246,7 @@ print(f"head 0.3's V-composition into layer 1: {comp['V'][3].min():.2f} to {comp
 # where its circuit is. That is the question.
 
 # %% [markdown] exercise={"id": "find_induction_circuit", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 30, "points": 5}
-# ### Exercise 13: Investigation: which heads form the induction circuit?
+# ### Exercise 14: Investigation: which heads form the induction circuit?
 #
 # Write `find_induction_circuit(model)` that investigates a model like these and returns
 #
@@ -1318,8 +1402,9 @@ print(f"attn_only_3l: mean-ablating all of layer 2 undoes "
 # - Path ablation, with every layer-0 head as a control and an error bar over sequences,
 #   measured what the composition scores could only suggest: the previous-token head
 #   works through the induction heads' keys alone, and head 0.3, which no detector
-#   flagged, through their values, at composition scores no higher than an untrained
-#   model's.
+#   flagged, through their values, at composition scores far below head 0.2's, whose
+#   value path costs six times less. A null over 20 untrained models told which
+#   composition scores beat chance at all.
 # - Induction heads form suddenly during training, together with the previous-token head
 #   they depend on.
 # - In a model you had not seen (three layers, another seed), the same tools found the

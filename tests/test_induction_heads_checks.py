@@ -222,6 +222,33 @@ def dla_current_token(model, cache, tokens):
     return ref.direct_logit_attribution(model, cache, shifted)
 
 
+def _composition_null(mode: str = ""):
+    """composition_null, right (vectorised, its null kept per kind) or wrong in one way."""
+    import pandas as pd
+
+    def composition_null(model, untrained, n_models=20):
+        seeds = [0] * n_models if mode == "one_seed" else range(20 if mode == "twenty" else n_models)
+        per_model = {k: [] for k in "QKV"}
+        for seed in seeds:
+            m = untrained(seed)
+            for k in "QKV":
+                per_model[k].append(ref.composition_scores(m, k))
+        rows = []
+        for k in "QKV":
+            stack = torch.stack(per_model[k])
+            null = {"mean": stack.mean((1, 2)), "same_pair": stack}.get(mode, stack.amax((1, 2)))
+            scores = ref.composition_scores(model, k)
+            reaching = (null >= scores).sum(0) if null.dim() > 1 else (null[:, None, None] >= scores).sum(0)
+            p = reaching / len(seeds) if mode == "no_plus_one" else (reaching + 1) / (len(seeds) + 1)
+            for (a, b), x in zip(torch.cartesian_prod(torch.arange(scores.shape[0]), torch.arange(scores.shape[1])).tolist(),
+                                 scores.flatten().tolist()):
+                rows.append(dict(kind=k, head0=a, head1=b, score=x, p=float(p[a, b])))
+        return pd.DataFrame(rows)
+
+    composition_null.__name__ = f"composition_null_{mode or 'vectorised'}"
+    return composition_null
+
+
 def _path_ablation(mode: str = "", *, bootstrap: bool = False):
     """path_ablation, right (with the cross-entropy and, with `bootstrap`, a bootstrapped
     standard error) or wrong in one way (`mode`)."""
@@ -372,6 +399,11 @@ MUTANTS = [
     ("direct_logit_attribution", dla_no_scale, "scale"),
     ("direct_logit_attribution", dla_heads_layer_minor, "differ"),
     ("direct_logit_attribution", dla_current_token, "i \\+ 1"),
+    ("composition_null", _composition_null("no_plus_one"), r"without the \+ 1s"),
+    ("composition_null", _composition_null("mean"), "each untrained model's \\*mean\\* score"),
+    ("composition_null", _composition_null("same_pair"), "only with the same pair"),
+    ("composition_null", _composition_null("one_seed"), "one model drawn many times is one draw"),
+    ("composition_null", _composition_null("twenty"), r"build 12, one for each seed 0 \.\. 11"),
     ("path_ablation", _path_ablation("cache_fwd_hooks"), "ignores its hooks"),
     ("path_ablation", _path_ablation("resid"), "whole input"),
     ("path_ablation", _path_ablation("swap_qk"), "swapped"),
@@ -506,6 +538,7 @@ VARIANTS = [
     ("composition_scores", composition_dense),
     ("direct_logit_attribution", dla_loops),
     ("path_ablation", _path_ablation()),
+    ("composition_null", _composition_null()),
     ("path_ablation", _path_ablation(bootstrap=True)),
     ("find_induction_circuit", circuit_by_ablation),
 ]

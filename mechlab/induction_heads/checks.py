@@ -606,7 +606,105 @@ def _check_composition_scores(fn: Callable, hidden: bool) -> None:
 check_composition_scores, grade_composition_scores = check_and_grade("composition_scores", _check_composition_scores)
 
 
-# ---------------------------------------------------------------- 11. direct_logit_attribution
+# ---------------------------------------------------------------- 11. composition_null
+
+_NULL_COLUMNS = ("kind", "head0", "head1", "score", "p")
+
+
+class _Untrained:
+    """The `untrained(seed)` the grader hands in: untrained models of one shape, seeds
+    offset from the notebook's, recorded so that the null can be rebuilt from them."""
+
+    def __init__(self, offset: int, **shape) -> None:
+        self.offset, self.shape, self.seeds, self.models = offset, shape, [], {}
+
+    def __call__(self, seed: int):
+        self.seeds.append(seed)
+        if seed not in self.models:
+            self.models[seed] = zoo.random_model(seed=self.offset + int(seed), **self.shape)
+        return self.models[seed]
+
+
+def _null_cases(hidden: bool) -> list[tuple[str, object, dict, int]]:
+    """(description, model, the untrained models' shape, n_models). Visible: the course
+    model against 5 untrained models. Hidden: against 12, and an untrained model of
+    three layers of two heads against 6 of its shape, so a hard-coded head count fails."""
+    cases = [("course model attn_only_2l", course_model("attn_only_2l"), {}, 5)]
+    if hidden:
+        cases = [("course model attn_only_2l", course_model("attn_only_2l"), {}, 12),
+                 ("untrained 3 layers x 2 heads, d_model 32", _other_models()[0][1],
+                  dict(n_layers=3, n_heads=2, d_model=32, d_head=8), 6)]
+    return cases
+
+
+def _null_p(scores: torch.Tensor, null: torch.Tensor, n: int, plus_one: bool = True) -> torch.Tensor:
+    """p of every score against a null of `n` values per score ([n] shared, or [n, *scores.shape])."""
+    reaching = (null >= scores).sum(0) if null.dim() > 1 else (null[:, None, None] >= scores).sum(0)
+    return (reaching + plus_one) / (n + plus_one)
+
+
+def _check_composition_null(fn: Callable, hidden: bool) -> None:
+    for i, (description, model, shape, n) in enumerate(_null_cases(hidden)):
+        untrained = _Untrained(7_000 + 100 * i, **shape)
+        label = f"composition_null({description}, n_models={n})"
+        table = checked_table(call_learner(fn, "composition_null", f"{description}, n_models={n}",
+                                           (model, untrained, n)), label, _NULL_COLUMNS)
+        if sorted(untrained.seeds) != list(range(n)):
+            seeds = sorted(untrained.seeds)
+            raise CheckFailed(f"{label} built untrained models with the seeds {seeds[:8]}{'...' if len(seeds) > 8 else ''}; "
+                              f"build {n}, one for each seed 0 .. {n - 1}, each once"
+                              + (": the same seed gives the same model, and one model drawn many times is one draw"
+                                 if len(set(seeds)) < len(seeds) else ""))
+        chance = [untrained.models[seed] for seed in range(n)]
+        n_heads = model.cfg.n_heads
+        rows = {}
+        for r in table.itertuples():
+            rows[str(r.kind), int(r.head0), int(r.head1)] = (float(r.score), float(r.p))
+        want_keys = [(k, a, b) for k in "QKV" for a in range(n_heads) for b in range(n_heads)]
+        if sorted(rows) != sorted(want_keys) or len(table) != len(want_keys):
+            raise CheckFailed(f"{label} should have one row for each kind in Q, K, V and each pair of the model's "
+                              f"{n_heads} heads ({len(want_keys)} rows); it has {len(table)}")
+        for kind in "QKV":
+            scores = ref.composition_scores(model, kind)
+            per_model = torch.stack([ref.composition_scores(m, kind) for m in chance])  # [n, head0, head1]
+            p = _null_p(scores, per_model.amax(dim=(1, 2)), n)
+            for a in range(n_heads):
+                for b in range(n_heads):
+                    got_score, got_p = rows[kind, a, b]
+                    where = f"{label}, {kind}-composition 0.{a} -> 1.{b}"
+                    if abs(got_score - float(scores[a, b])) > 1e-5:
+                        raise CheckFailed(f"{where}: score {got_score:.5f}, but composition_scores gives "
+                                          f"{float(scores[a, b]):.5f}")
+                    if abs(got_p - float(p[a, b])) < 1e-6:
+                        continue
+                    variants = {
+                        "no_plus_one": _null_p(scores, per_model.amax(dim=(1, 2)), n, plus_one=False),
+                        "mean": _null_p(scores, per_model.mean(dim=(1, 2)), n),
+                        "same_pair": _null_p(scores, per_model, n),
+                    }
+                    why = {
+                        "no_plus_one": " That is the share without the + 1s: count the trained model as one more "
+                                       "draw, (1 + reaching) / (1 + n_models); a p of 0 claims a certainty "
+                                       f"{n} untrained models cannot give",
+                        "mean": " That compares the score with each untrained model's *mean* score; the null is "
+                                "each untrained model's strongest score of the kind, since all pairs are tested at "
+                                "once",
+                        "same_pair": " That compares each pair only with the same pair in the untrained models; "
+                                     f"all {n_heads ** 2} pairs are tested at once, so compare each with the "
+                                     "strongest score of its kind in each untrained model",
+                    }
+                    found = next((why[k] for k, v in variants.items() if abs(got_p - float(v[a, b])) < 1e-6), "")
+                    raise CheckFailed(f"{where}: p = {got_p:.4f}, but {int(round(float(p[a, b]) * (n + 1))) - 1} "
+                                      f"of the {n} untrained models have a {kind}-composition score of at least "
+                                      f"{float(scores[a, b]):.4f} somewhere, so p = {float(p[a, b]):.4f}.{found}")
+    passed(f"composition_null tests every score against the strongest chance scores of untrained models, on "
+           f"{len(_null_cases(hidden))} case{'s' * (len(_null_cases(hidden)) > 1)}")
+
+
+check_composition_null, grade_composition_null = check_and_grade("composition_null", _check_composition_null)
+
+
+# ---------------------------------------------------------------- 12. direct_logit_attribution
 
 
 def _dla_case(desc: str, model, seed: int, batch: int, seq_len: int) -> Case:
@@ -663,7 +761,7 @@ check_direct_logit_attribution, grade_direct_logit_attribution = check_and_grade
     "direct_logit_attribution", _check_direct_logit_attribution)
 
 
-# ---------------------------------------------------------------- 12. path_ablation
+# ---------------------------------------------------------------- 13. path_ablation
 
 PATHS = ("q", "k", "v", "all")
 _PATH_COLUMNS = ("head", "path", "increase", "se")
@@ -792,7 +890,7 @@ def _check_path_ablation(fn: Callable, hidden: bool) -> None:
 check_path_ablation, grade_path_ablation = check_and_grade("path_ablation", _check_path_ablation)
 
 
-# ---------------------------------------------------------------- 13. the investigation: find_induction_circuit
+# ---------------------------------------------------------------- 14. the investigation: find_induction_circuit
 
 
 

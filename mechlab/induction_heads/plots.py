@@ -131,18 +131,23 @@ def plot_matrix(matrix: Float[Tensor, "row col"], title: str, xlabel: str, ylabe
     return fig
 
 
-def plot_composition(scores: dict[str, Float[Tensor, "head0 head1"]], baseline: float) -> Figure:
+def plot_composition(scores: dict[str, Float[Tensor, "head0 head1"]], baseline: float,
+                     null=None, level: float = 0.05) -> Figure:
     """Q-, K- and V-composition scores between layer-0 heads (rows) and layer-1 heads
-    (columns); the colour scale is centred on `baseline`, what an untrained model scores."""
+    (columns); the colour scale is centred on `baseline`, what an untrained model scores.
+    With `null` (a table of kind, head0, head1, p), the pairs with p below `level` are starred."""
     fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 3.0), squeeze=False, layout="constrained")
     vmax = max(float(v.max()) for v in scores.values())
     for ax, (kind, values) in zip(axes[0], scores.items()):
         v = as_numpy(values)
         im = ax.imshow(v, cmap="RdBu_r", vmin=2 * baseline - vmax, vmax=vmax)
+        starred = set() if null is None else {
+            (int(r.head0), int(r.head1)) for r in null[(null["kind"] == kind) & (null["p"] < level)].itertuples()}
         for (i, j), x in np.ndenumerate(v):
-            ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{x:.2f}" + "*" * ((i, j) in starred), ha="center", va="center", fontsize=8)
         ax.set(title=f"{kind}-composition", xlabel="layer-1 head", ylabel="layer-0 head",
                xticks=range(v.shape[1]), yticks=range(v.shape[0]))
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"score (untrained: {baseline:.3f})")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"score (untrained: {baseline:.3f})"
+                 + ("" if null is None else f"; * p < {level:g}"))
     return fig
 

@@ -109,6 +109,27 @@ def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
     return scores
 
 
+def composition_null(model, untrained: Callable[[int], object], n_models: int = 20) -> pd.DataFrame:
+    """Every Q-, K- and V-composition score between layers 0 and 1, with the share p of untrained
+    models (seeds 0 .. n_models - 1) whose strongest score of that kind reaches it, as (1 + k) / (1 + n)."""
+    kinds = ("Q", "K", "V")
+    maxima = {kind: [] for kind in kinds}
+    for seed in range(n_models):
+        chance = untrained(seed)
+        for kind in kinds:
+            maxima[kind].append(composition_scores(chance, kind).max())
+    rows = []
+    for kind in kinds:
+        null = torch.stack(maxima[kind])
+        scores = composition_scores(model, kind)
+        for i in range(scores.shape[0]):
+            for j in range(scores.shape[1]):
+                reaching = int((null >= scores[i, j]).sum())
+                rows.append({"kind": kind, "head0": i, "head1": j, "score": scores[i, j].item(),
+                             "p": (1 + reaching) / (1 + n_models)})
+    return pd.DataFrame(rows)
+
+
 def direct_logit_attribution(
     model, cache, tokens: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "component batch pos_minus_1"]:
@@ -169,7 +190,7 @@ def find_induction_circuit(model) -> dict[str, list[tuple[int, int]]]:
             for kind, s in scores.items()}
 
 
-__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'direct_logit_attribution', 'path_ablation', 'find_induction_circuit']
+__all__ = ['correct_log_probs', 'generate_repeated_tokens', 'loss_by_half', 'previous_token_score', 'repeat_scores', 'ablation_losses', 'full_ov_circuit', 'copying_scores', 'induction_qk_circuit', 'composition_scores', 'composition_null', 'direct_logit_attribution', 'path_ablation', 'find_induction_circuit']
 CHAPTER = '02_induction_heads'
 CPU_LIMIT = 120  # CPU seconds per cell under grading
-POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'direct_logit_attribution': 2, 'path_ablation': 4, 'find_induction_circuit': 5}
+POINTS = {'correct_log_probs': 1, 'generate_repeated_tokens': 1, 'loss_by_half': 1, 'previous_token_score': 2, 'repeat_scores': 2, 'ablation_losses': 3, 'full_ov_circuit': 2, 'copying_scores': 2, 'induction_qk_circuit': 2, 'composition_scores': 2, 'composition_null': 3, 'direct_logit_attribution': 2, 'path_ablation': 4, 'find_induction_circuit': 5}
