@@ -433,6 +433,33 @@ head_results = patch_head_outputs(model, corrupted_tokens, clean_cache, metric).
 plots.heatmap(head_results, "Head output patching, all positions (1 = clean)", xlabel="head", ylabel="layer")
 plt.show()
 
+# %% [markdown]
+# One batch of 32 prompts is one draw. Before reading the table, run the same
+# experiment (your function) on eight independent batches (seeds 0 to 7; seed 0 is the
+# batch above) and see which of its numbers hold:
+
+# %%
+def head_patching_on(seed: int) -> Tensor:
+    batch = plots.ioi_batch(32, seed=seed).to(device)
+    corrupted = replace_subject(batch.tokens, batch.distractor, batch.correct)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch.tokens)
+        diffs = [logit_diff(x, batch.correct, batch.distractor).item() for x in (logits, model(corrupted))]
+    batch_metric = functools.partial(patching_metric, correct=batch.correct, distractor=batch.distractor,
+                                     clean_diff=diffs[0], corrupted_diff=diffs[1])
+    return patch_head_outputs(model, corrupted, cache, batch_metric).cpu()
+
+
+per_batch = torch.stack([head_patching_on(seed) for seed in range(8)])  # [batch, layer, head]
+for layer in range(cfg.n_layers):
+    for head in range(cfg.n_heads):
+        values = per_batch[:, layer, head]
+        print(f"head {layer}.{head} over 8 batches: {values.mean():.2f} ± {values.std():.2f} "
+              f"(from {values.min():.2f} to {values.max():.2f})")
+wins = per_batch[:, 1].argmax(dim=-1).bincount(minlength=cfg.n_heads)
+for head in range(cfg.n_heads):
+    print(f"head 1.{head} restores the most of layer 1 in {wins[head]} of the 8 batches")
+
 # %% [markdown] exercise={"id": "patch_head_outputs_by_position", "kind": "experiment", "difficulty": 2, "importance": 4, "minutes": 10, "points": 2}
 # ### Exercise 6: ... and position by position
 #
@@ -492,9 +519,17 @@ for i in top.tolist():
 
 # %% [markdown]
 # One layer-0 head carries nearly everything: in the course checkpoint, head 0.3
-# restores almost the whole logit difference on its own (0.95<!-- out: head 0.3: -->), and all of it from
-# the final position. Layer-1 heads restore a part each (about a fifth: 0.23<!-- out: head 1.1: --> for
-# head 1.1, 0.21<!-- out: head 1.3: --> for head 1.3), again only at the final position. So a layer-0 head brings the information from S2 to the end, and the
+# restores almost the whole logit difference on its own (0.95<!-- out: head 0.3: -->, and
+# 0.94<!-- out: head 0.3 over 8 batches: --> ± 0.01<!-- out: head 0.3 over 8 batches: 0.94 ± --> over the eight
+# batches), and all of it from the final position. Layer-1 heads restore a part each,
+# again only at the final position: 0.23<!-- out: head 1.1: --> for head 1.1 and
+# 0.21<!-- out: head 1.3: --> for head 1.3 on the batch above, and over the eight batches
+# 0.13<!-- out: head 1.0 over 8 batches: --> to 0.25<!-- out: head 1.3 over 8 batches: --> on average,
+# each varying by 0.02<!-- out: head 1.2 over 8 batches: 0.20 ± --> to
+# 0.04<!-- out: head 1.0 over 8 batches: 0.13 ± --> from batch to batch. One batch cannot rank them: the batch
+# above puts 1.1 first, but 1.3 restores the most in
+# 7<!-- out: head 1.3 restores the most of layer 1 in --> of the 8 batches and 1.1 in
+# 1<!-- out: head 1.1 restores the most of layer 1 in -->. So a layer-0 head brings the information from S2 to the end, and the
 # layer-1 heads act on it there. (Patching a whole head is not the sum of patching its
 # positions, but here a head's effect sits at one position, so they agree.)
 #
@@ -1310,6 +1345,8 @@ routes = {
 }
 for label, circuit in routes.items():
     print(f"{label} keeps {investigation.faithfulness(model, batch, circuit):.2f}")
+    pairings = [investigation.faithfulness(model, investigation.fact_batch(0, seed), circuit) for seed in range(8)]
+    print(f"{label}, over 8 pairings of twins: from {min(pairings):.2f} to {max(pairings):.2f}")
 with torch.no_grad():
     for layer in range(cfg.n_layers):
         name = f"blocks.{layer}.hook_mlp_out"
@@ -1334,7 +1371,11 @@ with torch.no_grad():
 # - **MLP0 and MLP1 at the final position** combine the two into the city.
 #
 # Each route alone keeps less than half (the last name's 0.45<!-- out: the last name's route alone keeps -->,
-# the first name's 0.28<!-- out: the first name's route alone keeps -->): a person is known only by both
+# the first name's 0.28<!-- out: the first name's route alone keeps --> on this batch; over eight pairings of
+# the same people with other twins, 0.39<!-- out: the last name's route alone, over 8 pairings of twins: -->
+# to 0.45<!-- out: the last name's route alone, over 8 pairings of twins: from 0.39 to --> and
+# 0.28<!-- out: the first name's route alone, over 8 pairings of twins: --> to
+# 0.36<!-- out: the first name's route alone, over 8 pairings of twins: from 0.28 to -->): a person is known only by both
 # names, as the corpus was written. Together, the course's eight components keep
 # 0.89<!-- out: course circuit, on 'FIRST LAST lives in': --> of the clean logit difference on
 # "lives in" with both names corrupted, 0.88<!-- out: course circuit, on 'FIRST LAST lives in', first name only: -->
