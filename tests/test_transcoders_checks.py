@@ -164,6 +164,15 @@ def explain_last_position(model, transcoders, tokens):
     return checks._last_position_influence(model, transcoders, tokens)
 
 
+def explain_graph_ranking(model, transcoders, tokens):
+    """The six largest signed total effects: the graph's own answer, which it over-promises."""
+    return checks._largest_effects(model, transcoders, tokens)
+
+
+def explain_single_ablations(model, transcoders, tokens):
+    return checks._single_ablations(model, transcoders, tokens)
+
+
 _MARY = None
 
 
@@ -182,7 +191,7 @@ def explain_other_person(model, transcoders, tokens):
     names = model.to_str_tokens(tokens)
     i = next(k for k, p in enumerate(world) if p.first in names and p.last in names)
     other = world[(i + 1) % len(world)]
-    return ref.explain_recall(model, transcoders, ag.recall_prompt(model, other, "{p} lives in"))[: inv.BUDGET]
+    return checks._largest_effects(model, transcoders, ag.recall_prompt(model, other, "{p} lives in"))
 
 
 def explain_too_many(model, transcoders, tokens):
@@ -287,10 +296,12 @@ MUTANTS = [
     ("intervention_test", interventions_effect_as_prediction, "\\*minus\\*"),
     ("intervention_test", interventions_ablated_together, "ablating it alone"),
     ("intervention_test", interventions_unseeded, "same seed"),
-    ("explain_recall", explain_by_activation, "bar is 0.35"),
-    ("explain_recall", explain_last_position, "bar is 0.35"),
-    ("explain_recall", explain_hard_coded, "bar is 0.35"),
-    ("explain_recall", explain_other_person, "bar is 0.35"),
+    ("explain_recall", explain_by_activation, "bar is 0.5"),
+    ("explain_recall", explain_last_position, "bar is 0.5"),
+    ("explain_recall", explain_hard_coded, "bar is 0.5"),
+    ("explain_recall", explain_other_person, "bar is 0.5"),
+    ("explain_recall", explain_graph_ranking, r"(?s)bar is 0\.5.*the graph predicts that your latents remove 0\.7"),
+    ("explain_recall", explain_single_ablations, "bar is 0.5"),
     ("explain_recall", explain_too_many, "budget is 6"),
     ("explain_recall", explain_tensor_ids, "Python ints"),
 ]
@@ -384,9 +395,21 @@ def ablate_with_module_forward(model, transcoders, tokens, errors, nodes):
         return model.run_with_hooks(tokens.unsqueeze(0), fwd_hooks=hooks).squeeze(0)
 
 
-def explain_by_direct_effect(model, transcoders, tokens):
-    g = checks.predicted_city_graph(model, transcoders, tokens)
-    return ag.latent_triples(g.nodes, g.adjacency[-1, : g.n_latents].argsort(descending=True)[:6].tolist())
+def explain_by_elimination(model, transcoders, tokens):
+    """Another sound answer: start from the 10 latents whose single real ablations remove
+    the most, and drop, one at a time, the latent whose return costs the set least, measured
+    together in the real model."""
+    lr = ag.LocalReplacement(model, transcoders, tokens)
+    target = checks._predicted_city_target(model, tokens)
+    candidates = checks._largest_effects(model, transcoders, tokens, 16, signed=False)
+    alone = torch.tensor([float(target(ref.ablate_latents(model, transcoders, lr.tokens, lr.errors, [c])))
+                          for c in candidates])
+    chosen = [candidates[i] for i in alone.argsort()[:10].tolist()]
+    while len(chosen) > inv.BUDGET:
+        after = [float(target(ref.ablate_latents(model, transcoders, lr.tokens, lr.errors,
+                                                 [c for c in chosen if c != drop]))) for drop in chosen]
+        chosen.remove(chosen[int(torch.tensor(after).argmin())])
+    return chosen
 
 
 VARIANTS = [
@@ -400,7 +423,7 @@ VARIANTS = [
     ("prune_nodes", prune_loop),
     ("ablate_latents", ablate_with_module_forward),
     ("intervention_test", interventions_by_helper),
-    ("explain_recall", explain_by_direct_effect),
+    ("explain_recall", explain_by_elimination),
 ]
 
 test_grade_fails_a_wrong_answer_and_says_why, test_every_exercise_has_a_mutant, test_grade_accepts_a_correct_variant = \
@@ -476,12 +499,13 @@ def test_total_effects_predict_ablation_in_the_frozen_model_exactly(model, tcs):
     assert abs(float(g.target_fn(logits)) - g.target_value + float(effects[i])) < 1e-3
 
 
-def test_the_investigation_bar_separates_the_graph_from_activation(model, tcs):
-    """The solution clears the bar with margin, and the most active latents fall well short."""
-    replacements = [(inv.replacement(model, tcs, p, t), p.city) for p, t in inv.prompts(True)[::10]]
-    solution = [inv.removed_share(lr, city, ref.explain_recall(model, tcs, lr.tokens)) for lr, city in replacements]
-    active = [inv.removed_share(lr, city, explain_by_activation(model, tcs, lr.tokens)) for lr, city in replacements]
-    assert inv.mean_share(solution) > inv.BAR + 0.05 > inv.mean_share(active) + 0.1
+def test_the_investigation_bar_is_above_the_graphs_own_ranking(model, tcs):
+    """The graph's own answer (the six largest total effects) falls short of the bar by a
+    margin on the 90 graded prompts. (That the solution clears it, 0.556, is its graded run's
+    full marks, and the chapter's claims test holds the number.)"""
+    replacements = [(inv.replacement(model, tcs, p, t), p.city) for p, t in inv.prompts(True)]
+    graph = [inv.removed_share(lr, city, explain_graph_ranking(model, tcs, lr.tokens)) for lr, city in replacements]
+    assert inv.mean_share(graph) < inv.BAR - 0.04
 
 
 def test_a_visible_check_refuses_malformed_answers(model, tcs):

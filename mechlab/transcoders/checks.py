@@ -716,6 +716,29 @@ def _recall_answers(fn: Callable, hidden: bool
     return answers
 
 
+def _prediction(lr: ag.LocalReplacement, city: str, nodes) -> float:
+    """The share of the target the graph predicts `nodes` remove: the sum of their total
+    effects over the target (0 for a latent that is not active on the prompt)."""
+    target = ag.city_target(city)
+    effects = ag.total_effects(lr, target)[: lr.n_latents]
+    index = {t: i for i, t in enumerate(ag.latent_triples(lr.nodes, range(lr.n_latents)))}
+    return sum(float(effects[index[n]]) for n in nodes if n in index) / float(target(lr.clean_logits))
+
+
+def _over_promise(answers) -> str:
+    """For a failing answer, on the first ten prompts: what the graph predicts its latents
+    remove against what they remove in the real model."""
+    predicted = [_prediction(lr, person.city, nodes) for person, _, lr, nodes in answers[:10]]
+    real = [investigation.removed_share(lr, person.city, nodes) for person, _, lr, nodes in answers[:10]]
+    p, r = investigation.mean_share(predicted), investigation.mean_share(real)
+    if p > r + 0.05:
+        return (f"On the first ten prompts the graph predicts that your latents remove {p:.2f} of the target; "
+                f"ablated together in the real model they remove {r:.2f}. Neither the graph's predictions nor "
+                "single ablations add up to what a set of latents removes together: measure sets in the real "
+                "model, and find out what the graph leaves out.")
+    return "Find what carries the fact, not what fires most."
+
+
 def _check_explain_recall(fn: Callable, hidden: bool) -> None:
     answers = _recall_answers(fn, hidden)
     if not hidden:
@@ -730,8 +753,7 @@ def _check_explain_recall(fn: Callable, hidden: bool) -> None:
         raise CheckFailed(
             f"ablating your latents removes {mean:.2f} of the target on average over the {len(shares)} prompts; the "
             f"bar is {investigation.BAR}. Worst: {template.format(p=person.name)!r}, where your latents {nodes} "
-            f"remove {shares[worst]:.2f} of the preference for {person.city}. Find what carries the fact, not what "
-            "fires most.")
+            f"remove {shares[worst]:.2f} of the preference for {person.city}. {_over_promise(answers)}")
     passed(f"explain_recall: ablating your latents removes {mean:.2f} of the target on average over the "
            f"{len(shares)} prompts (bar {investigation.BAR})")
 
@@ -752,8 +774,7 @@ def _top_activations(model, transcoders, tokens):
 def predicted_city_graph(model, transcoders, tokens) -> ag.Graph:
     """The graph of the city the model itself prefers on the prompt (what an answer that is
     not told the city builds)."""
-    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
-    return ag.attribution_graph(model, transcoders, tokens, ag.city_target(corpus.CITIES[city]))
+    return ag.attribution_graph(model, transcoders, tokens, _predicted_city_target(model, tokens))
 
 
 def _last_position_influence(model, transcoders, tokens):
@@ -767,9 +788,75 @@ def _influence(model, transcoders, tokens):
     return ag.latent_triples(g.nodes, ag.top_nodes(g, investigation.BUDGET, ("latent",)))
 
 
+def _predicted_city_target(model, tokens):
+    city = int(model(tokens[None])[0, -1, ag.city_ids()].argmax())
+    return ag.city_target(corpus.CITIES[city])
+
+
+def _largest_effects(model, transcoders, tokens, k: int = investigation.BUDGET, signed: bool = True):
+    """The k latents of largest total effect on the city the model prefers (signed: the
+    ones that push it up most), as the graph ranks them."""
+    lr = ag.LocalReplacement(model, transcoders, tokens)
+    effects = ag.total_effects(lr, _predicted_city_target(model, tokens))[: lr.n_latents]
+    return ag.latent_triples(lr.nodes, (effects if signed else effects.abs()).argsort(descending=True)[:k].tolist())
+
+
+def _single_ablations(model, transcoders, tokens):
+    """Of the 16 latents of largest |total effect|, the 6 that remove the most when each is
+    ablated alone in the real model: real effects, but chosen one at a time."""
+    lr = ag.LocalReplacement(model, transcoders, tokens)
+    target = _predicted_city_target(model, tokens)
+    candidates = _largest_effects(model, transcoders, tokens, 16, signed=False)
+    after = torch.tensor([float(target(ref.ablate_latents(model, transcoders, lr.tokens, lr.errors, [c])))
+                          for c in candidates])
+    return [candidates[i] for i in after.argsort()[: investigation.BUDGET].tolist()]
+
+
 STRATEGIES = {"the 6 most active latents": _top_activations,
               "the 6 most influential latents at the last position": _last_position_influence,
-              "the 6 most influential latents (unsigned)": _influence}
+              "the 6 most influential latents (unsigned)": _influence,
+              "the 6 largest total effects (the graph's ranking)": _largest_effects,
+              "the 6 largest single real ablations": _single_ablations}
+
+
+def _frozen(lr: ag.LocalReplacement, parts: str) -> list:
+    """Hooks that freeze LayerNorm's scales ("ln"), the attention patterns ("attn") or both
+    at their values on the replacement's prompt."""
+    with torch.no_grad():
+        _, cache = lr.model.run_with_cache(lr.tokens[None])
+    hooks = ref.freeze_hooks(cache, lr.model.cfg.n_layers)
+    return [h for h in hooks if ("hook_scale" in h[0] and "ln" in parts) or ("pattern" in h[0] and "attn" in parts)]
+
+
+def recall_gap(choose: Callable = _largest_effects) -> dict[str, float]:
+    """Where the graph's prediction for its own six latents parts from the real ablation,
+    on the 90 graded prompts: the mean share of the target removed as the graph predicts
+    it (the sum of minus the total effects), as the sum of single real ablations, and
+    ablated together with LayerNorm and attention frozen, with one of them frozen, and
+    live (the grader's measurement)."""
+    model, tcs = course_model("corpus_2l"), _tcs()
+    rows = {k: [] for k in ("graph's prediction (sum of total effects)", "sum of single real ablations",
+                            "together, LayerNorm and attention frozen", "together, LayerNorm frozen",
+                            "together, attention frozen", "together, everything live (graded)")}
+    for person, template in investigation.prompts(True):
+        lr = investigation.replacement(model, tcs, person, template)
+        target = ag.city_target(person.city)
+        nodes = choose(model, tcs, lr.tokens)
+        base = float(target(lr.clean_logits))
+
+        def removed(nodes, frozen=()) -> float:
+            with lr.model.hooks(fwd_hooks=list(frozen)):
+                return (base - float(target(ref.ablate_latents(model, tcs, lr.tokens, lr.errors, nodes)))) / base
+
+        values = [_prediction(lr, person.city, nodes), sum(removed([n]) for n in nodes),
+                  removed(nodes, _frozen(lr, "ln attn")), removed(nodes, _frozen(lr, "ln")),
+                  removed(nodes, _frozen(lr, "attn")), removed(nodes)]
+        for key, value in zip(rows, values):
+            rows[key].append(value)
+    means = {key: investigation.mean_share(v) for key, v in rows.items()}
+    for key, value in means.items():
+        print(f"the graph's six latents, {key}: mean share removed {value:.3f}")
+    return means
 
 
 def recall_comparison(fn: Callable):

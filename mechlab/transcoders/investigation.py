@@ -30,7 +30,8 @@ from mechlab.transcoders import graph as ag
 from mechlab.transcoders import reference as ref
 
 BUDGET = 6  # latents an answer may name
-BAR = 0.35  # the mean share of the target the answer's ablation must remove
+BAR = 0.50  # the mean share of the target the answer's ablation must remove: above the graph's own
+# ranking (the six largest total effects remove 0.453), which predicts the ablations it is judged by poorly
 VISIBLE_PEOPLE = ("mary brown", "kate wright", "alice taylor")  # the visible check's prompts ("lives in")
 
 

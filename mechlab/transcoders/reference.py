@@ -319,11 +319,25 @@ def explain_recall(model, transcoders: Sequence[Transcoder], tokens: Int[Tensor,
     cities = torch.from_numpy(zoo.token_ids(list(corpus.CITIES))).to(tokens.device)
     lr = LocalReplacement(model, transcoders, tokens)
     city = int(lr.clean_logits[-1, cities].argmax())
+
+    def target(logits: Tensor) -> Tensor:
+        return logits[-1, cities[city]] - logits[-1, cities].mean()
+
+    # the graph narrows the search: the 12 latents of largest |total effect| ...
     _, logits = lr.run(propagate=True)
-    target = logits[-1, cities[city]] - logits[-1, cities].mean()
-    (effects,) = torch.autograd.grad(target, lr.coefficients)
-    top = effects[: lr.n_latents].argsort(descending=True)[:6]
-    return [(lr.nodes[i].layer, lr.nodes[i].position, lr.nodes[i].latent) for i in top.tolist()]
+    (effects,) = torch.autograd.grad(target(logits), lr.coefficients)
+    top = effects[: lr.n_latents].abs().argsort(descending=True)[:12].tolist()
+    candidates = [(lr.nodes[i].layer, lr.nodes[i].position, lr.nodes[i].latent) for i in top]
+    # ... and the real model chooses: effects do not add, so add the latent whose removal,
+    # together with those already chosen, lowers the target most
+    chosen = []
+    with torch.no_grad():
+        for _ in range(6):
+            remaining = [c for c in candidates if c not in chosen]
+            after = [float(target(ablate_latents(model, transcoders, tokens, lr.errors, chosen + [c])))
+                     for c in remaining]
+            chosen.append(remaining[int(torch.tensor(after).argmin())])
+    return chosen
 
 
 __all__ = ['collect_mlp_io', 'transcode', 'variance_explained', 'replacement_loss', 'freeze_hooks', 'adjacency_matrix', 'node_influence', 'prune_nodes', 'ablate_latents', 'intervention_test', 'explain_recall']
