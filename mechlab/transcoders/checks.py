@@ -771,10 +771,17 @@ def _top_activations(model, transcoders, tokens):
     return ag.latent_triples(lr.nodes, top.tolist())
 
 
+_GRAPHS: dict[tuple, tuple[object, ag.Graph]] = {}
+
+
 def predicted_city_graph(model, transcoders, tokens) -> ag.Graph:
     """The graph of the city the model itself prefers on the prompt (what an answer that is
-    not told the city builds)."""
-    return ag.attribution_graph(model, transcoders, tokens, _predicted_city_target(model, tokens))
+    not told the city builds). Kept per prompt: the comparison's two influence strategies
+    read the same 90 graphs."""
+    key = (id(model), *map(id, transcoders), *tokens.tolist())
+    if key not in _GRAPHS or _GRAPHS[key][0] is not model:  # (an id can be reused once its object is gone)
+        _GRAPHS[key] = model, ag.attribution_graph(model, transcoders, tokens, _predicted_city_target(model, tokens))
+    return _GRAPHS[key][1]
 
 
 def _last_position_influence(model, transcoders, tokens):
