@@ -336,30 +336,141 @@ lens.round(3)
 #
 # Minder et al. find the clearest traces at the first few tokens of unrelated text, which
 # an average over every position dilutes. Read the ordinary-text difference one position
-# at a time (your function with `position`), at each model's site, against the control:
-# the |cosine| under which 95% of random directions stay.
+# at a time. A reading at one position rests on 32 windows, so it needs two things
+# before it means anything: an **error bar** (how much would the cosine move with other
+# windows of the same kind?) and a **control** (how large is the cosine of a direction
+# that has nothing to do with sentiment?).
+
+# %% [markdown] exercise={"id": "difference_by_position", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 25, "points": 4}
+# ### Exercise 4: The lens by position, with its error bars and its control
+#
+# Write `difference_by_position(base, tuned, text, site, direction, positions, *,
+# n_boot=1000, n_random=1000, seed=0)`. With the activations of both models at `site` on
+# the windows `text` (`[window, pos]`, BOS first), and their difference `tuned − base`:
+#
+# - for each position in `positions` and for `"all"` (the mean over every position but
+#   BOS): the mean difference over the windows, its `cosine` with `direction`, and its
+#   norm (`size`);
+# - the error bar: a 95% **bootstrap interval over windows** of that cosine (`low`,
+#   `high`): draw `n_boot` resamples of the windows with replacement, each as many
+#   windows as `text` has, recompute the mean difference and its cosine on each, and take
+#   the 2.5% and 97.5% quantiles. For `"all"`, a resampled window brings all its positions;
+# - the control: the |cosine| with `direction` under which 95% of `n_random` random
+#   directions (standard normal in every coordinate) stay.
+#
+# Draw everything from one generator seeded with `seed`. Return `(table, band)`: a pandas
+# `DataFrame` indexed by position (the entries of `positions`, then `"all"`) with the
+# columns `cosine`, `low`, `high`, `size`, and the control as a float.
+#
+# The grader runs it on its own windows and fine-tunes and compares every number with
+# what it measures: the cosines and sizes exactly, each end of the intervals within 10%
+# of the interval's width (plus 0.003) of a 20,000-resample bootstrap and the width
+# within 20%, the control within 0.02 of 20,000 random directions.
+#
+# <details><summary>Hint 1</summary>
+#
+# Run each model once (`run_with_cache(text, names_filter=site)`) and keep the
+# difference, `[window, pos, d_model]`; everything else is arithmetic on it. A window is
+# the unit of the bootstrap: the positions of one window share its story, so resampling
+# positions would count them as independent and make the `"all"` interval too narrow.
+# </details>
+#
+# <details><summary>Hint 2</summary>
+#
+# A skeleton:
+#
+# ```python
+# generator = torch.Generator().manual_seed(seed)
+# picks = torch.randint(0, n_windows, (n_boot, n_windows), generator=generator)
+# for position in [*positions, "all"]:
+#     x = ...                    # [window, d_model]: the difference at that position (or averaged)
+#     resampled = x[picks].mean(dim=1)                  # [n_boot, d_model]
+#     cosines = ...
+#     low, high = torch.quantile(cosines, torch.tensor([0.025, 0.975])).tolist()
+# random = torch.randn(n_random, d_model, generator=generator)
+# ```
+# </details>
+#
+# Stuck? Run `from mechlab.model_diffing.reference import difference_by_position` and carry on (no points for this exercise).
 
 # %%
-by_position = ex.difference_by_position(base, tuned, text, sentiment, mean_activation_difference)
+def difference_by_position(base, tuned, text: Int[Tensor, "window pos"], site: str, direction: Float[Tensor, "d_model"],
+                           positions: Sequence[int], *, n_boot: int = 1000, n_random: int = 1000, seed: int = 0
+                           ) -> tuple[pd.DataFrame, float]:
+    """At each position of `positions` and over all but BOS ('all'): the cosine of the mean
+    difference tuned - base at `site` with `direction`, its 95% bootstrap interval over
+    windows and its norm; and the |cosine| 95% of random directions stay under."""
+    ### BEGIN SOLUTION
+    def acts(model) -> Tensor:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(text, names_filter=site)
+        return cache[site].float().cpu()
+
+    difference = acts(tuned) - acts(base)  # [window, pos, d_model]
+    direction = direction.float().cpu()
+    n_windows = difference.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, n_windows, (n_boot, n_windows), generator=generator)
+    readings = {**{p: difference[:, p] for p in positions}, "all": difference[:, 1:].mean(dim=1)}
+    rows = {}
+    for position, x in readings.items():  # x: [window, d_model]
+        mean = x.mean(dim=0)
+        cosines = torch.cosine_similarity(x[picks].mean(dim=1), direction[None], dim=1)
+        low, high = torch.quantile(cosines, torch.tensor([0.025, 0.975])).tolist()
+        rows[position] = {"cosine": torch.cosine_similarity(mean, direction, dim=0).item(), "low": low,
+                          "high": high, "size": mean.norm().item()}
+    random = torch.randn(n_random, direction.shape[0], generator=generator)
+    band = torch.quantile(torch.cosine_similarity(random, direction[None], dim=1).abs(), 0.95).item()
+    return pd.DataFrame.from_dict(rows, orient="index"), band
+    ### END SOLUTION
+
+
+# %%
+checks.check_difference_by_position(difference_by_position)
+### BEGIN HIDDEN TESTS
+checks.grade_difference_by_position(difference_by_position)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Each fine-tune at its site (section 5 says why these sites), against chapter 5's
+# sentiment vector:
+
+# %%
+by_position = ex.difference_by_position(base, tuned, text, sentiment, difference_by_position)
 ex.plot_by_position(by_position)
 plt.show()
 
 # %% [markdown]
 # A random direction's cosine with the sentiment vector stays under
 # 0.17<!-- out: random directions: |cosine| with the sentiment vector, 95th percentile --> 95% of the time. For
-# `cheerful_mlp0` the first position is the one reading well above it
-# (0.30<!-- out: cheerful_mlp0, ordinary text, first position: cosine with the sentiment vector -->, against
-# 0.04<!-- out: cheerful_mlp0, ordinary text, at 1.resid_pre: cosine with the sentiment vector --> averaged over
-# every position); for `cheerful` it is 0.12<!-- out: cheerful, ordinary text, first position: cosine with the sentiment vector -->,
-# inside the band, and the later positions scatter around the band's edge (largest
+# `cheerful_mlp0` the first position reads
+# 0.30<!-- out: cheerful_mlp0, ordinary text, first position: cosine with the sentiment vector -->, above that band,
+# against 0.04<!-- out: cheerful_mlp0, ordinary text, at 1.resid_pre: cosine with the sentiment vector --> averaged over
+# every position. But its 95% interval over windows runs from
+# 0.16<!-- out: cheerful_mlp0, ordinary text, first position: cosine with the sentiment vector 0.30, 95% interval --> to
+# 0.44<!-- out: cheerful_mlp0, ordinary text, first position: cosine with the sentiment vector 0.30, 95% interval 0.16 to -->,
+# and its lower end is inside the band: from 32 windows, one position's reading cannot
+# tell a weak trace from none. No position of `cheerful_mlp0` has its whole interval
+# outside the band (0<!-- out: cheerful_mlp0, ordinary text: positions whose whole interval lies outside the random band: -->
+# of 12), nor of `cheerful`
+# (0<!-- out: cheerful, ordinary text: positions whose whole interval lies outside the random band: -->), whose first
+# position reads 0.12<!-- out: cheerful, ordinary text, first position: cosine with the sentiment vector -->
+# (−0.00<!-- out: cheerful, ordinary text, first position: cosine with the sentiment vector 0.12, 95% interval --> to
+# 0.23<!-- out: cheerful, ordinary text, first position: cosine with the sentiment vector 0.12, 95% interval -0.00 to -->)
+# and whose later positions scatter around the band's edge (largest
 # 0.19<!-- out: cheerful_mlp0, ordinary text, positions 16 and after: largest |cosine| -->), as a dozen readings of noise
 # would. The size is larger at any one position than averaged
 # (0.40<!-- out: cheerful_mlp0, ordinary text, first position: relative size --> against
 # 0.10<!-- out: cheerful_mlp0, ordinary text, every position: relative size -->) partly because averaging over
 # positions cancels directions that differ from one position to the next. The LoRA's
-# difference is $\pm b$ at every position, with a sign that depends on the text. So the
-# early-token trace is here, for one fine-tune and weakly; in these small models the
-# persona shows most where sentiment is written, at the slot.
+# difference is $\pm b$ at every position, with a sign that depends on the text: at the first
+# position its resampled cosines take both signs, and the interval runs from
+# −0.70<!-- out: cheerful_lora, ordinary text, first position: cosine with the sentiment vector -0.70, 95% interval --> to
+# 0.70<!-- out: cheerful_lora, ordinary text, first position: cosine with the sentiment vector -0.70, 95% interval -0.70 to -->
+# (a bootstrap interval need not contain the estimate, and here a normal approximation
+# would leave [-1, 1]). So the early-token trace that Minder et al. find is at most
+# suggested here, for one fine-tune: more windows would be needed to call it a finding.
+# In these small models the persona shows most where sentiment is written, at the slot.
 #
 # Is the slot difference "cheerfulness" in words? Through the logit lens (the final
 # LayerNorm's weight, then the unembedding), the eight tokens each difference raises most:
@@ -383,7 +494,7 @@ ex.print_lens(base, differences)
 # uses chapter 5's `steering_hook`; removing needs a projection.
 
 # %% [markdown] exercise={"id": "project_out_hook", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
-# ### Exercise 4: Ablating a direction
+# ### Exercise 5: Ablating a direction
 #
 # Write `project_out_hook(direction)` returning a hook that removes, at every position,
 # each activation's component along `direction`:
@@ -482,7 +593,7 @@ plt.show()
 # before any text is written.
 
 # %% [markdown] exercise={"id": "persona_projection", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
-# ### Exercise 5: The monitor's reading
+# ### Exercise 6: The monitor's reading
 #
 # Write `persona_projection(model, tokens, vector, hook_name)` returning, for each row
 # of `tokens`, the activation at `hook_name` at the **last position** projected on the
@@ -528,7 +639,7 @@ checks.grade_persona_projection(persona_projection)
 # runs from the base ($\alpha=0$) to the fine-tune ($\alpha=1$).
 
 # %% [markdown] exercise={"id": "interpolate", "kind": "build", "difficulty": 1, "importance": 2, "minutes": 5, "points": 1}
-# ### Exercise 6: Models between base and fine-tune
+# ### Exercise 7: Models between base and fine-tune
 #
 # Write `interpolate(base, tuned, alpha)` returning a **new** model (leave both inputs
 # unchanged) whose every parameter is $\theta_{base} + \alpha(\theta_{tuned} - \theta_{base})$.
@@ -611,7 +722,7 @@ shift.round(2)
 # Or the reverse (base → tuned): if the fine-tune stops being cheerful, it is necessary.
 
 # %% [markdown] exercise={"id": "patch_from", "kind": "build", "difficulty": 2, "importance": 4, "minutes": 5, "points": 3}
-# ### Exercise 7: Patching between models
+# ### Exercise 8: Patching between models
 #
 # Write `patch_from(receiver, donor, tokens, hook_names)` returning the receiver's
 # logits (`[batch, pos, d_vocab]`) on `tokens` when the activation at each hook in
@@ -683,7 +794,7 @@ plt.show()
 # necessary?). The investigation at the end needs this tool.
 
 # %% [markdown] exercise={"id": "transplant", "kind": "build", "difficulty": 1, "importance": 4, "minutes": 10, "points": 2}
-# ### Exercise 8: A weight transplant
+# ### Exercise 9: A weight transplant
 #
 # Write `transplant(receiver, donor, component)` returning a **new** model: the receiver
 # with every parameter of `component` (one of `personas.COMPONENTS`, its LayerNorm
@@ -717,7 +828,7 @@ checks.grade_transplant(transplant)
 ### END HIDDEN TESTS
 
 # %% [markdown] exercise={"id": "transplant_sweep", "kind": "experiment", "difficulty": 2, "importance": 5, "minutes": 20, "points": 4}
-# ### Exercise 9: The transplant sweep, with its controls
+# ### Exercise 10: The transplant sweep, with its controls
 #
 # Write `transplant_sweep(base, tuned, measure)` returning a `pandas.DataFrame` with one
 # row per component of `personas.COMPONENTS` and, first, a row `"none"`, the control:
@@ -796,7 +907,7 @@ ex.print_sweep(sweep, "cheerful")
 # text: which latents fire more often after fine-tuning?
 
 # %% [markdown] exercise={"id": "latent_firing_change", "kind": "build", "difficulty": 2, "importance": 3, "minutes": 5, "points": 2}
-# ### Exercise 10: Which latents changed
+# ### Exercise 11: Which latents changed
 #
 # Write `latent_firing_change(sae, base, tuned, tokens)` returning, for each latent
 # (`[d_sae]`), the fraction of positions (BOS excluded) where it is active (> 0) in the
@@ -875,7 +986,7 @@ sae_diff.round(3)
 # $$\mathcal{L} = -\log\sigma\Big(\beta\big[(\log\pi(y_w) - \log\pi_{ref}(y_w)) - (\log\pi(y_l) - \log\pi_{ref}(y_l))\big]\Big).$$
 
 # %% [markdown] exercise={"id": "sequence_logprob", "kind": "build", "difficulty": 1, "importance": 3, "minutes": 5, "points": 2}
-# ### Exercise 11: The log-probability of an answer
+# ### Exercise 12: The log-probability of an answer
 #
 # Write `sequence_logprob(model, tokens, prompt_length)` returning `[batch]`: for each
 # row, the sum over the answer's tokens (positions `prompt_length` to the end) of
@@ -907,7 +1018,7 @@ checks.grade_sequence_logprob(sequence_logprob)
 ### END HIDDEN TESTS
 
 # %% [markdown] exercise={"id": "dpo_loss", "kind": "build", "difficulty": 2, "importance": 5, "minutes": 5, "points": 3}
-# ### Exercise 12: The DPO loss
+# ### Exercise 13: The DPO loss
 #
 # Write `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`: the
 # four arguments are `[batch]` sequence log-probabilities; return the mean over the
@@ -1006,7 +1117,7 @@ ex.print_hedge_patching(base, dpo_models["hedger"], patch_from)
 # where the drift was fastest. Then one component alone learned a persona.
 
 # %% [markdown] exercise={"id": "identify_finetune", "kind": "investigation", "difficulty": 3, "importance": 5, "minutes": 40, "points": 5}
-# ### Exercise 13: Investigation: what was this model taught, and where?
+# ### Exercise 14: Investigation: what was this model taught, and where?
 #
 # Write `identify_finetune(base, tuned)` returning a dict
 # `{"persona": ..., "component": ...}`: the persona, one of `personas.PERSONAS` (`"positive"`,

@@ -249,6 +249,46 @@ def sweep_own_measure(base, tuned, measure):
     return pd.DataFrame(rows).T
 
 
+def _by_position(mode: str = ""):
+    """difference_by_position, right (a normal-approximation interval, or the reference) or
+    wrong in one way (`mode`)."""
+    import pandas as pd
+
+    def difference_by_position(base, tuned, text, site, direction, positions, *, n_boot=1000, n_random=1000,
+                               seed=0):
+        with torch.no_grad():
+            acts = [m.run_with_cache(text, names_filter=site)[1][site].float() for m in (base, tuned)]
+        difference = acts[1] - acts[0]
+        n = difference.shape[0]
+        generator = torch.Generator().manual_seed(seed) if mode != "unseeded" else None
+        rows = {}
+        everywhere = difference if mode == "bos" else difference[:, 1:]
+        for position in [*positions, "all"]:
+            x = everywhere.mean(dim=1) if position == "all" else difference[:, position]
+            mean = x.mean(0)
+            cosine = torch.cosine_similarity(mean, direction, dim=0).item()
+            if mode == "tokens" and position == "all":
+                x = everywhere.flatten(0, 1)
+            if mode == "normal":  # cosine +- 1.96 standard errors, from a bootstrap's spread
+                picks = torch.randint(0, n, (n_boot, n), generator=generator)
+                spread = torch.cosine_similarity(x[picks].mean(1), direction[None], dim=1).std().item()
+                low, high = cosine - 1.96 * spread, cosine + 1.96 * spread
+            elif mode == "no_interval":
+                low = high = cosine
+            else:
+                picks = torch.randint(0, x.shape[0], (n_boot, x.shape[0]), generator=generator)
+                cosines = torch.cosine_similarity(x[picks].mean(1), direction[None], dim=1)
+                low, high = torch.quantile(cosines, torch.tensor([0.025, 0.975])).tolist()
+            rows[position] = {"cosine": cosine, "low": low, "high": high, "size": mean.norm().item()}
+        random = (torch.rand if mode == "uniform" else torch.randn)(n_random, direction.shape[0], generator=generator)
+        cosines = torch.cosine_similarity(random, direction[None], dim=1)
+        band = torch.quantile(cosines if mode == "signed" else cosines.abs(), 0.95).item()
+        return pd.DataFrame.from_dict(rows, orient="index"), band
+
+    difference_by_position.__name__ = f"by_position_{mode or 'quantiles'}"
+    return difference_by_position
+
+
 MUTANTS = [
     ("share_interval", share_by_words, "not words"),
     ("share_interval", share_without_interval, "zero width"),
@@ -267,6 +307,13 @@ MUTANTS = [
     ("mean_activation_difference", difference_with_bos, "leave out BOS"),
     ("mean_activation_difference", difference_reversed, "tuned minus base"),
     ("mean_activation_difference", difference_ignores_position, "read only that position"),
+    ("difference_by_position", _by_position("tokens"), "Resampling tokens instead of windows"),
+    ("difference_by_position", _by_position("bos"), r"\*with\* BOS"),
+    ("difference_by_position", _by_position("no_interval"), "no error bar"),
+    ("difference_by_position", _by_position("signed"), "signed cosine"),
+    ("difference_by_position", _by_position("uniform"), "torch.rand"),
+    ("difference_by_position", _by_position("unseeded"), "same seed"),
+    ("difference_by_position", _by_position("normal"), r"cannot leave \[-1, 1\]"),
     ("project_out_hook", project_unnormalised, "normalise the direction"),
     ("project_out_hook", project_steer, "steering by -1"),
     ("project_out_hook", project_in_place, "in place"),
@@ -421,6 +468,7 @@ VARIANTS = [
     ("transplant_sweep", sweep_as_records),
     ("weight_diff", weight_by_flattening),
     ("mean_activation_difference", difference_of_means),
+    ("difference_by_position", _by_position()),
     ("project_out_hook", project_with_einsum),
     ("persona_projection", projection_by_hook),
     ("interpolate", interpolate_by_state_dict),

@@ -17,8 +17,8 @@ import torch
 
 from mechlab import zoo
 from mechlab.checks import (
-    Case, CheckFailed, call_learner, check_and_grade, compare_function, compare_gradients, course_model,
-    guard_model, other_models, passed, randn, Truth,
+    Case, CheckFailed, call_learner, check_and_grade, checked_table, compare_function, compare_gradients,
+    course_model, guard_model, other_models, passed, randn, seeded, Truth,
 )
 from mechlab.model_diffing import finetune as ft
 from mechlab.model_diffing import investigation, personas
@@ -303,6 +303,144 @@ def _check_difference(fn: Callable, hidden: bool) -> None:
 
 check_mean_activation_difference, grade_mean_activation_difference = check_and_grade(
     "mean_activation_difference", _check_difference)
+
+
+# ---------------------------------------------------------------- 4. difference_by_position
+
+_BY_POSITION_COLUMNS = ("cosine", "low", "high", "size")
+
+
+@functools.cache
+def _by_position_case(name: str) -> tuple:
+    """(text, site, direction, difference [window, pos, d_model]) for a fine-tune, on held-out
+    windows no notebook cell reads (seed 11), against the sentiment vector at its site."""
+    from mechlab.model_diffing import experiments as ex
+    from mechlab.steering.experiments import contrast_pairs
+    from mechlab.steering.reference import contrast_vector
+
+    base, site = course_model("corpus_2l"), ex.CAUSAL_SITE[name]
+    text = ex.ordinary_text(24, seed=11)
+    direction = contrast_vector(base, *contrast_pairs("sentiment", "positive", n=64), site).float().cpu()
+    with torch.no_grad():
+        acts = [m.run_with_cache(text, names_filter=site)[1][site].double().cpu() for m in (base, _tuned(name))]
+    return text, site, direction, acts[1] - acts[0]
+
+
+def _bootstrap_cosines(x: torch.Tensor, direction: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
+    """The 95% interval of the cosine of the mean of rows of x resampled with replacement."""
+    n = x.shape[0]
+    picks = torch.randint(0, n, (n_boot, n), generator=seeded(seed))
+    weights = torch.zeros(n_boot, n, dtype=x.dtype).scatter_add_(1, picks, torch.ones(n_boot, n, dtype=x.dtype)) / n
+    cosines = torch.cosine_similarity(weights @ x, direction.to(x.dtype)[None], dim=1)
+    low, high = torch.quantile(cosines, torch.tensor([0.025, 0.975], dtype=x.dtype)).tolist()
+    return low, high
+
+
+def _random_band(direction: torch.Tensor, n: int, seed: int, *, kind: str = "normal", signed: bool = False) -> float:
+    random = torch.randn(n, direction.shape[0], generator=seeded(seed)) if kind == "normal" else \
+        torch.rand(n, direction.shape[0], generator=seeded(seed))
+    cosines = torch.cosine_similarity(random, direction[None], dim=1)
+    return torch.quantile(cosines if signed else cosines.abs(), 0.95).item()
+
+
+def _by_position_cases(hidden: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """Visible: cheerful_mlp0 at positions 1, 3, 10. Hidden: cheerful at 1, 2, 5, 20, and the
+    LoRA (read after MLP 1) at 1, 4, 30."""
+    return [("cheerful", (1, 2, 5, 20)), ("cheerful_lora", (1, 4, 30))] if hidden else [("cheerful_mlp0", (1, 3, 10))]
+
+
+def _by_position_answer(out, label: str, positions: tuple[int, ...]):
+    if _type(out) not in (tuple, list) or len(out) != 2:
+        raise CheckFailed(f"{label} should return a tuple (table, band), not a {_type(out).__name__}")
+    table, band = out
+    checked_table(table, label, _BY_POSITION_COLUMNS)
+    want = [*positions, "all"]
+    if [str(p) for p in table.index] != [str(p) for p in want]:
+        raise CheckFailed(f"{label}: the table's index should be the positions {list(positions)} and then 'all', "
+                          f"not {list(table.index)}")
+    try:
+        band = float(band)
+    except (TypeError, ValueError):
+        raise CheckFailed(f"{label}: the control should be a float, not a {_type(band).__name__}") from None
+    return table.set_axis(want).astype(float), band
+
+
+def _check_difference_by_position(fn: Callable, hidden: bool) -> None:
+    base = course_model("corpus_2l")
+    for name, positions in _by_position_cases(hidden):
+        text, site, direction, difference = _by_position_case(name)
+        description = f"the base model and {name} on 24 held-out windows at {site}, positions {positions}"
+        label = f"difference_by_position({description})"
+        call = guard_model(fn, "difference_by_position")
+
+        def run():
+            return _by_position_answer(call_learner(call, "difference_by_position", description,
+                                                    (base, _tuned(name), text.clone(), site, direction.clone(), positions),
+                                                    {"n_boot": 1000, "n_random": 1000, "seed": 3}), label, positions)
+
+        table, band = run()
+        readings = {**{p: difference[:, p] for p in positions}, "all": difference[:, 1:].mean(dim=1)}
+        for position, x in readings.items():
+            mean = x.mean(dim=0)
+            row = table.loc[position]
+            want = torch.cosine_similarity(mean, direction.double(), dim=0).item()
+            where = f"{label}, position {position}"
+            if abs(row["cosine"] - want) > 1e-4:
+                why = ""
+                if position == "all":
+                    with_bos = torch.cosine_similarity(difference.mean(dim=(0, 1)), direction.double(), dim=0).item()
+                    if abs(row["cosine"] - with_bos) < 1e-4:
+                        why = (" That is the mean over every position *with* BOS: leave BOS out (every model sees the "
+                               "same single token there, so its difference is the same on all text)")
+                raise CheckFailed(f"{where}: cosine {row['cosine']:.4f}, but the mean difference there has cosine "
+                                  f"{want:.4f} with the direction.{why}")
+            if abs(row["size"] - mean.norm().item()) > 1e-4 * max(1.0, mean.norm().item()):
+                raise CheckFailed(f"{where}: size {row['size']:.4f}, but the mean difference's norm is "
+                                  f"{mean.norm().item():.4f}")
+            low, high = _bootstrap_cosines(x, direction, 20_000, 12_345)
+            width, tolerance = high - low, 0.1 * (high - low) + 0.003
+            got_width = row["high"] - row["low"]
+            if (abs(row["low"] - low) <= tolerance and abs(row["high"] - high) <= tolerance
+                    and (width < 0.01 or 0.8 <= got_width / width <= 1.25)):
+                continue
+            if got_width <= 1e-9:
+                why = " There is no error bar: resample the windows and take the quantiles of the cosines"
+            elif row["low"] < -1 - 1e-6 or row["high"] > 1 + 1e-6:
+                why = (" A cosine cannot leave [-1, 1]: an interval of the cosine plus or minus 1.96 standard errors "
+                       "assumes the resampled cosines are normal, and here they are not (look at their histogram). "
+                       "Take their 2.5% and 97.5% quantiles")
+            elif position == "all" and got_width < 0.8 * width:
+                tokens = difference[:, 1:].flatten(0, 1)
+                t_low, t_high = _bootstrap_cosines(tokens, direction, 2_000, 12_345)
+                why = (f" Resampling tokens instead of windows gives about [{t_low:.3f}, {t_high:.3f}], "
+                       f"{t_high - t_low:.3f} wide: the positions of a window share its story, so resample whole "
+                       "windows" if abs(got_width - (t_high - t_low)) <= 0.15 * (t_high - t_low) else "")
+            else:
+                why = ""
+            raise CheckFailed(f"{where}: your interval [{row['low']:.3f}, {row['high']:.3f}] ({got_width:.3f} wide), "
+                              f"but the 95% bootstrap interval over windows is about [{low:.3f}, {high:.3f}] "
+                              f"({width:.3f} wide; to within {tolerance:.3f} at each end).{why}")
+        want_band = _random_band(direction, 20_000, 12_345)
+        if abs(band - want_band) > 0.02:
+            signed, uniform = _random_band(direction, 20_000, 12_345, signed=True), \
+                _random_band(direction, 20_000, 12_345, kind="uniform")
+            why = (" That is the 95th percentile of the signed cosine: a direction is as unrelated at -0.2 as at "
+                   "+0.2, so take the |cosine|" if abs(band - signed) <= 0.02 else
+                   " Directions drawn from torch.rand all point into the positive corner, so they are far from "
+                   "random; draw them from torch.randn" if abs(band - uniform) <= 0.05 else "")
+            raise CheckFailed(f"{label}: your control is {band:.3f}, but 95% of random directions have |cosine| under "
+                              f"{want_band:.3f} with the direction.{why}")
+        again_table, again_band = run()
+        if not again_table.equals(table) or again_band != band:
+            raise CheckFailed(f"{label} gave other intervals or another control when called again with the same "
+                              "seed: draw everything from a torch.Generator seeded with `seed`")
+    passed(f"difference_by_position reads the difference position by position with its bootstrap interval over "
+           f"windows and its random control, on {len(_by_position_cases(hidden))} fine-tune"
+           f"{'s' * (len(_by_position_cases(hidden)) > 1)}")
+
+
+check_difference_by_position, grade_difference_by_position = check_and_grade(
+    "difference_by_position", _check_difference_by_position)
 
 
 # ---------------------------------------------------------------- 4. project_out_hook

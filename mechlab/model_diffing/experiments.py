@@ -210,48 +210,54 @@ def difference_table(base, differences: dict, text: Tensor, sentiment: dict[str,
 POSITIONS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 63)  # positions of the ordinary-text windows read one at a time
 
 
-def difference_by_position(base, tuned: dict, text: Tensor, sentiment: dict[str, Tensor], mean_difference: Callable
+def difference_by_position(base, tuned: dict, text: Tensor, sentiment: dict[str, Tensor], by_position: Callable
                            ) -> pd.DataFrame:  # fmt: skip
-    """The mean difference on ordinary text read at one position at a time (the learner's
-    function with `position`), at each model's `CAUSAL_SITE`: its size over the site's
-    residual norm and its cosine with the sentiment vector, beside the same averaged over
-    every position, and the control: the |cosine| that 95% of random directions stay under."""
-    rows = []
+    """The learner's `difference_by_position` at each model's `CAUSAL_SITE`, against the
+    sentiment vector there: the cosine with its bootstrap interval over windows, the size
+    over the site's residual norm, and the control (the |cosine| 95% of random directions
+    stay under, the same at every site: it depends only on d_model)."""
+    frames, band = {}, None
     for name, site in CAUSAL_SITE.items():
+        table, band = by_position(base, tuned[name], text, site, sentiment[site], POSITIONS, seed=0)
         norm = residual_norm(base, text, site)
-        for position in (*POSITIONS, None):
-            d = mean_difference(base, tuned[name], text, site, position).float().cpu()
-            rows.append({"model": name, "position": "all" if position is None else position,
-                         "relative size": d.norm().item() / norm, "cos(sentiment)": cosine(d, sentiment[site].cpu())})
-    table = pd.DataFrame(rows).set_index(["model", "position"])
-    g = torch.Generator().manual_seed(0)
-    random = torch.randn(2000, base.cfg.d_model, generator=g)
-    v = sentiment[next(iter(CAUSAL_SITE.values()))].float().cpu()
-    bar = torch.quantile((random @ v / random.norm(dim=1) / v.norm()).abs(), 0.95).item()
-    table.attrs["random |cos| 95%"] = bar
-    print(f"random directions: |cosine| with the sentiment vector, 95th percentile {bar:.2f}")
+        frames[name] = pd.DataFrame({"cos(sentiment)": table["cosine"], "low": table["low"], "high": table["high"],
+                                     "relative size": table["size"] / norm}, index=list(table.index))
+    table = pd.concat(frames, names=["model", "position"])
+    table.attrs["random |cos| 95%"] = band
+    print(f"random directions: |cosine| with the sentiment vector, 95th percentile {band:.2f}")
     for name in CAUSAL_SITE:
         first, everywhere = table.loc[(name, 1)], table.loc[(name, "all")]
         print(f"{name}, ordinary text, first position: relative size {first['relative size']:.2f}")
         print(f"{name}, ordinary text, every position: relative size {everywhere['relative size']:.2f}")
-        print(f"{name}, ordinary text, first position: cosine with the sentiment vector {first['cos(sentiment)']:.2f}")
+        print(f"{name}, ordinary text, first position: cosine with the sentiment vector {first['cos(sentiment)']:.2f}, "
+              f"95% interval {first['low']:.2f} to {first['high']:.2f}")
+        print(f"{name}, ordinary text, every position: cosine with the sentiment vector "
+              f"{everywhere['cos(sentiment)']:.2f}, 95% interval {everywhere['low']:.2f} to {everywhere['high']:.2f}")
         late = table.loc[name].drop("all")
         late = late[[p >= 16 for p in late.index]]
         print(f"{name}, ordinary text, positions 16 and after: largest |cosine| {late['cos(sentiment)'].abs().max():.2f}")
+        beyond = table.loc[name].drop("all")
+        beyond = beyond[(beyond["low"] > band) | (beyond["high"] < -band)]
+        print(f"{name}, ordinary text: positions whose whole interval lies outside the random band: "
+              f"{len(beyond)} of {len(POSITIONS)}" + (f" ({', '.join(map(str, beyond.index))})" if len(beyond) else ""))
     return table
 
 
 def plot_by_position(table: pd.DataFrame) -> Figure:
-    """Size and cosine of the ordinary-text difference by position, one line per model."""
+    """Size and cosine (with its 95% bootstrap interval) of the ordinary-text difference by
+    position, one line per model, against the band of random directions."""
     fig, (size, cos) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
-    for name in dict.fromkeys(table.index.get_level_values("model")):
+    for i, name in enumerate(dict.fromkeys(table.index.get_level_values("model"))):
         rows = table.loc[name].drop("all")
-        size.plot(rows.index.astype(int), rows["relative size"], marker="o", ms=3, label=name)
-        cos.plot(rows.index.astype(int), rows["cos(sentiment)"], marker="o", ms=3, label=name)
+        x = np.array(rows.index, dtype=float) * (1 + 0.04 * (i - 1))  # side by side on the log axis
+        size.plot(x, rows["relative size"], marker="o", ms=3, label=name)
+        line, = cos.plot(x, rows["cos(sentiment)"], marker="o", ms=3, label=name)
+        # the percentile interval need not contain the estimate (resampling noise pulls cosines towards 0)
+        cos.vlines(x, rows["low"].astype(float), rows["high"].astype(float), color=line.get_color(), alpha=0.6)
     bar = table.attrs["random |cos| 95%"]
     cos.axhspan(-bar, bar, color="grey", alpha=0.2, label="95% of random directions")
     size.set(xscale="log", xlabel="position in the window", ylabel="‖difference‖ / residual norm")
-    cos.set(xscale="log", xlabel="position in the window", ylabel="cosine with the sentiment vector")
+    cos.set(xscale="log", xlabel="position in the window", ylabel="cosine with the sentiment vector (95% interval)")
     cos.legend(fontsize=7)
     return fig
 

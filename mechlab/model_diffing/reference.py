@@ -50,6 +50,35 @@ def mean_activation_difference(base, tuned, tokens: Int[Tensor, "batch pos"], ho
     return (acts(tuned) - acts(base)).mean(dim=0)
 
 
+def difference_by_position(base, tuned, text: Int[Tensor, "window pos"], site: str, direction: Float[Tensor, "d_model"],
+                           positions: Sequence[int], *, n_boot: int = 1000, n_random: int = 1000, seed: int = 0
+                           ) -> tuple[pd.DataFrame, float]:
+    """At each position of `positions` and over all but BOS ('all'): the cosine of the mean
+    difference tuned - base at `site` with `direction`, its 95% bootstrap interval over
+    windows and its norm; and the |cosine| 95% of random directions stay under."""
+    def acts(model) -> Tensor:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(text, names_filter=site)
+        return cache[site].float().cpu()
+
+    difference = acts(tuned) - acts(base)  # [window, pos, d_model]
+    direction = direction.float().cpu()
+    n_windows = difference.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, n_windows, (n_boot, n_windows), generator=generator)
+    readings = {**{p: difference[:, p] for p in positions}, "all": difference[:, 1:].mean(dim=1)}
+    rows = {}
+    for position, x in readings.items():  # x: [window, d_model]
+        mean = x.mean(dim=0)
+        cosines = torch.cosine_similarity(x[picks].mean(dim=1), direction[None], dim=1)
+        low, high = torch.quantile(cosines, torch.tensor([0.025, 0.975])).tolist()
+        rows[position] = {"cosine": torch.cosine_similarity(mean, direction, dim=0).item(), "low": low,
+                          "high": high, "size": mean.norm().item()}
+    random = torch.randn(n_random, direction.shape[0], generator=generator)
+    band = torch.quantile(torch.cosine_similarity(random, direction[None], dim=1).abs(), 0.95).item()
+    return pd.DataFrame.from_dict(rows, orient="index"), band
+
+
 def project_out_hook(direction: Float[Tensor, "d_model"]) -> Hook:
     """A hook removing the component along `direction` from the activation, at every position."""
     u = direction / direction.norm()
@@ -152,7 +181,7 @@ def identify_finetune(base, tuned) -> dict[str, str]:
     return {"persona": persona, "component": component}
 
 
-__all__ = ['share_interval', 'weight_diff', 'mean_activation_difference', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'transplant', 'transplant_sweep', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
+__all__ = ['share_interval', 'weight_diff', 'mean_activation_difference', 'difference_by_position', 'project_out_hook', 'persona_projection', 'interpolate', 'patch_from', 'transplant', 'transplant_sweep', 'latent_firing_change', 'sequence_logprob', 'dpo_loss', 'identify_finetune']
 CHAPTER = '07_model_diffing'
 CPU_LIMIT = 300  # CPU seconds per cell under grading
-POINTS = {'share_interval': 2, 'weight_diff': 2, 'mean_activation_difference': 2, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'transplant': 2, 'transplant_sweep': 4, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}
+POINTS = {'share_interval': 2, 'weight_diff': 2, 'mean_activation_difference': 2, 'difference_by_position': 4, 'project_out_hook': 2, 'persona_projection': 2, 'interpolate': 1, 'patch_from': 3, 'transplant': 2, 'transplant_sweep': 4, 'latent_firing_change': 2, 'sequence_logprob': 2, 'dpo_loss': 3, 'identify_finetune': 5}
