@@ -1156,8 +1156,9 @@ for key, value in ioi.items():
 #   `ablate_latents`), attention and LayerNorm recompute, and it reads which share of
 #   the target (the person's city logit minus the mean city logit) disappears. The mean
 #   share over the 90 prompts must reach 0.50. Many answers can pass; one list cannot
-#   serve two people, and the six latents the graph ranks first do not reach the bar. The visible check below only says whether your answer is well
-#   formed, on three prompts.
+#   serve two people, and the six latents the graph ranks first do not reach the bar.
+#   The visible check below only says whether your answer is well formed, on three
+#   prompts.
 # - Your function is not told the city. The model is (it names every known person's city
 #   correctly in all three templates).
 # - Budget: about 40 minutes. Everything you built is allowed: graphs, influence,
@@ -1181,9 +1182,10 @@ for key, value in ioi.items():
 #
 # <details><summary>Hint 3 (where the difference comes from)</summary>
 #
-# The local replacement freezes attention patterns and LayerNorm's scale; the grader's
-# run recomputes both. Section 5's `ag.ablate_with_live_mlps` and hooks on
-# `hook_pattern` or `hook_scale` let you switch each one on or off and see which
+# The local replacement freezes attention patterns and LayerNorm's scales; the grader's
+# run recomputes both. Your `freeze_hooks` builds the hooks that freeze them from the
+# prompt's clean cache: run your ablation inside `with model.hooks(fwd_hooks=...)` with
+# only its `hook_scale` hooks, or only its `hook_pattern` hooks, and see which one
 # accounts for the gap.
 # </details>
 #
