@@ -767,19 +767,17 @@ PATHS = ("q", "k", "v", "all")
 _PATH_COLUMNS = ("head", "path", "increase", "se")
 
 
-def _path_runs(model, tokens: torch.Tensor, seq_len: int, *, mean: bool = False, site: str = "input",
+def _path_runs(model, tokens: torch.Tensor, seq_len: int, *, mean: bool = False,
                span: str = "second") -> dict[tuple[int, str], torch.Tensor]:
     """Per-sequence loss increases of the path ablation, measured here, and measured the
     plausible wrong ways a failing table is compared with: `mean` ablation instead of
-    zero; `site="resid"`, the ablated run's whole residual stream given to layer 1 for
-    every path; the loss over the `first` copy or the `whole` sequence."""
+    zero, or the loss over the `first` copy or the `whole` sequence. (A whole residual
+    stream patched for every path is told from the learner's own rows: q, k, v equal "all".)"""
     def loss(logits):
         lp = ref.correct_log_probs(logits, tokens)
         return -{"second": lp[:, seq_len:], "first": lp[:, :seq_len], "whole": lp}[span].mean(dim=1)
 
     names = {p: f"blocks.1.attn.hook_{p}" for p in PATHS[:3]}
-    if site == "resid":
-        names = {p: "blocks.1.hook_resid_pre" for p in names}
     runs = {}
     with torch.no_grad():
         clean = loss(model(tokens))
